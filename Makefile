@@ -1,0 +1,63 @@
+# One build: BPF objects, the native shim and helpers, and the TypeScript.
+# `make` builds; `make demo` runs helmd governing a demo agent; `make test` runs every suite.
+BUILD := build
+CLANG ?= clang
+BPFTOOL ?= bpftool
+CFLAGS_NATIVE := -O2 -g -Wall -Wextra -Wno-unused-parameter
+
+BPF_OBJS := $(BUILD)/helm.bpf.o $(BUILD)/selftest.bpf.o
+NATIVE := $(BUILD)/libhelm.so $(BUILD)/helm-enter $(BUILD)/layout_dump
+
+.PHONY: all bpf native ts deps demo test test-unit test-host test-vm clean
+
+all: bpf native ts
+
+deps:
+	bash scripts/install-deps.sh
+
+bpf: $(BPF_OBJS)
+native: $(NATIVE)
+ts: node_modules/.package-lock.json
+	npx tsc -p tsconfig.json
+	@# One file per command: far fewer files to open at start-up (it matters in the VM, over 9p).
+	for b in helmd helmctl; do npx esbuild dist/daemon/cli/$$b.js --bundle --platform=node --target=node20 \
+	  --external:koffi --log-level=warning --outfile=dist/bundle/$$b.js || exit 1; done
+
+$(BUILD)/vmlinux.h:
+	@mkdir -p $(BUILD)
+	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/%.bpf.o: bpf/%.bpf.c bpf/helm.h $(BUILD)/vmlinux.h
+	$(CLANG) -g -O2 -Wall -target bpf -D__TARGET_ARCH_x86 -I$(BUILD) -Ibpf -c $< -o $@
+
+$(BUILD)/libhelm.so: native/helm_shim.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_NATIVE) -shared -fPIC $< -o $@ -lbpf -lelf -lz
+
+$(BUILD)/helm-enter: native/helm_enter.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_NATIVE) $< -o $@
+
+$(BUILD)/layout_dump: native/layout_dump.c bpf/helm.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_NATIVE) -Ibpf $< -o $@
+
+node_modules/.package-lock.json: package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+demo: deps all
+	bash scripts/demo.sh
+
+test: deps all
+	bash scripts/test-all.sh
+
+test-unit: all
+	npx tap dist/test/unit
+test-host: all
+	npx tap dist/test/host
+test-vm: all
+	bash scripts/vm/run.sh -- npx tap dist/test/vm
+
+clean:
+	rm -rf $(BUILD) dist

@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/*
+ * Every layout that the kernel programs and userspace both read: map keys, map
+ * values and ring-buffer events. This header is the single source of truth;
+ * daemon/kernel/layout.ts mirrors it and test/unit/layout.test.ts compares the
+ * two through native/layout_dump.c, so a drift fails the build's tests.
+ */
+#ifndef HELM_H
+#define HELM_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* LPM trie data is at most 256 bytes: 4 for the role id, the rest for the path. */
+#define HELM_PATH_BUF 252
+#define HELM_MAX_PATH_ENTRIES 65536
+#define HELM_MAX_INODE_ENTRIES 65536
+#define HELM_MAX_AGENTS 4096
+#define HELM_MAX_CGROUP_DEPTH 32
+#define HELM_MAX_GENERATIONS 4
+#define HELM_EVENTS_BYTES (4 * 1024 * 1024)
+/* How many directory levels above a file are checked against the inode table. */
+#define HELM_MAX_ANCESTORS 32
+
+/* File verbs, as indices into helm_path_value.verdict[]. */
+enum helm_op {
+	HELM_OP_READ = 0,
+	HELM_OP_WRITE = 1,
+	HELM_OP_EXEC = 2,
+	HELM_FILE_OPS = 3,
+};
+
+/* What a matched rule says; NONE means no rule of this verb covers the path. */
+enum helm_action {
+	HELM_ACTION_NONE = 0,
+	HELM_ACTION_ALLOW = 1,
+	HELM_ACTION_DENY = 2,
+};
+
+enum helm_mode {
+	HELM_MODE_ENFORCE = 0,
+	HELM_MODE_DRY_RUN = 1,
+};
+
+enum helm_decision {
+	HELM_DECISION_ALLOW = 0,
+	HELM_DECISION_DENY = 1,
+	HELM_DECISION_WOULD_DENY = 2,
+};
+
+/* Why a default-deny happened when no rule decided; reported in helm_event.reason. */
+enum helm_reason {
+	HELM_REASON_RULE = 0,        /* a rule decided */
+	HELM_REASON_DEFAULT = 1,     /* no rule matched: default deny */
+	HELM_REASON_NO_POLICY = 2,   /* no policy governs the agent's role */
+	HELM_REASON_PATH_ERROR = 3,  /* the path could not be resolved or did not fit */
+	HELM_REASON_NO_TABLE = 4,    /* the active generation's tables were missing */
+	HELM_REASON_INODE_RULE = 5,  /* a block rule matched the object's inode (hard link, bind mount) */
+};
+
+/* governed_cgroups: cgroup id -> the agent attached there. */
+struct helm_agent {
+	__u64 agent_id;
+	__u32 role_id;
+	__u32 flags; /* HELM_AGENT_* */
+};
+#define HELM_AGENT_DRY_RUN 1u
+
+/* What one verb's matching rules decided, precomputed by the compiler. */
+struct helm_verdict {
+	__u16 policy_id;
+	__u16 rule_id;
+	__u8 action; /* enum helm_action */
+	__u8 mode;   /* enum helm_mode */
+	__u16 pad;
+};
+
+/*
+ * path table key: an LPM trie over (role id, path bytes). Exact rules are stored
+ * NUL-terminated, subtree rules end in '/', so one longest-prefix lookup of
+ * "<path>\0" (directories as "<path>/\0") finds the most specific entry, and
+ * the compiler has already folded every shorter matching rule into it.
+ */
+struct helm_path_key {
+	__u32 prefixlen; /* in bits, counting role_id */
+	__u32 role_id;
+	char path[HELM_PATH_BUF];
+};
+
+struct helm_path_value {
+	struct helm_verdict verdict[HELM_FILE_OPS];
+	__u8 default_mode; /* mode of the default deny for this role */
+	__u8 pad[7];
+};
+
+/* inode table: objects a block rule covers, found by identity rather than by name. */
+struct helm_inode_key {
+	__u32 role_id;
+	__u32 dev; /* kernel dev_t: major << 20 | minor */
+	__u64 ino;
+};
+
+struct helm_inode_value {
+	struct helm_verdict verdict[HELM_FILE_OPS];
+	__u8 subtree; /* 1: the entry is a directory and covers everything below it */
+	__u8 pad[7];
+};
+
+/* Global switches, one entry. */
+struct helm_settings {
+	__u32 active_generation;
+	__u32 flags; /* HELM_SETTINGS_* */
+};
+#define HELM_SETTINGS_DRY_RUN 1u
+
+#define HELM_EVENT_DECISION 1
+#define HELM_EVENT_SELFTEST 2
+#define HELM_EVENT_FLAG_DIR 1u
+
+/* One decision, as the ring buffer carries it. */
+struct helm_event {
+	__u64 ts_boot_ns;
+	__u64 cgroup_id;
+	__u64 agent_id;
+	__u64 ino;
+	__u32 type; /* HELM_EVENT_* */
+	__u32 pid;  /* thread group id */
+	__u32 tid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 gid;
+	__u32 role_id;
+	__u32 generation;
+	__u32 dev;
+	__u16 policy_id;
+	__u16 rule_id;
+	__u8 op;       /* enum helm_op */
+	__u8 decision; /* enum helm_decision */
+	__u8 mode;     /* enum helm_mode */
+	__u8 reason;   /* enum helm_reason */
+	__u32 flags;   /* HELM_EVENT_FLAG_* */
+	__s32 path_len; /* bytes in path including NUL, or a negative errno */
+	__u32 pad;
+	char comm[16];
+	char path[HELM_PATH_BUF];
+};
+
+#endif /* HELM_H */

@@ -1,0 +1,110 @@
+// Turns a raw kernel event into an audit record: names for ids, wall-clock time,
+// the acting executable. The JSON-lines field names follow POLICY.md.
+import fs from 'node:fs';
+import { C, type RawEvent } from '../kernel/layout';
+
+export const AUDIT_SCHEMA_VERSION = 1;
+
+const OPS = ['read', 'write', 'exec'] as const;
+const DECISIONS = ['allow', 'deny', 'would_deny'] as const;
+const REASONS = ['rule', 'default', 'no-policy', 'path-error', 'no-table', 'inode-rule'] as const;
+
+export interface AuditRecord {
+  v: number;
+  ts: string;
+  seq: number;
+  type: 'decision';
+  decision: (typeof DECISIONS)[number];
+  op: string;
+  path: string | null;
+  dir?: boolean;
+  pid: number;
+  tid: number;
+  ppid: number;
+  uid: number;
+  gid: number;
+  exe: string | null;
+  comm: string;
+  cgroup: { id: string; path: string | null };
+  agent: string | null;
+  role: string | null;
+  policy: string | null;
+  rule: string;
+  mode: 'enforce' | 'dry-run';
+  reason: (typeof REASONS)[number];
+  generation: number;
+  inode: { dev: number; ino: string };
+}
+
+export interface LostRecord {
+  v: number;
+  ts: string;
+  seq: number;
+  type: 'lost';
+  count: string;
+  total: string;
+  since: string;
+}
+
+/** Names for the ids of one compiled generation. */
+export interface GenerationNames {
+  policies: { name: string; mode: string }[]; // policy id - 1
+  rules: { policy: string; rule: string }[]; // rule id - 1
+}
+
+export interface AuditContext {
+  roleName(id: number): string | null;
+  agent(agentId: bigint): { name: string; cgroupPath: string } | undefined;
+  generation(gen: number): GenerationNames | undefined;
+}
+
+/** RFC 3339 with nanoseconds, UTC. */
+export function rfc3339Nanos(epochNs: bigint): string {
+  const ms = epochNs / 1_000_000n;
+  const iso = new Date(Number(ms)).toISOString(); // ...T..:..:..mmmZ
+  const nanos = (epochNs % 1_000_000_000n).toString().padStart(9, '0');
+  return `${iso.slice(0, 19)}.${nanos}Z`;
+}
+
+function exeOf(pid: number): string | null {
+  try {
+    return fs.readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    return null; // the process is gone: comm still says who it was
+  }
+}
+
+export function toAuditRecord(e: RawEvent, seq: number, realtimeOffsetNs: bigint, ctx: AuditContext): AuditRecord {
+  const names = ctx.generation(e.generation);
+  const rule = e.ruleId ? names?.rules[e.ruleId - 1] : undefined;
+  const agent = ctx.agent(e.agentId);
+  let path = e.path ?? null;
+  // The kernel matched directories as "<dir>/"; report the directory's own path.
+  if (path && e.flags & C.HELM_EVENT_FLAG_DIR && path.length > 1 && path.endsWith('/')) path = path.slice(0, -1);
+  return {
+    v: AUDIT_SCHEMA_VERSION,
+    ts: rfc3339Nanos(e.tsBootNs + realtimeOffsetNs),
+    seq,
+    type: 'decision',
+    decision: DECISIONS[e.decision] ?? 'deny',
+    op: OPS[e.op] ?? `op${e.op}`,
+    path,
+    ...(e.flags & C.HELM_EVENT_FLAG_DIR ? { dir: true } : {}),
+    pid: e.pid,
+    tid: e.tid,
+    ppid: e.ppid,
+    uid: e.uid,
+    gid: e.gid,
+    exe: exeOf(e.pid),
+    comm: e.comm,
+    cgroup: { id: e.cgroupId.toString(), path: agent?.cgroupPath ?? null },
+    agent: agent?.name ?? null,
+    role: ctx.roleName(e.roleId),
+    policy: rule?.policy ?? null,
+    rule: rule?.rule ?? 'default',
+    mode: e.mode === C.HELM_MODE_DRY_RUN ? 'dry-run' : 'enforce',
+    reason: REASONS[e.reason] ?? 'rule',
+    generation: e.generation,
+    inode: { dev: e.dev, ino: e.ino.toString() },
+  };
+}

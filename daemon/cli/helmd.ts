@@ -1,0 +1,61 @@
+#!/usr/bin/env node
+// helmd — the helm daemon. Runs in the foreground; systemd (or a shell) supervises it.
+import { Command, Option } from 'commander';
+import pino from 'pino';
+import { Helmd, VERSION } from '../helmd';
+import { DEFAULT_SOCKET } from '../control/proto';
+import { PolicyError } from '../policy/types';
+import { KernelError } from '../kernel/native';
+
+const program = new Command()
+  .name('helmd')
+  .description('Kernel-enforced, fail-closed guardrails for AI agents')
+  .version(VERSION)
+  .requiredOption('--policy <path...>', 'policy file(s) or directories of *.yaml / *.yml / *.json')
+  .option('--audit-log <path>', 'JSON-lines audit trail', '/var/log/helm/audit.jsonl')
+  .option('--dry-run', 'decide everything but enforce nothing: denials are audited as would_deny', false)
+  .option('--socket <path>', 'control socket (gRPC)', DEFAULT_SOCKET)
+  .option('--bpf-object <path>', 'compiled BPF object (default: build/helm.bpf.o of this installation)')
+  .addOption(new Option('--log-level <level>', 'operational log level').choices(['trace', 'debug', 'info', 'warn', 'error']).default('info'))
+  .showHelpAfterError();
+
+async function main(): Promise<void> {
+  program.parse();
+  const o = program.opts();
+  const logger = pino({ name: 'helmd', level: o.logLevel });
+  if (process.getuid?.() !== 0) {
+    process.stderr.write('helmd: must run as root (it loads BPF programs and governs cgroups)\n');
+    process.exit(1);
+  }
+  const helmd = new Helmd({ policyPaths: o.policy, auditLog: o.auditLog, dryRun: o.dryRun, socket: o.socket, bpfObject: o.bpfObject, logger });
+  try {
+    await helmd.start();
+  } catch (e) {
+    if (e instanceof PolicyError) {
+      process.stderr.write(`helmd: the policy was rejected:\n${e.message}\n`);
+    } else if (e instanceof KernelError) {
+      process.stderr.write(`helmd: NOT ENFORCING — ${e.message}\n`);
+    } else {
+      process.stderr.write(`helmd: cannot start: ${(e as Error).stack ?? e}\n`);
+    }
+    await helmd.stop().catch(() => undefined);
+    process.exit(1);
+  }
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping');
+    helmd.stop().then(
+      () => process.exit(0),
+      (e) => {
+        logger.error({ err: e }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+void main();

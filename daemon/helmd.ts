@@ -1,0 +1,287 @@
+// helmd: loads the policy, loads the kernel programs, serves the control socket and
+// drains decisions into the audit trail. The order of start() is the contract:
+// nothing is reported as running until the kernel enforces a compiled policy.
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { compilePolicy, type CompiledPolicy } from './policy/compile';
+import { loadPolicies } from './policy/parse';
+import type { Policy } from './policy/types';
+import { KernelEnforcer } from './kernel/enforcer';
+import { native } from './kernel/native';
+import { decodeEvent, C } from './kernel/layout';
+import type { RingReader } from './kernel/bpf';
+import { openAuditWriter, type AuditWriter } from './audit/writer';
+import { toAuditRecord, rfc3339Nanos, AUDIT_SCHEMA_VERSION, type GenerationNames, type AuditContext } from './audit/record';
+import { helmProto, socketAddress } from './control/proto';
+import { inspectCgroup, cgroupHasProcesses, CgroupError } from './control/cgroups';
+
+export const VERSION = '0.1.0';
+
+export interface HelmdOptions {
+  policyPaths: string[];
+  auditLog: string;
+  dryRun: boolean;
+  socket: string;
+  bpfObject?: string;
+  logger: Logger;
+}
+
+interface AgentState {
+  id: bigint;
+  name: string;
+  role: string;
+  cgroupPath: string;
+  cgroupId: bigint;
+  dryRun: boolean;
+  labels: Record<string, string>;
+  generation: number;
+}
+
+const ROLE_RE = /^[A-Za-z0-9_.-]+$/;
+const LOST_POLL_MS = 1000;
+
+export class Helmd {
+  private enforcer?: KernelEnforcer;
+  private events?: RingReader;
+  private audit?: AuditWriter;
+  private server?: grpc.Server;
+  private lostTimer?: NodeJS.Timeout;
+  private policies: Policy[] = [];
+  private compiled?: CompiledPolicy;
+  private readonly generations = new Map<number, GenerationNames>();
+  private readonly agents = new Map<bigint, AgentState>(); // by cgroup id
+  private nextAgentId = 1n;
+  private seq = 0;
+  private written = 0n;
+  private lostReported = 0n;
+  private lostSince = '';
+  private realtimeOffset = 0n;
+  private readonly log: Logger;
+
+  constructor(private readonly opts: HelmdOptions) {
+    this.log = opts.logger;
+  }
+
+  async start(): Promise<void> {
+    // 1. The policy first: a bad file must stop us before we touch the kernel.
+    const loaded = loadPolicies(this.opts.policyPaths);
+    this.policies = loaded.policies;
+    const compiled = compilePolicy(this.policies);
+    for (const w of compiled.warnings) this.log.warn({ file: w.loc.file, line: w.loc.line }, w.message);
+    this.log.info({ files: loaded.files, policies: this.policies.map((p) => p.name) }, 'policy compiled');
+
+    // 2. The kernel: load and attach, or fail with the reason.
+    this.enforcer = KernelEnforcer.load(this.opts.bpfObject);
+    this.realtimeOffset = BigInt(native().helm_realtime_offset_ns());
+    this.install(compiled);
+    if (this.opts.dryRun) this.enforcer.setGlobalDryRun(true);
+
+    // 3. The audit trail, then its source.
+    this.audit = openAuditWriter(this.opts.auditLog, (e) => this.log.error({ err: e, file: this.opts.auditLog }, 'AUDIT WRITE FAILED: decisions are still enforced but not recorded'));
+    this.events = this.enforcer.openEvents();
+    this.events.start((r) => this.onEvent(r), (e) => this.log.error({ err: e }, 'ring buffer drain failed'));
+    this.lostSince = rfc3339Nanos(BigInt(Date.now()) * 1_000_000n);
+    this.lostTimer = setInterval(() => this.reportLost(), LOST_POLL_MS);
+
+    // 4. The control socket.
+    await this.serve();
+    this.log.info(
+      { generation: this.enforcer.activeGeneration, socket: this.opts.socket, audit: this.opts.auditLog, dryRun: this.opts.dryRun },
+      this.opts.dryRun ? 'helmd running in DRY-RUN: denials are audited as would_deny and NOT enforced' : 'helmd enforcing',
+    );
+  }
+
+  private install(compiled: CompiledPolicy): number {
+    const gen = this.enforcer!.applyGeneration(compiled);
+    this.compiled = compiled;
+    this.generations.set(gen, { policies: compiled.policies, rules: compiled.rules });
+    // Keep names for the generations the kernel may still report events from.
+    for (const g of this.generations.keys()) if (g <= gen - 2 * C.HELM_MAX_GENERATIONS) this.generations.delete(g);
+    return gen;
+  }
+
+  private readonly auditContext: AuditContext = {
+    roleName: (id) => {
+      for (const [name, rid] of this.compiled?.roles ?? []) if (rid === id) return name;
+      return null;
+    },
+    agent: (agentId) => {
+      for (const a of this.agents.values()) if (a.id === agentId) return { name: a.name, cgroupPath: a.cgroupPath };
+      return undefined;
+    },
+    generation: (gen) => this.generations.get(gen),
+  };
+
+  private pending: object[] = [];
+  private flushQueued = false;
+
+  private onEvent(record: DataView): void {
+    const raw = decodeEvent(record);
+    if (raw.type !== C.HELM_EVENT_DECISION) return;
+    this.pending.push(toAuditRecord(raw, ++this.seq, this.realtimeOffset, this.auditContext));
+    // One write per drained batch: the batch's records arrive synchronously.
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      queueMicrotask(() => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.flushQueued = false;
+    const batch = this.pending;
+    this.pending = [];
+    this.audit?.append(batch);
+    this.written += BigInt(batch.length);
+  }
+
+  private reportLost(): void {
+    if (!this.enforcer) return;
+    const total = this.enforcer.lostEvents();
+    if (total === this.lostReported) return;
+    const now = rfc3339Nanos(BigInt(Date.now()) * 1_000_000n);
+    const count = total - this.lostReported;
+    this.pending.push({ v: AUDIT_SCHEMA_VERSION, ts: now, seq: ++this.seq, type: 'lost', count: count.toString(), total: total.toString(), since: this.lostSince });
+    this.flush();
+    this.log.error({ count: count.toString(), total: total.toString() }, 'audit events lost: the ring buffer was full');
+    this.lostReported = total;
+    this.lostSince = now;
+  }
+
+  private async serve(): Promise<void> {
+    const proto = helmProto();
+    const server = new grpc.Server();
+    const wrap =
+      <Req, Res>(fn: (req: Req) => Res) =>
+      (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => {
+        try {
+          cb(null, fn(call.request));
+        } catch (e) {
+          const code = (e as { grpcCode?: number }).grpcCode ?? (e instanceof CgroupError ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL);
+          cb({ code, details: (e as Error).message });
+        }
+      };
+    server.addService(proto.AgentService.service, {
+      Attach: wrap((req: AttachRequest) => this.attach(req)),
+      Detach: wrap((req: { cgroup_path: string; force: boolean }) => ({ detached: this.detach(req.cgroup_path, req.force) })),
+      List: wrap(() => ({ agents: [...this.agents.values()].map(agentMessage) })),
+    });
+    server.addService(proto.SystemService.service, {
+      Status: wrap(() => ({
+        version: VERSION,
+        generation: this.enforcer?.activeGeneration ?? 0,
+        policies: this.policies.map((p) => p.name),
+        dry_run: this.opts.dryRun,
+        audit_log: this.opts.auditLog,
+        events_written: this.written.toString(),
+        events_lost: (this.enforcer?.lostEvents() ?? 0n).toString(),
+        agents: this.agents.size,
+      })),
+    });
+    fs.mkdirSync(path.dirname(this.opts.socket), { recursive: true, mode: 0o750 });
+    if (await socketAnswers(this.opts.socket)) {
+      throw new Error(`another helmd is already serving ${this.opts.socket}`);
+    }
+    fs.rmSync(this.opts.socket, { force: true }); // a stale socket from a crashed helmd
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(socketAddress(this.opts.socket), grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+    );
+    fs.chmodSync(this.opts.socket, 0o660);
+    this.server = server;
+  }
+
+  attach(req: AttachRequest): object {
+    if (!ROLE_RE.test(req.role ?? '')) throw invalid(`role must match ${ROLE_RE.source}, got ${JSON.stringify(req.role)}`);
+    const cg = inspectCgroup(req.cgroup_path);
+    if (this.agents.has(cg.id)) throw Object.assign(new Error(`${cg.path} is already governed`), { grpcCode: grpc.status.ALREADY_EXISTS });
+
+    // A role no generation knows yet gets entries (or none: deny all) before the cgroup is governed.
+    if (!this.compiled!.roles.has(req.role)) {
+      const roles = new Set([...this.agents.values()].map((a) => a.role).concat(req.role));
+      this.install(compilePolicy(this.policies, { roleIds: this.compiled!.roles, extraRoles: roles }));
+    }
+    const agent: AgentState = {
+      id: this.nextAgentId++,
+      name: req.name || path.basename(cg.path),
+      role: req.role,
+      cgroupPath: cg.path,
+      cgroupId: cg.id,
+      dryRun: !!req.dry_run,
+      labels: req.labels ?? {},
+      generation: this.enforcer!.activeGeneration,
+    };
+    this.enforcer!.govern(cg.id, { agentId: agent.id, roleId: this.compiled!.roles.get(req.role)!, dryRun: agent.dryRun });
+    this.agents.set(cg.id, agent);
+    this.log.info({ agent: agent.name, role: agent.role, cgroup: agent.cgroupPath, dryRun: agent.dryRun }, 'agent attached');
+    return agentMessage(agent);
+  }
+
+  detach(cgroupPath: string, force: boolean): boolean {
+    const cg = inspectCgroup(cgroupPath);
+    const agent = this.agents.get(cg.id);
+    if (!agent) return false;
+    // Releasing a cgroup with processes in it would leave them ungoverned.
+    if (!force && cgroupHasProcesses(cg.path)) {
+      throw Object.assign(new Error(`${cg.path} still has processes; they would run ungoverned (use force to detach anyway)`), { grpcCode: grpc.status.FAILED_PRECONDITION });
+    }
+    this.enforcer!.release(cg.id);
+    this.agents.delete(cg.id);
+    this.log.info({ agent: agent.name, cgroup: agent.cgroupPath, forced: force }, 'agent detached');
+    return true;
+  }
+
+  async stop(): Promise<void> {
+    if (this.lostTimer) clearInterval(this.lostTimer);
+    if (this.server) await new Promise<void>((r) => this.server!.tryShutdown(() => r()));
+    if (this.events) {
+      await this.events.stop((r) => this.onEvent(r));
+      this.events.close();
+    }
+    this.flush();
+    this.reportLost();
+    this.audit?.close();
+    this.enforcer?.close();
+    if (this.server) {
+      fs.rmSync(this.opts.socket, { force: true });
+      this.log.info('helmd stopped; enforcement ended with it (pinning arrives with the production issue)');
+    }
+  }
+}
+
+interface AttachRequest {
+  cgroup_path: string;
+  role: string;
+  dry_run: boolean;
+  name: string;
+  labels: Record<string, string>;
+}
+
+function socketAnswers(socket: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(socket);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}
+
+function invalid(message: string): Error {
+  return Object.assign(new Error(message), { grpcCode: grpc.status.INVALID_ARGUMENT });
+}
+
+function agentMessage(a: AgentState): object {
+  return {
+    id: a.id.toString(),
+    name: a.name,
+    role: a.role,
+    cgroup_path: a.cgroupPath,
+    cgroup_id: a.cgroupId.toString(),
+    dry_run: a.dryRun,
+    labels: a.labels,
+    generation: a.generation,
+  };
+}

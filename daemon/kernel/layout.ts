@@ -1,0 +1,224 @@
+// The byte layouts of bpf/helm.h, for encoding map entries and decoding events.
+// test/unit/layout.test.ts checks every offset and constant here against the C header.
+import { HELM_PATH_BUF, HELM_MAX_PATH_ENTRIES, HELM_MAX_CGROUP_DEPTH } from './limits';
+
+export const C = {
+  HELM_PATH_BUF,
+  HELM_MAX_PATH_ENTRIES,
+  HELM_MAX_INODE_ENTRIES: 65536,
+  HELM_MAX_AGENTS: 4096,
+  HELM_MAX_CGROUP_DEPTH,
+  HELM_MAX_GENERATIONS: 4,
+  HELM_EVENTS_BYTES: 4 * 1024 * 1024,
+  HELM_MAX_ANCESTORS: 32,
+  HELM_OP_READ: 0,
+  HELM_OP_WRITE: 1,
+  HELM_OP_EXEC: 2,
+  HELM_FILE_OPS: 3,
+  HELM_ACTION_NONE: 0,
+  HELM_ACTION_ALLOW: 1,
+  HELM_ACTION_DENY: 2,
+  HELM_MODE_ENFORCE: 0,
+  HELM_MODE_DRY_RUN: 1,
+  HELM_DECISION_ALLOW: 0,
+  HELM_DECISION_DENY: 1,
+  HELM_DECISION_WOULD_DENY: 2,
+  HELM_REASON_RULE: 0,
+  HELM_REASON_DEFAULT: 1,
+  HELM_REASON_NO_POLICY: 2,
+  HELM_REASON_PATH_ERROR: 3,
+  HELM_REASON_NO_TABLE: 4,
+  HELM_REASON_INODE_RULE: 5,
+  HELM_AGENT_DRY_RUN: 1,
+  HELM_SETTINGS_DRY_RUN: 1,
+  HELM_EVENT_DECISION: 1,
+  HELM_EVENT_SELFTEST: 2,
+  HELM_EVENT_FLAG_DIR: 1,
+} as const;
+
+type Field = readonly [offset: number, size: number];
+interface StructLayout {
+  size: number;
+  fields: Record<string, Field>;
+}
+
+export const LAYOUT = {
+  helm_agent: { size: 16, fields: { agent_id: [0, 8], role_id: [8, 4], flags: [12, 4] } },
+  helm_verdict: { size: 8, fields: { policy_id: [0, 2], rule_id: [2, 2], action: [4, 1], mode: [5, 1] } },
+  helm_path_key: { size: 260, fields: { prefixlen: [0, 4], role_id: [4, 4], path: [8, 252] } },
+  helm_path_value: { size: 32, fields: { verdict: [0, 24], default_mode: [24, 1] } },
+  helm_inode_key: { size: 16, fields: { role_id: [0, 4], dev: [4, 4], ino: [8, 8] } },
+  helm_inode_value: { size: 32, fields: { verdict: [0, 24], subtree: [24, 1] } },
+  helm_settings: { size: 8, fields: { active_generation: [0, 4], flags: [4, 4] } },
+  helm_event: {
+    size: 360,
+    fields: {
+      ts_boot_ns: [0, 8], cgroup_id: [8, 8], agent_id: [16, 8], ino: [24, 8],
+      type: [32, 4], pid: [36, 4], tid: [40, 4], ppid: [44, 4], uid: [48, 4], gid: [52, 4],
+      role_id: [56, 4], generation: [60, 4], dev: [64, 4], policy_id: [68, 2], rule_id: [70, 2],
+      op: [72, 1], decision: [73, 1], mode: [74, 1], reason: [75, 1], flags: [76, 4],
+      path_len: [80, 4], comm: [88, 16], path: [104, 252],
+    },
+  },
+} as const satisfies Record<string, StructLayout>;
+
+export interface Verdict {
+  policyId: number;
+  ruleId: number;
+  action: number;
+  mode: number;
+}
+
+export const NO_VERDICT: Verdict = { policyId: 0, ruleId: 0, action: C.HELM_ACTION_NONE, mode: C.HELM_MODE_ENFORCE };
+
+function writeVerdicts(buf: Buffer, at: number, verdicts: readonly Verdict[]): void {
+  const F = LAYOUT.helm_verdict.fields;
+  for (let i = 0; i < C.HELM_FILE_OPS; i++) {
+    const v = verdicts[i] ?? NO_VERDICT;
+    const o = at + i * LAYOUT.helm_verdict.size;
+    buf.writeUInt16LE(v.policyId, o + F.policy_id[0]);
+    buf.writeUInt16LE(v.ruleId, o + F.rule_id[0]);
+    buf.writeUInt8(v.action, o + F.action[0]);
+    buf.writeUInt8(v.mode, o + F.mode[0]);
+  }
+}
+
+/** Path-table key: `data` is the stored byte string (exact paths end in NUL, subtrees in '/'). */
+export function encodePathKey(roleId: number, data: Buffer): Buffer {
+  const L = LAYOUT.helm_path_key;
+  if (data.length > C.HELM_PATH_BUF) throw new RangeError(`path key of ${data.length} bytes exceeds ${C.HELM_PATH_BUF}`);
+  const buf = Buffer.alloc(L.size);
+  buf.writeUInt32LE(32 + 8 * data.length, L.fields.prefixlen[0]);
+  buf.writeUInt32LE(roleId, L.fields.role_id[0]);
+  data.copy(buf, L.fields.path[0]);
+  return buf;
+}
+
+export function encodePathValue(verdicts: readonly Verdict[], defaultMode: number): Buffer {
+  const L = LAYOUT.helm_path_value;
+  const buf = Buffer.alloc(L.size);
+  writeVerdicts(buf, L.fields.verdict[0], verdicts);
+  buf.writeUInt8(defaultMode, L.fields.default_mode[0]);
+  return buf;
+}
+
+export function encodeInodeKey(roleId: number, dev: number, ino: bigint): Buffer {
+  const L = LAYOUT.helm_inode_key;
+  const buf = Buffer.alloc(L.size);
+  buf.writeUInt32LE(roleId, L.fields.role_id[0]);
+  buf.writeUInt32LE(dev, L.fields.dev[0]);
+  buf.writeBigUInt64LE(ino, L.fields.ino[0]);
+  return buf;
+}
+
+export function encodeInodeValue(verdicts: readonly Verdict[], subtree: boolean): Buffer {
+  const L = LAYOUT.helm_inode_value;
+  const buf = Buffer.alloc(L.size);
+  writeVerdicts(buf, L.fields.verdict[0], verdicts);
+  buf.writeUInt8(subtree ? 1 : 0, L.fields.subtree[0]);
+  return buf;
+}
+
+export function encodeAgent(agentId: bigint, roleId: number, flags: number): Buffer {
+  const L = LAYOUT.helm_agent;
+  const buf = Buffer.alloc(L.size);
+  buf.writeBigUInt64LE(agentId, L.fields.agent_id[0]);
+  buf.writeUInt32LE(roleId, L.fields.role_id[0]);
+  buf.writeUInt32LE(flags, L.fields.flags[0]);
+  return buf;
+}
+
+export function encodeSettings(activeGeneration: number, flags: number): Buffer {
+  const L = LAYOUT.helm_settings;
+  const buf = Buffer.alloc(L.size);
+  buf.writeUInt32LE(activeGeneration, L.fields.active_generation[0]);
+  buf.writeUInt32LE(flags, L.fields.flags[0]);
+  return buf;
+}
+
+export function u32Key(n: number): Buffer {
+  const buf = Buffer.alloc(4);
+  buf.writeUInt32LE(n);
+  return buf;
+}
+
+export function u64Key(n: bigint): Buffer {
+  const buf = Buffer.alloc(8);
+  buf.writeBigUInt64LE(n);
+  return buf;
+}
+
+/** A decision event as the kernel wrote it, before names are attached. */
+export interface RawEvent {
+  tsBootNs: bigint;
+  cgroupId: bigint;
+  agentId: bigint;
+  ino: bigint;
+  type: number;
+  pid: number;
+  tid: number;
+  ppid: number;
+  uid: number;
+  gid: number;
+  roleId: number;
+  generation: number;
+  dev: number;
+  policyId: number;
+  ruleId: number;
+  op: number;
+  decision: number;
+  mode: number;
+  reason: number;
+  flags: number;
+  pathLen: number;
+  comm: string;
+  /** undefined when the kernel could not resolve the path (pathLen <= 0). */
+  path: string | undefined;
+}
+
+function cString(view: DataView, at: number, max: number): string {
+  const bytes = new Uint8Array(view.buffer, view.byteOffset + at, max);
+  const end = bytes.indexOf(0);
+  return Buffer.from(bytes.subarray(0, end < 0 ? max : end)).toString('utf8');
+}
+
+export function decodeEvent(view: DataView): RawEvent {
+  const F = LAYOUT.helm_event.fields;
+  if (view.byteLength < LAYOUT.helm_event.size) {
+    throw new RangeError(`event record of ${view.byteLength} bytes, expected ${LAYOUT.helm_event.size}`);
+  }
+  const u32 = (f: Field) => view.getUint32(f[0], true);
+  const pathLen = view.getInt32(F.path_len[0], true);
+  return {
+    tsBootNs: view.getBigUint64(F.ts_boot_ns[0], true),
+    cgroupId: view.getBigUint64(F.cgroup_id[0], true),
+    agentId: view.getBigUint64(F.agent_id[0], true),
+    ino: view.getBigUint64(F.ino[0], true),
+    type: u32(F.type),
+    pid: u32(F.pid),
+    tid: u32(F.tid),
+    ppid: u32(F.ppid),
+    uid: u32(F.uid),
+    gid: u32(F.gid),
+    roleId: u32(F.role_id),
+    generation: u32(F.generation),
+    dev: u32(F.dev),
+    policyId: view.getUint16(F.policy_id[0], true),
+    ruleId: view.getUint16(F.rule_id[0], true),
+    op: view.getUint8(F.op[0]),
+    decision: view.getUint8(F.decision[0]),
+    mode: view.getUint8(F.mode[0]),
+    reason: view.getUint8(F.reason[0]),
+    flags: u32(F.flags),
+    pathLen,
+    comm: cString(view, F.comm[0], F.comm[1]),
+    path: pathLen > 0 ? cString(view, F.path[0], F.path[1]) : undefined,
+  };
+}
+
+/** Kernel dev_t (major << 20 | minor) from the userspace st_dev encoding. */
+export function kernelDev(stDev: bigint): number {
+  const major = Number(((stDev >> 8n) & 0xfffn) | ((stDev >> 32n) & ~0xfffn));
+  const minor = Number((stDev & 0xffn) | ((stDev >> 12n) & ~0xffn));
+  return ((major << 20) | minor) >>> 0;
+}

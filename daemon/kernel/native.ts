@@ -1,0 +1,80 @@
+// koffi bindings to native/helm_shim.c (build/libhelm.so). Every function is typed;
+// errors come back as -errno and are turned into KernelError with libbpf's message.
+import koffi from 'koffi';
+import path from 'node:path';
+import fs from 'node:fs';
+import { installRoot } from '../install-root';
+
+export class KernelError extends Error {
+  constructor(message: string, public readonly errno: number) {
+    super(message);
+    this.name = 'KernelError';
+  }
+}
+
+/** Where build artefacts live: next to the compiled daemon (dist/daemon/kernel → build/). */
+export function buildDir(): string {
+  const fromEnv = process.env.HELM_BUILD_DIR;
+  if (fromEnv) return fromEnv;
+  return path.join(installRoot(), 'build');
+}
+
+export interface NativeApi {
+  helm_open(path: string, err: Buffer, errlen: number): unknown;
+  helm_attach_all(obj: unknown, err: Buffer, errlen: number): number;
+  helm_close(obj: unknown): void;
+  helm_map_fd(obj: unknown, name: string): number;
+  helm_map_create(type: number, name: string, keySize: number, valueSize: number, maxEntries: number, flags: number): number;
+  helm_map_update(fd: number, key: Buffer, value: Buffer, flags: bigint): number;
+  helm_map_lookup(fd: number, key: Buffer, value: Buffer): number;
+  helm_map_delete(fd: number, key: Buffer): number;
+  helm_close_fd(fd: number): number;
+  helm_num_possible_cpus(): number;
+  helm_realtime_offset_ns(): bigint;
+  helm_ring_open(mapFd: number, maxRecord: number, err: Buffer, errlen: number): unknown;
+  helm_ring_drain: {
+    (ring: unknown, buf: Buffer, buflen: number, timeoutMs: number): number;
+    async(ring: unknown, buf: Buffer, buflen: number, timeoutMs: number, cb: (err: unknown, n: number) => void): void;
+  };
+  helm_ring_close(ring: unknown): void;
+}
+
+let cached: NativeApi | undefined;
+
+export function native(): NativeApi {
+  if (cached) return cached;
+  const libPath = path.join(buildDir(), 'libhelm.so');
+  if (!fs.existsSync(libPath)) {
+    throw new KernelError(`native shim not found at ${libPath}: run \`make\` first`, 2);
+  }
+  const lib = koffi.load(libPath);
+  koffi.opaque('helm_obj');
+  koffi.opaque('helm_ring');
+  cached = {
+    helm_open: lib.func('helm_obj *helm_open(const char *path, _Out_ uint8_t *err, int errlen)'),
+    helm_attach_all: lib.func('int helm_attach_all(helm_obj *o, _Out_ uint8_t *err, int errlen)'),
+    helm_close: lib.func('void helm_close(helm_obj *o)'),
+    helm_map_fd: lib.func('int helm_map_fd(helm_obj *o, const char *name)'),
+    helm_map_create: lib.func('int helm_map_create(int type, const char *name, int key_size, int value_size, int max_entries, int flags)'),
+    helm_map_update: lib.func('int helm_map_update(int fd, const uint8_t *key, const uint8_t *value, unsigned long long flags)'),
+    helm_map_lookup: lib.func('int helm_map_lookup(int fd, const uint8_t *key, _Out_ uint8_t *value)'),
+    helm_map_delete: lib.func('int helm_map_delete(int fd, const uint8_t *key)'),
+    helm_close_fd: lib.func('int helm_close_fd(int fd)'),
+    helm_num_possible_cpus: lib.func('int helm_num_possible_cpus(void)'),
+    helm_realtime_offset_ns: lib.func('long long helm_realtime_offset_ns(void)'),
+    helm_ring_open: lib.func('helm_ring *helm_ring_open(int map_fd, int max_record, _Out_ uint8_t *err, int errlen)'),
+    helm_ring_drain: lib.func('int helm_ring_drain(helm_ring *r, _Out_ uint8_t *buf, int buflen, int timeout_ms)'),
+    helm_ring_close: lib.func('void helm_ring_close(helm_ring *r)'),
+  } as unknown as NativeApi;
+  return cached;
+}
+
+export function errnoName(code: number): string {
+  const names: Record<number, string> = { 1: 'EPERM', 2: 'ENOENT', 7: 'E2BIG', 12: 'ENOMEM', 13: 'EACCES', 17: 'EEXIST', 22: 'EINVAL', 28: 'ENOSPC' };
+  return names[code] ?? `errno ${code}`;
+}
+
+export function messageFrom(err: Buffer): string {
+  const end = err.indexOf(0);
+  return err.subarray(0, end < 0 ? err.length : end).toString('utf8').trim();
+}

@@ -1,0 +1,369 @@
+// compilePolicy: parsed policies → the kernel's map entries for one generation.
+// Pure and deterministic given the policies, the role ids and the filesystem's
+// answers (stat is injected): the same input gives byte-identical entries.
+//
+// The path table is an LPM trie over (role, path bytes). For every stored key the
+// compiler folds in every rule that covers it, so the kernel's single
+// longest-prefix lookup already carries the full POLICY.md decision: block >
+// contextual > allow > default, independent of rule order and path length.
+import fs from 'node:fs';
+import path from 'node:path';
+import { C, type Verdict, NO_VERDICT, kernelDev } from '../kernel/layout';
+import { HELM_PATH_BUF } from '../kernel/limits';
+import {
+  FILE_VERBS,
+  type FileVerb,
+  type Mode,
+  type PathTarget,
+  type Policy,
+  type PolicyDiagnostic,
+  type Rule,
+  PolicyError,
+} from './types';
+import { defaultMode, governs, whenHoldsForRole } from './evaluate';
+
+export interface RuleRef {
+  policy: string;
+  rule: string;
+  kind: Rule['kind'];
+}
+
+export interface PathEntry {
+  roleId: number;
+  /** Stored bytes: exact paths end in NUL, subtrees in '/'; empty for the role's root entry. */
+  data: Buffer;
+  verdicts: Verdict[]; // indexed by HELM_OP_*
+  defaultMode: number;
+}
+
+export interface InodeEntry {
+  roleId: number;
+  dev: number;
+  ino: bigint;
+  verdicts: Verdict[];
+  subtree: boolean;
+  /** The path it was found at, for lint and audit. */
+  path: string;
+}
+
+export interface CompiledPolicy {
+  /** Role name → id used in the kernel. */
+  roles: Map<string, number>;
+  /** policy id (1-based) → name and mode. */
+  policies: { name: string; mode: Mode }[];
+  /** rule id (1-based) → where it came from. */
+  rules: RuleRef[];
+  pathEntries: PathEntry[];
+  inodeEntries: InodeEntry[];
+  warnings: PolicyDiagnostic[];
+}
+
+export interface StatInfo {
+  dev: bigint;
+  ino: bigint;
+  nlink: bigint;
+  isDirectory: boolean;
+  isFile: boolean;
+}
+
+export interface CompileOptions {
+  /** Stable role ids: roles already known keep theirs; new ones get the next free id. */
+  roleIds?: Map<string, number>;
+  /** Roles to compile for besides those the policies name (e.g. roles of attached agents). */
+  extraRoles?: Iterable<string>;
+  /** Injected for tests; defaults to fs.statSync with bigint. Returns undefined if absent. */
+  stat?: (p: string) => StatInfo | undefined;
+  /** Directory entries for walking block subtrees; defaults to fs.readdirSync. */
+  readdir?: (p: string) => string[];
+  /** Files visited per block subtree when looking for hard links. */
+  walkBudget?: number;
+}
+
+const OP_INDEX: Record<FileVerb, number> = { read: C.HELM_OP_READ, write: C.HELM_OP_WRITE, exec: C.HELM_OP_EXEC };
+const MODE_CODE: Record<Mode, number> = { enforce: C.HELM_MODE_ENFORCE, 'dry-run': C.HELM_MODE_DRY_RUN };
+
+function defaultStat(p: string): StatInfo | undefined {
+  try {
+    const s = fs.statSync(p, { bigint: true });
+    return { dev: s.dev, ino: s.ino, nlink: s.nlink, isDirectory: s.isDirectory(), isFile: s.isFile() };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Names in a directory, without symlinks: the walk looks for this tree's own files. */
+function defaultReaddir(p: string): string[] {
+  try {
+    return fs
+      .readdirSync(p, { withFileTypes: true })
+      .filter((d) => !d.isSymbolicLink())
+      .map((d) => d.name)
+      .sort();
+  } catch {
+    return [];
+  }
+}
+
+/** The byte strings a target is stored as: both forms of an exact path (file and directory). */
+export function storedForms(t: PathTarget): Buffer[] {
+  if (t.subtree) return [Buffer.from(t.canonical, 'utf8')];
+  const base = t.canonical === '/' ? '' : t.canonical;
+  return [Buffer.from(`${base}\0`, 'utf8'), Buffer.from(`${base}/\0`, 'utf8')];
+}
+
+interface Candidate {
+  policyIdx: number;
+  policy: Policy;
+  rule: Rule;
+  ruleId: number;
+  forms: Buffer[];
+}
+
+function modeRank(c: Candidate): number {
+  return c.policy.mode === 'enforce' ? 0 : 1;
+}
+
+/** Same tie-break as the evaluator: enforce first, then policy name, then rule order. */
+function pick(cands: Candidate[]): Candidate {
+  return cands.reduce((best, c) => {
+    const byMode = modeRank(c) - modeRank(best);
+    if (byMode !== 0) return byMode < 0 ? c : best;
+    if (c.policyIdx !== best.policyIdx) return c.policyIdx < best.policyIdx ? c : best;
+    return c.ruleId < best.ruleId ? c : best;
+  });
+}
+
+function verdictOf(c: Candidate, action: number, mode: Mode): Verdict {
+  return { policyId: c.policyIdx + 1, ruleId: c.ruleId, action, mode: MODE_CODE[mode] };
+}
+
+/** POLICY.md's algorithm over the rules that cover a key (already filtered to one role and verb). */
+function decide(cands: Candidate[], role: string): Verdict {
+  const blocks = cands.filter((c) => c.rule.kind === 'block');
+  if (blocks.length) {
+    const c = pick(blocks);
+    return verdictOf(c, C.HELM_ACTION_DENY, c.policy.mode);
+  }
+  const contextual = cands.filter((c) => c.rule.kind === 'contextual');
+  if (contextual.length) {
+    const holding = contextual.filter((c) => whenHoldsForRole(c.rule, role));
+    if (holding.length) return verdictOf(pick(holding), C.HELM_ACTION_ALLOW, 'enforce');
+    const c = pick(contextual);
+    return verdictOf(c, C.HELM_ACTION_DENY, c.policy.mode);
+  }
+  const allows = cands.filter((c) => c.rule.kind === 'allow');
+  if (allows.length) return verdictOf(pick(allows), C.HELM_ACTION_ALLOW, 'enforce');
+  return NO_VERDICT;
+}
+
+function isPrefix(prefix: Buffer, of: Buffer): boolean {
+  return prefix.length <= of.length && of.compare(prefix, 0, prefix.length, 0, prefix.length) === 0;
+}
+
+function unsupported(policies: Policy[]): PolicyDiagnostic[] {
+  const errors: PolicyDiagnostic[] = [];
+  for (const p of policies) {
+    for (const rule of p.rules) {
+      for (const verb of ['connect', 'bind'] as const) {
+        const targets = rule.verbs[verb];
+        if (targets?.length) {
+          errors.push({
+            severity: 'error',
+            loc: targets[0].loc,
+            message: `${verb} rules are not enforced by this helmd yet (network enforcement is not built); refusing to load a policy it cannot enforce`,
+          });
+        }
+      }
+      const when = rule.when;
+      if (when && (when.exe || when.label || when.uid)) {
+        errors.push({
+          severity: 'error',
+          loc: when.loc,
+          message: 'contextual conditions on exe, label or uid are not enforced by this helmd yet; only role is',
+        });
+      }
+    }
+  }
+  return errors;
+}
+
+export function compilePolicy(input: Policy[], opts: CompileOptions = {}): CompiledPolicy {
+  const stat = opts.stat ?? defaultStat;
+  const readdir = opts.readdir ?? defaultReaddir;
+  const walkBudget = opts.walkBudget ?? 5000;
+  const errors = unsupported(input);
+  const warnings: PolicyDiagnostic[] = [];
+
+  // Policies in name order, so ids do not depend on file order.
+  const policies = [...input].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+
+  // Role ids: stable across generations.
+  const roles = new Map(opts.roleIds ?? []);
+  const roleNames = new Set<string>(opts.extraRoles ?? []);
+  for (const p of policies) for (const r of p.roles) if (r !== '*') roleNames.add(r);
+  let nextRoleId = Math.max(0, ...roles.values()) + 1;
+  for (const r of [...roleNames].sort()) if (!roles.has(r)) roles.set(r, nextRoleId++);
+
+  // Rule ids: 1-based over the whole generation.
+  const rules: RuleRef[] = [];
+  const candidates: Candidate[] = [];
+  policies.forEach((policy, policyIdx) => {
+    for (const rule of policy.rules) {
+      rules.push({ policy: policy.name, rule: rule.id, kind: rule.kind });
+      const ruleId = rules.length;
+      if (ruleId > 0xffff) {
+        errors.push({ severity: 'error', loc: rule.loc, message: `more than ${0xffff} rules in one set of policies` });
+      }
+      candidates.push({ policyIdx, policy, rule, ruleId, forms: [] });
+    }
+  });
+  if (policies.length > 0xffff) errors.push({ severity: 'error', loc: policies[0].loc, message: 'too many policies' });
+
+  for (const c of candidates) {
+    for (const verb of FILE_VERBS) {
+      for (const t of c.rule.verbs[verb] ?? []) {
+        if (t.kind !== 'path') continue;
+        for (const form of storedForms(t)) {
+          if (form.length > HELM_PATH_BUF - 1) {
+            errors.push({ severity: 'error', loc: t.loc, message: `path is ${form.length} bytes once stored; the kernel buffer holds ${HELM_PATH_BUF - 1}` });
+          }
+        }
+      }
+    }
+  }
+  if (errors.length) throw new PolicyError(errors);
+
+  const pathEntries: PathEntry[] = [];
+  const inodeEntries: InodeEntry[] = [];
+  const walks: Walker = { stat, readdir, budget: walkBudget, memo: new Map() };
+  for (const role of [...roles.keys()].sort()) {
+    if (!roleNames.has(role) && !policies.some((p) => governs(p, role))) continue;
+    const roleId = roles.get(role)!;
+    const governing = candidates.filter((c) => governs(c.policy, role));
+    if (governing.length === 0 && !policies.some((p) => governs(p, role))) continue; // no entry: no policy → deny
+    const dmode = MODE_CODE[defaultMode(policies, role)];
+
+    // Every stored key for this role, with the rules (per verb) whose forms are its prefixes.
+    const perVerb = FILE_VERBS.map((verb) =>
+      governing.flatMap((c) =>
+        (c.rule.verbs[verb] ?? []).filter((t): t is PathTarget => t.kind === 'path').flatMap((t) => storedForms(t).map((form) => ({ c, form }))),
+      ),
+    );
+    const keys = new Map<string, Buffer>([['', Buffer.alloc(0)]]);
+    for (const list of perVerb) for (const { form } of list) keys.set(form.toString('latin1'), form);
+
+    for (const key of [...keys.values()].sort(Buffer.compare)) {
+      const verdicts = FILE_VERBS.map((verb, i) => {
+        const covering = perVerb[i].filter(({ form }) => isPrefix(form, key)).map(({ c }) => c);
+        return decide([...new Set(covering)], role);
+      });
+      pathEntries.push({ roleId, data: key, verdicts: reorder(verdicts), defaultMode: dmode });
+    }
+    if (pathEntries.length > C.HELM_MAX_PATH_ENTRIES) {
+      throw new PolicyError([{ severity: 'error', loc: policies[0].loc, message: `the policies need ${pathEntries.length} path entries; the kernel table holds ${C.HELM_MAX_PATH_ENTRIES}` }]);
+    }
+
+    inodeEntries.push(...blockInodes(governing, roleId, stat, walks, warnings));
+  }
+  if (inodeEntries.length > C.HELM_MAX_INODE_ENTRIES) {
+    throw new PolicyError([{ severity: 'error', loc: policies[0].loc, message: `block rules cover ${inodeEntries.length} inodes; the kernel table holds ${C.HELM_MAX_INODE_ENTRIES}` }]);
+  }
+
+  return {
+    roles,
+    policies: policies.map((p) => ({ name: p.name, mode: p.mode })),
+    rules,
+    pathEntries,
+    inodeEntries,
+    warnings,
+  };
+}
+
+/** FILE_VERBS order is read, write, exec; the kernel indexes by HELM_OP_*. */
+function reorder(byVerbOrder: Verdict[]): Verdict[] {
+  const out: Verdict[] = [];
+  FILE_VERBS.forEach((verb, i) => {
+    out[OP_INDEX[verb]] = byVerbOrder[i];
+  });
+  return out;
+}
+
+/**
+ * Objects that block rules cover, by identity: each blocked directory (covering
+ * its subtree, so a bind mount of it or of anything below is still blocked), each
+ * blocked file, and every file with more than one name below a blocked directory
+ * (a hard link elsewhere is the same inode).
+ */
+function blockInodes(governing: Candidate[], roleId: number, stat: NonNullable<CompileOptions['stat']>, walks: Walker, warnings: PolicyDiagnostic[]): InodeEntry[] {
+  const byIdentity = new Map<string, InodeEntry>();
+  const add = (p: string, s: StatInfo, subtree: boolean, verb: FileVerb, c: Candidate) => {
+    const dev = kernelDev(s.dev);
+    const id = `${dev}:${s.ino}`;
+    let e = byIdentity.get(id);
+    if (!e) {
+      e = { roleId, dev, ino: s.ino, verdicts: [NO_VERDICT, NO_VERDICT, NO_VERDICT], subtree, path: p };
+      byIdentity.set(id, e);
+    }
+    e.subtree ||= subtree;
+    const op = OP_INDEX[verb];
+    const prev = e.verdicts[op];
+    // Enforce wins over dry-run, as in pick().
+    if (prev.action !== C.HELM_ACTION_DENY || (prev.mode === C.HELM_MODE_DRY_RUN && c.policy.mode === 'enforce')) {
+      e.verdicts[op] = verdictOf(c, C.HELM_ACTION_DENY, c.policy.mode);
+    }
+  };
+
+  const blocks = governing.filter((c) => c.rule.kind === 'block').sort((a, b) => a.ruleId - b.ruleId);
+  for (const c of blocks) {
+    for (const verb of FILE_VERBS) {
+      for (const t of c.rule.verbs[verb] ?? []) {
+        if (t.kind !== 'path') continue;
+        const s = stat(t.canonical);
+        if (!s) continue;
+        if (!t.subtree || !s.isDirectory) {
+          add(t.canonical, s, false, verb, c);
+          continue;
+        }
+        add(t.canonical, s, true, verb, c);
+        const found = linkedFiles(t, s, walks);
+        for (const f of found.files) add(f.path, f.stat, false, verb, c);
+        if (found.truncated) {
+          const message = `more than ${found.budget} files below ${t.canonical}: hard links beyond them are matched by path only`;
+          if (!warnings.some((w) => w.message === message && w.loc === t.loc)) warnings.push({ severity: 'warning', loc: t.loc, message });
+        }
+      }
+    }
+  }
+  return [...byIdentity.values()];
+}
+
+interface Walker {
+  stat: NonNullable<CompileOptions['stat']>;
+  readdir: NonNullable<CompileOptions['readdir']>;
+  budget: number;
+  /** One walk per blocked directory, whatever the roles and verbs that block it. */
+  memo: Map<string, { files: { path: string; stat: StatInfo }[]; truncated: boolean; budget: number }>;
+}
+
+/** Files with more than one name below a blocked directory, on its own filesystem. */
+function linkedFiles(t: PathTarget, root: StatInfo, w: Walker) {
+  const cached = w.memo.get(t.canonical);
+  if (cached) return cached;
+  const files: { path: string; stat: StatInfo }[] = [];
+  let visited = 0;
+  const walk = (dir: string): void => {
+    for (const name of w.readdir(dir)) {
+      if (++visited > w.budget) return;
+      const p = path.join(dir, name);
+      const st = w.stat(p);
+      if (!st) continue;
+      if (st.isDirectory) {
+        if (st.dev === root.dev) walk(p); // a mount below is another filesystem
+      } else if (st.nlink > 1n) files.push({ path: p, stat: st });
+    }
+  };
+  walk(t.canonical);
+  const result = { files, truncated: visited > w.budget, budget: w.budget };
+  w.memo.set(t.canonical, result);
+  return result;
+}

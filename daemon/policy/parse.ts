@@ -1,0 +1,1214 @@
+// Policy parser: YAML or JSON source → the validated policy model of ./types.ts.
+//
+// The language is fixed by POLICY.md. Policies are written by hand and reviewed in pull requests,
+// so this parser is deliberately strict: every unknown key, wrong type or dubious value is an
+// error, located `file:line:col` (+ JSON Pointer), and every problem of a file is reported at
+// once. Nothing is skipped or guessed; a file with any error yields no policies at all.
+
+import * as fs from 'fs';
+import * as net from 'net';
+import * as path from 'path';
+import {
+  Document,
+  LineCounter,
+  Pair,
+  Scalar,
+  YAMLMap,
+  YAMLSeq,
+  isAlias,
+  isMap,
+  isScalar,
+  isSeq,
+  parseAllDocuments,
+  visit,
+} from 'yaml';
+import { MAX_RULE_PATH_BYTES } from '../kernel/limits';
+import { canonicalizeRulePath } from './canonical';
+import {
+  Conditions,
+  FILE_VERBS,
+  Mode,
+  NetTarget,
+  PathTarget,
+  Policy,
+  PolicyDiagnostic,
+  PolicyError,
+  Rule,
+  RuleKind,
+  SourceLocation,
+  Target,
+  VERBS,
+  Verb,
+} from './types';
+
+export interface ParseOptions {
+  /**
+   * Canonicalises an absolute rule path (see ./canonical.ts, the default). Tests pass their own
+   * to be independent of the host's filesystem. A trailing '/' is re-added when it drops it.
+   */
+  canonicalize?: (p: string) => string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The language
+
+const API_VERSION = 'helm/v1';
+const KIND = 'Policy';
+const POLICY_KEYS = ['apiVersion', 'kind', 'metadata', 'spec'];
+const METADATA_KEYS = ['name'];
+const SPEC_KEYS = ['roles', 'mode', 'allow', 'block', 'contextual'];
+const RULE_KINDS: readonly RuleKind[] = ['allow', 'block', 'contextual'];
+const RULE_KEYS = ['id', ...VERBS, 'when'];
+const WHEN_KEYS = ['role', 'exe', 'label', 'uid'];
+const MODES: readonly Mode[] = ['enforce', 'dry-run'];
+
+const NAME_RE = /^[a-z0-9][a-z0-9._-]*$/;
+const ROLE_RE = /^[A-Za-z0-9_.-]+$/;
+const ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+/** (uid_t)-1 means "no uid" to the kernel, so the largest real uid is one less. */
+const MAX_UID = 0xfffffffe;
+
+/** Policy files in a directory; no recursion. */
+const POLICY_FILE_EXTENSIONS = ['.yaml', '.yml', '.json'];
+
+/**
+ * Keys users plausibly put at the wrong level, with where they belong. Shown instead of an
+ * edit-distance suggestion, which would be misleading for them.
+ */
+const MISPLACED_KEY_HINTS: Record<string, Record<string, string>> = {
+  policy: {
+    name: 'name goes under metadata',
+    roles: 'roles goes under spec',
+    mode: 'mode goes under spec',
+    allow: 'rules go under spec',
+    block: 'rules go under spec',
+    contextual: 'rules go under spec',
+  },
+  spec: {
+    ...Object.fromEntries(VERBS.map((v) => [v, `${v} belongs in a rule under allow, block or contextual`])),
+    id: 'id belongs in a rule under allow, block or contextual',
+    when: 'when belongs on a rule under contextual',
+    name: 'name goes under metadata',
+  },
+  rule: {
+    role: 'role is a condition: it goes under when, on a contextual rule',
+    roles: 'the roles a policy governs are set for the whole policy in spec.roles',
+    exe: 'exe is a condition: it goes under when, on a contextual rule',
+    label: 'label is a condition: it goes under when, on a contextual rule',
+    uid: 'uid is a condition: it goes under when, on a contextual rule',
+    ...Object.fromEntries(RULE_KINDS.map((k) => [k, 'rules cannot be nested'])),
+  },
+  when: {
+    ...Object.fromEntries(VERBS.map((v) => [v, `${v} targets belong on the rule itself, not under when`])),
+    roles: 'the condition key is role (singular)',
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+// Public API
+
+/**
+ * Parses one policy file. YAML may hold several `---` documents, one policy each; a file whose
+ * name ends in `.json` holds one policy object or an array of them. Throws PolicyError listing
+ * every problem found.
+ */
+export function parsePolicySource(text: string, file: string, opts: ParseOptions = {}): Policy[] {
+  const diags: PolicyDiagnostic[] = [];
+  const parsed = parseSource(text, file, opts, diags);
+  if (diags.length > 0) throw new PolicyError(diags);
+  return parsed.map((p) => p.policy);
+}
+
+/**
+ * Loads policies from files and directories (a directory contributes every *.yaml, *.yml and
+ * *.json directly in it, in name order). Errors of all files are collected into one PolicyError;
+ * policy names must be unique across all of them.
+ */
+export function loadPolicies(paths: string[], opts: ParseOptions = {}): { policies: Policy[]; files: string[] } {
+  const diags: PolicyDiagnostic[] = [];
+  const files = withoutRepeats(paths.flatMap((p) => policyFilesAt(p, diags)), diags);
+  const policies: Policy[] = [];
+  const firstByName = new Map<string, SourceLocation>();
+  for (const file of files) {
+    const text = readPolicyFile(file, diags);
+    if (text === undefined) continue;
+    const parsed = parseSource(text, file, opts, diags);
+    // Duplicates inside one file were reported by parseSource; here only those across files.
+    const inThisFile = new Map<string, SourceLocation>();
+    for (const { policy, nameLoc } of parsed) {
+      policies.push(policy);
+      if (nameLoc === undefined) continue;
+      const first = firstByName.get(policy.name);
+      if (first !== undefined) {
+        error(diags, nameLoc, `duplicate policy name "${policy.name}" (first defined at ${where(first)})`);
+      } else if (!inThisFile.has(policy.name)) {
+        inThisFile.set(policy.name, nameLoc);
+      }
+    }
+    for (const [name, loc] of inThisFile) firstByName.set(name, loc);
+  }
+  if (paths.length === 0) {
+    error(diags, fileLoc('<none>'), 'no policy files or directories given');
+  } else if (policies.length === 0 && diags.length === 0) {
+    for (const p of paths) error(diags, fileLoc(p), `no policies found in ${p}`);
+  }
+  if (diags.length > 0) throw new PolicyError(diags);
+  return { policies, files };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+/** The policy files a command-line path stands for. */
+function policyFilesAt(p: string, diags: PolicyDiagnostic[]): string[] {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(p);
+  } catch (e) {
+    error(diags, fileLoc(p), `cannot read ${p}: ${errnoText(e)}`);
+    return [];
+  }
+  if (!st.isDirectory()) return [p];
+  let names: string[];
+  try {
+    names = fs.readdirSync(p);
+  } catch (e) {
+    error(diags, fileLoc(p), `cannot list directory ${p}: ${errnoText(e)}`);
+    return [];
+  }
+  // Plain code-unit order: the same on every host, whatever the locale.
+  const matching = names.filter((n) => POLICY_FILE_EXTENSIONS.some((ext) => n.endsWith(ext))).sort();
+  const files: string[] = [];
+  for (const name of matching) {
+    const file = path.join(p, name);
+    try {
+      // A name that matches but is not a file (a directory "x.yaml", a dangling symlink) is an
+      // error rather than something to skip: it looks like a policy to whoever reads the listing.
+      if (!fs.statSync(file).isFile()) error(diags, fileLoc(file), `${file} is not a regular file`);
+      else files.push(file);
+    } catch (e) {
+      error(diags, fileLoc(file), `cannot read ${file}: ${errnoText(e)}`);
+    }
+  }
+  return files;
+}
+
+/**
+ * The same file reached twice (a directory and a file in it, or through a symlink) is reported
+ * once, as such, rather than as a clash of every policy name in it with itself.
+ */
+function withoutRepeats(files: string[], diags: PolicyDiagnostic[]): string[] {
+  const firstAs = new Map<string, string>();
+  return files.filter((file) => {
+    let real: string;
+    try {
+      real = fs.realpathSync(file);
+    } catch {
+      return true; // reported when it is read
+    }
+    const first = firstAs.get(real);
+    if (first !== undefined) {
+      error(diags, fileLoc(file), first === file ? `${file} is given more than once` : `${file} is the same file as ${first}, given before`);
+      return false;
+    }
+    firstAs.set(real, file);
+    return true;
+  });
+}
+
+/** Reads a file as UTF-8, refusing (not replacing) invalid bytes: a path must be exactly as written. */
+function readPolicyFile(file: string, diags: PolicyDiagnostic[]): string | undefined {
+  let bytes: Buffer;
+  try {
+    bytes = fs.readFileSync(file);
+  } catch (e) {
+    error(diags, fileLoc(file), `cannot read ${file}: ${errnoText(e)}`);
+    return undefined;
+  }
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    // Point at the first undecodable byte (approximately, should the file also hold a real U+FFFD).
+    const lossy = bytes.toString('utf8');
+    const { line, col } = linePosIn(lossy, Math.max(lossy.indexOf('\ufffd'), 0));
+    error(diags, { file, line, col, pointer: '' }, 'file is not valid UTF-8');
+    return undefined;
+  }
+}
+
+function errnoText(e: unknown): string {
+  const err = e as NodeJS.ErrnoException;
+  const texts: Record<string, string> = {
+    ENOENT: 'no such file or directory',
+    EACCES: 'permission denied',
+    ENOTDIR: 'a path component is not a directory',
+    ELOOP: 'too many levels of symbolic links',
+  };
+  return (err.code && texts[err.code]) || err.message || String(e);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Source → documents
+
+interface Ctx {
+  file: string;
+  lines: LineCounter;
+  diags: PolicyDiagnostic[];
+  canonicalize: (p: string) => string;
+}
+
+/** A YAML node with where it sits: JSON Pointer and source position (for messages). */
+interface At {
+  node: unknown;
+  loc: SourceLocation;
+}
+
+interface Parsed {
+  policy: Policy;
+  /** Location of metadata.name, when the name is valid (for duplicate-name errors). */
+  nameLoc?: SourceLocation;
+}
+
+/** Parses one file, appending its diagnostics (sorted by position) to `diags`. */
+function parseSource(text: string, file: string, opts: ParseOptions, diags: PolicyDiagnostic[]): Parsed[] {
+  const ctx: Ctx = {
+    file,
+    lines: new LineCounter(),
+    diags: [],
+    canonicalize: opts.canonicalize ?? ((p) => canonicalizeRulePath(p).canonical),
+  };
+  // A byte-order mark is invisible in editors: columns are counted without it.
+  if (text.startsWith('\ufeff')) text = text.slice(1);
+  const parsed = parseDocuments(ctx, text);
+  diags.push(...ctx.diags.sort((a, b) => a.loc.line - b.loc.line || a.loc.col - b.loc.col));
+  return parsed;
+}
+
+function parseDocuments(ctx: Ctx, text: string): Parsed[] {
+  const isJson = ctx.file.endsWith('.json');
+  // YAML accepts more than JSON does (comments, unquoted strings, trailing commas...): a .json
+  // file must be strict JSON, checked first; the YAML parser then provides the positions.
+  if (isJson && !checkJsonSyntax(ctx, text)) return [];
+  const docs = parseAllDocuments(text, { lineCounter: ctx.lines, prettyErrors: false, version: '1.2' });
+  const roots: At[] = [];
+  let fatal = false;
+  for (const doc of docs) {
+    if (!checkDocumentSyntax(ctx, doc, text)) {
+      fatal = true;
+      continue; // its structure is unreliable: semantic checks would only add noise
+    }
+    roots.push(...policyRoots(ctx, doc, isJson));
+  }
+  if (roots.length === 0 && !fatal) {
+    error(ctx.diags, fileLoc(ctx.file), isJson ? 'no policy in file (empty array)' : 'no policy in file');
+  }
+  const parsed: Parsed[] = [];
+  const firstByName = new Map<string, SourceLocation>();
+  for (const root of roots) {
+    const p = parsePolicy(ctx, root);
+    if (p === undefined) continue;
+    parsed.push(p);
+    if (p.nameLoc === undefined) continue;
+    const first = firstByName.get(p.policy.name);
+    if (first !== undefined) {
+      err(ctx, p.nameLoc, `duplicate policy name "${p.policy.name}" (first defined at ${where(first)})`);
+    } else {
+      firstByName.set(p.policy.name, p.nameLoc);
+    }
+  }
+  return parsed;
+}
+
+/**
+ * Reports the YAML errors and warnings of a document (all as errors: an unresolved tag, say,
+ * must not be ignored). Returns false when the document cannot be trusted structurally.
+ */
+function checkDocumentSyntax(ctx: Ctx, doc: Document.Parsed, text: string): boolean {
+  const label = ctx.file.endsWith('.json') ? 'syntax error' : 'YAML syntax error';
+  let ok = true;
+  const reported = new Set<number>();
+  for (const e of doc.errors) {
+    reported.add(e.pos[0]);
+    err(ctx, offsetLoc(ctx, e.pos[0], ''), `${label}: ${e.message}${syntaxHint(e.code, text, e.pos[0])}`);
+    // A duplicate key leaves a well-formed tree behind: keep checking the rest of the document.
+    if (e.code !== 'DUPLICATE_KEY') ok = false;
+  }
+  for (const w of doc.warnings) err(ctx, offsetLoc(ctx, w.pos[0], ''), `YAML: ${w.message}`);
+  const version = doc.directives?.yaml;
+  if (version?.explicit && version.version !== '1.2') {
+    // YAML 1.1 reads `yes`/`on` as booleans and `<<` as a merge: not what a reviewer sees.
+    err(ctx, offsetLoc(ctx, doc.range[0], ''), `only YAML 1.2 is supported (remove the %YAML ${version.version} directive)`);
+    ok = false;
+  }
+  visit(doc, {
+    Alias(_, node) {
+      const offset = node.range?.[0] ?? doc.range[0];
+      if (reported.has(offset)) return; // e.g. "Alias cannot be an empty string", with its hint
+      // An alias makes a rule's meaning depend on text elsewhere in the file; policies are
+      // reviewed rule by rule, so every value is written out. (Usually this is an unquoted
+      // wildcard that YAML took for an alias.)
+      err(
+        ctx,
+        offsetLoc(ctx, offset, ''),
+        `YAML aliases are not supported ("*${node.source}"); if this is a wildcard, quote it: "*${node.source}"`,
+      );
+      ok = false;
+    },
+  });
+  return ok;
+}
+
+function syntaxHint(code: string, text: string, pos: number): string {
+  if (code === 'BAD_ALIAS') return ' (a value starting with "*" must be quoted, e.g. "*:443" or "*.github.com:443")';
+  // `connect: [::1]:53` parses as a list followed by ":53".
+  if (text[pos] === ':' && text[pos - 1] === ']') return ' (quote bracketed IPv6 destinations, e.g. "[::1]:53")';
+  return '';
+}
+
+/** The policy objects of a document: the document itself, or (JSON) each element of an array. */
+function policyRoots(ctx: Ctx, doc: Document.Parsed, isJson: boolean): At[] {
+  const contents = doc.contents;
+  // A document with nothing in it (e.g. after a trailing `---`) holds no policy.
+  if (contents === null || (isScalar(contents) && contents.value === null && contents.source === '')) return [];
+  if (isJson && isSeq(contents)) {
+    return contents.items.map((item, i) => at(ctx, item, `/${i}`, contents.range?.[0] ?? 0));
+  }
+  return [at(ctx, contents, '', doc.range[0])];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policy, spec, rules
+
+function parsePolicy(ctx: Ctx, v: At): Parsed | undefined {
+  if (!isMap(v.node)) {
+    const hint = isSeq(v.node) && !ctx.file.endsWith('.json') ? ' (separate policies with "---")' : '';
+    typeError(ctx, v, 'a policy', `a mapping with apiVersion, kind, metadata and spec${hint}`);
+    return undefined;
+  }
+  const e = entries(ctx, v, 'the policy', POLICY_KEYS, MISPLACED_KEY_HINTS.policy);
+  if (e === undefined) return undefined;
+
+  const apiVersion = required(ctx, e, 'apiVersion', v.loc, 'the policy');
+  if (apiVersion) expectExactly(ctx, apiVersion.value, 'apiVersion', [API_VERSION]);
+  const kind = required(ctx, e, 'kind', v.loc, 'the policy');
+  if (kind) expectExactly(ctx, kind.value, 'kind', [KIND]);
+
+  const { name, nameLoc } = parseMetadata(ctx, required(ctx, e, 'metadata', v.loc, 'the policy'));
+  const specEntry = required(ctx, e, 'spec', v.loc, 'the policy');
+  const spec = specEntry ? parseSpec(ctx, specEntry) : { roles: [], mode: 'enforce' as Mode, rules: [] };
+  return { policy: { name: name ?? '', ...spec, loc: v.loc }, nameLoc };
+}
+
+function parseMetadata(ctx: Ctx, entry: Entry | undefined): { name?: string; nameLoc?: SourceLocation } {
+  if (entry === undefined) return {};
+  const e = entries(ctx, entry.value, 'metadata', METADATA_KEYS);
+  if (e === undefined) return {};
+  const nameEntry = required(ctx, e, 'name', entry.key.loc, 'metadata');
+  if (nameEntry === undefined) return {};
+  const name = str(ctx, nameEntry.value, 'metadata.name', true);
+  if (name === undefined) return {};
+  if (!NAME_RE.test(name)) {
+    err(
+      ctx,
+      nameEntry.value.loc,
+      `bad policy name ${q(name)}: use lower-case letters, digits, ".", "_" and "-", starting with a letter or digit`,
+    );
+    return {};
+  }
+  return { name, nameLoc: nameEntry.value.loc };
+}
+
+interface Spec {
+  roles: string[];
+  mode: Mode;
+  rules: Rule[];
+}
+
+function parseSpec(ctx: Ctx, entry: Entry): Spec {
+  const spec: Spec = { roles: [], mode: 'enforce', rules: [] };
+  const e = entries(ctx, entry.value, 'spec', SPEC_KEYS, MISPLACED_KEY_HINTS.spec);
+  if (e === undefined) return spec;
+
+  const rolesEntry = required(ctx, e, 'roles', entry.key.loc, 'spec');
+  const roles = rolesEntry ? parseRoles(ctx, rolesEntry.value) : undefined;
+  spec.roles = roles ?? [];
+  const modeEntry = e.get('mode');
+  if (modeEntry) spec.mode = (expectExactly(ctx, modeEntry.value, 'spec.mode', MODES) as Mode | undefined) ?? 'enforce';
+
+  const ids: { id: string; loc: SourceLocation }[] = [];
+  // Allow, then block, then contextual, each in file order: the order of Policy.rules.
+  for (const kind of RULE_KINDS) {
+    const list = e.get(kind);
+    if (list === undefined) continue;
+    const items = rulesList(ctx, list.value, kind);
+    items.forEach((item, index) => {
+      const r = parseRule(ctx, item, kind, index, roles);
+      if (r === undefined) return;
+      spec.rules.push(r.rule);
+      if (r.idLoc) ids.push({ id: r.rule.id, loc: r.idLoc });
+    });
+  }
+  checkDuplicateIds(ctx, ids);
+  return spec;
+}
+
+function parseRoles(ctx: Ctx, v: At): string[] | undefined {
+  // `roles: "*"` cannot be misread; any other single string must be written as a list.
+  if (isScalar(v.node) && v.node.value === '*') return ['*'];
+  if (!isSeq(v.node)) {
+    if (isScalar(v.node) && typeof v.node.value === 'string') {
+      err(ctx, v.loc, `spec.roles must be a list, e.g. [${v.node.value}] (or ["*"] for every role)`);
+    } else {
+      typeError(ctx, v, 'spec.roles', 'a list of role names (or ["*"] for every role)');
+    }
+    return undefined;
+  }
+  const items = seqItems(ctx, v);
+  if (items.length === 0) {
+    err(ctx, v.loc, 'spec.roles is empty: the policy would govern no role (use ["*"] for every role)');
+    return undefined;
+  }
+  const roles: string[] = [];
+  let ok = true;
+  for (const item of items) {
+    const role = str(ctx, item, 'a role', true);
+    if (role === undefined) ok = false;
+    else if (role === '*') {
+      if (items.length > 1) {
+        err(ctx, item.loc, '"*" (every role) must be the only entry of spec.roles');
+        ok = false;
+      }
+    } else if (!ROLE_RE.test(role)) {
+      err(ctx, item.loc, `bad role name ${q(role)}: use letters, digits, ".", "_" and "-" (or "*" for every role)`);
+      ok = false;
+    }
+    if (role !== undefined) roles.push(role);
+  }
+  return ok ? roles : undefined;
+}
+
+/** The items of an allow/block/contextual list. */
+function rulesList(ctx: Ctx, v: At, kind: RuleKind): At[] {
+  if (!isSeq(v.node)) {
+    if (isScalar(v.node) && v.node.value === null) {
+      err(ctx, v.loc, `spec.${kind} is empty: write a list of rules, or [] for none`);
+    } else {
+      typeError(ctx, v, `spec.${kind}`, 'a list of rules');
+    }
+    return [];
+  }
+  return seqItems(ctx, v);
+}
+
+function parseRule(
+  ctx: Ctx,
+  v: At,
+  kind: RuleKind,
+  index: number,
+  policyRoles: string[] | undefined,
+): { rule: Rule; idLoc?: SourceLocation } | undefined {
+  const generatedId = `${kind}[${index}]`;
+  // Messages about the rule name it by its id when it has a good one, wherever `id:` is written.
+  const idPair = isMap(v.node) ? (v.node.items as Pair<unknown, unknown>[]).find((p) => isScalar(p.key) && p.key.value === 'id') : undefined;
+  const idValue = isScalar(idPair?.value) ? idPair.value.value : undefined;
+  const name = typeof idValue === 'string' && ID_RE.test(idValue) ? `rule "${idValue}"` : `rule ${generatedId}`;
+  const e = entries(ctx, v, name, RULE_KEYS, MISPLACED_KEY_HINTS.rule);
+  if (e === undefined) return undefined;
+
+  const { id, idLoc } = parseRuleId(ctx, e.get('id'));
+  const rule: Rule = { id: id ?? generatedId, idWritten: id !== undefined, kind, verbs: {}, loc: v.loc };
+
+  for (const verb of VERBS) {
+    const entry = e.get(verb);
+    if (entry) rule.verbs[verb] = parseTargets(ctx, entry.value, verb, name);
+  }
+  if (!VERBS.some((verb) => e.has(verb))) {
+    err(ctx, v.loc, `${name} has no verb: give at least one of ${VERBS.join(', ')}`);
+  }
+
+  const when = e.get('when');
+  if (kind !== 'contextual') {
+    if (when) err(ctx, when.key.loc, `${name}: when is only allowed on contextual rules (this rule is under ${kind})`);
+  } else if (when === undefined) {
+    err(ctx, v.loc, `contextual ${name} has no when: a contextual rule needs the condition under which it allows`);
+  } else {
+    rule.when = parseWhen(ctx, when.value, name, policyRoles);
+  }
+  return { rule, idLoc };
+}
+
+function parseRuleId(ctx: Ctx, entry: Entry | undefined): { id?: string; idLoc?: SourceLocation } {
+  if (entry === undefined) return {};
+  const id = str(ctx, entry.value, 'a rule id', true);
+  if (id === undefined) return {};
+  if (!ID_RE.test(id)) {
+    err(
+      ctx,
+      entry.value.loc,
+      `bad rule id ${q(id)}: use letters, digits, ".", "_" and "-", starting with a letter or digit`,
+    );
+    return {};
+  }
+  return { id, idLoc: entry.value.loc };
+}
+
+function checkDuplicateIds(ctx: Ctx, ids: { id: string; loc: SourceLocation }[]): void {
+  // In source order, so the error lands on the one written second whatever the list order.
+  const sorted = [...ids].sort((a, b) => a.loc.line - b.loc.line || a.loc.col - b.loc.col);
+  const first = new Map<string, SourceLocation>();
+  for (const { id, loc } of sorted) {
+    const prev = first.get(id);
+    if (prev) err(ctx, loc, `duplicate rule id "${id}" (first used at ${where(prev)})`);
+    else first.set(id, loc);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targets
+
+function parseTargets(ctx: Ctx, v: At, verb: Verb, ruleName: string): Target[] {
+  const targets: Target[] = [];
+  for (const item of oneOrList(ctx, v, `${ruleName}: ${verb}`, 'targets')) {
+    if (isSeq(item.node) && !isFileVerb(verb)) {
+      // `[[::1]:53]` is a list inside the list to YAML.
+      err(ctx, item.loc, `${ruleName}: ${verb} target is a list; quote bracketed IPv6 destinations, e.g. "[::1]:53"`);
+      continue;
+    }
+    const s = str(ctx, item, `${ruleName}: ${verb} target`);
+    if (s === undefined) continue;
+    const t = isFileVerb(verb) ? pathTarget(ctx, item, s, `${ruleName}: ${verb} target`) : netTarget(ctx, item, s, verb, ruleName);
+    if (t) targets.push(t);
+  }
+  return targets;
+}
+
+function isFileVerb(verb: Verb): boolean {
+  return (FILE_VERBS as readonly string[]).includes(verb);
+}
+
+/** A path target (rule target or when.exe), checked and canonicalised. */
+function pathTarget(ctx: Ctx, v: At, s: string, what: string): PathTarget | undefined {
+  const problem = pathProblem(s);
+  if (problem !== undefined) {
+    err(ctx, v.loc, `${what} ${q(s)} ${problem}`);
+    return undefined;
+  }
+  let canonical: string;
+  try {
+    canonical = ctx.canonicalize(s);
+  } catch (e) {
+    err(ctx, v.loc, `${what} ${q(s)} cannot be canonicalised: ${(e as Error).message}`);
+    return undefined;
+  }
+  const subtree = s.endsWith('/');
+  if (subtree && !canonical.endsWith('/')) canonical += '/';
+  // The kernel compares "<path>\0", and "<path>/\0" for a directory: the limit is on the path
+  // without its trailing '/', for which room is kept.
+  const bytes = Buffer.byteLength(subtree && canonical !== '/' ? canonical.slice(0, -1) : canonical, 'utf8');
+  if (bytes > MAX_RULE_PATH_BYTES) {
+    const shown = canonical === s ? '' : ` (canonical form ${q(canonical)})`;
+    err(ctx, v.loc, `${what} ${q(s)} is ${bytes} bytes long${shown}; the kernel compares at most ${MAX_RULE_PATH_BYTES}`);
+    return undefined;
+  }
+  return { kind: 'path', written: s, canonical, subtree, loc: v.loc };
+}
+
+/** Why a written path is unacceptable, as the end of a sentence; undefined when it is fine. */
+function pathProblem(s: string): string | undefined {
+  if (s === '') return 'is empty';
+  if (s.includes('\0')) return 'contains a NUL byte';
+  // A control character is almost always an accident (a block scalar's newline, a pasted tab);
+  // such a rule would silently match a different file than the one the reviewer read.
+  const ctl = /[\u0001-\u001f\u007f]/.exec(s);
+  if (ctl) return `contains a control character (U+${ctl[0].charCodeAt(0).toString(16).padStart(4, '0').toUpperCase()})`;
+  if (!s.startsWith('/')) {
+    if (typeof parseNetDestination(s) !== 'string') {
+      return 'is a network destination; network destinations go under connect or bind, paths under read, write and exec';
+    }
+    if (s.startsWith('~')) return 'is a relative path ("~" is not expanded); paths must be absolute (start with "/")';
+    return 'is a relative path; paths must be absolute (start with "/")';
+  }
+  // Paths are matched literally. `/home/*/` in a block rule would block nothing a reviewer
+  // expects it to, so a glob character is refused rather than taken as a file name.
+  if (s.includes('*')) {
+    return 'contains "*": paths are matched literally, there are no wildcards (a trailing "/" covers a directory and everything below it)';
+  }
+  return undefined;
+}
+
+function netTarget(ctx: Ctx, v: At, s: string, verb: Verb, ruleName: string): NetTarget | undefined {
+  const what = `${ruleName}: ${verb} target ${q(s)}`;
+  if (s.startsWith('/')) {
+    err(ctx, v.loc, `${what} is a path; ${verb} takes network destinations (ADDRESS:PORTS), paths go under read, write or exec`);
+    return undefined;
+  }
+  const parsed = parseNetDestination(s);
+  if (typeof parsed === 'string') {
+    err(ctx, v.loc, `${what} ${parsed}`);
+    return undefined;
+  }
+  if (verb === 'bind' && (parsed.address.type === 'host' || parsed.address.type === 'domain')) {
+    err(ctx, v.loc, `${what}: bind takes a local address (an IP address, a CIDR or *), not a host name`);
+    return undefined;
+  }
+  return { kind: 'net', written: s, ...parsed, loc: v.loc };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network destinations: ADDRESS:PORTS
+
+type NetAddress = NetTarget['address'];
+type Ports = NetTarget['ports'];
+
+/** Parses `ADDRESS:PORTS`; on failure returns why, as the end of a sentence. */
+function parseNetDestination(s: string): { address: NetAddress; ports: Ports } | string {
+  let addr: string;
+  let ports: string;
+  let bracketed = false;
+  if (s.startsWith('[')) {
+    const close = s.indexOf(']');
+    if (close < 0) return 'has "[" without a closing "]"';
+    if (s[close + 1] !== ':') return 'needs ":PORTS" after "]", e.g. "[::1]:53"';
+    addr = s.slice(1, close);
+    ports = s.slice(close + 2);
+    bracketed = true;
+  } else {
+    const colon = s.lastIndexOf(':');
+    if (colon < 0) return 'needs ":PORTS", e.g. "api.example.com:443" (":*" for any port)';
+    addr = s.slice(0, colon);
+    ports = s.slice(colon + 1);
+    if (addr.includes(':')) return 'has an IPv6 address without brackets; write "[ADDRESS]:PORTS", e.g. "[::1]:53"';
+  }
+  const address = parseAddress(addr, bracketed);
+  if (typeof address === 'string') return address;
+  const range = parsePorts(ports);
+  if (typeof range === 'string') return range;
+  return { address, ports: range };
+}
+
+function parseAddress(a: string, bracketed: boolean): NetAddress | string {
+  if (a === '') return 'has no address before ":PORTS" ("*" for any address)';
+  if (a.includes('%')) return 'has an IPv6 zone index ("%..."), which is not supported';
+  if (bracketed) return parseIpOrCidr(a, 6);
+  if (a === '*') return { type: 'any' };
+  if (a.includes('/') || net.isIP(a) === 4) return parseIpOrCidr(a, 4);
+  if (a.startsWith('*.')) {
+    const problem = hostNameProblem(a.slice(2));
+    if (problem) return `has a bad wildcard domain ${q(a)}: ${problem}`;
+    return { type: 'domain', suffix: a.slice(2).toLowerCase() };
+  }
+  if (a.includes('*')) return `has "*" inside ${q(a)}: only "*" (any address) or a leading "*." (subdomains) is allowed`;
+  if (/^[0-9.]+$/.test(a)) return `has an invalid IPv4 address ${q(a)}`;
+  const problem = hostNameProblem(a);
+  if (problem) return `has an invalid host name ${q(a)}: ${problem}`;
+  // DNS names are case-insensitive; the lower-case form is what is compared.
+  return { type: 'host', name: a.toLowerCase() };
+}
+
+function parseIpOrCidr(a: string, family: 4 | 6): NetAddress | string {
+  const slash = a.indexOf('/');
+  const ip = slash < 0 ? a : a.slice(0, slash);
+  const got = net.isIP(ip);
+  if (got !== family) {
+    if (family === 6 && got === 4) return `has an IPv4 address in brackets; brackets are only for IPv6 (write "${a}:PORTS")`;
+    return `has an invalid IPv${family} address ${q(ip)}`;
+  }
+  const bits = family === 4 ? 32 : 128;
+  let prefix = bits;
+  if (slash >= 0) {
+    const p = a.slice(slash + 1);
+    if (!/^(0|[1-9][0-9]*)$/.test(p) || Number(p) > bits) {
+      return `has a bad prefix length "/${p}" (0-${bits} for IPv${family})`;
+    }
+    prefix = Number(p);
+  }
+  const bytes = family === 4 ? ipv4Bytes(ip) : ipv6Bytes(ip);
+  const masked = maskBytes(bytes, prefix);
+  if (masked.some((b, i) => b !== bytes[i])) {
+    // 10.0.0.1/8 is most likely 10.0.0.0/8 or 10.0.0.1/32; which one is for the author to say.
+    const net4or6 = family === 4 ? formatIPv4(masked) : formatIPv6(masked);
+    const suggestion = family === 4 ? `${net4or6}/${prefix}` : `[${net4or6}/${prefix}]`;
+    return `has host bits set in ${q(family === 4 ? a : `[${a}]`)}: did you mean ${q(suggestion)}?`;
+  }
+  return { type: 'ip', family, addr: family === 4 ? ip : formatIPv6(bytes), prefix };
+}
+
+function parsePorts(p: string): Ports | string {
+  if (p === '*') return { from: 0, to: 65535 };
+  const m = /^([0-9]+)(?:-([0-9]+))?$/.exec(p);
+  if (!m) return `has bad PORTS ${q(p)}: expected a port (1-65535), a range such as 8000-8999, or *`;
+  const from = portNumber(m[1]);
+  const to = m[2] === undefined ? from : portNumber(m[2]);
+  if (from === undefined || to === undefined) {
+    return `has a bad port in ${q(p)}: ports are 1-65535, written without leading zeros`;
+  }
+  if (from > to) return `has an empty port range ${q(p)}: the first port must not exceed the second`;
+  return { from, to };
+}
+
+function portNumber(s: string): number | undefined {
+  if (!/^[1-9][0-9]{0,4}$/.test(s)) return undefined;
+  const n = Number(s);
+  return n <= 65535 ? n : undefined;
+}
+
+/** RFC 1123 host name check; returns the problem or undefined. */
+function hostNameProblem(name: string): string | undefined {
+  if (name === '') return 'the name is empty';
+  if (name.endsWith('.')) return 'write it without the trailing "."';
+  if (name.length > 253) return 'longer than 253 characters';
+  const labels = name.split('.');
+  for (const label of labels) {
+    if (label === '') return 'it has an empty label ("..")';
+    if (label.length > 63) return `label ${q(label)} is longer than 63 characters`;
+    if (!/^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$/.test(label)) {
+      return `label ${q(label)} must be letters, digits and inner hyphens (RFC 1123)`;
+    }
+  }
+  // A top-level label is never all digits; such a name is a mistyped address.
+  if (/^[0-9]+$/.test(labels[labels.length - 1])) return 'the last label is all digits (a mistyped IP address?)';
+  return undefined;
+}
+
+function ipv4Bytes(ip: string): number[] {
+  return ip.split('.').map(Number);
+}
+
+function formatIPv4(bytes: number[]): string {
+  return bytes.join('.');
+}
+
+/** 16 bytes of a valid IPv6 address (net.isIP() === 6, no zone index). */
+function ipv6Bytes(ip: string): number[] {
+  // Embedded IPv4 (::ffff:192.0.2.1) → two hex groups.
+  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(ip);
+  if (v4) {
+    const [a, b, c, d] = v4.slice(1).map(Number);
+    ip = ip.slice(0, v4.index) + `${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const [head, tail] = ip.split('::');
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  const groups = tail === undefined ? h : [...h, ...new Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  return groups.flatMap((g) => {
+    const n = parseInt(g, 16);
+    return [n >> 8, n & 0xff];
+  });
+}
+
+/** RFC 5952 text form: lower case, no leading zeros, the first longest run (≥2) of zero groups as "::". */
+function formatIPv6(bytes: number[]): string {
+  const groups: number[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push((bytes[i] << 8) | bytes[i + 1]);
+  let bestStart = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen) [bestStart, bestLen] = [i, j - i];
+    i = j;
+  }
+  const hex = groups.map((g) => g.toString(16));
+  if (bestStart < 0) return hex.join(':');
+  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
+}
+
+function maskBytes(bytes: number[], prefix: number): number[] {
+  return bytes.map((b, i) => {
+    const keep = Math.max(0, Math.min(8, prefix - i * 8));
+    return b & ((0xff << (8 - keep)) & 0xff);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conditions
+
+function parseWhen(ctx: Ctx, v: At, ruleName: string, policyRoles: string[] | undefined): Conditions | undefined {
+  const what = `${ruleName}: when`;
+  if (isScalar(v.node) && v.node.value === null) {
+    err(ctx, v.loc, `${what} is empty; give at least one of ${WHEN_KEYS.join(', ')}`);
+    return undefined;
+  }
+  const e = entries(ctx, v, `when of ${ruleName}`, WHEN_KEYS, MISPLACED_KEY_HINTS.when);
+  if (e === undefined) return undefined;
+  // Only when nothing at all is written: unknown keys were reported already.
+  if ((v.node as YAMLMap).items.length === 0) {
+    err(ctx, v.loc, `${what} is empty; give at least one of ${WHEN_KEYS.join(', ')}`);
+    return undefined;
+  }
+  const cond: Conditions = { loc: v.loc };
+  const role = e.get('role');
+  if (role) cond.role = whenRoles(ctx, role.value, what, policyRoles);
+  const exe = e.get('exe');
+  if (exe) {
+    cond.exe = oneOrList(ctx, exe.value, `${what}.exe`, 'paths').flatMap((item) => {
+      const s = str(ctx, item, `${what}.exe`);
+      const t = s === undefined ? undefined : pathTarget(ctx, item, s, `${what}.exe`);
+      return t ? [t] : [];
+    });
+  }
+  const label = e.get('label');
+  if (label) cond.label = whenLabels(ctx, label.value, what);
+  const uid = e.get('uid');
+  if (uid) cond.uid = whenUids(ctx, uid.value, what);
+  return cond;
+}
+
+function whenRoles(ctx: Ctx, v: At, what: string, policyRoles: string[] | undefined): string[] {
+  const roles: string[] = [];
+  for (const item of oneOrList(ctx, v, `${what}.role`, 'roles')) {
+    const role = str(ctx, item, `${what}.role`, true);
+    if (role === undefined) continue;
+    if (role === '*') {
+      err(ctx, item.loc, `${what}.role cannot be "*"; name the roles (or leave role out)`);
+    } else if (!ROLE_RE.test(role)) {
+      err(ctx, item.loc, `bad role name ${q(role)}: use letters, digits, ".", "_" and "-"`);
+    } else if (policyRoles && !policyRoles.includes('*') && !policyRoles.includes(role)) {
+      // The policy never applies to that role, so this condition could never hold.
+      err(ctx, item.loc, `${what}.role ${q(role)} is not among the roles this policy governs (spec.roles)`);
+    } else {
+      roles.push(role);
+    }
+  }
+  return roles;
+}
+
+function whenLabels(ctx: Ctx, v: At, what: string): Record<string, string> {
+  const labels: Record<string, string> = {};
+  const e = entries(ctx, v, `${what}.label`, null);
+  if (e === undefined) return labels;
+  if ((v.node as YAMLMap).items.length === 0) err(ctx, v.loc, `${what}.label is empty; give key: value pairs or leave label out`);
+  for (const [key, entry] of e) {
+    if (key === '') err(ctx, entry.key.loc, `${what}.label has an empty key`);
+    const n = entry.value.node;
+    if (isScalar(n) && typeof n.value === 'string') labels[key] = n.value;
+    else if (isScalar(n) && (typeof n.value === 'number' || typeof n.value === 'boolean')) {
+      err(ctx, entry.value.loc, `${what}.label.${key} must be a string; quote it: "${n.source ?? String(n.value)}"`);
+    } else typeError(ctx, entry.value, `${what}.label.${key}`, 'a string');
+  }
+  return labels;
+}
+
+function whenUids(ctx: Ctx, v: At, what: string): number[] {
+  const uids: number[] = [];
+  for (const item of oneOrList(ctx, v, `${what}.uid`, 'uids')) {
+    const n = item.node;
+    // Decimal only: YAML would also read 0o17 or 1e3 as numbers, which nobody means for a uid.
+    const decimal = isScalar(n) && typeof n.value === 'number' && /^(0|[1-9][0-9]*)$/.test(n.source ?? String(n.value));
+    if (decimal && Number.isSafeInteger(n.value) && (n.value as number) <= MAX_UID) {
+      uids.push(n.value as number);
+    } else {
+      err(ctx, item.loc, `${what}.uid must be a non-negative integer uid (0-${MAX_UID}), got ${describe(n)}`);
+    }
+  }
+  return uids;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed access to YAML nodes
+
+interface Entry {
+  key: At;
+  value: At;
+}
+
+function at(ctx: Ctx, node: unknown, pointer: string, fallbackOffset: number): At {
+  const range = (node as { range?: [number, number, number] } | null)?.range;
+  return { node, loc: offsetLoc(ctx, range ? range[0] : fallbackOffset, pointer) };
+}
+
+/**
+ * The entries of a mapping, with unknown keys reported (`allowed` null: any key). Returns
+ * undefined (after reporting) when `v` is not a mapping.
+ */
+function entries(
+  ctx: Ctx,
+  v: At,
+  what: string,
+  allowed: readonly string[] | null,
+  hints: Record<string, string> = {},
+): Map<string, Entry> | undefined {
+  if (!isMap(v.node)) {
+    typeError(ctx, v, what, 'a mapping');
+    return undefined;
+  }
+  const map = v.node as YAMLMap<unknown, unknown>;
+  const out = new Map<string, Entry>();
+  for (const pair of map.items as Pair<unknown, unknown>[]) {
+    const keyOffset = (pair.key as Scalar | null)?.range?.[0] ?? map.range?.[0] ?? 0;
+    const k = pair.key;
+    if (!isScalar(k) || typeof k.value !== 'string') {
+      err(ctx, offsetLoc(ctx, keyOffset, v.loc.pointer), `keys in ${what} must be strings, got ${describe(k)}`);
+      continue;
+    }
+    const pointer = `${v.loc.pointer}/${escapePointer(k.value)}`;
+    const key = at(ctx, k, pointer, keyOffset);
+    if (allowed !== null && !allowed.includes(k.value)) {
+      err(ctx, key.loc, `unknown key ${q(k.value)} in ${what}${unknownKeyHint(k.value, allowed, hints)}`);
+      continue;
+    }
+    // `key:` with no value is a null scalar positioned after the colon; keep the key's position
+    // when there is no node at all.
+    out.set(k.value, { key, value: at(ctx, pair.value, pointer, keyOffset) });
+  }
+  return out;
+}
+
+function unknownKeyHint(key: string, allowed: readonly string[], hints: Record<string, string>): string {
+  if (Object.prototype.hasOwnProperty.call(hints, key)) return ` (${hints[key]})`;
+  const s = suggest(key, allowed);
+  return s ? ` (did you mean ${q(s)}?)` : ` (expected one of: ${allowed.join(', ')})`;
+}
+
+/** A required key's entry, or undefined after reporting it missing (at `ownerLoc`). */
+function required(ctx: Ctx, e: Map<string, Entry>, key: string, ownerLoc: SourceLocation, what: string): Entry | undefined {
+  const entry = e.get(key);
+  if (entry === undefined) err(ctx, ownerLoc, `${what} is missing required key ${q(key)}`);
+  return entry;
+}
+
+/** A string that must be one of `values` (with a suggestion when it is close to one). */
+function expectExactly(ctx: Ctx, v: At, what: string, values: readonly string[]): string | undefined {
+  const s = str(ctx, v, what);
+  if (s === undefined) return undefined;
+  if (values.includes(s)) return s;
+  // With a single valid value the message already names it.
+  const s2 = values.length > 1 ? suggest(s, values) : undefined;
+  const expected = values.map((x) => q(x)).join(' or ');
+  err(ctx, v.loc, `${what} must be ${expected}, got ${q(s)}${s2 ? ` (did you mean ${q(s2)}?)` : ''}`);
+  return undefined;
+}
+
+/**
+ * A string value. `freeText`: any text of the right form will do (names, ids, roles), so a number
+ * or boolean was most likely meant as text: YAML reads `id: 2024` as a number; say to quote it.
+ */
+function str(ctx: Ctx, v: At, what: string, freeText = false): string | undefined {
+  const n = v.node;
+  if (isScalar(n) && typeof n.value === 'string') return n.value;
+  const quoteIt = freeText && isScalar(n) && (typeof n.value === 'number' || typeof n.value === 'boolean');
+  err(ctx, v.loc, `${what} must be a string, got ${describe(n)}${quoteIt ? ` (quote it: "${n.source ?? String(n.value)}")` : ''}`);
+  return undefined;
+}
+
+function seqItems(ctx: Ctx, v: At): At[] {
+  const seq = v.node as YAMLSeq<unknown>;
+  return seq.items.map((item, i) => at(ctx, item, `${v.loc.pointer}/${i}`, seq.range?.[0] ?? 0));
+}
+
+/**
+ * A value that may be written as one item or a list of them ("each verb takes one target or a
+ * list"); an empty list or no value at all is an error: it would match nothing.
+ */
+function oneOrList(ctx: Ctx, v: At, what: string, plural: string): At[] {
+  const n = v.node;
+  if (isScalar(n) && n.value === null) {
+    err(ctx, v.loc, `${what} has no ${plural}; give one or a list`);
+    return [];
+  }
+  if (isMap(n)) {
+    typeError(ctx, v, what, `one value or a list of ${plural}`);
+    return [];
+  }
+  if (!isSeq(n)) return [v];
+  const items = seqItems(ctx, v);
+  if (items.length === 0) err(ctx, v.loc, `${what} is an empty list; give at least one (an empty list matches nothing)`);
+  return items;
+}
+
+function typeError(ctx: Ctx, v: At, what: string, expected: string): void {
+  // Aliases were reported by checkDocumentSyntax, and their documents skipped.
+  err(ctx, v.loc, `${what} must be ${expected}, got ${describe(v.node)}`);
+}
+
+function describe(n: unknown): string {
+  if (n === null || n === undefined) return 'nothing';
+  if (isMap(n)) return 'a mapping';
+  if (isSeq(n)) return 'a list';
+  if (isAlias(n)) return 'an alias';
+  if (isScalar(n)) {
+    const value = n.value;
+    if (value === null) return 'an empty value';
+    if (typeof value === 'string') return `the string ${q(value)}`;
+    if (typeof value === 'number') return `the number ${n.source ?? value}`;
+    if (typeof value === 'boolean') return `the boolean ${value}`;
+    return `a ${typeof value} value`;
+  }
+  return 'an unsupported value';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Diagnostics and small helpers
+
+function offsetLoc(ctx: Ctx, offset: number, pointer: string): SourceLocation {
+  const { line, col } = ctx.lines.linePos(offset);
+  return { file: ctx.file, line, col, pointer };
+}
+
+function fileLoc(file: string): SourceLocation {
+  return { file, line: 1, col: 1, pointer: '' };
+}
+
+function err(ctx: Ctx, loc: SourceLocation, message: string): void {
+  error(ctx.diags, loc, message);
+}
+
+function error(diags: PolicyDiagnostic[], loc: SourceLocation, message: string): void {
+  diags.push({ severity: 'error', message, loc });
+}
+
+function where(loc: SourceLocation): string {
+  return `${loc.file}:${loc.line}:${loc.col}`;
+}
+
+function q(s: string): string {
+  return JSON.stringify(s);
+}
+
+function escapePointer(token: string): string {
+  return token.replace(/~/g, '~0').replace(/\//g, '~1');
+}
+
+/** The closest candidate to a misspelt word (case-insensitive edit distance), if close enough. */
+function suggest(word: string, candidates: readonly string[]): string | undefined {
+  const w = word.toLowerCase();
+  const limit = w.length <= 3 ? 1 : 2;
+  let best: string | undefined;
+  let bestDistance = limit + 1;
+  for (const c of candidates) {
+    const d = editDistance(w, c.toLowerCase());
+    if (d < bestDistance) [best, bestDistance] = [c, d];
+  }
+  return best;
+}
+
+/** Optimal-string-alignment distance: insertions, deletions, substitutions, adjacent swaps. */
+function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strict JSON
+
+/**
+ * A .json file must be JSON, not merely YAML. JSON.parse decides; the scanner below only finds
+ * where the problem is (JSON.parse does not always say). Returns false after reporting.
+ */
+function checkJsonSyntax(ctx: Ctx, text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch (e) {
+    const found = findJsonError(text);
+    const m = /at position (\d+)/.exec((e as Error).message);
+    const offset = found?.offset ?? (m ? Number(m[1]) : 0);
+    const message = found?.message ?? (e as Error).message;
+    // The line counter is filled by the YAML parser, which does not run for a broken file.
+    const { line, col } = linePosIn(text, offset);
+    err(ctx, { file: ctx.file, line, col, pointer: '' }, `JSON syntax error: ${message}`);
+    return false;
+  }
+}
+
+function linePosIn(text: string, offset: number): { line: number; col: number } {
+  const before = text.slice(0, offset);
+  const line = before.split('\n').length;
+  return { line, col: offset - (before.lastIndexOf('\n') + 1) + 1 };
+}
+
+/** Position and reason of the first JSON syntax error (RFC 8259), or undefined. */
+function findJsonError(text: string): { offset: number; message: string } | undefined {
+  let i = 0;
+  class Fail {
+    constructor(
+      readonly offset: number,
+      readonly message: string,
+    ) {}
+  }
+  const fail: (message: string) => never = (message) => {
+    throw new Fail(i, message);
+  };
+  const ws = () => {
+    while (i < text.length && ' \t\n\r'.includes(text[i])) i++;
+  };
+  const unexpected = () => fail(i >= text.length ? 'unexpected end of input' : `unexpected ${q(text[i])}`);
+  const string = () => {
+    i++; // opening quote
+    for (;;) {
+      const c = text[i];
+      if (c === undefined) fail('unterminated string');
+      if (c === '"') return void i++;
+      if (c.charCodeAt(0) < 0x20) fail('control character in a string (escape it, e.g. \\n or \\t)');
+      if (c === '\\') {
+        i++;
+        if (text[i] === 'u') {
+          if (!/^[0-9a-fA-F]{4}$/.test(text.slice(i + 1, i + 5))) fail('bad \\u escape (needs 4 hex digits)');
+          i += 4;
+        } else if (!'"\\/bfnrt'.includes(text[i] ?? 'x')) fail('bad escape in a string');
+      }
+      i++;
+    }
+  };
+  const value = (): void => {
+    ws();
+    const c = text[i];
+    if (c === '{') {
+      i++;
+      ws();
+      if (text[i] === '}') return void i++;
+      for (;;) {
+        ws();
+        if (text[i] !== '"') fail('expected a double-quoted property name');
+        string();
+        ws();
+        if (text[i] !== ':') fail('expected ":" after a property name');
+        i++;
+        value();
+        ws();
+        if (text[i] === ',') i++;
+        else if (text[i] === '}') return void i++;
+        else fail('expected "," or "}"');
+      }
+    }
+    if (c === '[') {
+      i++;
+      ws();
+      if (text[i] === ']') return void i++;
+      for (;;) {
+        value();
+        ws();
+        if (text[i] === ',') i++;
+        else if (text[i] === ']') return void i++;
+        else fail('expected "," or "]"');
+      }
+    }
+    if (c === '"') return string();
+    const num = /-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
+    num.lastIndex = i;
+    if ((c === '-' || (c >= '0' && c <= '9')) && num.exec(text)) return void (i = num.lastIndex);
+    for (const literal of ['true', 'false', 'null']) if (text.startsWith(literal, i)) return void (i += literal.length);
+    unexpected();
+  };
+  try {
+    value();
+    ws();
+    if (i < text.length) fail('unexpected content after the JSON value');
+    return undefined;
+  } catch (e) {
+    if (e instanceof Fail) return { offset: e.offset, message: e.message };
+    return undefined; // e.g. nesting too deep for the stack: fall back to JSON.parse's message
+  }
+}

@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * A flat, FFI-friendly C API over libbpf for helmd (bound with koffi in
+ * daemon/kernel/native.ts). Every function takes and returns plain integers,
+ * strings and caller-owned buffers; errors come back as -errno plus a message.
+ * libbpf's own diagnostics (the verifier log included) are captured so that a
+ * failure to load reaches the user as text, not just as an errno.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#define HELM_MAX_LINKS 32
+#define LOG_TAIL 16384
+
+struct helm_obj {
+	struct bpf_object *obj;
+	struct bpf_link *links[HELM_MAX_LINKS];
+	int nlinks;
+};
+
+struct helm_ring {
+	struct ring_buffer *rb;
+	char *out;
+	int cap;
+	int used;
+	int max_record;
+};
+
+/* The tail of libbpf's messages since the last helm_open(). */
+static char libbpf_log[LOG_TAIL];
+static size_t libbpf_log_len;
+
+static int capture_libbpf(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	char line[2048];
+	int n;
+
+	if (level == LIBBPF_DEBUG)
+		return 0;
+	n = vsnprintf(line, sizeof(line), fmt, ap);
+	if (n <= 0)
+		return 0;
+	if ((size_t)n >= sizeof(line))
+		n = sizeof(line) - 1;
+	if (libbpf_log_len + n >= LOG_TAIL) {
+		/* keep the newest half: the error is at the end */
+		size_t keep = LOG_TAIL / 2;
+		memmove(libbpf_log, libbpf_log + libbpf_log_len - keep, keep);
+		libbpf_log_len = keep;
+	}
+	memcpy(libbpf_log + libbpf_log_len, line, n);
+	libbpf_log_len += n;
+	libbpf_log[libbpf_log_len] = 0;
+	return 0;
+}
+
+static void set_error(char *err, int errlen, int code, const char *what)
+{
+	if (!err || errlen <= 0)
+		return;
+	snprintf(err, errlen, "%s: %s (errno %d)%s%s", what, strerror(code), code,
+		 libbpf_log_len ? "\nlibbpf said:\n" : "", libbpf_log_len ? libbpf_log : "");
+}
+
+/* Opens and loads an object file; nothing is attached yet. */
+struct helm_obj *helm_open(const char *path, char *err, int errlen)
+{
+	struct helm_obj *o;
+	int rc;
+
+	libbpf_set_print(capture_libbpf);
+	libbpf_log_len = 0;
+	libbpf_log[0] = 0;
+	o = calloc(1, sizeof(*o));
+	if (!o) {
+		set_error(err, errlen, ENOMEM, "out of memory");
+		return NULL;
+	}
+	o->obj = bpf_object__open_file(path, NULL);
+	if (!o->obj) {
+		set_error(err, errlen, errno, "cannot open BPF object");
+		free(o);
+		return NULL;
+	}
+	rc = bpf_object__load(o->obj);
+	if (rc) {
+		set_error(err, errlen, -rc, "the kernel refused to load the BPF programs");
+		bpf_object__close(o->obj);
+		free(o);
+		return NULL;
+	}
+	return o;
+}
+
+/* Attaches every program by its section name (lsm/..., raw_tp/...). */
+int helm_attach_all(struct helm_obj *o, char *err, int errlen)
+{
+	struct bpf_program *prog;
+
+	bpf_object__for_each_program(prog, o->obj) {
+		struct bpf_link *link;
+		char what[256];
+
+		if (o->nlinks >= HELM_MAX_LINKS) {
+			set_error(err, errlen, E2BIG, "too many programs");
+			return -E2BIG;
+		}
+		link = bpf_program__attach(prog);
+		if (!link) {
+			int code = errno;
+			snprintf(what, sizeof(what), "cannot attach program %s",
+				 bpf_program__name(prog));
+			set_error(err, errlen, code, what);
+			return -code;
+		}
+		o->links[o->nlinks++] = link;
+	}
+	return o->nlinks;
+}
+
+void helm_close(struct helm_obj *o)
+{
+	if (!o)
+		return;
+	for (int i = 0; i < o->nlinks; i++)
+		bpf_link__destroy(o->links[i]);
+	bpf_object__close(o->obj);
+	free(o);
+}
+
+int helm_map_fd(struct helm_obj *o, const char *name)
+{
+	struct bpf_map *m = bpf_object__find_map_by_name(o->obj, name);
+	if (!m)
+		return -ENOENT;
+	return bpf_map__fd(m);
+}
+
+int helm_map_create(int type, const char *name, int key_size, int value_size, int max_entries,
+		    int map_flags)
+{
+	LIBBPF_OPTS(bpf_map_create_opts, opts, .map_flags = map_flags);
+	int fd = bpf_map_create(type, name, key_size, value_size, max_entries, &opts);
+	return fd < 0 ? -errno : fd;
+}
+
+int helm_map_update(int fd, const void *key, const void *value, unsigned long long flags)
+{
+	return bpf_map_update_elem(fd, key, value, flags) ? -errno : 0;
+}
+
+int helm_map_lookup(int fd, const void *key, void *value)
+{
+	return bpf_map_lookup_elem(fd, key, value) ? -errno : 0;
+}
+
+int helm_map_delete(int fd, const void *key)
+{
+	return bpf_map_delete_elem(fd, key) ? -errno : 0;
+}
+
+int helm_close_fd(int fd)
+{
+	return close(fd) ? -errno : 0;
+}
+
+int helm_num_possible_cpus(void)
+{
+	return libbpf_num_possible_cpus();
+}
+
+/* CLOCK_REALTIME minus CLOCK_BOOTTIME, to turn bpf_ktime_get_boot_ns() into wall time. */
+long long helm_realtime_offset_ns(void)
+{
+	struct timespec rt, bt;
+
+	clock_gettime(CLOCK_REALTIME, &rt);
+	clock_gettime(CLOCK_BOOTTIME, &bt);
+	return (rt.tv_sec - bt.tv_sec) * 1000000000LL + (rt.tv_nsec - bt.tv_nsec);
+}
+
+/*
+ * Records are copied into the caller's buffer as [u32 len][u32 0][data, padded
+ * to 8]. libbpf consumes a record before calling us, so a record must never be
+ * refused: we stop (by returning an error) only after copying, once the room
+ * left could not hold a record of the largest size.
+ */
+#define RING_FULL (-ENOSPC)
+
+static int copy_record(void *ctx, void *data, size_t len)
+{
+	struct helm_ring *r = ctx;
+	size_t padded = (len + 7) & ~7UL;
+
+	if (r->used + 8 + (int)padded > r->cap)
+		return -E2BIG; /* cannot happen: room was checked after the previous record */
+	*(unsigned int *)(r->out + r->used) = (unsigned int)len;
+	*(unsigned int *)(r->out + r->used + 4) = 0;
+	memcpy(r->out + r->used + 8, data, len);
+	r->used += 8 + (int)padded;
+	return r->cap - r->used < r->max_record + 8 ? RING_FULL : 0;
+}
+
+struct helm_ring *helm_ring_open(int map_fd, int max_record, char *err, int errlen)
+{
+	struct helm_ring *r = calloc(1, sizeof(*r));
+
+	if (!r) {
+		set_error(err, errlen, ENOMEM, "out of memory");
+		return NULL;
+	}
+	r->max_record = max_record;
+	r->rb = ring_buffer__new(map_fd, copy_record, r, NULL);
+	if (!r->rb) {
+		set_error(err, errlen, errno, "cannot open ring buffer");
+		free(r);
+		return NULL;
+	}
+	return r;
+}
+
+/* Waits up to timeout_ms for records, then copies as many as fit. Returns bytes used or -errno. */
+int helm_ring_drain(struct helm_ring *r, void *buf, int buflen, int timeout_ms)
+{
+	int rc;
+
+	if (buflen < r->max_record + 8)
+		return -EINVAL;
+	r->out = buf;
+	r->cap = buflen;
+	r->used = 0;
+	rc = ring_buffer__poll(r->rb, timeout_ms);
+	r->out = NULL;
+	if (rc < 0 && rc != RING_FULL && rc != -EINTR)
+		return rc;
+	return r->used;
+}
+
+void helm_ring_close(struct helm_ring *r)
+{
+	if (!r)
+		return;
+	ring_buffer__free(r->rb);
+	free(r);
+}

@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * Prints the size and field offsets of every struct in bpf/helm.h as JSON, and
+ * its constants. test/unit/layout.test.ts compares this with
+ * daemon/kernel/layout.ts, so C and TypeScript cannot drift apart unnoticed.
+ */
+#include <stddef.h>
+#include <stdio.h>
+#include "helm.h"
+
+static int first_struct = 1, first_field;
+
+#define STRUCT(s) do { printf("%s\n  \"%s\": {\"size\": %zu, \"fields\": {", first_struct ? "" : ",", #s, sizeof(struct s)); first_struct = 0; first_field = 1; } while (0)
+#define FIELD(s, f) do { printf("%s\"%s\": [%zu, %zu]", first_field ? "" : ", ", #f, offsetof(struct s, f), sizeof(((struct s *)0)->f)); first_field = 0; } while (0)
+#define END() printf("}}")
+#define CONST(c) printf(",\n  \"%s\": %lld", #c, (long long)(c))
+
+int main(void)
+{
+	printf("{");
+	STRUCT(helm_agent); FIELD(helm_agent, agent_id); FIELD(helm_agent, role_id); FIELD(helm_agent, flags); END();
+	STRUCT(helm_verdict); FIELD(helm_verdict, policy_id); FIELD(helm_verdict, rule_id); FIELD(helm_verdict, action); FIELD(helm_verdict, mode); END();
+	STRUCT(helm_path_key); FIELD(helm_path_key, prefixlen); FIELD(helm_path_key, role_id); FIELD(helm_path_key, path); END();
+	STRUCT(helm_path_value); FIELD(helm_path_value, verdict); FIELD(helm_path_value, default_mode); END();
+	STRUCT(helm_inode_key); FIELD(helm_inode_key, role_id); FIELD(helm_inode_key, dev); FIELD(helm_inode_key, ino); END();
+	STRUCT(helm_inode_value); FIELD(helm_inode_value, verdict); FIELD(helm_inode_value, subtree); END();
+	STRUCT(helm_settings); FIELD(helm_settings, active_generation); FIELD(helm_settings, flags); END();
+	STRUCT(helm_event);
+	FIELD(helm_event, ts_boot_ns); FIELD(helm_event, cgroup_id); FIELD(helm_event, agent_id); FIELD(helm_event, ino);
+	FIELD(helm_event, type); FIELD(helm_event, pid); FIELD(helm_event, tid); FIELD(helm_event, ppid);
+	FIELD(helm_event, uid); FIELD(helm_event, gid); FIELD(helm_event, role_id); FIELD(helm_event, generation);
+	FIELD(helm_event, dev); FIELD(helm_event, policy_id); FIELD(helm_event, rule_id); FIELD(helm_event, op);
+	FIELD(helm_event, decision); FIELD(helm_event, mode); FIELD(helm_event, reason); FIELD(helm_event, flags);
+	FIELD(helm_event, path_len); FIELD(helm_event, comm); FIELD(helm_event, path);
+	END();
+	printf(",\n  \"constants\": {\"_\": 0");
+	CONST(HELM_PATH_BUF); CONST(HELM_MAX_PATH_ENTRIES); CONST(HELM_MAX_INODE_ENTRIES); CONST(HELM_MAX_AGENTS);
+	CONST(HELM_MAX_CGROUP_DEPTH); CONST(HELM_MAX_GENERATIONS); CONST(HELM_EVENTS_BYTES); CONST(HELM_MAX_ANCESTORS);
+	CONST(HELM_OP_READ); CONST(HELM_OP_WRITE); CONST(HELM_OP_EXEC); CONST(HELM_FILE_OPS);
+	CONST(HELM_ACTION_NONE); CONST(HELM_ACTION_ALLOW); CONST(HELM_ACTION_DENY);
+	CONST(HELM_MODE_ENFORCE); CONST(HELM_MODE_DRY_RUN);
+	CONST(HELM_DECISION_ALLOW); CONST(HELM_DECISION_DENY); CONST(HELM_DECISION_WOULD_DENY);
+	CONST(HELM_REASON_RULE); CONST(HELM_REASON_DEFAULT); CONST(HELM_REASON_NO_POLICY);
+	CONST(HELM_REASON_PATH_ERROR); CONST(HELM_REASON_NO_TABLE); CONST(HELM_REASON_INODE_RULE);
+	CONST(HELM_AGENT_DRY_RUN); CONST(HELM_SETTINGS_DRY_RUN);
+	CONST(HELM_EVENT_DECISION); CONST(HELM_EVENT_SELFTEST); CONST(HELM_EVENT_FLAG_DIR);
+	printf("}\n}\n");
+	return 0;
+}
