@@ -146,9 +146,11 @@ static __always_inline int inode_block(void *inodes, struct file *file, __u32 ro
 	for (int depth = 0; depth < HELM_MAX_ANCESTORS; depth++) {
 		key.ino = BPF_CORE_READ(dentry, d_inode, i_ino);
 		struct helm_inode_value *v = bpf_map_lookup_elem(inodes, &key);
-		if (v && (depth == 0 || v->subtree) && op < HELM_FILE_OPS &&
-		    v->verdict[op].action == HELM_ACTION_DENY) {
-			d->verdict = v->verdict[op];
+		const struct helm_verdict *hit = !v || op >= HELM_FILE_OPS ? 0
+					       : depth == 0			? &v->self[op]
+										: &v->below[op];
+		if (hit && hit->action == HELM_ACTION_DENY) {
+			d->verdict = *hit;
 			d->reason = HELM_REASON_INODE_RULE;
 			return 1;
 		}
@@ -198,12 +200,17 @@ static __always_inline void emit(struct file *file, struct helm_agent *agent, __
 	e->reason = d->reason;
 	e->flags = flags;
 	e->path_len = path_len;
-	e->pad = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	if (path_len > 0)
 		__builtin_memcpy(e->path, key->path, sizeof(e->path));
 	else
 		e->path[0] = 0;
+	/* Resolved now: by the time helmd reads the event the process may be gone. */
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	e->exe_len = -2; /* ENOENT: a task without an executable */
+	e->exe[0] = 0;
+	if (exe)
+		e->exe_len = bpf_d_path((struct path *)&exe->f_path, e->exe, sizeof(e->exe));
 	bpf_ringbuf_submit(e, 0);
 }
 

@@ -102,9 +102,8 @@ struct helm_inode_key {
 };
 
 struct helm_inode_value {
-	struct helm_verdict verdict[HELM_FILE_OPS];
-	__u8 subtree; /* 1: the entry is a directory and covers everything below it */
-	__u8 pad[7];
+	struct helm_verdict self[HELM_FILE_OPS];  /* for the object itself: exact and subtree blocks */
+	struct helm_verdict below[HELM_FILE_OPS]; /* for anything below a directory: subtree blocks only */
 };
 
 /* Global switches, one entry. */
@@ -141,9 +140,10 @@ struct helm_event {
 	__u8 reason;   /* enum helm_reason */
 	__u32 flags;   /* HELM_EVENT_FLAG_* */
 	__s32 path_len; /* bytes in path including NUL, or a negative errno */
-	__u32 pad;
+	__s32 exe_len;  /* bytes in exe including NUL, or a negative errno */
 	char comm[16];
 	char path[HELM_PATH_BUF];
+	char exe[HELM_PATH_BUF]; /* the acting task's executable, resolved by the kernel */
 };
 
 #endif /* HELM_H */

@@ -58,6 +58,7 @@ int helm_selftest(struct bpf_raw_tracepoint_args *ctx)
 	e->tid = (__u32)pid_tgid;
 	e->uid = (__u32)bpf_get_current_uid_gid();
 	e->path_len = -1;
+	e->exe_len = -1;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, 0);
 	return 0;

@@ -139,7 +139,8 @@ export class Helmd {
 
   private reportLost(): void {
     if (!this.enforcer) return;
-    const total = this.enforcer.lostEvents();
+    // Lost in the kernel (ring full) or here (a record that could not be decoded): both are counted.
+    const total = this.enforcer.lostEvents() + (this.events?.undelivered ?? 0n);
     if (total === this.lostReported) return;
     const now = rfc3339Nanos(BigInt(Date.now()) * 1_000_000n);
     const count = total - this.lostReported;
@@ -176,7 +177,7 @@ export class Helmd {
         dry_run: this.opts.dryRun,
         audit_log: this.opts.auditLog,
         events_written: this.written.toString(),
-        events_lost: (this.enforcer?.lostEvents() ?? 0n).toString(),
+        events_lost: ((this.enforcer?.lostEvents() ?? 0n) + (this.events?.undelivered ?? 0n)).toString(),
         agents: this.agents.size,
       })),
     });

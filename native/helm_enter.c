@@ -36,6 +36,7 @@ int main(int argc, char **argv)
 	}
 	close(fd);
 	execvp(argv[3], &argv[3]);
-	fprintf(stderr, "helm-enter: cannot run %s: %s\n", argv[3], strerror(errno));
-	return errno == ENOENT ? 127 : 126;
+	n = errno; /* fprintf may change errno */
+	fprintf(stderr, "helm-enter: cannot run %s: %s\n", argv[3], strerror(n));
+	return n == ENOENT ? 127 : 126;
 }

@@ -151,6 +151,21 @@ int helm_map_create(int type, const char *name, int key_size, int value_size, in
 	return fd < 0 ? -errno : fd;
 }
 
+/* type, key size, value size, max entries: so callers can check their buffers first. */
+int helm_map_info(int fd, unsigned int *out4)
+{
+	struct bpf_map_info info = {};
+	__u32 len = sizeof(info);
+
+	if (bpf_obj_get_info_by_fd(fd, &info, &len))
+		return -errno;
+	out4[0] = info.type;
+	out4[1] = info.key_size;
+	out4[2] = info.value_size;
+	out4[3] = info.max_entries;
+	return 0;
+}
+
 int helm_map_update(int fd, const void *key, const void *value, unsigned long long flags)
 {
 	return bpf_map_update_elem(fd, key, value, flags) ? -errno : 0;

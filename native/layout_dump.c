@@ -23,7 +23,7 @@ int main(void)
 	STRUCT(helm_path_key); FIELD(helm_path_key, prefixlen); FIELD(helm_path_key, role_id); FIELD(helm_path_key, path); END();
 	STRUCT(helm_path_value); FIELD(helm_path_value, verdict); FIELD(helm_path_value, default_mode); END();
 	STRUCT(helm_inode_key); FIELD(helm_inode_key, role_id); FIELD(helm_inode_key, dev); FIELD(helm_inode_key, ino); END();
-	STRUCT(helm_inode_value); FIELD(helm_inode_value, verdict); FIELD(helm_inode_value, subtree); END();
+	STRUCT(helm_inode_value); FIELD(helm_inode_value, self); FIELD(helm_inode_value, below); END();
 	STRUCT(helm_settings); FIELD(helm_settings, active_generation); FIELD(helm_settings, flags); END();
 	STRUCT(helm_event);
 	FIELD(helm_event, ts_boot_ns); FIELD(helm_event, cgroup_id); FIELD(helm_event, agent_id); FIELD(helm_event, ino);
@@ -31,7 +31,8 @@ int main(void)
 	FIELD(helm_event, uid); FIELD(helm_event, gid); FIELD(helm_event, role_id); FIELD(helm_event, generation);
 	FIELD(helm_event, dev); FIELD(helm_event, policy_id); FIELD(helm_event, rule_id); FIELD(helm_event, op);
 	FIELD(helm_event, decision); FIELD(helm_event, mode); FIELD(helm_event, reason); FIELD(helm_event, flags);
-	FIELD(helm_event, path_len); FIELD(helm_event, comm); FIELD(helm_event, path);
+	FIELD(helm_event, path_len); FIELD(helm_event, exe_len); FIELD(helm_event, comm); FIELD(helm_event, path);
+	FIELD(helm_event, exe);
 	END();
 	printf(",\n  \"constants\": {\"_\": 0");
 	CONST(HELM_PATH_BUF); CONST(HELM_MAX_PATH_ENTRIES); CONST(HELM_MAX_INODE_ENTRIES); CONST(HELM_MAX_AGENTS);

@@ -66,11 +66,13 @@ export function rfc3339Nanos(epochNs: bigint): string {
   return `${iso.slice(0, 19)}.${nanos}Z`;
 }
 
-function exeOf(pid: number): string | null {
+/** The kernel's answer; /proc only when the kernel could not resolve it (the process may be gone: comm remains). */
+function exeOf(e: RawEvent): string | null {
+  if (e.exe !== undefined) return e.exe;
   try {
-    return fs.readlinkSync(`/proc/${pid}/exe`);
+    return fs.readlinkSync(`/proc/${e.pid}/exe`);
   } catch {
-    return null; // the process is gone: comm still says who it was
+    return null;
   }
 }
 
@@ -95,13 +97,14 @@ export function toAuditRecord(e: RawEvent, seq: number, realtimeOffsetNs: bigint
     ppid: e.ppid,
     uid: e.uid,
     gid: e.gid,
-    exe: exeOf(e.pid),
+    exe: exeOf(e),
     comm: e.comm,
     cgroup: { id: e.cgroupId.toString(), path: agent?.cgroupPath ?? null },
     agent: agent?.name ?? null,
     role: ctx.roleName(e.roleId),
-    policy: rule?.policy ?? null,
-    rule: rule?.rule ?? 'default',
+    // A rule decided but its names are gone (a very old generation): say so rather than claim the default.
+    policy: rule?.policy ?? (e.policyId ? `#${e.policyId}` : null),
+    rule: rule?.rule ?? (e.ruleId ? `#${e.ruleId}` : 'default'),
     mode: e.mode === C.HELM_MODE_DRY_RUN ? 'dry-run' : 'enforce',
     reason: REASONS[e.reason] ?? 'rule',
     generation: e.generation,

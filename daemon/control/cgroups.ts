@@ -27,9 +27,15 @@ export class CgroupError extends Error {}
 export function inspectCgroup(p: string, mount = cgroup2Mount()): CgroupInfo {
   if (!path.isAbsolute(p)) throw new CgroupError(`cgroup path must be absolute: ${p}`);
   if (!mount) throw new CgroupError('no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup)');
-  const real = fs.realpathSync(p);
+  let real: string;
+  try {
+    real = fs.realpathSync(p);
+  } catch (e) {
+    throw new CgroupError(`${p} is not a cgroup directory: ${(e as Error).message}`);
+  }
   const rel = path.relative(mount, real);
-  if (rel.startsWith('..') || path.isAbsolute(rel)) throw new CgroupError(`${p} is not below the cgroup v2 mount ${mount}`);
+  // "..x" is a child named "..x"; only ".." itself or "../..." leaves the mount.
+  if (rel === '..' || rel.startsWith(`..${path.sep}`) || path.isAbsolute(rel)) throw new CgroupError(`${p} is not below the cgroup v2 mount ${mount}`);
   const st = fs.statSync(real, { bigint: true });
   if (!st.isDirectory()) throw new CgroupError(`${p} is not a cgroup directory`);
   if (fs.statfsSync(real).type !== CGROUP2_SUPER_MAGIC) throw new CgroupError(`${p} is not on a cgroup v2 filesystem`);

@@ -14,11 +14,28 @@ function check(rc: number, what: string): number {
 }
 
 export class BpfMap {
+  readonly type: number;
+  readonly keySize: number;
+  readonly valueSize: number;
+  readonly maxEntries: number;
+
   constructor(
     public readonly fd: number,
     public readonly name: string,
     private readonly owned: boolean,
-  ) {}
+  ) {
+    // The kernel copies key_size/value_size bytes from and to our buffers: know them before any call.
+    const info = Buffer.alloc(16);
+    check(native().helm_map_info(fd, info), `cannot inspect map ${name}`);
+    this.type = info.readUInt32LE(0);
+    this.keySize = info.readUInt32LE(4);
+    this.valueSize = info.readUInt32LE(8);
+    this.maxEntries = info.readUInt32LE(12);
+  }
+
+  private checkKey(key: Buffer): void {
+    if (key.length !== this.keySize) throw new KernelError(`map ${this.name}: key of ${key.length} bytes, the map's keys are ${this.keySize}`, 22);
+  }
 
   static create(type: number, name: string, keySize: number, valueSize: number, maxEntries: number, flags = 0): BpfMap {
     const fd = check(native().helm_map_create(type, name, keySize, valueSize, maxEntries, flags), `cannot create map ${name}`);
@@ -26,11 +43,16 @@ export class BpfMap {
   }
 
   update(key: Buffer, value: Buffer, flags: bigint = UPDATE.ANY): void {
+    this.checkKey(key);
+    if (value.length !== this.valueSize) throw new KernelError(`map ${this.name}: value of ${value.length} bytes, the map's values are ${this.valueSize}`, 22);
     check(native().helm_map_update(this.fd, key, value, flags), `cannot update map ${this.name}`);
   }
 
   /** The value, or undefined when the key is absent. */
   lookup(key: Buffer, valueSize: number): Buffer | undefined {
+    this.checkKey(key);
+    // Per-CPU maps return one value per possible CPU: the caller asks for that many bytes.
+    if (valueSize < this.valueSize) throw new KernelError(`map ${this.name}: buffer of ${valueSize} bytes for values of ${this.valueSize}`, 22);
     const out = Buffer.alloc(valueSize);
     const rc = native().helm_map_lookup(this.fd, key, out);
     if (rc === -2) return undefined;
@@ -40,6 +62,7 @@ export class BpfMap {
 
   /** true if the key was there. */
   delete(key: Buffer): boolean {
+    this.checkKey(key);
     const rc = native().helm_map_delete(this.fd, key);
     if (rc === -2) return false;
     check(rc, `cannot delete from map ${this.name}`);
@@ -119,16 +142,33 @@ export class RingReader {
     return this.walk(n, each);
   }
 
+  /** Records consumed from the ring that `each` could not take (it threw): reported as lost, never dropped silently. */
+  undelivered = 0n;
+  private lastError?: Error;
+
   private walk(bytes: number, each: (record: DataView) => void): number {
     let off = 0;
     let count = 0;
+    // libbpf has already consumed the whole batch: every record is handed over, whatever one of them does.
     while (off + 8 <= bytes) {
       const len = this.buf.readUInt32LE(off);
-      each(new DataView(this.buf.buffer, this.buf.byteOffset + off + 8, len));
+      try {
+        each(new DataView(this.buf.buffer, this.buf.byteOffset + off + 8, len));
+      } catch (e) {
+        this.undelivered++;
+        this.lastError = e as Error;
+      }
       off += 8 + ((len + 7) & ~7);
       count++;
     }
     return count;
+  }
+
+  /** The last error a record handler threw, once. */
+  takeError(): Error | undefined {
+    const e = this.lastError;
+    this.lastError = undefined;
+    return e;
   }
 
   private drainAsync(timeoutMs: number): Promise<number> {
@@ -150,6 +190,8 @@ export class RingReader {
           const n = await this.drainAsync(pollMs);
           if (n < 0) throw new KernelError(`cannot drain ring buffer: ${errnoName(-n)}`, -n);
           this.walk(n, each);
+          const handlerError = this.takeError();
+          if (handlerError) onError(handlerError);
         } catch (e) {
           onError(e as Error);
           await new Promise((r) => setTimeout(r, pollMs));

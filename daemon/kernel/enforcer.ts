@@ -103,7 +103,7 @@ export class KernelEnforcer {
         paths.update(encodePathKey(e.roleId, e.data), encodePathValue(e.verdicts, e.defaultMode));
       }
       for (const e of compiled.inodeEntries) {
-        inodes.update(encodeInodeKey(e.roleId, e.dev, e.ino), encodeInodeValue(e.verdicts, e.subtree));
+        inodes.update(encodeInodeKey(e.roleId, e.dev, e.ino), encodeInodeValue(e.self, e.below));
       }
       const fdValue = (m: BpfMap) => u32Key(m.fd);
       this.pathTables.update(u32Key(slot), fdValue(paths));

@@ -48,16 +48,16 @@ export const LAYOUT = {
   helm_path_key: { size: 260, fields: { prefixlen: [0, 4], role_id: [4, 4], path: [8, 252] } },
   helm_path_value: { size: 32, fields: { verdict: [0, 24], default_mode: [24, 1] } },
   helm_inode_key: { size: 16, fields: { role_id: [0, 4], dev: [4, 4], ino: [8, 8] } },
-  helm_inode_value: { size: 32, fields: { verdict: [0, 24], subtree: [24, 1] } },
+  helm_inode_value: { size: 48, fields: { self: [0, 24], below: [24, 24] } },
   helm_settings: { size: 8, fields: { active_generation: [0, 4], flags: [4, 4] } },
   helm_event: {
-    size: 360,
+    size: 608,
     fields: {
       ts_boot_ns: [0, 8], cgroup_id: [8, 8], agent_id: [16, 8], ino: [24, 8],
       type: [32, 4], pid: [36, 4], tid: [40, 4], ppid: [44, 4], uid: [48, 4], gid: [52, 4],
       role_id: [56, 4], generation: [60, 4], dev: [64, 4], policy_id: [68, 2], rule_id: [70, 2],
       op: [72, 1], decision: [73, 1], mode: [74, 1], reason: [75, 1], flags: [76, 4],
-      path_len: [80, 4], comm: [88, 16], path: [104, 252],
+      path_len: [80, 4], exe_len: [84, 4], comm: [88, 16], path: [104, 252], exe: [356, 252],
     },
   },
 } as const satisfies Record<string, StructLayout>;
@@ -111,11 +111,12 @@ export function encodeInodeKey(roleId: number, dev: number, ino: bigint): Buffer
   return buf;
 }
 
-export function encodeInodeValue(verdicts: readonly Verdict[], subtree: boolean): Buffer {
+/** Inode-table value: verdicts for the object itself, and for everything below it (a directory). */
+export function encodeInodeValue(self: readonly Verdict[], below: readonly Verdict[]): Buffer {
   const L = LAYOUT.helm_inode_value;
   const buf = Buffer.alloc(L.size);
-  writeVerdicts(buf, L.fields.verdict[0], verdicts);
-  buf.writeUInt8(subtree ? 1 : 0, L.fields.subtree[0]);
+  writeVerdicts(buf, L.fields.self[0], self);
+  writeVerdicts(buf, L.fields.below[0], below);
   return buf;
 }
 
@@ -171,7 +172,10 @@ export interface RawEvent {
   reason: number;
   flags: number;
   pathLen: number;
+  exeLen: number;
   comm: string;
+  /** The executable as the kernel resolved it; undefined when it could not (exeLen <= 0). */
+  exe: string | undefined;
   /** undefined when the kernel could not resolve the path (pathLen <= 0). */
   path: string | undefined;
 }
@@ -189,6 +193,7 @@ export function decodeEvent(view: DataView): RawEvent {
   }
   const u32 = (f: Field) => view.getUint32(f[0], true);
   const pathLen = view.getInt32(F.path_len[0], true);
+  const exeLen = view.getInt32(F.exe_len[0], true);
   return {
     tsBootNs: view.getBigUint64(F.ts_boot_ns[0], true),
     cgroupId: view.getBigUint64(F.cgroup_id[0], true),
@@ -211,7 +216,9 @@ export function decodeEvent(view: DataView): RawEvent {
     reason: view.getUint8(F.reason[0]),
     flags: u32(F.flags),
     pathLen,
+    exeLen,
     comm: cString(view, F.comm[0], F.comm[1]),
+    exe: exeLen > 0 ? cString(view, F.exe[0], F.exe[1]) : undefined,
     path: pathLen > 0 ? cString(view, F.path[0], F.path[1]) : undefined,
   };
 }

@@ -25,6 +25,7 @@ export interface NativeApi {
   helm_close(obj: unknown): void;
   helm_map_fd(obj: unknown, name: string): number;
   helm_map_create(type: number, name: string, keySize: number, valueSize: number, maxEntries: number, flags: number): number;
+  helm_map_info(fd: number, out: Buffer): number;
   helm_map_update(fd: number, key: Buffer, value: Buffer, flags: bigint): number;
   helm_map_lookup(fd: number, key: Buffer, value: Buffer): number;
   helm_map_delete(fd: number, key: Buffer): number;
@@ -56,6 +57,7 @@ export function native(): NativeApi {
     helm_close: lib.func('void helm_close(helm_obj *o)'),
     helm_map_fd: lib.func('int helm_map_fd(helm_obj *o, const char *name)'),
     helm_map_create: lib.func('int helm_map_create(int type, const char *name, int key_size, int value_size, int max_entries, int flags)'),
+    helm_map_info: lib.func('int helm_map_info(int fd, _Out_ uint8_t *out4)'),
     helm_map_update: lib.func('int helm_map_update(int fd, const uint8_t *key, const uint8_t *value, unsigned long long flags)'),
     helm_map_lookup: lib.func('int helm_map_lookup(int fd, const uint8_t *key, _Out_ uint8_t *value)'),
     helm_map_delete: lib.func('int helm_map_delete(int fd, const uint8_t *key)'),

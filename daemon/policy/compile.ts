@@ -40,8 +40,10 @@ export interface InodeEntry {
   roleId: number;
   dev: number;
   ino: bigint;
-  verdicts: Verdict[];
-  subtree: boolean;
+  /** Per HELM_OP_*: what blocks the object itself (exact and subtree rules). */
+  self: Verdict[];
+  /** Per HELM_OP_*: what blocks everything below a directory (subtree rules only). */
+  below: Verdict[];
   /** The path it was found at, for lint and audit. */
   path: string;
 }
@@ -224,8 +226,8 @@ export function compilePolicy(input: Policy[], opts: CompileOptions = {}): Compi
       for (const t of c.rule.verbs[verb] ?? []) {
         if (t.kind !== 'path') continue;
         for (const form of storedForms(t)) {
-          if (form.length > HELM_PATH_BUF - 1) {
-            errors.push({ severity: 'error', loc: t.loc, message: `path is ${form.length} bytes once stored; the kernel buffer holds ${HELM_PATH_BUF - 1}` });
+          if (form.length > HELM_PATH_BUF) {
+            errors.push({ severity: 'error', loc: t.loc, message: `path is ${form.length} bytes once stored; the kernel buffer holds ${HELM_PATH_BUF}` });
           }
         }
       }
@@ -301,16 +303,13 @@ function blockInodes(governing: Candidate[], roleId: number, stat: NonNullable<C
     const id = `${dev}:${s.ino}`;
     let e = byIdentity.get(id);
     if (!e) {
-      e = { roleId, dev, ino: s.ino, verdicts: [NO_VERDICT, NO_VERDICT, NO_VERDICT], subtree, path: p };
+      e = { roleId, dev, ino: s.ino, self: [NO_VERDICT, NO_VERDICT, NO_VERDICT], below: [NO_VERDICT, NO_VERDICT, NO_VERDICT], path: p };
       byIdentity.set(id, e);
     }
-    e.subtree ||= subtree;
     const op = OP_INDEX[verb];
-    const prev = e.verdicts[op];
-    // Enforce wins over dry-run, as in pick().
-    if (prev.action !== C.HELM_ACTION_DENY || (prev.mode === C.HELM_MODE_DRY_RUN && c.policy.mode === 'enforce')) {
-      e.verdicts[op] = verdictOf(c, C.HELM_ACTION_DENY, c.policy.mode);
-    }
+    const block = verdictOf(c, C.HELM_ACTION_DENY, c.policy.mode);
+    e.self[op] = stricter(e.self[op], block);
+    if (subtree) e.below[op] = stricter(e.below[op], block);
   };
 
   const blocks = governing.filter((c) => c.rule.kind === 'block').sort((a, b) => a.ruleId - b.ruleId);
@@ -335,6 +334,13 @@ function blockInodes(governing: Candidate[], roleId: number, stat: NonNullable<C
     }
   }
   return [...byIdentity.values()];
+}
+
+/** The block to report when two cover one object: enforce over dry-run, else the earlier rule (as pick()). */
+function stricter(prev: Verdict, next: Verdict): Verdict {
+  if (prev.action !== C.HELM_ACTION_DENY) return next;
+  if (prev.mode === C.HELM_MODE_DRY_RUN && next.mode === C.HELM_MODE_ENFORCE) return next;
+  return prev;
 }
 
 interface Walker {

@@ -3,36 +3,57 @@
 # host) and unpack vmlinuz plus the modules the initramfs needs into
 #   .cache/vm/kernel-<release>/{vmlinuz,modules/*.ko,modules.list}
 # and point .cache/vm/kernel at it. Idempotent: a finished release is reused.
+# Also writes vmlinux, the uncompressed kernel, when it can (faster boots).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 # Load order matters: insmod does no dependency resolution.
+# virtio_console carries the job's output (see run.sh).
 MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
-         netfs fscache 9pnet 9pnet_virtio 9p overlay)
+         netfs fscache 9pnet 9pnet_virtio 9p overlay virtio_console)
 
 need_pkgs dpkg-deb:dpkg xz:xz-utils
 lock_cache
 
 # The meta package names the current ABI, e.g. linux-image-6.1.0-57-amd64.
-image_pkg() {
+# apt-cache takes ~1 s here (images often disable its cache), so remember the
+# answer until apt's lists change.
+resolved="$CACHE/kernel.pkg"
+ask_apt() {
   apt-cache depends linux-image-amd64 2>/dev/null |
-    sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n1
+    sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n1 || true
 }
-pkg=$(image_pkg)
-if [[ -z $pkg ]]; then apt_update_once; pkg=$(image_pkg); fi
-[[ -n $pkg ]] || die "apt-cache does not know linux-image-amd64"
-release=${pkg#linux-image-}
-dest="$CACHE/kernel-$release"
+resolve() {
+  if [[ ! -s $resolved || /var/lib/apt/lists -nt $resolved ]]; then
+    local dep
+    dep=$(ask_apt)
+    if [[ -z $dep ]]; then apt_update_once; dep=$(ask_apt); fi
+    [[ -n $dep ]] || die "apt-cache does not know linux-image-amd64"
+    echo "$dep" >"$resolved"
+  fi
+  pkg=$(cat "$resolved")
+  release=${pkg#linux-image-}
+  dest="$CACHE/kernel-$release"
+}
+resolve
 
-if [[ ! -e $dest/.complete ]]; then
-  log "fetching $pkg"
+# .complete records the module list too, so editing MODULES refetches.
+if [[ $(cat "$dest/.complete" 2>/dev/null) != "${MODULES[*]}" ]]; then
   work=$(mktemp -d "$CACHE/.fetch.XXXXXX")
   trap 'rm -rf "$work"' EXIT
-  # Old ABIs vanish from the security archive, so stale lists mean a 404:
-  # refresh once and retry. The sandbox user is root because _apt cannot
-  # write into the checkout.
-  get() { (cd "$work" && apt-get -q -o APT::Sandbox::User=root download "$pkg" >&2); }
-  get || { apt_update_once; get; }
+  # The sandbox user is root because _apt cannot write into the checkout.
+  download() {
+    log "fetching $pkg"
+    (cd "$work" && apt-get -q -o APT::Sandbox::User=root download "$pkg" >&2)
+  }
+  if ! download; then
+    # Old ABIs vanish from the security archive, so stale lists mean a 404:
+    # refresh them and ask again which image is current.
+    apt_update_once
+    rm -f "$resolved"
+    resolve
+    download
+  fi
   deb=("$work"/*.deb)
 
   # Pull only what we use out of the ~400 MB payload.
@@ -68,7 +89,7 @@ if [[ ! -e $dest/.complete ]]; then
     esac
     echo "$m" >>"$dest.tmp/modules.list"
   done
-  touch "$dest.tmp/.complete"
+  echo "${MODULES[*]}" >"$dest.tmp/.complete"
   rm -rf "$dest" && mv "$dest.tmp" "$dest"
 fi
 

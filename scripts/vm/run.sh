@@ -6,8 +6,10 @@
 #
 # CMD runs in the caller's working directory (the path is the same inside), with
 # PATH, HOME=/root, CI, HELM_* and any --env variables; stdin is empty. Its
-# stdout and stderr arrive together on our stdout; boot noise does not. Exits
-# with CMD's status; 124 on timeout; 125 if the VM died without reporting one.
+# stdout and stderr arrive together on our stdout (a pipe inside, not a tty);
+# kernel errors logged meanwhile go to our stderr. Exits with CMD's status;
+# 124 on timeout; 125 if the VM died without reporting one.
+# HELM_VM_KEEP=1 keeps .cache/vm/job-* (job file, console log) for debugging.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -35,8 +37,8 @@ image="$kernel/vmlinux"  # see fetch-kernel.sh: boots 5 s faster than vmlinuz
 # The VM reads its job from the checkout through 9p (its /tmp is empty).
 # mktemp gives each concurrent run its own file.
 job=$(mktemp "$CACHE/job-XXXXXXXX.sh")
-console="${job%.sh}.console"
-trap '[[ -n ${HELM_VM_KEEP:-} ]] || rm -f "$job" "$console"' EXIT
+base=${job%.sh} console=${job%.sh}.console
+trap '[[ -n ${HELM_VM_KEEP:-} ]] || rm -f "$base".*' EXIT
 [[ $job != *[[:space:]]* ]] || die "checkout path must not contain spaces: $job"
 
 # Quote for sh: wrap in single quotes, and spell each ' as '\''.
@@ -58,41 +60,51 @@ q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
   printf 'exec'; for a in "$@"; do printf ' %s' "$(q "$a")"; done; echo
 } >"$job"
 
+# Two channels: the job's output on a virtio-serial port wired to our stdout,
+# and the serial console (boot log, kernel errors, exit marker) in $console.
+# The port uses a write-only file chardev: a stdio one reads stdin, and at
+# EOF QEMU marks the port closed and the guest's writes block forever.
+# qemu's stdout is a pipe to cat, so opening /dev/stdout cannot truncate a
+# file our caller redirected us to.
 qemu=(qemu-system-x86_64
   -accel tcg -cpu max -m "$mem" -smp 2  # -enable-kvm hangs on these hosts
-  -nographic -nodefaults -no-user-config -no-reboot
-  -monitor none -serial stdio           # console = our stdout, no monitor
+  -nographic -nodefaults -no-user-config -no-reboot -monitor none
+  -serial "file:$console"
+  -device virtio-serial-pci -chardev file,id=out,path=/dev/stdout
+  -device virtserialport,chardev=out,name=helm.out
   -kernel "$image" -initrd "$CACHE/initrd.gz"
   -append "console=ttyS0 lsm=lockdown,capability,landlock,yama,bpf quiet loglevel=3 panic=-1 helm.job=$job"
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap)
 
-# Pass the console through, minus everything up to HELM_VM_START (kept in
-# $console for diagnostics), and pick the status out of the exit marker.
-# lastpipe keeps the loop in this shell so $code survives it.
-shopt -s lastpipe
-started=0 code=
-set +e  # a failing qemu is handled below, not by errexit
-timeout --kill-after=10 "$timeout" "${qemu[@]}" </dev/null |
-while IFS= read -r line || [[ -n $line ]]; do
-  if ((!started)) || [[ -n $code ]]; then
-    printf '%s\n' "$line" >>"$console"
-    [[ $line == *HELM_VM_START ]] && started=1
-  elif [[ $line =~ ^(.*)HELM_VM_EXIT=([0-9]+)$ ]]; then
-    printf '%s' "${BASH_REMATCH[1]}"  # the job's unterminated last line
-    code=${BASH_REMATCH[2]}
-  else
-    printf '%s\n' "$line"
-  fi
-done
-qemu_status=${PIPESTATUS[0]}
+# --foreground keeps qemu in our process group, so Ctrl-C or a CI runner
+# killing the group stops it as well; the traps cover a kill aimed at us
+# alone (bash only runs them promptly while in "wait", hence the "&").
+set +e
+{ timeout --foreground --kill-after=10 "$timeout" "${qemu[@]}" -pidfile "$base.pid" </dev/null
+  echo $? >"$base.rc"; } | cat &
+stop() { kill "$(cat "$base.pid" 2>/dev/null)" 2>/dev/null; wait; }
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM HUP
+wait $!  # cat ends once qemu is gone and the status is written
 set -e
+qemu_status=$(cat "$base.rc")
 
-if [[ -n $code ]]; then exit "$code"; fi
+# Drop the \r the serial console adds and SeaBIOS's terminal escapes.
+sed 's/\r$//; s/\x1bc//g; s/\x1b\[[0-9;?]*[A-Za-z]//g' "$console" >"$base.txt"
+mv "$base.txt" "$console"
+code=$(sed -n 's/^HELM_VM_EXIT=\([0-9]*\)$/\1/p' "$console" | tail -n1)
+if [[ -n $code ]]; then
+  # Kernel messages printed while the job ran (errors only: loglevel=3) are
+  # worth seeing; an oops or a BPF warning can explain a failure.
+  sed -n '/HELM_VM_START$/,/^HELM_VM_EXIT=/{/HELM_VM_START$/d;/^HELM_VM_EXIT=/d;s/^/vm console: /p}' \
+    "$console" >&2
+  exit "$code"
+fi
 if ((qemu_status == 124 || qemu_status == 137)); then
-  echo "vm: error: timed out after ${timeout}s; VM killed. Console before the job:" >&2
+  echo "vm: error: timed out after ${timeout}s; VM killed. Console:" >&2
   status=124
 else
-  echo "vm: error: VM stopped without an exit status (qemu: $qemu_status). Console before the job:" >&2
+  echo "vm: error: VM stopped without an exit status (qemu: $qemu_status). Console:" >&2
   status=125
 fi
 tail -n 30 "$console" >&2 || true

@@ -1,0 +1,321 @@
+// Ring-buffer events and audit records: decodeEvent (daemon/kernel/layout.ts) against events encoded
+// here from the LAYOUT offsets, toAuditRecord / rfc3339Nanos (daemon/audit/record.ts) against
+// POLICY.md's audit line, and kernelDev's st_dev conversion.
+
+import t from 'tap';
+import * as fs from 'fs';
+import { C, LAYOUT, decodeEvent, kernelDev, type RawEvent } from '../../daemon/kernel/layout';
+import { HELM_PATH_BUF } from '../../daemon/kernel/limits';
+import { rfc3339Nanos, toAuditRecord, type AuditContext } from '../../daemon/audit/record';
+
+// ---------------------------------------------------------------------------------------------
+// An encoder for struct helm_event, written from LAYOUT's offsets
+
+type Kind = 'u64' | 'u32' | 'i32' | 'u16' | 'u8' | 'str';
+const KIND_SIZE: Record<Exclude<Kind, 'str'>, number> = { u64: 8, u32: 4, i32: 4, u16: 2, u8: 1 };
+
+/** Every field of struct helm_event: the RawEvent property it decodes to, and its C type. */
+const EVENT_FIELDS: Record<string, [keyof RawEvent, Kind]> = {
+  ts_boot_ns: ['tsBootNs', 'u64'],
+  cgroup_id: ['cgroupId', 'u64'],
+  agent_id: ['agentId', 'u64'],
+  ino: ['ino', 'u64'],
+  type: ['type', 'u32'],
+  pid: ['pid', 'u32'],
+  tid: ['tid', 'u32'],
+  ppid: ['ppid', 'u32'],
+  uid: ['uid', 'u32'],
+  gid: ['gid', 'u32'],
+  role_id: ['roleId', 'u32'],
+  generation: ['generation', 'u32'],
+  dev: ['dev', 'u32'],
+  policy_id: ['policyId', 'u16'],
+  rule_id: ['ruleId', 'u16'],
+  op: ['op', 'u8'],
+  decision: ['decision', 'u8'],
+  mode: ['mode', 'u8'],
+  reason: ['reason', 'u8'],
+  flags: ['flags', 'u32'],
+  path_len: ['pathLen', 'i32'],
+  exe_len: ['exeLen', 'i32'],
+  comm: ['comm', 'str'],
+  path: ['path', 'str'],
+  exe: ['exe', 'str'],
+};
+
+/**
+ * The event as the kernel would have written it. Strings are copied as UTF-8 whatever *_len says
+ * (so a test can check that a negative length hides them); `undefined` leaves the bytes zero.
+ */
+function encodeEvent(e: RawEvent): Buffer {
+  const buf = Buffer.alloc(LAYOUT.helm_event.size);
+  const fields: Record<string, readonly [number, number]> = LAYOUT.helm_event.fields;
+  for (const [name, [offset, size]] of Object.entries(fields)) {
+    const [prop, kind] = EVENT_FIELDS[name];
+    const v = e[prop];
+    switch (kind) {
+      case 'u64': buf.writeBigUInt64LE(v as bigint, offset); break;
+      case 'u32': buf.writeUInt32LE(v as number, offset); break;
+      case 'i32': buf.writeInt32LE(v as number, offset); break;
+      case 'u16': buf.writeUInt16LE(v as number, offset); break;
+      case 'u8': buf.writeUInt8(v as number, offset); break;
+      case 'str': {
+        const bytes = Buffer.from((v as string | undefined) ?? '', 'utf8');
+        if (bytes.length > size) throw new Error(`${name}: ${bytes.length} bytes do not fit in ${size}`);
+        bytes.copy(buf, offset);
+      }
+    }
+  }
+  return buf;
+}
+
+const view = (b: Buffer): DataView => new DataView(b.buffer, b.byteOffset, b.byteLength);
+const cLen = (s: string): number => Buffer.byteLength(s, 'utf8') + 1; // bytes including the NUL
+
+/** Every field distinct and non-zero, at the edges of its type where it matters. */
+function sampleEvent(): RawEvent {
+  const p = '/srv/agent/out/report.csv';
+  const exe = '/usr/bin/python3.12';
+  return {
+    tsBootNs: 0xfedcba9876543210n, // above 2^63: read unsigned
+    cgroupId: 0xffffffffffffffffn,
+    agentId: 42n,
+    ino: 0x123456789abcdefn,
+    type: C.HELM_EVENT_DECISION,
+    pid: 0xfffffffe, // above 2^31: read unsigned
+    tid: 4242,
+    ppid: 1,
+    uid: 0xffffffff,
+    gid: 1001,
+    roleId: 7,
+    generation: 0x80000001,
+    dev: 0xfff00001,
+    policyId: 0xfffe,
+    ruleId: 0x1234,
+    op: C.HELM_OP_EXEC,
+    decision: C.HELM_DECISION_WOULD_DENY,
+    mode: C.HELM_MODE_DRY_RUN,
+    reason: C.HELM_REASON_INODE_RULE,
+    flags: C.HELM_EVENT_FLAG_DIR,
+    pathLen: cLen(p),
+    exeLen: cLen(exe),
+    comm: 'python3.12-work', // 15 characters: comm[16] with its NUL
+    path: p,
+    exe,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// decodeEvent
+
+t.test('the test encoder covers every field of struct helm_event', async (t) => {
+  const inLayout = Object.keys(LAYOUT.helm_event.fields);
+  t.same(inLayout.filter((f) => !(f in EVENT_FIELDS)), [], 'fields in LAYOUT that this test does not encode (update EVENT_FIELDS)');
+  t.same(Object.keys(EVENT_FIELDS).filter((f) => !inLayout.includes(f)), [], 'fields this test encodes that LAYOUT lacks');
+  const fields: Record<string, readonly [number, number]> = LAYOUT.helm_event.fields;
+  for (const [name, [, kind]] of Object.entries(EVENT_FIELDS)) {
+    if (kind !== 'str' && fields[name]) t.equal(fields[name][1], KIND_SIZE[kind], `${name} is a ${kind}`);
+  }
+  t.same(Object.keys(sampleEvent()).sort(), Object.values(EVENT_FIELDS).map(([p]) => p).sort(), 'every RawEvent property comes from a field');
+});
+
+t.test('every field round-trips', async (t) => {
+  const e = sampleEvent();
+  t.same(decodeEvent(view(encodeEvent(e))), e);
+});
+
+t.test('an event inside a larger buffer (a ring-buffer record) decodes from its own offset', async (t) => {
+  const e = sampleEvent();
+  const ring = Buffer.alloc(LAYOUT.helm_event.size + 24, 0xaa);
+  encodeEvent(e).copy(ring, 8);
+  t.same(decodeEvent(new DataView(ring.buffer, ring.byteOffset + 8, LAYOUT.helm_event.size)), e);
+});
+
+t.test('a record shorter than the struct is refused', async (t) => {
+  const short = encodeEvent(sampleEvent()).subarray(0, LAYOUT.helm_event.size - 1);
+  t.throws(() => decodeEvent(view(short)), RangeError);
+});
+
+t.test('paths at the size limit', async (t) => {
+  const longest = '/' + 'p'.repeat(HELM_PATH_BUF - 2); // HELM_PATH_BUF - 1 bytes, then the NUL
+  t.equal(Buffer.byteLength(longest), HELM_PATH_BUF - 1);
+  const e = { ...sampleEvent(), path: longest, pathLen: HELM_PATH_BUF, exe: longest.replace('/p', '/x'), exeLen: HELM_PATH_BUF };
+  const d = decodeEvent(view(encodeEvent(e)));
+  t.equal(d.path, longest, 'path of HELM_PATH_BUF-1 bytes');
+  t.equal(d.exe, e.exe, 'exe of HELM_PATH_BUF-1 bytes');
+  t.equal(d.comm, e.comm, 'the fields after path are not disturbed');
+
+  // A buffer filled to the last byte (no NUL) stops at the end of the field, not in the next one.
+  const full = '/' + 'q'.repeat(HELM_PATH_BUF - 1);
+  const f = decodeEvent(view(encodeEvent({ ...sampleEvent(), path: full, pathLen: HELM_PATH_BUF, exe: '/x', exeLen: 3 })));
+  t.equal(f.path, full, 'a path without NUL is cut at HELM_PATH_BUF bytes');
+  t.equal(f.exe, '/x');
+});
+
+t.test('an empty or negative path_len means no path (and likewise exe_len)', async (t) => {
+  for (const len of [0, -1, -2, -36]) {
+    const d = decodeEvent(view(encodeEvent({ ...sampleEvent(), path: '/stale/bytes', pathLen: len, exe: '/stale/exe', exeLen: len })));
+    t.equal(d.path, undefined, `path_len ${len}`);
+    t.equal(d.pathLen, len, `path_len ${len} is read signed`);
+    t.equal(d.exe, undefined, `exe_len ${len}`);
+    t.equal(d.exeLen, len, `exe_len ${len} is read signed`);
+  }
+});
+
+t.test('non-ASCII paths are UTF-8', async (t) => {
+  const p = '/srv/données/日本語/🙂 x.txt';
+  const d = decodeEvent(view(encodeEvent({ ...sampleEvent(), path: p, pathLen: cLen(p) })));
+  t.equal(d.path, p);
+  t.equal(Buffer.byteLength(p) + 1, d.pathLen);
+});
+
+// ---------------------------------------------------------------------------------------------
+// rfc3339Nanos
+
+t.test('rfc3339Nanos: exact values', async (t) => {
+  const cases: [bigint, string][] = [
+    [0n, '1970-01-01T00:00:00.000000000Z'],
+    [1n, '1970-01-01T00:00:00.000000001Z'],
+    [999_999_999n, '1970-01-01T00:00:00.999999999Z'],
+    [1_000_000_000n, '1970-01-01T00:00:01.000000000Z'],
+    [1_700_000_000_123_456_789n, '2023-11-14T22:13:20.123456789Z'],
+    [1_709_251_199_999_999_999n, '2024-02-29T23:59:59.999999999Z'],
+    [2_147_483_648_000_000_001n, '2038-01-19T03:14:08.000000001Z'],
+    [253_402_300_799_999_999_999n, '9999-12-31T23:59:59.999999999Z'],
+  ];
+  for (const [ns, want] of cases) t.equal(rfc3339Nanos(ns), want, `${ns}`);
+});
+
+// ---------------------------------------------------------------------------------------------
+// toAuditRecord
+
+const CGROUP = '/sys/fs/cgroup/helm/agent-1';
+const ctx: AuditContext = {
+  roleName: (id) => (id === 7 ? 'payments' : null),
+  agent: (id) => (id === 42n ? { name: 'agent-1', cgroupPath: CGROUP } : undefined),
+  generation: (g) =>
+    g === 3
+      ? {
+          policies: [
+            { name: 'base', mode: 'enforce' },
+            { name: 'trial', mode: 'dry-run' },
+          ],
+          rules: [
+            { policy: 'base', rule: 'system' },
+            { policy: 'base', rule: 'secrets' },
+            { policy: 'trial', rule: 'no-home' },
+          ],
+        }
+      : undefined,
+};
+
+/** A deny of a write to /etc/shadow by rule 2 (base/secrets) of generation 3. */
+function denyEvent(over: Partial<RawEvent> = {}): RawEvent {
+  return {
+    ...sampleEvent(),
+    tsBootNs: 5_000_000_123n,
+    cgroupId: 0xffffffffffffffffn,
+    pid: 1234,
+    tid: 1235,
+    ppid: 1000,
+    uid: 1001,
+    gid: 1002,
+    generation: 3,
+    dev: (8 << 20) | 1,
+    ino: 2n ** 60n + 1n,
+    policyId: 1,
+    ruleId: 2,
+    op: C.HELM_OP_WRITE,
+    decision: C.HELM_DECISION_DENY,
+    mode: C.HELM_MODE_ENFORCE,
+    reason: C.HELM_REASON_RULE,
+    flags: 0,
+    path: '/etc/shadow',
+    pathLen: cLen('/etc/shadow'),
+    comm: 'python3',
+    ...over,
+  };
+}
+
+const REALTIME_OFFSET = 1_700_000_000_000_000_000n; // boot time, in ns since the epoch
+
+/** The record as it will be written: through JSON, as the audit writer does. */
+function record(e: RawEvent, seq = 17): Record<string, unknown> {
+  return JSON.parse(JSON.stringify(toAuditRecord(decodeEvent(view(encodeEvent(e))), seq, REALTIME_OFFSET, ctx)));
+}
+
+t.test('a rule deny carries every field POLICY.md requires', async (t) => {
+  const r = record(denyEvent());
+  t.hasStrict(r, {
+    ts: '2023-11-14T22:13:25.000000123Z',
+    seq: 17,
+    decision: 'deny',
+    op: 'write',
+    path: '/etc/shadow',
+    pid: 1234,
+    ppid: 1000,
+    uid: 1001,
+    exe: '/usr/bin/python3.12',
+    cgroup: { id: '18446744073709551615', path: CGROUP },
+    agent: 'agent-1',
+    role: 'payments',
+    policy: 'base',
+    rule: 'secrets',
+    mode: 'enforce',
+    generation: 3,
+  });
+  t.hasStrict(r, { type: 'decision', tid: 1235, gid: 1002, comm: 'python3', reason: 'rule', inode: { dev: (8 << 20) | 1, ino: '1152921504606846977' } }, 'and the rest');
+  t.notOk('dir' in r, 'no dir flag for a file');
+});
+
+t.test('decisions, ops, modes and reasons by name', async (t) => {
+  const dry = record(denyEvent({ decision: C.HELM_DECISION_WOULD_DENY, mode: C.HELM_MODE_DRY_RUN, op: C.HELM_OP_READ, ruleId: 3, policyId: 2 }));
+  t.hasStrict(dry, { decision: 'would_deny', mode: 'dry-run', op: 'read', policy: 'trial', rule: 'no-home' });
+  t.hasStrict(record(denyEvent({ op: C.HELM_OP_EXEC })), { op: 'exec' });
+  t.hasStrict(record(denyEvent({ decision: C.HELM_DECISION_ALLOW })), { decision: 'allow' });
+
+  const byDefault = record(denyEvent({ ruleId: 0, policyId: 0, reason: C.HELM_REASON_DEFAULT }));
+  t.hasStrict(byDefault, { rule: 'default', policy: null, reason: 'default' }, 'the default deny');
+  t.hasStrict(record(denyEvent({ ruleId: 0, policyId: 0, reason: C.HELM_REASON_NO_POLICY })), { rule: 'default', reason: 'no-policy' });
+  t.hasStrict(record(denyEvent({ ruleId: 0, policyId: 0, reason: C.HELM_REASON_PATH_ERROR, path: undefined, pathLen: -36 })), { path: null, reason: 'path-error' });
+  t.hasStrict(record(denyEvent({ ruleId: 0, policyId: 0, reason: C.HELM_REASON_NO_TABLE })), { reason: 'no-table' });
+  t.hasStrict(record(denyEvent({ reason: C.HELM_REASON_INODE_RULE })), { rule: 'secrets', reason: 'inode-rule' });
+});
+
+t.test('directory events report the directory without the trailing "/"', async (t) => {
+  const dir = record(denyEvent({ flags: C.HELM_EVENT_FLAG_DIR, path: '/srv/data/', pathLen: cLen('/srv/data/'), op: C.HELM_OP_READ }));
+  t.hasStrict(dir, { path: '/srv/data', dir: true });
+  const root = record(denyEvent({ flags: C.HELM_EVENT_FLAG_DIR, path: '/', pathLen: 2 }));
+  t.hasStrict(root, { path: '/', dir: true }, 'the root directory stays "/"');
+  const file = record(denyEvent({ flags: 0, path: '/srv/data/x', pathLen: cLen('/srv/data/x') }));
+  t.hasStrict(file, { path: '/srv/data/x' });
+});
+
+t.test('unknown ids give nulls, never a wrong name', async (t) => {
+  const r = record(denyEvent({ agentId: 99n, roleId: 8 }));
+  t.hasStrict(r, { agent: null, role: null, cgroup: { id: '18446744073709551615', path: null } });
+});
+
+t.test('exe: the kernel\'s answer first, /proc only when the kernel had none', async (t) => {
+  const own = record(denyEvent({ exe: undefined, exeLen: -2, pid: process.pid }));
+  t.equal(own.exe, fs.readlinkSync(`/proc/${process.pid}/exe`), 'a live process: read from /proc');
+  const gone = record(denyEvent({ exe: undefined, exeLen: -2, pid: 0xffffffff }));
+  t.equal(gone.exe, null, 'a process that is gone: null');
+  const kernel = record(denyEvent({ exe: '/opt/agent/bin/run', exeLen: cLen('/opt/agent/bin/run'), pid: process.pid }));
+  t.equal(kernel.exe, '/opt/agent/bin/run', 'the kernel resolved it: /proc is not consulted');
+});
+
+// ---------------------------------------------------------------------------------------------
+// kernelDev
+
+t.test('kernelDev converts userspace st_dev to the kernel dev_t', async (t) => {
+  const cases: [bigint, number, string][] = [
+    [0n, 0, 'makedev(0, 0)'],
+    [0x801n, (8 << 20) | 1, 'makedev(8, 1) = 0x801'],
+    [0x11032cn, 0x1030012c, 'makedev(259, 300): a minor above 255'],
+    [0xfc00n, 252 << 20, 'makedev(252, 0): a device-mapper major'],
+    [0xffffffffn, 0xffffffff, 'makedev(4095, 0xfffff): the largest kernel dev_t, unsigned'],
+    [0x100000n, 0x100, 'makedev(0, 0x100): minor bits above the low 8 sit at bit 20 of st_dev'],
+  ];
+  for (const [stDev, want, what] of cases) t.equal(kernelDev(stDev), want, what);
+});

@@ -1,0 +1,118 @@
+// Shared by the VM suites: a helmd started the way the README starts it, agents run
+// with helmctl, and the audit trail read back. Runs as root in the QEMU kernel.
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+
+export const ROOT = path.resolve(__dirname, '..', '..', '..');
+export const HELMD = path.join(ROOT, 'bin', 'helmd');
+export const HELMCTL = path.join(ROOT, 'bin', 'helmctl');
+export const HELM_ENTER = path.join(ROOT, 'build', 'helm-enter');
+export const PROBE = path.join(ROOT, 'test', 'vm', 'probe.sh');
+
+/** Fails (never skips) when not in a kernel with BPF LSM: this suite exists to touch one. */
+export function requireBpfLsm(): string | undefined {
+  if (process.getuid?.() !== 0) return 'the VM suite must run as root';
+  try {
+    const lsm = fs.readFileSync('/sys/kernel/security/lsm', 'utf8');
+    if (!lsm.split(',').includes('bpf')) return `BPF LSM not active (lsm=${lsm.trim()})`;
+  } catch (e) {
+    return `cannot read /sys/kernel/security/lsm: ${(e as Error).message}`;
+  }
+  return undefined;
+}
+
+export interface Daemon {
+  proc: ChildProcess;
+  socket: string;
+  audit: string;
+  log: () => string;
+  stop: () => Promise<number | null>;
+}
+
+export async function startHelmd(args: { policy: string[]; audit: string; socket: string; extra?: string[] }): Promise<Daemon> {
+  let output = '';
+  const proc = spawn(HELMD, ['--policy', ...args.policy, '--audit-log', args.audit, '--socket', args.socket, ...(args.extra ?? [])], { stdio: ['ignore', 'pipe', 'pipe'] });
+  proc.stdout!.on('data', (d) => (output += d));
+  proc.stderr!.on('data', (d) => (output += d));
+  const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
+  const deadline = Date.now() + 180_000;
+  while (!/helmd enforcing|helmd running in DRY-RUN/.test(output)) {
+    if (proc.exitCode !== null || Date.now() > deadline) throw new Error(`helmd did not start:\n${output}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    proc,
+    socket: args.socket,
+    audit: args.audit,
+    log: () => output,
+    stop: async () => {
+      proc.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
+export interface RunResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export function helmctl(args: string[]): RunResult {
+  const r = spawnSync(HELMCTL, args, { encoding: 'utf8', timeout: 180_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Runs the probe as a governed agent; returns the per-case outcomes and the probe shell's pid. */
+export function probe(d: Daemon, opts: { role: string; name: string; dryRun?: boolean }, cases: string[]): { pid: number; cases: Map<string, string>; raw: RunResult } {
+  const raw = helmctl(['run', '--socket', d.socket, '--role', opts.role, '--name', opts.name, ...(opts.dryRun ? ['--dry-run'] : []), '--', 'sh', PROBE, ...cases]);
+  const out = new Map<string, string>();
+  let pid = 0;
+  for (const line of raw.stdout.split('\n')) {
+    const m = /^CASE (\S+) (.*)$/.exec(line);
+    if (m) out.set(m[1], m[2]);
+    const p = /^PID (\d+)$/.exec(line);
+    if (p) pid = Number(p[1]);
+  }
+  return { pid, cases: out, raw };
+}
+
+export interface AuditLine {
+  type: string;
+  decision: string;
+  op: string;
+  path: string | null;
+  pid: number;
+  ppid: number;
+  uid: number;
+  exe: string | null;
+  comm: string;
+  agent: string | null;
+  role: string | null;
+  policy: string | null;
+  rule: string;
+  mode: string;
+  reason: string;
+  generation: number;
+  ts: string;
+  seq: number;
+  cgroup: { id: string; path: string | null };
+}
+
+/** Audit lines, waiting until `until` holds (the daemon drains asynchronously). */
+export async function auditLines(file: string, until: (lines: AuditLine[]) => boolean = () => true, timeoutMs = 20_000): Promise<AuditLine[]> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+    const lines = text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as AuditLine);
+    if (until(lines) || Date.now() > deadline) return lines;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+export function sh(cmd: string): string {
+  const r = spawnSync('sh', ['-c', cmd], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd}: ${r.stderr}`);
+  return r.stdout;
+}
