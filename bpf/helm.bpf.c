@@ -19,6 +19,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define FMODE_WRITE 0x2
 #define FMODE_EXEC 0x20
 #define O_TRUNC 00001000
+#define __FMODE_EXEC 0x20 /* in f_flags: the kernel opened the file to execute it */
 #define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 
 struct {
@@ -129,37 +130,49 @@ static __always_inline void verdict_for(struct decision *d, const struct helm_ve
 	}
 }
 
+static __always_inline const struct helm_verdict *
+inode_verdict(void *inodes, struct helm_inode_key *key, struct inode *inode, __u8 op, int self)
+{
+	key->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	key->ino = BPF_CORE_READ(inode, i_ino);
+	struct helm_inode_value *v = bpf_map_lookup_elem(inodes, key);
+	if (!v || op >= HELM_FILE_OPS)
+		return 0;
+	const struct helm_verdict *hit = self ? &v->self[op] : &v->below[op];
+	return hit->action == HELM_ACTION_DENY ? hit : 0;
+}
+
 /*
  * A block rule may also name an object by identity: the file itself, or a
  * directory above it within its filesystem. This is what a hard link or a bind
- * mount cannot rename.
+ * mount cannot rename. Each level is identified by its own inode; the file
+ * itself also by f_inode, which on stacked filesystems (overlayfs) is the real
+ * inode that stat() reports.
  */
 static __always_inline int inode_block(void *inodes, struct file *file, __u32 role_id,
 				       __u8 op, struct decision *d)
 {
+	struct helm_inode_key key = { .role_id = role_id };
 	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
-	struct helm_inode_key key = {
-		.role_id = role_id,
-		.dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev),
-	};
+	struct inode *real = BPF_CORE_READ(file, f_inode);
+	const struct helm_verdict *hit = 0;
 
-	for (int depth = 0; depth < HELM_MAX_ANCESTORS; depth++) {
-		key.ino = BPF_CORE_READ(dentry, d_inode, i_ino);
-		struct helm_inode_value *v = bpf_map_lookup_elem(inodes, &key);
-		const struct helm_verdict *hit = !v || op >= HELM_FILE_OPS ? 0
-					       : depth == 0			? &v->self[op]
-										: &v->below[op];
-		if (hit && hit->action == HELM_ACTION_DENY) {
-			d->verdict = *hit;
-			d->reason = HELM_REASON_INODE_RULE;
-			return 1;
-		}
+	for (int depth = 0; depth < HELM_MAX_ANCESTORS && !hit; depth++) {
+		struct inode *inode = BPF_CORE_READ(dentry, d_inode);
+		if (inode)
+			hit = inode_verdict(inodes, &key, inode, op, depth == 0);
+		if (!hit && depth == 0 && real && real != inode)
+			hit = inode_verdict(inodes, &key, real, op, 1);
 		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
 		if (!parent || parent == dentry)
 			break;
 		dentry = parent;
 	}
-	return 0;
+	if (!hit)
+		return 0;
+	d->verdict = *hit;
+	d->reason = HELM_REASON_INODE_RULE;
+	return 1;
 }
 
 static __always_inline void emit(struct file *file, struct helm_agent *agent, __u64 cgroup_id,
@@ -205,8 +218,12 @@ static __always_inline void emit(struct file *file, struct helm_agent *agent, __
 		__builtin_memcpy(e->path, key->path, sizeof(e->path));
 	else
 		e->path[0] = 0;
-	/* Resolved now: by the time helmd reads the event the process may be gone. */
-	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	/*
+	 * Resolved now: by the time helmd reads the event the process may be gone.
+	 * Walked as BTF pointers (not probe-read) so that bpf_d_path accepts the path.
+	 */
+	struct mm_struct *mm = task->mm;
+	struct file *exe = mm ? mm->exe_file : 0;
 	e->exe_len = -2; /* ENOENT: a task without an executable */
 	e->exe[0] = 0;
 	if (exe)
@@ -237,12 +254,17 @@ int BPF_PROG(helm_file_open, struct file *file, int ret)
 	__u32 mode_flags = READ_ONCE(s->flags);
 	d.generation = generation;
 
-	/* Which verbs this open needs: exec opens are decided by exec alone. */
+	/*
+	 * Which verbs this open needs: exec opens (execve, the ELF interpreter, a
+	 * script's interpreter) are decided by exec alone. Kernels differ in whether
+	 * f_mode carries FMODE_EXEC at this point; f_flags carries __FMODE_EXEC.
+	 */
 	unsigned int f_mode = BPF_CORE_READ(file, f_mode);
 	unsigned int f_flags = BPF_CORE_READ(file, f_flags);
-	__u8 needs_write = !(f_mode & FMODE_EXEC) && ((f_mode & FMODE_WRITE) || (f_flags & O_TRUNC));
-	__u8 needs_read = !(f_mode & FMODE_EXEC) && (f_mode & FMODE_READ);
-	__u8 needs_exec = !!(f_mode & FMODE_EXEC);
+	__u8 is_exec = (f_mode & FMODE_EXEC) || (f_flags & __FMODE_EXEC);
+	__u8 needs_write = !is_exec && ((f_mode & FMODE_WRITE) || (f_flags & O_TRUNC));
+	__u8 needs_read = !is_exec && (f_mode & FMODE_READ);
+	__u8 needs_exec = is_exec;
 	d.op = needs_exec ? HELM_OP_EXEC : needs_write ? HELM_OP_WRITE : HELM_OP_READ;
 
 	__u32 flags = 0;

@@ -299,11 +299,20 @@ function reorder(byVerbOrder: Verdict[]): Verdict[] {
 function blockInodes(governing: Candidate[], roleId: number, stat: NonNullable<CompileOptions['stat']>, walks: Walker, warnings: PolicyDiagnostic[]): InodeEntry[] {
   const byIdentity = new Map<string, InodeEntry>();
   const add = (p: string, s: StatInfo, subtree: boolean, verb: FileVerb, c: Candidate) => {
-    const dev = kernelDev(s.dev);
-    const id = `${dev}:${s.ino}`;
+    addIdentity(p, s.dev, s.ino, subtree, verb, c);
+    // overlayfs reports a per-layer pseudo device for files, while the kernel sees the overlay's
+    // own inode (the directory's device, same inode number): record the file under that name too.
+    if (!s.isDirectory) {
+      const dir = stat(path.dirname(p));
+      if (dir && dir.dev !== s.dev) addIdentity(p, dir.dev, s.ino, subtree, verb, c);
+    }
+  };
+  const addIdentity = (p: string, stDev: bigint, ino: bigint, subtree: boolean, verb: FileVerb, c: Candidate) => {
+    const dev = kernelDev(stDev);
+    const id = `${dev}:${ino}`;
     let e = byIdentity.get(id);
     if (!e) {
-      e = { roleId, dev, ino: s.ino, self: [NO_VERDICT, NO_VERDICT, NO_VERDICT], below: [NO_VERDICT, NO_VERDICT, NO_VERDICT], path: p };
+      e = { roleId, dev, ino, self: [NO_VERDICT, NO_VERDICT, NO_VERDICT], below: [NO_VERDICT, NO_VERDICT, NO_VERDICT], path: p };
       byIdentity.set(id, e);
     }
     const op = OP_INDEX[verb];

@@ -66,7 +66,9 @@ export function helmctl(args: string[]): RunResult {
 
 /** Runs the probe as a governed agent; returns the per-case outcomes and the probe shell's pid. */
 export function probe(d: Daemon, opts: { role: string; name: string; dryRun?: boolean }, cases: string[]): { pid: number; cases: Map<string, string>; raw: RunResult } {
-  const raw = helmctl(['run', '--socket', d.socket, '--role', opts.role, '--name', opts.name, ...(opts.dryRun ? ['--dry-run'] : []), '--', 'sh', PROBE, ...cases]);
+  // The script goes in as an argument: the agent's policy need not let it read the checkout.
+  const script = fs.readFileSync(PROBE, 'utf8');
+  const raw = helmctl(['run', '--socket', d.socket, '--role', opts.role, '--name', opts.name, ...(opts.dryRun ? ['--dry-run'] : []), '--', 'sh', '-c', script, 'probe', ...cases]);
   const out = new Map<string, string>();
   let pid = 0;
   for (const line of raw.stdout.split('\n')) {
