@@ -13,7 +13,7 @@ export interface Check {
   fix?: string;
 }
 
-function mountedAt(type: string, where: string): boolean {
+export function mountedAt(type: string, where: string): boolean {
   return fs
     .readFileSync('/proc/mounts', 'utf8')
     .split('\n')

@@ -18,6 +18,7 @@ HELMD=$!
 trap 'kill $HELMD 2>/dev/null; wait $HELMD 2>/dev/null || true' EXIT
 for _ in $(seq 600); do [ -S "$SOCK" ] && break; kill -0 $HELMD 2>/dev/null || break; sleep 0.1; done
 if [ ! -S "$SOCK" ]; then cat /tmp/helmd.log; echo "helmd did not start" >&2; exit 1; fi
+echo "== kernel $(uname -r), active LSMs: $(cat /sys/kernel/security/lsm)"
 echo "== helmd is enforcing policies/default.yaml; audit trail: $AUDIT"
 
 echo "== a governed agent (role demo) does its work:"

@@ -10,5 +10,5 @@ fi
 cat /tmp/helm-doctor.txt
 echo
 echo "== this kernel refuses BPF LSM programs (see doctor above): running the same demo inside the bundled VM"
-echo "   (Debian's $(ls .cache/vm 2>/dev/null | sed -n 's/^kernel-//p' | head -1) kernel under QEMU, lsm=...,bpf; the host's / is mounted read-only with a writable overlay)"
+echo "   (Debian's kernel under QEMU, lsm=...,bpf; the host's / is mounted read-only with a writable overlay)"
 exec bash scripts/vm/run.sh -- bash scripts/demo-agent.sh

@@ -5,6 +5,7 @@
 // tap runs every .js in dist/test/host, this one included. Run as a test file itself, it
 // checks the guard: every sibling *.test.js, started as user nobody, must FAIL with the
 // guard's message rather than pass or skip.
+import { mountedAt } from '../../daemon/doctor';
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -23,15 +24,6 @@ export function requireRoot(): boolean {
   return false;
 }
 
-function mounted(type: string, where: string): boolean {
-  return fs
-    .readFileSync('/proc/mounts', 'utf8')
-    .split('\n')
-    .some((l) => {
-      const [, w, ty] = l.split(' ');
-      return w === where && ty === type;
-    });
-}
 
 /** What the helpers need of a test: somewhere to register clean-up. */
 export interface Scope {
@@ -44,7 +36,7 @@ export function ensureKernelMounts(scope: Scope = t): void {
     ['bpf', '/sys/fs/bpf'],
     ['securityfs', '/sys/kernel/security'],
   ] as const) {
-    if (mounted(type, where)) continue;
+    if (mountedAt(type, where)) continue;
     execFileSync('mount', ['-t', type, type, where]);
     scope.teardown(() => {
       try {

@@ -4,7 +4,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
-import { requireBpfLsm, startHelmd, probe, auditLines, helmctl, HELM_ENTER, type Daemon, type AuditLine } from './harness';
+import { requireBpfLsm, startHelmd, probe, auditLines, helmctl, HELM_ENTER, type Daemon, type AuditLine, RUNTIME_RULE } from './harness';
 import { cgroup2Mount } from '../../daemon/control/cgroups';
 
 t.setTimeout(900_000);
@@ -17,10 +17,7 @@ metadata: { name: modes }
 spec:
   roles: [worker]
   allow:
-    - id: runtime
-      exec: [/usr/bin/, /usr/lib/]
-      read: [/usr/, /etc/ld.so.cache, /dev/null]
-      write: [/dev/null]
+${RUNTIME_RULE}
   block:
     - id: secret
       read: [${T}/secret.txt]

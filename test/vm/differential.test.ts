@@ -4,7 +4,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { requireBpfLsm, startHelmd, probe, auditLines, type Daemon } from './harness';
+import { requireBpfLsm, startHelmd, probe, auditLines, type Daemon, RUNTIME_RULE } from './harness';
 import { parsePolicySource } from '../../daemon/policy/parse';
 import { evaluate, type FileOperation } from '../../daemon/policy/evaluate';
 
@@ -59,14 +59,13 @@ function randomPolicy(): string {
     return `    - { id: ${kind}-${i}, ${body} }`;
   };
   const list = (kind: string, n: number) => Array.from({ length: n }, (_, i) => rule(kind, i)).join('\n');
-  const runtime = `    - { id: runtime, exec: [/usr/bin/, /usr/lib/], read: [/usr/, /etc/ld.so.cache, /dev/null], write: [/dev/null] }`;
   return `apiVersion: helm/v1
 kind: Policy
 metadata: { name: diff-enforce }
 spec:
   roles: [differ]
   allow:
-${runtime}
+${RUNTIME_RULE}
 ${list('allow', 6)}
   block:
 ${list('block', 3)}

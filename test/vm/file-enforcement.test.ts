@@ -6,7 +6,7 @@ t.setTimeout(900_000); // software-emulated kernel: slow, and each helmctl is a 
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { requireBpfLsm, startHelmd, probe, auditLines, helmctl, sh, HELM_ENTER, type Daemon, type AuditLine } from './harness';
+import { requireBpfLsm, startHelmd, probe, auditLines, helmctl, sh, HELM_ENTER, type Daemon, type AuditLine, RUNTIME_RULE } from './harness';
 import { cgroup2Mount } from '../../daemon/control/cgroups';
 
 const T = '/srv/helm-test';
@@ -21,10 +21,7 @@ metadata:
 spec:
   roles: [tester]
   allow:
-    - id: runtime
-      exec: [/usr/bin/, /usr/lib/]
-      read: [/usr/, /etc/ld.so.cache, /dev/null]
-      write: [/dev/null]
+${RUNTIME_RULE}
     - id: workspace
       read: [${T}/allowed/]
       write: [${T}/out/]
@@ -42,10 +39,7 @@ spec:
   roles: [observer]
   mode: dry-run
   allow:
-    - id: runtime
-      exec: [/usr/bin/, /usr/lib/]
-      read: [/usr/, /etc/ld.so.cache, /dev/null]
-      write: [/dev/null]
+${RUNTIME_RULE}
   block:
     - id: secret-observer
       read: [${T}/blockdir/]

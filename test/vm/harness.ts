@@ -10,6 +10,9 @@ export const HELMCTL = path.join(ROOT, 'bin', 'helmctl');
 export const HELM_ENTER = path.join(ROOT, 'build', 'helm-enter');
 export const PROBE = path.join(ROOT, 'test', 'vm', 'probe.sh');
 
+/** The allow rule every test agent needs to run a shell and coreutils at all (a YAML list item, 4-space indent). */
+export const RUNTIME_RULE = '    - { id: runtime, exec: [/usr/bin/, /usr/lib/], read: [/usr/, /etc/ld.so.cache, /dev/null], write: [/dev/null] }';
+
 /** Fails (never skips) when not in a kernel with BPF LSM: this suite exists to touch one. */
 export function requireBpfLsm(): string | undefined {
   if (process.getuid?.() !== 0) return 'the VM suite must run as root';
