@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * File enforcement for governed agents: every file open by a task whose cgroup
- * (or an ancestor) is attached is decided here, on the path the kernel resolved,
- * deny by default. The policy lives in maps; this file only looks it up.
+ * File enforcement for governed agents: every open, exec and mutation by a task
+ * whose cgroup (or an ancestor) is attached is decided here, on the object the
+ * kernel resolved, deny by default. The policy lives in maps; this file only
+ * looks it up. Self-protection hooks at the end are not policy: no rule can
+ * switch them off.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -13,6 +15,7 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #define EPERM 1
+#define ENAMETOOLONG 36
 #define S_IFMT 00170000
 #define S_IFDIR 0040000
 #define FMODE_READ 0x1
@@ -20,6 +23,10 @@ char LICENSE[] SEC("license") = "GPL";
 #define FMODE_EXEC 0x20
 #define O_TRUNC 00001000
 #define __FMODE_EXEC 0x20 /* in f_flags: the kernel opened the file to execute it */
+#define PROT_EXEC 0x4
+#define CGROUP_SUPER_MAGIC 0x27e0eb
+#define CGROUP2_SUPER_MAGIC 0x63677270
+#define BPF_FS_MAGIC 0xcafe4a11
 #define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 
 struct {
@@ -68,6 +75,13 @@ struct {
 	__array(values, struct inode_table);
 } inode_tables SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, HELM_MAX_PROTECTED);
+	__type(key, struct helm_protected_key);
+	__type(value, __u32);
+} protected_inodes SEC(".maps");
+
 /* Decisions for the audit trail. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -90,7 +104,20 @@ struct {
 	__type(value, struct helm_path_key);
 } scratch SEC(".maps");
 
-/* Deepest attached cgroup among the current task's cgroup and its ancestors. */
+/* Where a path is assembled backwards, component by component (see path_of). */
+#define WALK_BUF 768
+struct walk_buf {
+	char b[WALK_BUF];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct walk_buf);
+} walk_scratch SEC(".maps");
+
+/* ---------------------------------------------------------------- who is governed */
+
 static __always_inline struct helm_agent *governing_agent(__u64 *cgroup_id)
 {
 	struct helm_agent *found = 0;
@@ -108,76 +135,132 @@ static __always_inline struct helm_agent *governing_agent(__u64 *cgroup_id)
 	return found;
 }
 
+/* The agent governing another task: its cgroup and ancestors, deepest attachment first. */
+static __always_inline struct helm_agent *agent_of_task(struct task_struct *task)
+{
+	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+
+	for (int i = 0; i < HELM_MAX_CGROUP_DEPTH && cgrp; i++) {
+		__u64 id = BPF_CORE_READ(cgrp, kn, id);
+		struct helm_agent *a = bpf_map_lookup_elem(&governed_cgroups, &id);
+		if (a)
+			return a;
+		/* self is the first member of struct cgroup: a parent css is its cgroup */
+		cgrp = (struct cgroup *)BPF_CORE_READ(cgrp, self.parent);
+	}
+	return 0;
+}
+
+static __always_inline struct helm_settings *current_settings(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&settings, &zero);
+}
+
+/* ---------------------------------------------------------------- naming objects */
+
+struct name_walk {
+	struct mount *mnt;
+	struct dentry *dentry;
+	struct walk_buf *w;
+	__u32 pos;
+	int done;
+	long error;
+};
+
+/* One component: prepend "/<name>", or cross from a mount's root to its mount point. */
+static long name_step(__u32 i, struct name_walk *c)
+{
+	struct dentry *dentry = c->dentry;
+	struct mount *mnt = c->mnt;
+	struct dentry *mnt_root = BPF_CORE_READ(mnt, mnt.mnt_root);
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+
+	if (dentry == mnt_root || dentry == parent) {
+		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+		if (up == mnt || !up) {
+			c->done = 1; /* the root of the mount tree */
+			return 1;
+		}
+		c->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		c->mnt = up;
+		return 0;
+	}
+	__u32 len = BPF_CORE_READ(dentry, d_name.len);
+	const unsigned char *name = BPF_CORE_READ(dentry, d_name.name);
+	__u32 pos = c->pos;
+	if (len > 255 || pos < len + 1 + 512 - HELM_PATH_BUF) {
+		c->error = -ENAMETOOLONG;
+		return 1;
+	}
+	pos -= len;
+	bpf_probe_read_kernel(&c->w->b[pos & 511], len & 255, name);
+	pos -= 1;
+	c->w->b[pos & 511] = '/';
+	c->pos = pos;
+	c->dentry = parent;
+	return 0;
+}
+
+/*
+ * The path of (mnt, dentry) from the root of the mount tree, as d_path would
+ * give it, built backwards component by component and crossing mount points.
+ * Used where bpf_d_path is not allowed (the path_* hooks, and naming the exe).
+ * Writes "<path>\0" (and bytes after it to ignore) into dst[HELM_PATH_BUF];
+ * returns its length with the NUL, or a negative errno.
+ */
+static __always_inline long name_of(struct vfsmount *vfsmnt, struct dentry *dentry, char *dst)
+{
+	__u32 zero = 0;
+	struct walk_buf *w = bpf_map_lookup_elem(&walk_scratch, &zero);
+	if (!w || !vfsmnt || !dentry)
+		return -EPERM;
+	struct name_walk c = {
+		.mnt = container_of(vfsmnt, struct mount, mnt),
+		.dentry = dentry,
+		.w = w,
+		.pos = 511,
+	};
+	w->b[511] = 0;
+	bpf_loop(HELM_MAX_COMPONENTS, name_step, &c, 0);
+	if (c.error)
+		return c.error;
+	if (!c.done)
+		return -ENAMETOOLONG;
+	__u32 pos = c.pos;
+	if (pos == 511) {
+		pos = 510;
+		w->b[510] = '/';
+	}
+	long len = 512 - pos;
+	if (len < 1 || len > HELM_PATH_BUF)
+		return -ENAMETOOLONG;
+	/* a fixed-size copy keeps the verifier's bounds simple; bytes after the NUL are ignored */
+	bpf_probe_read_kernel(dst, HELM_PATH_BUF, &w->b[pos & 511]);
+	return len;
+}
+
+static __always_inline long path_of(struct vfsmount *vfsmnt, struct dentry *dentry,
+				    struct helm_path_key *key)
+{
+	return name_of(vfsmnt, dentry, key->path);
+}
+
+/* ---------------------------------------------------------------- decisions and events */
+
 struct decision {
 	struct helm_verdict verdict;
 	__u8 op;
 	__u8 reason;
 	__u32 generation;
+	__u32 detail;
+	__u32 flags;
+	__u32 target_pid;
+	long path_len;
 };
 
-static __always_inline void verdict_for(struct decision *d, const struct helm_verdict *v,
-					__u8 default_mode)
-{
-	if (v->action == HELM_ACTION_NONE) {
-		d->verdict.action = HELM_ACTION_DENY;
-		d->verdict.mode = default_mode;
-		d->verdict.policy_id = 0;
-		d->verdict.rule_id = 0;
-		d->reason = HELM_REASON_DEFAULT;
-	} else {
-		d->verdict = *v;
-		d->reason = HELM_REASON_RULE;
-	}
-}
-
-static __always_inline const struct helm_verdict *
-inode_verdict(void *inodes, struct helm_inode_key *key, struct inode *inode, __u8 op, int self)
-{
-	key->dev = BPF_CORE_READ(inode, i_sb, s_dev);
-	key->ino = BPF_CORE_READ(inode, i_ino);
-	struct helm_inode_value *v = bpf_map_lookup_elem(inodes, key);
-	if (!v || op >= HELM_FILE_OPS)
-		return 0;
-	const struct helm_verdict *hit = self ? &v->self[op] : &v->below[op];
-	return hit->action == HELM_ACTION_DENY ? hit : 0;
-}
-
-/*
- * A block rule may also name an object by identity: the file itself, or a
- * directory above it within its filesystem. This is what a hard link or a bind
- * mount cannot rename. Each level is identified by its own inode; the file
- * itself also by f_inode, which on stacked filesystems (overlayfs) is the real
- * inode that stat() reports.
- */
-static __always_inline int inode_block(void *inodes, struct file *file, __u32 role_id,
-				       __u8 op, struct decision *d)
-{
-	struct helm_inode_key key = { .role_id = role_id };
-	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
-	struct inode *real = BPF_CORE_READ(file, f_inode);
-	const struct helm_verdict *hit = 0;
-
-	for (int depth = 0; depth < HELM_MAX_ANCESTORS && !hit; depth++) {
-		struct inode *inode = BPF_CORE_READ(dentry, d_inode);
-		if (inode)
-			hit = inode_verdict(inodes, &key, inode, op, depth == 0);
-		if (!hit && depth == 0 && real && real != inode)
-			hit = inode_verdict(inodes, &key, real, op, 1);
-		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
-		if (!parent || parent == dentry)
-			break;
-		dentry = parent;
-	}
-	if (!hit)
-		return 0;
-	d->verdict = *hit;
-	d->reason = HELM_REASON_INODE_RULE;
-	return 1;
-}
-
-static __always_inline void emit(struct file *file, struct helm_agent *agent, __u64 cgroup_id,
-				 struct decision *d, struct helm_path_key *key, long path_len,
-				 __u32 flags)
+static __always_inline void emit(struct helm_agent *agent, __u64 cgroup_id, struct decision *d,
+				 struct helm_path_key *key, struct inode *inode)
 {
 	struct helm_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -194,8 +277,8 @@ static __always_inline void emit(struct file *file, struct helm_agent *agent, __
 	e->ts_boot_ns = bpf_ktime_get_boot_ns();
 	e->cgroup_id = cgroup_id;
 	e->agent_id = agent->agent_id;
-	e->ino = BPF_CORE_READ(file, f_inode, i_ino);
-	e->dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+	e->ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
+	e->dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
 	e->type = HELM_EVENT_DECISION;
 	e->pid = pid_tgid >> 32;
 	e->tid = (__u32)pid_tgid;
@@ -211,94 +294,235 @@ static __always_inline void emit(struct file *file, struct helm_agent *agent, __
 							   : HELM_DECISION_WOULD_DENY;
 	e->mode = d->verdict.mode;
 	e->reason = d->reason;
-	e->flags = flags;
-	e->path_len = path_len;
+	e->flags = d->flags;
+	e->detail = d->detail;
+	e->target_pid = d->target_pid;
+	e->path_len = d->path_len;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	if (path_len > 0)
+	if (key && d->path_len > 0)
 		__builtin_memcpy(e->path, key->path, sizeof(e->path));
 	else
 		e->path[0] = 0;
 	/*
 	 * Resolved now: by the time helmd reads the event the process may be gone.
-	 * Walked as BTF pointers (not probe-read) so that bpf_d_path accepts the path.
+	 * Named by the walk, not bpf_d_path, which most hooks may not call.
 	 */
-	struct mm_struct *mm = task->mm;
-	struct file *exe = mm ? mm->exe_file : 0;
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
 	e->exe_len = -2; /* ENOENT: a task without an executable */
 	e->exe[0] = 0;
 	if (exe)
-		e->exe_len = bpf_d_path((struct path *)&exe->f_path, e->exe, sizeof(e->exe));
+		e->exe_len = name_of(BPF_CORE_READ(exe, f_path.mnt), BPF_CORE_READ(exe, f_path.dentry), e->exe);
 	bpf_ringbuf_submit(e, 0);
 }
 
-SEC("lsm/file_open")
-int BPF_PROG(helm_file_open, struct file *file, int ret)
+/* Applies dry-run (agent or global), reports, and gives the hook's return value. */
+static __always_inline int deny(struct helm_agent *agent, __u64 cgroup_id, struct decision *d,
+				struct helm_path_key *key, struct inode *inode)
 {
-	if (ret)
-		return ret; /* an earlier LSM already refused */
+	struct helm_settings *s = current_settings();
+	__u32 mode_flags = s ? READ_ONCE(s->flags) : 0;
 
-	__u64 cgroup_id = 0;
-	struct helm_agent *agent = governing_agent(&cgroup_id);
-	if (!agent)
+	if (d->reason != HELM_REASON_SELF_PROTECT &&
+	    ((agent->flags & HELM_AGENT_DRY_RUN) || (mode_flags & HELM_SETTINGS_DRY_RUN)))
+		d->verdict.mode = HELM_MODE_DRY_RUN;
+	emit(agent, cgroup_id, d, key, inode);
+	return d->verdict.mode == HELM_MODE_DRY_RUN ? 0 : -EPERM;
+}
+
+/* Self-protection: always enforced, whatever the modes. */
+static __always_inline int protect(struct helm_agent *agent, __u64 cgroup_id, __u8 op,
+				   __u32 detail, __u32 target_pid, struct helm_path_key *key,
+				   long path_len, struct inode *inode)
+{
+	struct decision d = {
+		.op = op,
+		.reason = HELM_REASON_SELF_PROTECT,
+		.detail = detail,
+		.target_pid = target_pid,
+		.path_len = path_len,
+	};
+	d.verdict.action = HELM_ACTION_DENY;
+	d.verdict.mode = HELM_MODE_ENFORCE;
+	return deny(agent, cgroup_id, &d, key, inode);
+}
+
+static __always_inline int verdict_allows(struct decision *d, const struct helm_verdict *v,
+					  __u8 default_mode)
+{
+	if (v->action == HELM_ACTION_NONE) {
+		d->verdict.action = HELM_ACTION_DENY;
+		d->verdict.mode = default_mode;
+		d->verdict.policy_id = 0;
+		d->verdict.rule_id = 0;
+		d->reason = HELM_REASON_DEFAULT;
 		return 0;
+	}
+	d->verdict = *v;
+	d->reason = HELM_REASON_RULE;
+	return v->action == HELM_ACTION_ALLOW;
+}
 
-	__u32 zero = 0;
-	struct helm_settings *s = bpf_map_lookup_elem(&settings, &zero);
-	struct helm_path_key *key = bpf_map_lookup_elem(&scratch, &zero);
-	if (!s || !key)
+/* ---------------------------------------------------------------- objects by identity */
+
+static __always_inline const struct helm_verdict *
+inode_verdict(void *inodes, struct helm_inode_key *key, struct inode *inode, __u8 op, int self)
+{
+	key->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	key->ino = BPF_CORE_READ(inode, i_ino);
+	struct helm_inode_value *v = bpf_map_lookup_elem(inodes, key);
+	if (!v || op >= HELM_FILE_OPS)
+		return 0;
+	const struct helm_verdict *hit = self ? &v->self[op] : &v->below[op];
+	return hit->action == HELM_ACTION_DENY ? hit : 0;
+}
+
+struct inode_walk {
+	void *inodes;
+	struct dentry *dentry;
+	struct inode *real;
+	struct helm_inode_key key;
+	__u8 op;
+	int found;
+	struct helm_verdict hit;
+};
+
+static long inode_step(__u32 depth, struct inode_walk *c)
+{
+	struct dentry *dentry = c->dentry; /* a plain local: CO-RE relocates kernel types only */
+	struct inode *real = c->real;
+	struct inode *inode = BPF_CORE_READ(dentry, d_inode);
+	const struct helm_verdict *hit = 0;
+
+	if (inode)
+		hit = inode_verdict(c->inodes, &c->key, inode, c->op, depth == 0);
+	if (!hit && depth == 0 && real && real != inode)
+		hit = inode_verdict(c->inodes, &c->key, real, c->op, 1);
+	if (hit) {
+		c->hit = *hit;
+		c->found = 1;
+		return 1;
+	}
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+	if (!parent || parent == dentry)
+		return 1;
+	c->dentry = parent;
+	return 0;
+}
+
+/*
+ * A block rule may also name an object by identity: the object itself, or a
+ * directory above it within its filesystem. This is what a hard link or a bind
+ * mount cannot rename. Each level is identified by its own inode; the object
+ * itself also by `real`, which on stacked filesystems (overlayfs) is the real
+ * inode that stat() reports.
+ */
+static __always_inline int inode_block(void *inodes, struct dentry *dentry, struct inode *real,
+				       __u32 role_id, __u8 op, struct decision *d)
+{
+	struct inode_walk c = {
+		.inodes = inodes,
+		.dentry = dentry,
+		.real = real,
+		.key = { .role_id = role_id },
+		.op = op,
+	};
+	bpf_loop(HELM_MAX_ANCESTORS, inode_step, &c, 0);
+	if (!c.found)
+		return 0;
+	d->verdict = c.hit;
+	d->reason = HELM_REASON_INODE_RULE;
+	return 1;
+}
+
+static __always_inline int is_protected(struct inode *inode)
+{
+	struct helm_protected_key k = {
+		.dev = BPF_CORE_READ(inode, i_sb, s_dev),
+		.ino = BPF_CORE_READ(inode, i_ino),
+	};
+	return bpf_map_lookup_elem(&protected_inodes, &k) != 0;
+}
+
+/* cgroupfs and bpffs belong to helm's enforcement; helm's own files are listed by inode. */
+static __always_inline int is_helm_object(struct inode *inode)
+{
+	if (!inode)
+		return 0;
+	unsigned long magic = BPF_CORE_READ(inode, i_sb, s_magic);
+	return magic == CGROUP2_SUPER_MAGIC || magic == CGROUP_SUPER_MAGIC || magic == BPF_FS_MAGIC ||
+	       is_protected(inode);
+}
+
+/* The key for a directory is "<dir>/\0", so that a subtree rule covers the directory itself. */
+static __always_inline long as_directory(struct helm_path_key *key, long n)
+{
+	if (n > 2) {
+		if (n >= HELM_PATH_BUF)
+			return -ENAMETOOLONG;
+		key->path[(n - 1) & 0xff] = '/';
+		key->path[n & 0xff] = 0;
+		n++;
+	}
+	return n;
+}
+
+static __always_inline int is_dir_inode(struct inode *inode)
+{
+	return inode && (BPF_CORE_READ(inode, i_mode) & S_IFMT) == S_IFDIR;
+}
+
+#define OP_BIT(op) (1u << (op))
+
+/* One verb of a decision: the table's verdict, then the identity check. 0 allows. */
+static __always_inline int verb_allows(struct decision *d, struct helm_path_value *v, void *inodes,
+				       struct helm_agent *agent, __u8 op, struct dentry *dentry,
+				       struct inode *real)
+{
+	d->op = op;
+	if (!verdict_allows(d, &v->verdict[op], v->default_mode))
+		return 0;
+	if (dentry && inode_block(inodes, dentry, real, agent->role_id, op, d))
+		return 0;
+	return 1;
+}
+
+/*
+ * The whole policy decision for the verbs in `ops` on one named object:
+ * key->path holds its name (n bytes with the NUL, or a negative errno),
+ * `dentry`/`real` its identity (for a new name, the dentry being created). 0
+ * allows; the first verb refused is the one reported (write before read).
+ */
+static __always_inline int decide(struct helm_agent *agent, __u64 cgroup_id, __u32 ops, __u32 detail,
+				  struct helm_path_key *key, long n, int is_dir, struct dentry *dentry,
+				  struct inode *real)
+{
+	struct decision d = { .detail = detail };
+	d.op = ops & OP_BIT(HELM_OP_WRITE) ? HELM_OP_WRITE : ops & OP_BIT(HELM_OP_EXEC) ? HELM_OP_EXEC : HELM_OP_READ;
+	struct helm_settings *s = current_settings();
+	if (!s)
 		return -EPERM;
-
-	struct decision d = {};
 	__u32 generation = READ_ONCE(s->active_generation);
 	__u32 slot = generation & (HELM_MAX_GENERATIONS - 1);
-	__u32 mode_flags = READ_ONCE(s->flags);
 	d.generation = generation;
+	if (is_dir)
+		d.flags |= HELM_EVENT_FLAG_DIR;
 
-	/*
-	 * Which verbs this open needs: exec opens (execve, the ELF interpreter, a
-	 * script's interpreter) are decided by exec alone. Kernels differ in whether
-	 * f_mode carries FMODE_EXEC at this point; f_flags carries __FMODE_EXEC.
-	 */
-	unsigned int f_mode = BPF_CORE_READ(file, f_mode);
-	unsigned int f_flags = BPF_CORE_READ(file, f_flags);
-	__u8 is_exec = (f_mode & FMODE_EXEC) || (f_flags & __FMODE_EXEC);
-	__u8 needs_write = !is_exec && ((f_mode & FMODE_WRITE) || (f_flags & O_TRUNC));
-	__u8 needs_read = !is_exec && (f_mode & FMODE_READ);
-	__u8 needs_exec = is_exec;
-	d.op = needs_exec ? HELM_OP_EXEC : needs_write ? HELM_OP_WRITE : HELM_OP_READ;
-
-	__u32 flags = 0;
-	long n = 0;
 	void *paths = bpf_map_lookup_elem(&path_tables, &slot);
 	void *inodes = bpf_map_lookup_elem(&inode_tables, &slot);
 	if (!paths || !inodes) {
 		d.reason = HELM_REASON_NO_TABLE;
 		d.verdict.action = HELM_ACTION_DENY;
-		goto deny;
+		goto out;
 	}
-
-	key->role_id = agent->role_id;
-	n = bpf_d_path((struct path *)&file->f_path, key->path, HELM_PATH_BUF);
+	if (n > 0 && is_dir)
+		n = as_directory(key, n);
+	d.path_len = n;
 	if (n < 1 || n > HELM_PATH_BUF) {
 		d.reason = HELM_REASON_PATH_ERROR;
 		d.verdict.action = HELM_ACTION_DENY;
-		goto deny;
+		goto out;
 	}
-	/* A directory is matched as "<dir>/" so that a subtree rule covers the directory itself. */
-	umode_t i_mode = BPF_CORE_READ(file, f_inode, i_mode);
-	if ((i_mode & S_IFMT) == S_IFDIR) {
-		flags |= HELM_EVENT_FLAG_DIR;
-		if (n > 2) {
-			if (n >= HELM_PATH_BUF) {
-				d.reason = HELM_REASON_PATH_ERROR;
-				d.verdict.action = HELM_ACTION_DENY;
-				goto deny;
-			}
-			key->path[(n - 1) & 0xff] = '/';
-			key->path[n & 0xff] = 0;
-			n++;
-		}
-	}
+	key->role_id = agent->role_id;
 	key->prefixlen = 32 + 8 * (__u32)n;
 
 	struct helm_path_value *v = bpf_map_lookup_elem(paths, key);
@@ -307,39 +531,354 @@ int BPF_PROG(helm_file_open, struct file *file, int ret)
 		d.reason = HELM_REASON_NO_POLICY;
 		d.verdict.action = HELM_ACTION_DENY;
 		d.verdict.mode = HELM_MODE_ENFORCE;
-		goto deny;
+		goto out;
 	}
-
-	/* Check write before read so that O_RDWR reports the stricter verb first. */
-	if (needs_write) {
-		d.op = HELM_OP_WRITE;
-		verdict_for(&d, &v->verdict[HELM_OP_WRITE], v->default_mode);
-		if (d.verdict.action != HELM_ACTION_ALLOW)
-			goto deny;
-		if (inode_block(inodes, file, agent->role_id, HELM_OP_WRITE, &d))
-			goto deny;
-	}
-	if (needs_read) {
-		d.op = HELM_OP_READ;
-		verdict_for(&d, &v->verdict[HELM_OP_READ], v->default_mode);
-		if (d.verdict.action != HELM_ACTION_ALLOW)
-			goto deny;
-		if (inode_block(inodes, file, agent->role_id, HELM_OP_READ, &d))
-			goto deny;
-	}
-	if (needs_exec) {
-		d.op = HELM_OP_EXEC;
-		verdict_for(&d, &v->verdict[HELM_OP_EXEC], v->default_mode);
-		if (d.verdict.action != HELM_ACTION_ALLOW)
-			goto deny;
-		if (inode_block(inodes, file, agent->role_id, HELM_OP_EXEC, &d))
-			goto deny;
-	}
+	if ((ops & OP_BIT(HELM_OP_WRITE)) && !verb_allows(&d, v, inodes, agent, HELM_OP_WRITE, dentry, real))
+		goto out;
+	if ((ops & OP_BIT(HELM_OP_READ)) && !verb_allows(&d, v, inodes, agent, HELM_OP_READ, dentry, real))
+		goto out;
+	if ((ops & OP_BIT(HELM_OP_EXEC)) && !verb_allows(&d, v, inodes, agent, HELM_OP_EXEC, dentry, real))
+		goto out;
 	return 0;
+out:
+	return deny(agent, cgroup_id, &d, key, real);
+}
 
-deny:
-	if ((agent->flags & HELM_AGENT_DRY_RUN) || (mode_flags & HELM_SETTINGS_DRY_RUN))
-		d.verdict.mode = HELM_MODE_DRY_RUN;
-	emit(file, agent, cgroup_id, &d, key, n, flags);
-	return d.verdict.mode == HELM_MODE_DRY_RUN ? 0 : -EPERM;
+static __always_inline struct helm_path_key *key_buffer(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&scratch, &zero);
+}
+
+/* ---------------------------------------------------------------- opens */
+
+/* An open (or an fd received, or an mmap for exec) of an existing file, named by the kernel. */
+static __always_inline int decide_file(struct file *file, __u32 ops, __u32 detail)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 0;
+	struct helm_path_key *key = key_buffer();
+	if (!key)
+		return -EPERM;
+
+	struct inode *real = BPF_CORE_READ(file, f_inode);
+	long n = bpf_d_path((struct path *)&file->f_path, key->path, HELM_PATH_BUF);
+	if (is_helm_object(real))
+		return protect(agent, cgroup_id, HELM_OP_CONTROL, detail, 0, key, n, real);
+
+	if (!ops) {
+		/*
+		 * Which verbs this open needs: exec opens (execve, the ELF interpreter, a
+		 * script's interpreter) are decided by exec alone. Kernels differ in whether
+		 * f_mode carries FMODE_EXEC at this point; f_flags carries __FMODE_EXEC.
+		 */
+		unsigned int f_mode = BPF_CORE_READ(file, f_mode);
+		unsigned int f_flags = BPF_CORE_READ(file, f_flags);
+		if ((f_mode & FMODE_EXEC) || (f_flags & __FMODE_EXEC)) {
+			ops = OP_BIT(HELM_OP_EXEC);
+		} else {
+			if ((f_mode & FMODE_WRITE) || (f_flags & O_TRUNC))
+				ops |= OP_BIT(HELM_OP_WRITE);
+			if (f_mode & FMODE_READ)
+				ops |= OP_BIT(HELM_OP_READ);
+		}
+		if (!ops)
+			return 0; /* e.g. O_PATH-like opens that can neither read nor write */
+	}
+	return decide(agent, cgroup_id, ops, detail, key, n, is_dir_inode(real),
+		      BPF_CORE_READ(file, f_path.dentry), real);
+}
+
+SEC("lsm/file_open")
+int BPF_PROG(helm_file_open, struct file *file, int ret)
+{
+	if (ret)
+		return ret; /* an earlier LSM already refused */
+	return decide_file(file, 0, HELM_DETAIL_OPEN);
+}
+
+/* An fd sent by another process over a unix socket: decided as if the agent had opened it. */
+SEC("lsm/file_receive")
+int BPF_PROG(helm_file_receive, struct file *file, int ret)
+{
+	if (ret)
+		return ret;
+	return decide_file(file, 0, HELM_DETAIL_RECEIVE);
+}
+
+/*
+ * Mapping a file executable is running it: the dynamic loader (`ld.so ./prog`)
+ * maps a program it only opened for reading. Decided by the exec rules.
+ */
+SEC("lsm/mmap_file")
+int BPF_PROG(helm_mmap_file, struct file *file, unsigned long reqprot, unsigned long prot,
+	     unsigned long flags, int ret)
+{
+	if (ret)
+		return ret;
+	if (!file || !(prot & PROT_EXEC))
+		return 0;
+	return decide_file(file, OP_BIT(HELM_OP_EXEC), HELM_DETAIL_MMAP_EXEC);
+}
+
+/* ---------------------------------------------------------------- mutations: the write rules */
+
+static __always_inline int decide_mutation(const struct path *dir, struct dentry *dentry, int is_dir,
+					   __u32 detail)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 0;
+	struct helm_path_key *key = key_buffer();
+	if (!key)
+		return -EPERM;
+
+	struct inode *inode = BPF_CORE_READ(dentry, d_inode); /* NULL for what is being created */
+	struct inode *dir_inode = BPF_CORE_READ(dir, dentry, d_inode);
+	long n = path_of(BPF_CORE_READ(dir, mnt), dentry, key);
+	if (is_helm_object(inode) || is_helm_object(dir_inode))
+		return protect(agent, cgroup_id, HELM_OP_CONTROL, detail, 0, key, n, inode);
+	/* a new name's identity is its directory's: the inode walk starts above the negative dentry */
+	return decide(agent, cgroup_id, OP_BIT(HELM_OP_WRITE), detail, key, n, is_dir, dentry, inode);
+}
+
+SEC("lsm/path_mknod")
+int BPF_PROG(helm_path_mknod, const struct path *dir, struct dentry *dentry, umode_t mode,
+	     unsigned int dev, int ret)
+{
+	if (ret)
+		return ret;
+	/* O_CREAT lands here too, before the file exists: a denied create leaves nothing behind. */
+	return decide_mutation(dir, dentry, 0, HELM_DETAIL_CREATE);
+}
+
+SEC("lsm/path_mkdir")
+int BPF_PROG(helm_path_mkdir, const struct path *dir, struct dentry *dentry, umode_t mode, int ret)
+{
+	if (ret)
+		return ret;
+	return decide_mutation(dir, dentry, 1, HELM_DETAIL_MKDIR);
+}
+
+SEC("lsm/path_unlink")
+int BPF_PROG(helm_path_unlink, const struct path *dir, struct dentry *dentry, int ret)
+{
+	if (ret)
+		return ret;
+	return decide_mutation(dir, dentry, 0, HELM_DETAIL_UNLINK);
+}
+
+SEC("lsm/path_rmdir")
+int BPF_PROG(helm_path_rmdir, const struct path *dir, struct dentry *dentry, int ret)
+{
+	if (ret)
+		return ret;
+	return decide_mutation(dir, dentry, 1, HELM_DETAIL_RMDIR);
+}
+
+SEC("lsm/path_symlink")
+int BPF_PROG(helm_path_symlink, const struct path *dir, struct dentry *dentry, const char *old_name,
+	     int ret)
+{
+	if (ret)
+		return ret;
+	return decide_mutation(dir, dentry, 0, HELM_DETAIL_SYMLINK);
+}
+
+/* A hard link changes both names' object: the write rules must allow the source and the new name. */
+SEC("lsm/path_link")
+int BPF_PROG(helm_path_link, struct dentry *old_dentry, const struct path *new_dir,
+	     struct dentry *new_dentry, int ret)
+{
+	if (ret)
+		return ret;
+	int rc = decide_mutation(new_dir, old_dentry, 0, HELM_DETAIL_LINK_FROM);
+	if (rc)
+		return rc;
+	return decide_mutation(new_dir, new_dentry, 0, HELM_DETAIL_LINK_TO);
+}
+
+SEC("lsm/path_rename")
+int BPF_PROG(helm_path_rename, const struct path *old_dir, struct dentry *old_dentry,
+	     const struct path *new_dir, struct dentry *new_dentry, unsigned int flags, int ret)
+{
+	if (ret)
+		return ret;
+	int is_dir = is_dir_inode(BPF_CORE_READ(old_dentry, d_inode));
+	int rc = decide_mutation(old_dir, old_dentry, is_dir, HELM_DETAIL_RENAME_FROM);
+	if (rc)
+		return rc;
+	/* the destination may exist (and is replaced) or not; RENAME_EXCHANGE moves it too */
+	return decide_mutation(new_dir, new_dentry, is_dir, HELM_DETAIL_RENAME_TO);
+}
+
+static __always_inline int decide_attr(const struct path *path, __u32 detail)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 0;
+	struct helm_path_key *key = key_buffer();
+	if (!key)
+		return -EPERM;
+	struct dentry *dentry = BPF_CORE_READ(path, dentry);
+	struct inode *inode = BPF_CORE_READ(dentry, d_inode);
+	long n = path_of(BPF_CORE_READ(path, mnt), dentry, key);
+	if (is_helm_object(inode))
+		return protect(agent, cgroup_id, HELM_OP_CONTROL, detail, 0, key, n, inode);
+	return decide(agent, cgroup_id, OP_BIT(HELM_OP_WRITE), detail, key, n, is_dir_inode(inode), dentry, inode);
+}
+
+SEC("lsm/path_chmod")
+int BPF_PROG(helm_path_chmod, const struct path *path, umode_t mode, int ret)
+{
+	if (ret)
+		return ret;
+	return decide_attr(path, HELM_DETAIL_CHMOD);
+}
+
+SEC("lsm/path_chown")
+int BPF_PROG(helm_path_chown, const struct path *path, unsigned int uid, unsigned int gid, int ret) /* kuid_t, kgid_t */
+{
+	if (ret)
+		return ret;
+	return decide_attr(path, HELM_DETAIL_CHOWN);
+}
+
+SEC("lsm/path_truncate")
+int BPF_PROG(helm_path_truncate, const struct path *path, int ret)
+{
+	if (ret)
+		return ret;
+	return decide_attr(path, HELM_DETAIL_TRUNCATE);
+}
+
+/* ---------------------------------------------------------------- self-protection */
+
+/* No governed task may use bpf(): it could read or rewrite the maps that govern it. */
+SEC("lsm/bpf")
+int BPF_PROG(helm_bpf, int cmd, union bpf_attr *attr, unsigned int size, int ret)
+{
+	if (ret)
+		return ret;
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 0;
+	return protect(agent, cgroup_id, HELM_OP_BPF, cmd, 0, 0, 0, 0);
+}
+
+/* Signals and ptrace reach only tasks of the same agent: never helmd, never the host. */
+static __always_inline int same_agent_only(struct task_struct *target, __u8 op, __u32 detail)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 0;
+	struct helm_agent *other = agent_of_task(target);
+	if (other && other->agent_id == agent->agent_id)
+		return 0;
+	return protect(agent, cgroup_id, op, detail, BPF_CORE_READ(target, tgid), 0, 0, 0);
+}
+
+SEC("lsm/task_kill")
+int BPF_PROG(helm_task_kill, struct task_struct *p, struct kernel_siginfo *info, int sig,
+	     const struct cred *cred, int ret)
+{
+	if (ret)
+		return ret;
+	if (sig == 0)
+		return 0; /* an existence check sends nothing */
+	return same_agent_only(p, HELM_OP_SIGNAL, sig);
+}
+
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(helm_ptrace_access_check, struct task_struct *child, unsigned int mode, int ret)
+{
+	if (ret)
+		return ret;
+	return same_agent_only(child, HELM_OP_PTRACE, mode);
+}
+
+static __always_inline int refuse_governed(__u8 op, __u32 detail)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 0;
+	return protect(agent, cgroup_id, op, detail, 0, 0, 0, 0);
+}
+
+/* Mounts could lay another tree over an allowed path, or hide helm's own. */
+SEC("lsm/sb_mount")
+int BPF_PROG(helm_sb_mount, const char *dev_name, const struct path *path, const char *type,
+	     unsigned long flags, void *data, int ret)
+{
+	return ret ? ret : refuse_governed(HELM_OP_MOUNT, 0);
+}
+
+SEC("lsm/sb_umount")
+int BPF_PROG(helm_sb_umount, struct vfsmount *mnt, int flags, int ret)
+{
+	return ret ? ret : refuse_governed(HELM_OP_MOUNT, 1);
+}
+
+SEC("lsm/sb_pivotroot")
+int BPF_PROG(helm_sb_pivotroot, const struct path *old_path, const struct path *new_path, int ret)
+{
+	return ret ? ret : refuse_governed(HELM_OP_MOUNT, 2);
+}
+
+SEC("lsm/move_mount")
+int BPF_PROG(helm_move_mount, const struct path *from_path, const struct path *to_path, int ret)
+{
+	return ret ? ret : refuse_governed(HELM_OP_MOUNT, 3);
+}
+
+/* chroot would change the root that file paths are named from. */
+SEC("lsm/path_chroot")
+int BPF_PROG(helm_path_chroot, const struct path *path, int ret)
+{
+	return ret ? ret : refuse_governed(HELM_OP_MOUNT, 4);
+}
+
+/* Kernel code from a governed task: modules, firmware-style loads and kexec images. */
+SEC("lsm/kernel_module_request")
+int BPF_PROG(helm_kernel_module_request, char *kmod_name, int ret)
+{
+	return ret ? ret : refuse_governed(HELM_OP_MODULE, 0);
+}
+
+SEC("lsm/kernel_read_file")
+int BPF_PROG(helm_kernel_read_file, struct file *file, enum kernel_read_file_id id, bool contents,
+	     int ret)
+{
+	return ret ? ret : refuse_governed(HELM_OP_MODULE, id);
+}
+
+SEC("lsm/kernel_load_data")
+int BPF_PROG(helm_kernel_load_data, enum kernel_load_data_id id, bool contents, int ret)
+{
+	return ret ? ret : refuse_governed(HELM_OP_MODULE, 100 + id);
+}
+
+/* helmd's control socket: a governed agent cannot connect to it, whatever the path it uses. */
+SEC("lsm/unix_stream_connect")
+int BPF_PROG(helm_unix_stream_connect, struct sock *sock, struct sock *other, struct sock *newsk,
+	     int ret)
+{
+	if (ret)
+		return ret;
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 0;
+	struct unix_sock *u = (struct unix_sock *)other;
+	struct inode *inode = BPF_CORE_READ(u, path.dentry, d_inode);
+	if (inode && is_protected(inode))
+		return protect(agent, cgroup_id, HELM_OP_CONTROL, 0, 0, 0, 0, inode);
+	return 0;
 }

@@ -22,6 +22,9 @@
 #define HELM_EVENTS_BYTES (4 * 1024 * 1024)
 /* How many directory levels above a file are checked against the inode table. */
 #define HELM_MAX_ANCESTORS 32
+/* Path components the kernel walks to name a file in mutation hooks (bpf_d_path is not allowed there). */
+#define HELM_MAX_COMPONENTS 40
+#define HELM_MAX_PROTECTED 256
 
 /* File verbs, as indices into helm_path_value.verdict[]. */
 enum helm_op {
@@ -29,6 +32,32 @@ enum helm_op {
 	HELM_OP_WRITE = 1,
 	HELM_OP_EXEC = 2,
 	HELM_FILE_OPS = 3,
+	/* self-protection: events only, never in policy tables */
+	HELM_OP_BPF = 3,
+	HELM_OP_SIGNAL = 4,
+	HELM_OP_PTRACE = 5,
+	HELM_OP_MOUNT = 6,
+	HELM_OP_MODULE = 7,
+	HELM_OP_CONTROL = 8, /* helm's own files, cgroupfs, bpffs, the control socket */
+};
+
+/* What a write was (helm_event.detail): every mutation is decided by the write rules. */
+enum helm_detail {
+	HELM_DETAIL_OPEN = 0,
+	HELM_DETAIL_CREATE = 1,
+	HELM_DETAIL_MKDIR = 2,
+	HELM_DETAIL_UNLINK = 3,
+	HELM_DETAIL_RMDIR = 4,
+	HELM_DETAIL_RENAME_FROM = 5,
+	HELM_DETAIL_RENAME_TO = 6,
+	HELM_DETAIL_LINK_FROM = 7,
+	HELM_DETAIL_LINK_TO = 8,
+	HELM_DETAIL_SYMLINK = 9,
+	HELM_DETAIL_CHMOD = 10,
+	HELM_DETAIL_CHOWN = 11,
+	HELM_DETAIL_TRUNCATE = 12,
+	HELM_DETAIL_MMAP_EXEC = 13,
+	HELM_DETAIL_RECEIVE = 14,
 };
 
 /* What a matched rule says; NONE means no rule of this verb covers the path. */
@@ -57,6 +86,7 @@ enum helm_reason {
 	HELM_REASON_PATH_ERROR = 3,  /* the path could not be resolved or did not fit */
 	HELM_REASON_NO_TABLE = 4,    /* the active generation's tables were missing */
 	HELM_REASON_INODE_RULE = 5,  /* a block rule matched the object's inode (hard link, bind mount) */
+	HELM_REASON_SELF_PROTECT = 6, /* helm protects itself; no policy can allow this */
 };
 
 /* governed_cgroups: cgroup id -> the agent attached there. */
@@ -106,10 +136,19 @@ struct helm_inode_value {
 	struct helm_verdict below[HELM_FILE_OPS]; /* for anything below a directory: subtree blocks only */
 };
 
+/* protected_inodes: helm's own files (policies, audit trail, control socket): no governed access at all. */
+struct helm_protected_key {
+	__u32 dev;
+	__u32 pad;
+	__u64 ino;
+};
+
 /* Global switches, one entry. */
 struct helm_settings {
 	__u32 active_generation;
-	__u32 flags; /* HELM_SETTINGS_* */
+	__u32 flags;      /* HELM_SETTINGS_* */
+	__u32 helmd_tgid; /* no governed task may signal or trace it */
+	__u32 pad;
 };
 #define HELM_SETTINGS_DRY_RUN 1u
 
@@ -139,6 +178,8 @@ struct helm_event {
 	__u8 mode;     /* enum helm_mode */
 	__u8 reason;   /* enum helm_reason */
 	__u32 flags;   /* HELM_EVENT_FLAG_* */
+	__u32 detail;  /* enum helm_detail for file ops; the signal number for HELM_OP_SIGNAL */
+	__u32 target_pid; /* the task signalled or traced */
 	__s32 path_len; /* bytes in path including NUL, or a negative errno */
 	__s32 exe_len;  /* bytes in exe including NUL, or a negative errno */
 	char comm[16];

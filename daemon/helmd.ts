@@ -86,12 +86,20 @@ export class Helmd {
     this.lostSince = rfc3339Nanos(BigInt(Date.now()) * 1_000_000n);
     this.lostTimer = setInterval(() => this.reportLost(), LOST_POLL_MS);
 
-    // 4. The control socket.
+    // 4. The control socket; then nothing of helm's own is reachable from a governed agent.
     await this.serve();
+    this.enforcer.protect(this.ownFiles(loaded.files));
     this.log.info(
       { generation: this.enforcer.activeGeneration, socket: this.opts.socket, audit: this.opts.auditLog, dryRun: this.opts.dryRun },
       this.opts.dryRun ? 'helmd running in DRY-RUN: denials are audited as would_deny and NOT enforced' : 'helmd enforcing',
     );
+  }
+
+  /** Policies (and directories given as sources), the audit trail and its directory, the socket and its directory. */
+  private ownFiles(policyFiles: string[]): string[] {
+    const dirs = this.opts.policyPaths.filter((p) => fs.statSync(p).isDirectory());
+    const own = [...policyFiles, ...dirs, this.opts.auditLog, path.dirname(this.opts.auditLog), this.opts.socket, path.dirname(this.opts.socket)];
+    return [...new Set(own.map((p) => path.resolve(p)))];
   }
 
   private install(compiled: CompiledPolicy): number {

@@ -6,6 +6,7 @@
  * libbpf's own diagnostics (the verifier log included) are captured so that a
  * failure to load reaches the user as text, not just as an errno.
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -39,25 +40,32 @@ static size_t libbpf_log_len;
 
 static int capture_libbpf(enum libbpf_print_level level, const char *fmt, va_list ap)
 {
-	char line[2048];
+	char *msg = NULL;
+	const char *text;
 	int n;
 
 	if (level == LIBBPF_DEBUG)
 		return 0;
-	n = vsnprintf(line, sizeof(line), fmt, ap);
-	if (n <= 0)
+	n = vasprintf(&msg, fmt, ap);
+	if (n <= 0 || !msg)
 		return 0;
-	if ((size_t)n >= sizeof(line))
-		n = sizeof(line) - 1;
+	/* a verifier log arrives as one huge message: its verdict is at the end, keep that */
+	text = msg;
+	if ((size_t)n >= LOG_TAIL / 2) {
+		text = msg + n - (LOG_TAIL / 2 - 1);
+		n = LOG_TAIL / 2 - 1;
+	}
 	if (libbpf_log_len + n >= LOG_TAIL) {
-		/* keep the newest half: the error is at the end */
-		size_t keep = LOG_TAIL / 2;
+		size_t keep = LOG_TAIL / 2 - 1 - n > 0 ? LOG_TAIL / 4 : 0;
+		if (keep > libbpf_log_len)
+			keep = libbpf_log_len;
 		memmove(libbpf_log, libbpf_log + libbpf_log_len - keep, keep);
 		libbpf_log_len = keep;
 	}
-	memcpy(libbpf_log + libbpf_log_len, line, n);
+	memcpy(libbpf_log + libbpf_log_len, text, n);
 	libbpf_log_len += n;
 	libbpf_log[libbpf_log_len] = 0;
+	free(msg);
 	return 0;
 }
 

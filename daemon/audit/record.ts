@@ -5,9 +5,11 @@ import { C, type RawEvent } from '../kernel/layout';
 
 export const AUDIT_SCHEMA_VERSION = 1;
 
-const OPS = ['read', 'write', 'exec'] as const;
+const OPS = ['read', 'write', 'exec', 'bpf', 'signal', 'ptrace', 'mount', 'module', 'control'] as const;
+/** What a write was, or the object of a self-protection denial. */
+const DETAILS = ['open', 'create', 'mkdir', 'unlink', 'rmdir', 'rename-from', 'rename-to', 'link-from', 'link-to', 'symlink', 'chmod', 'chown', 'truncate', 'mmap-exec', 'receive'] as const;
 const DECISIONS = ['allow', 'deny', 'would_deny'] as const;
-const REASONS = ['rule', 'default', 'no-policy', 'path-error', 'no-table', 'inode-rule'] as const;
+const REASONS = ['rule', 'default', 'no-policy', 'path-error', 'no-table', 'inode-rule', 'self-protection'] as const;
 
 export interface AuditRecord {
   v: number;
@@ -16,6 +18,12 @@ export interface AuditRecord {
   type: 'decision';
   decision: (typeof DECISIONS)[number];
   op: string;
+  /** For file ops: how the object was touched (open, create, unlink, rename-from, ...). */
+  detail?: string;
+  /** For signal: the signal number; for bpf: the command. */
+  arg?: number;
+  /** The task signalled or traced. */
+  target_pid?: number;
   path: string | null;
   dir?: boolean;
   pid: number;
@@ -90,6 +98,7 @@ export function toAuditRecord(e: RawEvent, seq: number, realtimeOffsetNs: bigint
     type: 'decision',
     decision: DECISIONS[e.decision] ?? 'deny',
     op: OPS[e.op] ?? `op${e.op}`,
+    ...detailFields(e),
     path,
     ...(e.flags & C.HELM_EVENT_FLAG_DIR ? { dir: true } : {}),
     pid: e.pid,
@@ -110,4 +119,10 @@ export function toAuditRecord(e: RawEvent, seq: number, realtimeOffsetNs: bigint
     generation: e.generation,
     inode: { dev: e.dev, ino: e.ino.toString() },
   };
+}
+
+function detailFields(e: RawEvent): Pick<AuditRecord, 'detail' | 'arg' | 'target_pid'> {
+  if (e.op < C.HELM_FILE_OPS || e.op === C.HELM_OP_CONTROL) return { detail: DETAILS[e.detail] ?? `detail${e.detail}` };
+  if (e.op === C.HELM_OP_SIGNAL || e.op === C.HELM_OP_PTRACE) return { arg: e.detail, target_pid: e.targetPid };
+  return { arg: e.detail };
 }

@@ -11,8 +11,11 @@ import { cgroup2Mount, cgroupHasProcesses } from '../control/cgroups';
 import { runChecks, formatChecks } from '../doctor';
 import { buildDir } from '../kernel/native';
 import { loadPolicies } from '../policy/parse';
-import { compilePolicy } from '../policy/compile';
-import { PolicyError, formatDiagnostic } from '../policy/types';
+import { PolicyError, VERBS, formatDiagnostic, type FileVerb, type Policy, type PolicyDiagnostic, type Verb } from '../policy/types';
+import { ipBytes, type NetVerb, type Operation } from '../policy/evaluate';
+import { formatNote, lintPolicies, unenforcedRules } from '../policy/lint';
+import { canonicalPath, checkCaseRules, defaultCanonicalize, formatResult, isVerb, parseCases, parseOperationTarget, pathProblem, runCases, type ParsedTarget, type TestCase } from '../policy/cases';
+import { explain, formatExplanation } from '../policy/explain';
 
 interface AgentMessage {
   id: string;
@@ -147,32 +150,159 @@ program
     process.exit(checks.every((c) => c.ok) ? 0 : 1);
   });
 
-const policy = program.command('policy').description('work with policy files');
+const policy = program.command('policy').description('work with policy files: lint, test, explain');
+
+/** Policy errors: one `file:line:col: message` per line on stderr (no prefix: editors parse them), then exit 1. */
+function failWithDiagnostics(diags: PolicyDiagnostic[], summary?: string): never {
+  for (const d of diags) process.stderr.write(formatDiagnostic(d) + '\n');
+  if (summary) process.stderr.write(`helmctl: ${summary}\n`);
+  process.exit(1);
+}
+
+function loadOrFail(files: string[]): Policy[] {
+  try {
+    return loadPolicies(files).policies;
+  } catch (e) {
+    if (e instanceof PolicyError) failWithDiagnostics(e.diagnostics);
+    throw e;
+  }
+}
+
+const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
+
+/** Said by test and explain, which evaluate the whole language: what helmd would refuse to load today. */
+function unenforcedNote(policies: Policy[]): string | undefined {
+  const n = unenforcedRules(policies).length;
+  if (n === 0) return undefined;
+  return `note: ${plural(n, 'rule')} use${n === 1 ? 's' : ''} connect/bind or exe/label/uid conditions, which this helmd refuses to load until the kernel enforces them (helmctl policy lint shows where)`;
+}
+
 policy
   .command('lint')
-  .description('validate and compile policy files; print errors as file:line:col and the canonical paths')
-  .argument('<files...>')
-  .action((files: string[]) => {
-    try {
-      const { policies } = loadPolicies(files);
-      const compiled = compilePolicy(policies);
-      for (const w of compiled.warnings) process.stdout.write(formatDiagnostic(w) + '\n');
-      for (const p of policies) {
-        for (const r of p.rules) {
-          for (const [verb, targets] of Object.entries(r.verbs)) {
-            for (const t of targets ?? []) {
-              if (t.kind === 'path' && t.canonical !== t.written) {
-                process.stdout.write(`${t.loc.file}:${t.loc.line}:${t.loc.col}: note: ${verb} ${t.written} is matched as ${t.canonical}\n`);
-              }
-            }
-          }
-        }
-      }
-      process.stdout.write(`ok: ${policies.length} policies, ${compiled.rules.length} rules, ${compiled.pathEntries.length} kernel path entries\n`);
-    } catch (e) {
-      if (e instanceof PolicyError) fail(e.message);
-      throw e;
+  .description('check policy files: errors (exit 1) and warnings, each as file:line:col; canonical paths as notes')
+  .argument('<files...>', 'policy files or directories')
+  .option('--no-kernel', 'check the language alone: do not compile for this helmd (connect/bind rules and exe/label/uid conditions are then not errors)')
+  .option('--strict', 'exit 1 on warnings too', false)
+  .action((files: string[], o: { kernel: boolean; strict: boolean }) => {
+    const r = lintPolicies(files, { kernel: o.kernel });
+    const warnings = r.warnings.map((w) => ({ loc: w.loc, line: formatDiagnostic(w) }));
+    const notes = r.notes.map((n) => ({ loc: n.loc, line: formatNote(n) }));
+    const order = new Map(r.files.map((f, i) => [f, i]));
+    const out = [...warnings, ...notes].sort(
+      (a, b) => (order.get(a.loc.file) ?? 0) - (order.get(b.loc.file) ?? 0) || a.loc.line - b.loc.line || a.loc.col - b.loc.col,
+    );
+    for (const f of r.skipped) process.stdout.write(`${f}:1:1: note: holds test cases (for helmctl policy test --cases), not a policy; not linted\n`);
+    for (const x of out) process.stdout.write(x.line + '\n');
+    if (r.errors.length) {
+      failWithDiagnostics(r.errors, `${plural(r.errors.length, 'error')}${r.warnings.length ? `, ${plural(r.warnings.length, 'warning')}` : ''}`);
     }
+    const rules = r.policies.reduce((n, p) => n + p.rules.length, 0);
+    const what = r.compiled ? `${rules} rules, ${r.compiled.pathEntries.length} kernel path entries` : `${rules} rules (language only: not compiled for the kernel)`;
+    if (o.strict && r.warnings.length) {
+      process.stderr.write(`helmctl: ${plural(r.warnings.length, 'warning')} (--strict)\n`);
+      process.exit(1);
+    }
+    process.stdout.write(`ok: ${r.policies.length} policies, ${what}${r.warnings.length ? `; ${plural(r.warnings.length, 'warning')}` : ''}\n`);
+  });
+
+policy
+  .command('test')
+  .description('run cases (operations with expected decisions) against the reference evaluator; exit 1 if any fails')
+  .argument('<files...>', 'policy files or directories')
+  .option('--cases <file>', 'a YAML list of cases (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
+  .action((files: string[], o: { cases: string[] }) => {
+    if (o.cases.length === 0) fail('give the cases to run: --cases CASES.yaml');
+    const policies = loadOrFail(files);
+    const cases: TestCase[] = [];
+    const diags: PolicyDiagnostic[] = [];
+    for (const file of o.cases) {
+      let text: string;
+      try {
+        text = fs.readFileSync(file, 'utf8');
+      } catch (e) {
+        diags.push({ severity: 'error', loc: { file, line: 1, col: 1, pointer: '' }, message: `cannot read ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file or directory' : (e as Error).message}` });
+        continue;
+      }
+      try {
+        cases.push(...parseCases(text, file));
+      } catch (e) {
+        if (!(e instanceof PolicyError)) throw e;
+        diags.push(...e.diagnostics);
+      }
+    }
+    diags.push(...checkCaseRules(policies, cases));
+    if (diags.length) failWithDiagnostics(diags);
+    const results = runCases(policies, cases);
+    for (const r of results) process.stdout.write(formatResult(r) + '\n');
+    const failed = results.filter((r) => !r.pass).length;
+    const note = unenforcedNote(policies);
+    if (note) process.stdout.write(note + '\n');
+    process.stdout.write(`${results.length - failed} passed, ${failed} failed\n`);
+    process.exit(failed ? 1 : 0);
+  });
+
+const ROLE_RE = /^[A-Za-z0-9_.-]+$/;
+const MAX_UID = 0xfffffffe;
+
+policy
+  .command('explain')
+  .description('the decision for one operation and the chain of rules behind it (block, contextual, allow, default)')
+  .usage('[options] FILE... VERB TARGET')
+  .argument('<args...>', 'policy files or directories, then the verb (read, write, exec, connect, bind) and its target (a path, ADDRESS:PORT or HOST:PORT)')
+  .requiredOption('--role <role>', "the agent's role")
+  .option('--exe <path>', 'the acting executable (for when.exe)')
+  .option('--uid <uid>', 'the acting uid (for when.uid)')
+  .option('--label <key=value>', "one of the agent's labels (for when.label; repeatable)", (v: string, prev: string[]) => [...prev, v], [] as string[])
+  .option('--addr <ip>', 'with a HOST:PORT target: the address the name resolved to')
+  .option('--dir', 'the path is a directory (as a trailing "/" says)', false)
+  .option('--json', 'JSON output', false)
+  .action((args: string[], o: { role: string; exe?: string; uid?: string; label: string[]; addr?: string; dir: boolean; json: boolean }) => {
+    if (args.length < 3) fail('usage: helmctl policy explain FILE... --role ROLE VERB TARGET (e.g. read /etc/hostname)');
+    const [verbText, targetText] = args.slice(-2);
+    const files = args.slice(0, -2);
+    if (!isVerb(verbText)) fail(`${JSON.stringify(verbText)} is not a verb: the last two arguments are the verb (${VERBS.join(', ')}) and its target`);
+    const verb: Verb = verbText;
+    if (!ROLE_RE.test(o.role)) fail(`bad role ${JSON.stringify(o.role)}: an agent's role is letters, digits, ".", "_" and "-"`);
+    let target: ParsedTarget | string;
+    try {
+      target = parseOperationTarget(verb, targetText, defaultCanonicalize);
+    } catch (e) {
+      target = `cannot be canonicalised: ${(e as Error).message}`;
+    }
+    if (typeof target === 'string') fail(`${verb} target ${JSON.stringify(targetText)} ${target}`);
+    const context: { exe?: string; uid?: number; labels?: Record<string, string> } = {};
+    if (o.exe !== undefined) {
+      const problem = pathProblem(o.exe);
+      if (problem) fail(`--exe ${JSON.stringify(o.exe)} ${problem}`);
+      context.exe = canonicalPath(o.exe, defaultCanonicalize);
+    }
+    if (o.uid !== undefined) {
+      if (!/^(0|[1-9][0-9]*)$/.test(o.uid) || Number(o.uid) > MAX_UID) fail(`--uid must be a uid (0-${MAX_UID}), got ${JSON.stringify(o.uid)}`);
+      context.uid = Number(o.uid);
+    }
+    if (o.label.length) {
+      context.labels = {};
+      for (const l of o.label) {
+        const eq = l.indexOf('=');
+        if (eq <= 0) fail(`--label must be KEY=VALUE, got ${JSON.stringify(l)}`);
+        const k = l.slice(0, eq);
+        if (Object.prototype.hasOwnProperty.call(context.labels, k)) fail(`--label ${k} is given twice`);
+        context.labels[k] = l.slice(eq + 1);
+      }
+    }
+    let op: Operation;
+    if (target.kind === 'path') {
+      if (o.addr !== undefined) fail('--addr is for a HOST:PORT target');
+      op = { role: o.role, verb: verb as FileVerb, path: target.path, isDir: o.dir || target.isDir, ...context };
+    } else {
+      if (o.dir) fail('--dir is for read, write and exec');
+      if (o.addr !== undefined && target.host === undefined) fail('--addr is for a HOST:PORT target (the target already is an address)');
+      if (o.addr !== undefined && ipBytes(o.addr) === undefined) fail(`--addr ${JSON.stringify(o.addr)} is not an IPv4 or IPv6 address`);
+      op = { role: o.role, verb: verb as NetVerb, port: target.port, ...(target.host !== undefined && { host: target.host }), ...((target.addr ?? o.addr) !== undefined && { addr: target.addr ?? o.addr }), ...context };
+    }
+    const policies = loadOrFail(files);
+    const e = explain(policies, op);
+    process.stdout.write(o.json ? JSON.stringify(e, null, 2) + '\n' : formatExplanation(e, op) + '\n');
   });
 
 program.parseAsync().catch((e) => {

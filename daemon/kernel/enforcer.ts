@@ -4,7 +4,7 @@
 import path from 'node:path';
 import fs from 'node:fs';
 import { BpfMap, BpfObject, MAP_FLAG, MAP_TYPE, RingReader, readPerCpuCounter } from './bpf';
-import { C, LAYOUT, encodeAgent, encodeInodeKey, encodeInodeValue, encodePathKey, encodePathValue, encodeSettings, u32Key, u64Key } from './layout';
+import { C, LAYOUT, kernelDev, encodeProtectedKey, encodeAgent, encodeInodeKey, encodeInodeValue, encodePathKey, encodePathValue, encodeSettings, u32Key, u64Key } from './layout';
 import { KernelError, buildDir } from './native';
 import type { CompiledPolicy } from '../policy/compile';
 
@@ -36,6 +36,7 @@ export class KernelEnforcer {
   private readonly inodeTables: BpfMap;
   private readonly lost: BpfMap;
   private readonly eventsMap: BpfMap;
+  private readonly protectedInodes: BpfMap;
   private generation = 0;
   private flags = 0;
   /** Inner maps per slot, closed when the slot is reused. */
@@ -48,6 +49,7 @@ export class KernelEnforcer {
     this.inodeTables = obj.map('inode_tables');
     this.lost = obj.map('lost_events');
     this.eventsMap = obj.map('events');
+    this.protectedInodes = obj.map('protected_inodes');
   }
 
   /**
@@ -114,7 +116,7 @@ export class KernelEnforcer {
       throw e;
     }
     // The switch: programs read the generation once per decision.
-    this.settings.update(u32Key(0), encodeSettings(next, this.flags));
+    this.settings.update(u32Key(0), encodeSettings(next, this.flags, process.pid));
     const old = this.slots[slot];
     this.slots[slot] = { paths, inodes };
     old?.paths.close();
@@ -125,7 +127,18 @@ export class KernelEnforcer {
 
   setGlobalDryRun(on: boolean): void {
     this.flags = on ? this.flags | C.HELM_SETTINGS_DRY_RUN : this.flags & ~C.HELM_SETTINGS_DRY_RUN;
-    this.settings.update(u32Key(0), encodeSettings(this.generation, this.flags));
+    this.settings.update(u32Key(0), encodeSettings(this.generation, this.flags, process.pid));
+  }
+
+  /**
+   * helm's own files (policies, the audit trail and their directories, the control
+   * socket): no governed task may open, change or connect to them, whatever the policy.
+   */
+  protect(paths: string[]): void {
+    for (const p of paths) {
+      const st = fs.statSync(p, { bigint: true });
+      this.protectedInodes.update(encodeProtectedKey(kernelDev(st.dev), st.ino), u32Key(1));
+    }
   }
 
   govern(cgroupId: bigint, agent: GovernedAgent): void {

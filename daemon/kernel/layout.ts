@@ -15,6 +15,29 @@ export const C = {
   HELM_OP_WRITE: 1,
   HELM_OP_EXEC: 2,
   HELM_FILE_OPS: 3,
+  HELM_OP_BPF: 3,
+  HELM_OP_SIGNAL: 4,
+  HELM_OP_PTRACE: 5,
+  HELM_OP_MOUNT: 6,
+  HELM_OP_MODULE: 7,
+  HELM_OP_CONTROL: 8,
+  HELM_MAX_COMPONENTS: 40,
+  HELM_MAX_PROTECTED: 256,
+  HELM_DETAIL_OPEN: 0,
+  HELM_DETAIL_CREATE: 1,
+  HELM_DETAIL_MKDIR: 2,
+  HELM_DETAIL_UNLINK: 3,
+  HELM_DETAIL_RMDIR: 4,
+  HELM_DETAIL_RENAME_FROM: 5,
+  HELM_DETAIL_RENAME_TO: 6,
+  HELM_DETAIL_LINK_FROM: 7,
+  HELM_DETAIL_LINK_TO: 8,
+  HELM_DETAIL_SYMLINK: 9,
+  HELM_DETAIL_CHMOD: 10,
+  HELM_DETAIL_CHOWN: 11,
+  HELM_DETAIL_TRUNCATE: 12,
+  HELM_DETAIL_MMAP_EXEC: 13,
+  HELM_DETAIL_RECEIVE: 14,
   HELM_ACTION_NONE: 0,
   HELM_ACTION_ALLOW: 1,
   HELM_ACTION_DENY: 2,
@@ -29,6 +52,7 @@ export const C = {
   HELM_REASON_PATH_ERROR: 3,
   HELM_REASON_NO_TABLE: 4,
   HELM_REASON_INODE_RULE: 5,
+  HELM_REASON_SELF_PROTECT: 6,
   HELM_AGENT_DRY_RUN: 1,
   HELM_SETTINGS_DRY_RUN: 1,
   HELM_EVENT_DECISION: 1,
@@ -49,15 +73,16 @@ export const LAYOUT = {
   helm_path_value: { size: 32, fields: { verdict: [0, 24], default_mode: [24, 1] } },
   helm_inode_key: { size: 16, fields: { role_id: [0, 4], dev: [4, 4], ino: [8, 8] } },
   helm_inode_value: { size: 48, fields: { self: [0, 24], below: [24, 24] } },
-  helm_settings: { size: 8, fields: { active_generation: [0, 4], flags: [4, 4] } },
+  helm_settings: { size: 16, fields: { active_generation: [0, 4], flags: [4, 4], helmd_tgid: [8, 4] } },
+  helm_protected_key: { size: 16, fields: { dev: [0, 4], ino: [8, 8] } },
   helm_event: {
-    size: 608,
+    size: 616,
     fields: {
       ts_boot_ns: [0, 8], cgroup_id: [8, 8], agent_id: [16, 8], ino: [24, 8],
       type: [32, 4], pid: [36, 4], tid: [40, 4], ppid: [44, 4], uid: [48, 4], gid: [52, 4],
       role_id: [56, 4], generation: [60, 4], dev: [64, 4], policy_id: [68, 2], rule_id: [70, 2],
       op: [72, 1], decision: [73, 1], mode: [74, 1], reason: [75, 1], flags: [76, 4],
-      path_len: [80, 4], exe_len: [84, 4], comm: [88, 16], path: [104, 252], exe: [356, 252],
+      detail: [80, 4], target_pid: [84, 4], path_len: [88, 4], exe_len: [92, 4], comm: [96, 16], path: [112, 252], exe: [364, 252],
     },
   },
 } as const satisfies Record<string, StructLayout>;
@@ -129,11 +154,20 @@ export function encodeAgent(agentId: bigint, roleId: number, flags: number): Buf
   return buf;
 }
 
-export function encodeSettings(activeGeneration: number, flags: number): Buffer {
+export function encodeSettings(activeGeneration: number, flags: number, helmdTgid: number): Buffer {
   const L = LAYOUT.helm_settings;
   const buf = Buffer.alloc(L.size);
   buf.writeUInt32LE(activeGeneration, L.fields.active_generation[0]);
   buf.writeUInt32LE(flags, L.fields.flags[0]);
+  buf.writeUInt32LE(helmdTgid, L.fields.helmd_tgid[0]);
+  return buf;
+}
+
+export function encodeProtectedKey(dev: number, ino: bigint): Buffer {
+  const L = LAYOUT.helm_protected_key;
+  const buf = Buffer.alloc(L.size);
+  buf.writeUInt32LE(dev, L.fields.dev[0]);
+  buf.writeBigUInt64LE(ino, L.fields.ino[0]);
   return buf;
 }
 
@@ -171,6 +205,8 @@ export interface RawEvent {
   mode: number;
   reason: number;
   flags: number;
+  detail: number;
+  targetPid: number;
   pathLen: number;
   exeLen: number;
   comm: string;
@@ -215,6 +251,8 @@ export function decodeEvent(view: DataView): RawEvent {
     mode: view.getUint8(F.mode[0]),
     reason: view.getUint8(F.reason[0]),
     flags: u32(F.flags),
+    detail: u32(F.detail),
+    targetPid: u32(F.target_pid),
     pathLen,
     exeLen,
     comm: cString(view, F.comm[0], F.comm[1]),

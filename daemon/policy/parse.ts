@@ -122,16 +122,22 @@ export function parsePolicySource(text: string, file: string, opts: ParseOptions
 /**
  * Loads policies from files and directories (a directory contributes every *.yaml, *.yml and
  * *.json directly in it, in name order). Errors of all files are collected into one PolicyError;
- * policy names must be unique across all of them.
+ * policy names must be unique across all of them. Test-case files (NAME.cases.yaml holding a list)
+ * are passed over and returned as `skipped`.
  */
-export function loadPolicies(paths: string[], opts: ParseOptions = {}): { policies: Policy[]; files: string[] } {
+export function loadPolicies(paths: string[], opts: ParseOptions = {}): { policies: Policy[]; files: string[]; skipped: string[] } {
   const diags: PolicyDiagnostic[] = [];
   const files = withoutRepeats(paths.flatMap((p) => policyFilesAt(p, diags)), diags);
   const policies: Policy[] = [];
+  const skipped: string[] = [];
   const firstByName = new Map<string, SourceLocation>();
   for (const file of files) {
     const text = readPolicyFile(file, diags);
     if (text === undefined) continue;
+    if (isTestCases(file, text)) {
+      skipped.push(file);
+      continue;
+    }
     const parsed = parseSource(text, file, opts, diags);
     // Duplicates inside one file were reported by parseSource; here only those across files.
     const inThisFile = new Map<string, SourceLocation>();
@@ -150,10 +156,24 @@ export function loadPolicies(paths: string[], opts: ParseOptions = {}): { polici
   if (paths.length === 0) {
     error(diags, fileLoc('<none>'), 'no policy files or directories given');
   } else if (policies.length === 0 && diags.length === 0) {
-    for (const p of paths) error(diags, fileLoc(p), `no policies found in ${p}`);
+    for (const p of paths) {
+      const why = skipped.includes(p) ? `${p} holds test cases (for helmctl policy test --cases), not policies` : `no policies found in ${p}`;
+      error(diags, fileLoc(p), why);
+    }
   }
   if (diags.length > 0) throw new PolicyError(diags);
-  return { policies, files };
+  return { policies, files: files.filter((f) => !skipped.includes(f)), skipped };
+}
+
+/**
+ * `helmctl policy test` cases kept next to their policies (NAME.cases.yaml, a YAML list of
+ * operations) are not policies. Only a file named so whose one document is a list is passed
+ * over: a policy document is a mapping, so nothing that could be a policy is ever skipped.
+ */
+function isTestCases(file: string, text: string): boolean {
+  if (!/\.cases\.ya?ml$/.test(file)) return false;
+  const docs = parseAllDocuments(text.startsWith('\ufeff') ? text.slice(1) : text, { prettyErrors: false, version: '1.2' });
+  return docs.length === 1 && docs[0].errors.length === 0 && isSeq(docs[0].contents);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -753,7 +773,7 @@ function portNumber(s: string): number | undefined {
 }
 
 /** RFC 1123 host name check; returns the problem or undefined. */
-function hostNameProblem(name: string): string | undefined {
+export function hostNameProblem(name: string): string | undefined {
   if (name === '') return 'the name is empty';
   if (name.endsWith('.')) return 'write it without the trailing "."';
   if (name.length > 253) return 'longer than 253 characters';
@@ -1074,7 +1094,7 @@ function escapePointer(token: string): string {
 }
 
 /** The closest candidate to a misspelt word (case-insensitive edit distance), if close enough. */
-function suggest(word: string, candidates: readonly string[]): string | undefined {
+export function suggest(word: string, candidates: readonly string[]): string | undefined {
   const w = word.toLowerCase();
   const limit = w.length <= 3 ? 1 : 2;
   let best: string | undefined;

@@ -36,6 +36,8 @@ const EVENT_FIELDS: Record<string, [keyof RawEvent, Kind]> = {
   mode: ['mode', 'u8'],
   reason: ['reason', 'u8'],
   flags: ['flags', 'u32'],
+  detail: ['detail', 'u32'],
+  target_pid: ['targetPid', 'u32'],
   path_len: ['pathLen', 'i32'],
   exe_len: ['exeLen', 'i32'],
   comm: ['comm', 'str'],
@@ -97,6 +99,8 @@ function sampleEvent(): RawEvent {
     mode: C.HELM_MODE_DRY_RUN,
     reason: C.HELM_REASON_INODE_RULE,
     flags: C.HELM_EVENT_FLAG_DIR,
+    detail: C.HELM_DETAIL_RENAME_TO,
+    targetPid: 0xfffffff0,
     pathLen: cLen(p),
     exeLen: cLen(exe),
     comm: 'python3.12-work', // 15 characters: comm[16] with its NUL

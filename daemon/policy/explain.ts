@@ -1,0 +1,169 @@
+// `helmctl policy explain`: the decision for one operation and the chain of rules behind it,
+// step by step in POLICY.md's order (block, contextual, allow, default), as text or JSON. The
+// decision is the reference evaluator's (./evaluate.ts: traceOperation), never recomputed here.
+
+import { isNetOperation, traceOperation, type ConditionCheck, type Operation, type RuleMatch, type Step, type Trace } from './evaluate';
+import type { Mode, Policy, RuleKind, Target } from './types';
+
+export interface ExplainedMatch {
+  policy: string;
+  rule: string;
+  kind: RuleKind;
+  /** The rule's mode: its policy's. */
+  mode: Mode;
+  /** The target that covers the operation, as written, and where. */
+  target: string;
+  at: string;
+  /** Contextual rules only. */
+  when?: { holds: boolean; conditions: ConditionCheck[] };
+}
+
+export interface ExplainedStep {
+  step: Exclude<Step, 'no-policy'>;
+  /** decided: this step made the decision; passed: reached, nothing decided; not-reached: an earlier step decided. */
+  status: 'decided' | 'passed' | 'not-reached';
+  matches: ExplainedMatch[];
+  /** What this step decides when it decides (or would have, had it been reached). */
+  result?: 'allow' | 'deny';
+}
+
+export interface Explanation {
+  operation: Record<string, unknown>;
+  governing: { policy: string; mode: Mode; roles: string[] }[];
+  chain: ExplainedStep[];
+  decidedBy: Step;
+  decision: 'allow' | 'deny' | 'would_deny';
+  action: 'allow' | 'deny';
+  mode: Mode;
+  /** The deciding policy and rule; absent for the default and no-policy denials. */
+  policy?: string;
+  rule?: string;
+  reason: 'rule' | 'default' | 'no-policy';
+  /** Things worth knowing about this answer (e.g. what the kernel does not enforce yet). */
+  notes: string[];
+}
+
+export function explain(policies: Policy[], op: Operation): Explanation {
+  return explainTrace(traceOperation(policies, op), op);
+}
+
+export function explainTrace(t: Trace, op: Operation): Explanation {
+  const o = t.outcome;
+  const order: Exclude<Step, 'no-policy'>[] = ['block', 'contextual', 'allow', 'default'];
+  const decidedAt = t.step === 'no-policy' ? -1 : order.indexOf(t.step);
+  const chain: ExplainedStep[] = order.map((step, i) => {
+    const status = decidedAt < 0 ? 'not-reached' : i < decidedAt ? 'passed' : i === decidedAt ? 'decided' : 'not-reached';
+    if (step === 'default') return { step, status, matches: [], ...(status === 'decided' && { result: 'deny' as const }) };
+    const list: RuleMatch[] = step === 'block' ? t.block : step === 'contextual' ? t.contextual : t.allow;
+    const matches = list.map((m) => matchOf(m, t));
+    const result: 'allow' | 'deny' | undefined =
+      list.length === 0 ? undefined : step === 'block' ? 'deny' : step === 'allow' ? 'allow' : t.contextual.some((c) => c.when.holds) ? 'allow' : 'deny';
+    return { step, status, matches, ...(result !== undefined && { result }) };
+  });
+  const notes: string[] = [];
+  if (t.step === 'no-policy') notes.push(`no policy governs role ${JSON.stringify(op.role)}: everything it does is denied`);
+  if (isNetOperation(op)) {
+    notes.push(`${op.verb} is not enforced by this helmd yet (network enforcement is not built): this is what the policies say, not what the kernel does today`);
+    if (op.addr === undefined) notes.push('no address given (--addr): address and CIDR rules cannot match; only "*", host names and domains can');
+  }
+  const usesConditions = [...t.contextual].some((c) => c.rule.when && (c.rule.when.exe || c.rule.when.label || c.rule.when.uid));
+  if (usesConditions) notes.push('conditions on exe, label or uid are not enforced by this helmd yet; only role is');
+  return {
+    operation: describeOperation(op),
+    governing: t.governing.map((p) => ({ policy: p.name, mode: p.mode, roles: p.roles })),
+    chain,
+    decidedBy: t.step,
+    decision: o.decision,
+    action: o.action,
+    mode: o.mode,
+    ...(o.policy !== undefined && { policy: o.policy }),
+    ...(o.rule !== undefined && { rule: o.rule }),
+    reason: o.reason,
+    notes,
+  };
+}
+
+function matchOf(m: RuleMatch, t: Trace): ExplainedMatch {
+  const c = t.contextual.find((x) => x.rule === m.rule && x.policy === m.policy);
+  return {
+    policy: m.policy.name,
+    rule: m.rule.id,
+    kind: m.rule.kind,
+    mode: m.policy.mode,
+    target: m.target.written,
+    at: where(m.target),
+    ...(c !== undefined && { when: { holds: c.when.holds, conditions: c.when.checks } }),
+  };
+}
+
+function where(t: Target): string {
+  return `${t.loc.file}:${t.loc.line}:${t.loc.col}`;
+}
+
+function describeOperation(op: Operation): Record<string, unknown> {
+  const out: Record<string, unknown> = { role: op.role, verb: op.verb };
+  if (isNetOperation(op)) {
+    if (op.host !== undefined) out.host = op.host;
+    if (op.addr !== undefined) out.addr = op.addr;
+    out.port = op.port;
+  } else {
+    out.path = op.path;
+    out.isDir = op.isDir ?? false;
+  }
+  if (op.exe !== undefined) out.exe = op.exe;
+  if (op.uid !== undefined) out.uid = op.uid;
+  if (op.labels !== undefined) out.labels = op.labels;
+  return out;
+}
+
+/** The operation in one line, e.g. `role coding-agent: connect registry.npmjs.org:443 (exe /usr/bin/node)`. */
+export function operationLine(op: Operation): string {
+  let target: string;
+  if (isNetOperation(op)) {
+    const a = op.addr === undefined ? undefined : op.addr.includes(':') ? `[${op.addr}]` : op.addr;
+    target = op.host !== undefined ? `${op.host}:${op.port}${a ? ` (address ${a})` : ''}` : `${a}:${op.port}`;
+  } else {
+    target = op.isDir && op.path !== '/' ? `${op.path}/` : op.path;
+  }
+  const ctx: string[] = [];
+  if (op.exe !== undefined) ctx.push(`exe ${op.exe}`);
+  if (op.uid !== undefined) ctx.push(`uid ${op.uid}`);
+  if (op.labels !== undefined && Object.keys(op.labels).length) ctx.push(`labels ${Object.entries(op.labels).map(([k, v]) => `${k}=${v}`).join(', ')}`);
+  return `role ${op.role}: ${op.verb} ${target}${ctx.length ? ` (${ctx.join(', ')})` : ''}`;
+}
+
+/** The text form: the operation, who governs it, each step, the decision. */
+export function formatExplanation(e: Explanation, op: Operation): string {
+  const lines: string[] = [];
+  lines.push(`operation:  ${operationLine(op)}`);
+  lines.push(`governed by: ${e.governing.length ? e.governing.map((g) => `${g.policy} (${g.mode})`).join(', ') : 'no policy'}`);
+  e.chain.forEach((s, i) => {
+    const head = `${i + 1}. ${s.step.padEnd(11)}`;
+    const status = s.status === 'not-reached' ? ' (not reached)' : '';
+    if (s.step === 'default') {
+      const text = s.status === 'decided' ? `no rule matches: ${e.decision}${e.decision === 'would_deny' ? ' (every policy governing the role is in dry-run)' : ''}` : 'not reached';
+      lines.push(`${head} ${text}`);
+      return;
+    }
+    if (s.matches.length === 0) {
+      lines.push(`${head} no rule matches${status}`);
+      return;
+    }
+    lines.push(`${head} ${s.matches.length} rule${s.matches.length === 1 ? '' : 's'} match${s.matches.length === 1 ? 'es' : ''}${status}`);
+    for (const m of s.matches) {
+      const deciding = s.status === 'decided' && m.policy === e.policy && m.rule === e.rule ? '  <- decides' : '';
+      lines.push(`     ${m.policy}/${m.rule}: ${e.operation.verb} ${m.target} (${m.at})${m.mode === 'dry-run' ? ' [dry-run]' : ''}${deciding}`);
+      if (m.when) {
+        lines.push(`       when ${m.when.holds ? 'holds' : 'does not hold'}:`);
+        for (const c of m.when.conditions) lines.push(`         ${c.holds ? 'yes' : 'no '} ${c.key}: ${c.detail}`);
+      }
+    }
+    if (s.step === 'contextual' && s.status === 'decided' && s.result === 'deny') {
+      lines.push('     no matching contextual rule\'s when holds: deny (contextual rules override allow rules)');
+    }
+  });
+  const by = e.policy !== undefined ? ` by ${e.policy}/${e.rule} (${e.decidedBy} rule)` : e.reason === 'no-policy' ? ' (no policy governs the role)' : ' by the default';
+  lines.push(`decision:   ${e.decision}${by}, mode ${e.mode}`);
+  for (const n of e.notes) lines.push(`note: ${n}`);
+  return lines.join('\n');
+}
