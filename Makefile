@@ -6,7 +6,7 @@ BPFTOOL ?= bpftool
 CFLAGS_NATIVE := -O2 -g -Wall -Wextra -Wno-unused-parameter
 
 BPF_OBJS := $(BUILD)/helm.bpf.o $(BUILD)/selftest.bpf.o
-NATIVE := $(BUILD)/libhelm.so $(BUILD)/helm-enter $(BUILD)/layout_dump
+NATIVE := $(BUILD)/libhelm.so $(BUILD)/helm-enter $(BUILD)/layout_dump $(BUILD)/escape-tools
 
 .PHONY: all bpf native ts deps demo test test-unit test-host test-vm clean
 
@@ -37,6 +37,11 @@ $(BUILD)/libhelm.so: native/helm_shim.c
 $(BUILD)/helm-enter: native/helm_enter.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_NATIVE) $< -o $@
+
+# The escape suite's attempts that a shell cannot make (test/vm/escape.test.ts).
+$(BUILD)/escape-tools: test/vm/escape-tools.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_NATIVE) $< -o $@ -lpthread
 
 $(BUILD)/layout_dump: native/layout_dump.c bpf/helm.h
 	@mkdir -p $(BUILD)
