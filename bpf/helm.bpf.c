@@ -756,6 +756,51 @@ int BPF_PROG(helm_path_truncate, const struct path *path, int ret)
 	return decide_attr(path, HELM_DETAIL_TRUNCATE);
 }
 
+/*
+ * xattr hooks get a dentry but no mount: it is named from the task's root mount
+ * when it lives on that filesystem; anywhere else it cannot be named, and an
+ * unnamed object is refused (fail closed).
+ */
+static __always_inline int decide_xattr(struct dentry *dentry, __u32 detail)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 0;
+	struct helm_path_key *key = key_buffer();
+	if (!key)
+		return -EPERM;
+	struct task_struct *task = bpf_get_current_task_btf();
+	/*
+	 * A stacked filesystem (overlayfs) repeats the call on its lower object under
+	 * its own overridden credentials, after the outer call was decided here.
+	 * Userspace cannot make cred differ from real_cred; only such kernel calls do.
+	 */
+	if (BPF_CORE_READ(task, cred) != BPF_CORE_READ(task, real_cred))
+		return 0;
+	struct vfsmount *root = BPF_CORE_READ(task, fs, root.mnt);
+	struct inode *inode = BPF_CORE_READ(dentry, d_inode);
+	long n = -ENAMETOOLONG;
+	if (root && BPF_CORE_READ(dentry, d_sb) == BPF_CORE_READ(root, mnt_sb))
+		n = path_of(root, dentry, key);
+	if (is_helm_object(inode))
+		return protect(agent, cgroup_id, HELM_OP_CONTROL, detail, 0, key, n, inode);
+	return decide(agent, cgroup_id, OP_BIT(HELM_OP_WRITE), detail, key, n, is_dir_inode(inode), dentry, inode);
+}
+
+SEC("lsm/inode_setxattr")
+int BPF_PROG(helm_inode_setxattr, void *idmap, struct dentry *dentry, const char *name,
+	     const void *value, size_t size, int flags, int ret)
+{
+	return ret ? ret : decide_xattr(dentry, HELM_DETAIL_XATTR);
+}
+
+SEC("lsm/inode_removexattr")
+int BPF_PROG(helm_inode_removexattr, void *idmap, struct dentry *dentry, const char *name, int ret)
+{
+	return ret ? ret : decide_xattr(dentry, HELM_DETAIL_XATTR);
+}
+
 /* ---------------------------------------------------------------- self-protection */
 
 /* No governed task may use bpf(): it could read or rewrite the maps that govern it. */

@@ -58,6 +58,7 @@ enum helm_detail {
 	HELM_DETAIL_TRUNCATE = 12,
 	HELM_DETAIL_MMAP_EXEC = 13,
 	HELM_DETAIL_RECEIVE = 14,
+	HELM_DETAIL_XATTR = 15,
 };
 
 /* What a matched rule says; NONE means no rule of this verb covers the path. */

@@ -7,7 +7,7 @@ export const AUDIT_SCHEMA_VERSION = 1;
 
 const OPS = ['read', 'write', 'exec', 'bpf', 'signal', 'ptrace', 'mount', 'module', 'control'] as const;
 /** What a write was, or the object of a self-protection denial. */
-const DETAILS = ['open', 'create', 'mkdir', 'unlink', 'rmdir', 'rename-from', 'rename-to', 'link-from', 'link-to', 'symlink', 'chmod', 'chown', 'truncate', 'mmap-exec', 'receive'] as const;
+const DETAILS = ['open', 'create', 'mkdir', 'unlink', 'rmdir', 'rename-from', 'rename-to', 'link-from', 'link-to', 'symlink', 'chmod', 'chown', 'truncate', 'mmap-exec', 'receive', 'xattr'] as const;
 const DECISIONS = ['allow', 'deny', 'would_deny'] as const;
 const REASONS = ['rule', 'default', 'no-policy', 'path-error', 'no-table', 'inode-rule', 'self-protection'] as const;
 

@@ -23,6 +23,7 @@
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 static int report(long rc)
@@ -261,6 +262,10 @@ int main(int argc, char **argv)
 		int fd = open(argv[2], O_RDONLY);
 		return report(fd < 0 ? -1 : syscall(__NR_finit_module, fd, "", 0));
 	}
+	if (!strcmp(cmd, "setxattr") && argc == 3)
+		return report(setxattr(argv[2], "user.helm", "x", 1, 0));
+	if (!strcmp(cmd, "removexattr") && argc == 3)
+		return report(removexattr(argv[2], "user.helm"));
 	if (!strcmp(cmd, "memfd-exec") && argc == 3)
 		return memfd_exec(argv[2]);
 	if (!strcmp(cmd, "renamed-open") && argc == 4) {

@@ -121,6 +121,8 @@ if (missing) {
       symlink: { cmd: `ln -s /etc/shadow ${T}/ro/sym` },
       chmod: { cmd: `chmod 777 ${T}/ro/victim.txt` },
       chown: { cmd: `chown 65534 ${T}/ro/victim.txt` },
+      setxattr: { cmd: `${TOOLS} setxattr ${T}/ro/victim.txt` },
+      'setxattr-allowed': { cmd: `: > ${T}/rw/x.txt; ${TOOLS} setxattr ${T}/rw/x.txt`, allowed: true, expect: /^OK|ERR EOPNOTSUPP/ },
       'truncate-open': { cmd: `truncate -s 0 ${T}/ro/victim.txt` },
       // truncate(2) by name: no open at all, the path_truncate hook decides
       truncate: { cmd: `perl -e 'truncate("${T}/ro/victim.txt", 0) or die "$!\\n"'` },
@@ -184,7 +186,7 @@ if (missing) {
     const lines = await auditLines(AUDIT, (ls) => ls.some((l) => l.op === 'control'));
     const mine = lines.filter((l) => l.agent === 'escaper') as unknown as { op: string; detail?: string; reason: string; path: string | null; target_pid?: number }[];
     const has = (what: string, f: (l: (typeof mine)[number]) => boolean) => t.ok(mine.some(f), `audited: ${what}`);
-    for (const detail of ['create', 'mkdir', 'unlink', 'rmdir', 'rename-from', 'rename-to', 'link-from', 'symlink', 'chmod', 'chown', 'truncate', 'mmap-exec', 'receive']) {
+    for (const detail of ['create', 'mkdir', 'unlink', 'rmdir', 'rename-from', 'rename-to', 'link-from', 'symlink', 'chmod', 'chown', 'truncate', 'xattr', 'mmap-exec', 'receive']) {
       has(`write/exec detail ${detail}`, (l) => l.detail === detail);
     }
     for (const op of ['bpf', 'signal', 'ptrace', 'mount', 'module', 'control']) {
