@@ -11,11 +11,10 @@ import { cgroup2Mount, cgroupHasProcesses } from '../control/cgroups';
 import { runChecks, formatChecks } from '../doctor';
 import { buildDir } from '../kernel/native';
 import { loadPolicies } from '../policy/parse';
-import { PolicyError, VERBS, formatDiagnostic, type FileVerb, type Policy, type PolicyDiagnostic, type Verb } from '../policy/types';
-import { ipBytes, type NetVerb, type Operation } from '../policy/evaluate';
+import { PolicyError, VERBS, formatDiagnostic, type Policy, type PolicyDiagnostic, type Verb } from '../policy/types';
 import { formatNote, lintPolicies, unenforcedRules } from '../policy/lint';
-import { canonicalPath, checkCaseRules, defaultCanonicalize, formatResult, isVerb, parseCases, parseOperationTarget, pathProblem, runCases, type ParsedTarget, type TestCase } from '../policy/cases';
-import { explain, formatExplanation } from '../policy/explain';
+import { checkCaseRules, defaultCanonicalize, formatResult, isVerb, readCases, runCases, type TestCase } from '../policy/cases';
+import { explain, formatExplanation, operationFromOptions } from '../policy/explain';
 
 interface AgentMessage {
   id: string;
@@ -223,14 +222,14 @@ policy
         diags.push({ severity: 'error', loc: { file, line: 1, col: 1, pointer: '' }, message: `cannot read ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file or directory' : (e as Error).message}` });
         continue;
       }
-      try {
-        cases.push(...parseCases(text, file));
-      } catch (e) {
-        if (!(e instanceof PolicyError)) throw e;
-        diags.push(...e.diagnostics);
-      }
+      const read = readCases(text, file);
+      cases.push(...read.cases);
+      diags.push(...read.errors);
     }
+    // Every problem at once, in file and source order.
+    const order = new Map(o.cases.map((f, i) => [f, i]));
     diags.push(...checkCaseRules(policies, cases));
+    diags.sort((a, b) => (order.get(a.loc.file) ?? 0) - (order.get(b.loc.file) ?? 0) || a.loc.line - b.loc.line || a.loc.col - b.loc.col);
     if (diags.length) failWithDiagnostics(diags);
     const results = runCases(policies, cases);
     for (const r of results) process.stdout.write(formatResult(r) + '\n');
@@ -240,9 +239,6 @@ policy
     process.stdout.write(`${results.length - failed} passed, ${failed} failed\n`);
     process.exit(failed ? 1 : 0);
   });
-
-const ROLE_RE = /^[A-Za-z0-9_.-]+$/;
-const MAX_UID = 0xfffffffe;
 
 policy
   .command('explain')
@@ -262,44 +258,8 @@ policy
     const files = args.slice(0, -2);
     if (!isVerb(verbText)) fail(`${JSON.stringify(verbText)} is not a verb: the last two arguments are the verb (${VERBS.join(', ')}) and its target`);
     const verb: Verb = verbText;
-    if (!ROLE_RE.test(o.role)) fail(`bad role ${JSON.stringify(o.role)}: an agent's role is letters, digits, ".", "_" and "-"`);
-    let target: ParsedTarget | string;
-    try {
-      target = parseOperationTarget(verb, targetText, defaultCanonicalize);
-    } catch (e) {
-      target = `cannot be canonicalised: ${(e as Error).message}`;
-    }
-    if (typeof target === 'string') fail(`${verb} target ${JSON.stringify(targetText)} ${target}`);
-    const context: { exe?: string; uid?: number; labels?: Record<string, string> } = {};
-    if (o.exe !== undefined) {
-      const problem = pathProblem(o.exe);
-      if (problem) fail(`--exe ${JSON.stringify(o.exe)} ${problem}`);
-      context.exe = canonicalPath(o.exe, defaultCanonicalize);
-    }
-    if (o.uid !== undefined) {
-      if (!/^(0|[1-9][0-9]*)$/.test(o.uid) || Number(o.uid) > MAX_UID) fail(`--uid must be a uid (0-${MAX_UID}), got ${JSON.stringify(o.uid)}`);
-      context.uid = Number(o.uid);
-    }
-    if (o.label.length) {
-      context.labels = {};
-      for (const l of o.label) {
-        const eq = l.indexOf('=');
-        if (eq <= 0) fail(`--label must be KEY=VALUE, got ${JSON.stringify(l)}`);
-        const k = l.slice(0, eq);
-        if (Object.prototype.hasOwnProperty.call(context.labels, k)) fail(`--label ${k} is given twice`);
-        context.labels[k] = l.slice(eq + 1);
-      }
-    }
-    let op: Operation;
-    if (target.kind === 'path') {
-      if (o.addr !== undefined) fail('--addr is for a HOST:PORT target');
-      op = { role: o.role, verb: verb as FileVerb, path: target.path, isDir: o.dir || target.isDir, ...context };
-    } else {
-      if (o.dir) fail('--dir is for read, write and exec');
-      if (o.addr !== undefined && target.host === undefined) fail('--addr is for a HOST:PORT target (the target already is an address)');
-      if (o.addr !== undefined && ipBytes(o.addr) === undefined) fail(`--addr ${JSON.stringify(o.addr)} is not an IPv4 or IPv6 address`);
-      op = { role: o.role, verb: verb as NetVerb, port: target.port, ...(target.host !== undefined && { host: target.host }), ...((target.addr ?? o.addr) !== undefined && { addr: target.addr ?? o.addr }), ...context };
-    }
+    const op = operationFromOptions(verb, targetText, o, defaultCanonicalize);
+    if (typeof op === 'string') fail(op);
     const policies = loadOrFail(files);
     const e = explain(policies, op);
     process.stdout.write(o.json ? JSON.stringify(e, null, 2) + '\n' : formatExplanation(e, op) + '\n');

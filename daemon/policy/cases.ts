@@ -20,10 +20,10 @@
 // including what the kernel does not enforce yet.
 
 import * as net from 'net';
-import { LineCounter, Pair, YAMLMap, isAlias, isMap, isScalar, isSeq, parseAllDocuments, visit } from 'yaml';
+import { Document, LineCounter, Pair, YAMLMap, isAlias, isMap, isScalar, isSeq, parseAllDocuments, visit } from 'yaml';
 import { canonicalizeRulePath } from './canonical';
 import { traceOperation, type Decision, type Operation, type Outcome, type Trace } from './evaluate';
-import { hostNameProblem, suggest } from './parse';
+import { deepestOffset, hostNameProblem, suggest, tooDeepMessage } from './parse';
 import { FILE_VERBS, PolicyError, VERBS, type FileVerb, type Policy, type PolicyDiagnostic, type SourceLocation, type Verb } from './types';
 
 export interface TestCase {
@@ -118,6 +118,8 @@ export function pathProblem(s: string): string | undefined {
   const ctl = /[\u0001-\u001f\u007f]/.exec(s);
   if (ctl) return `contains a control character (U+${ctl[0].charCodeAt(0).toString(16).padStart(4, '0').toUpperCase()})`;
   if (!s.startsWith('/')) return 'is not an absolute path';
+  const bytes = Buffer.byteLength(s, 'utf8');
+  if (bytes > 4095) return `is ${bytes} bytes long; no path is longer than 4095 bytes (PATH_MAX with its NUL)`;
   return undefined;
 }
 
@@ -136,6 +138,13 @@ export function defaultCanonicalize(p: string): string {
 
 /** Parses a cases file; throws PolicyError listing every problem, located. */
 export function parseCases(text: string, file: string, opts: CaseOptions = {}): TestCase[] {
+  const { cases, errors } = readCases(text, file, opts);
+  if (errors.length) throw new PolicyError(errors);
+  return cases;
+}
+
+/** The cases that are well-formed and the (located, sorted) problems of the others. */
+export function readCases(text: string, file: string, opts: CaseOptions = {}): { cases: TestCase[]; errors: PolicyDiagnostic[] } {
   const canonicalize = opts.canonicalize ?? defaultCanonicalize;
   const lines = new LineCounter();
   const diags: PolicyDiagnostic[] = [];
@@ -144,13 +153,21 @@ export function parseCases(text: string, file: string, opts: CaseOptions = {}): 
     return { file, line, col, pointer };
   };
   const err = (loc: SourceLocation, message: string) => diags.push({ severity: 'error', message, loc });
-  const done = (cases: TestCase[]): TestCase[] => {
-    if (diags.length) throw new PolicyError(diags.sort((a, b) => a.loc.line - b.loc.line || a.loc.col - b.loc.col));
-    return cases;
-  };
+  const done = (cases: TestCase[]) => ({ cases, errors: diags.sort((a, b) => a.loc.line - b.loc.line || a.loc.col - b.loc.col) });
 
   if (text.startsWith('\ufeff')) text = text.slice(1);
-  const docs = parseAllDocuments(text, { lineCounter: lines, prettyErrors: false, version: '1.2' });
+  let docs: Document.Parsed[];
+  try {
+    docs = parseAllDocuments(text, { lineCounter: lines, prettyErrors: false, version: '1.2' });
+    // visit() below recurses too.
+    for (const doc of docs) visit(doc, {});
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    const at = deepestOffset(text);
+    const before = text.slice(0, at);
+    err({ file, line: before.split('\n').length, col: at - before.lastIndexOf('\n'), pointer: '' }, tooDeepMessage(e));
+    return done([]);
+  }
   const fileLoc: SourceLocation = { file, line: 1, col: 1, pointer: '' };
   if (docs.length === 0) {
     err(fileLoc, 'no cases in file: write a list of cases');

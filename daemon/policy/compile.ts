@@ -298,15 +298,13 @@ function reorder(byVerbOrder: Verdict[]): Verdict[] {
  */
 function blockInodes(governing: Candidate[], roleId: number, stat: NonNullable<CompileOptions['stat']>, walks: Walker, warnings: PolicyDiagnostic[]): InodeEntry[] {
   const byIdentity = new Map<string, InodeEntry>();
-  const add = (p: string, s: StatInfo, subtree: boolean, verb: FileVerb, c: Candidate) => {
-    addIdentity(p, s.dev, s.ino, subtree, verb, c);
-    // overlayfs reports a per-layer pseudo device for files, while the kernel sees the overlay's
-    // own inode (the directory's device, same inode number): record the file under that name too.
-    if (!s.isDirectory) {
-      const dir = stat(path.dirname(p));
-      if (dir && dir.dev !== s.dev) addIdentity(p, dir.dev, s.ino, subtree, verb, c);
-    }
-  };
+  /*
+   * Identity is (device, inode) as stat() reports it. On overlayfs a file's st_dev
+   * is a per-layer pseudo device the kernel never shows, and inode numbers of
+   * different layers collide: no alias is recorded there (it would deny unrelated
+   * files); such files are matched by path, directories by identity.
+   */
+  const add = (p: string, s: StatInfo, subtree: boolean, verb: FileVerb, c: Candidate) => addIdentity(p, s.dev, s.ino, subtree, verb, c);
   const addIdentity = (p: string, stDev: bigint, ino: bigint, subtree: boolean, verb: FileVerb, c: Candidate) => {
     const dev = kernelDev(stDev);
     const id = `${dev}:${ino}`;

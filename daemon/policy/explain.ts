@@ -2,8 +2,9 @@
 // step by step in POLICY.md's order (block, contextual, allow, default), as text or JSON. The
 // decision is the reference evaluator's (./evaluate.ts: traceOperation), never recomputed here.
 
-import { isNetOperation, traceOperation, type ConditionCheck, type Operation, type RuleMatch, type Step, type Trace } from './evaluate';
-import type { Mode, Policy, RuleKind, Target } from './types';
+import { canonicalPath, parseOperationTarget, pathProblem, type ParsedTarget } from './cases';
+import { ipBytes, isNetOperation, traceOperation, type ConditionCheck, type NetVerb, type Operation, type RuleMatch, type Step, type Trace } from './evaluate';
+import type { FileVerb, Mode, Policy, RuleKind, Target, Verb } from './types';
 
 export interface ExplainedMatch {
   policy: string;
@@ -166,4 +167,65 @@ export function formatExplanation(e: Explanation, op: Operation): string {
   lines.push(`decision:   ${e.decision}${by}, mode ${e.mode}`);
   for (const n of e.notes) lines.push(`note: ${n}`);
   return lines.join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// The operation from the command line
+
+export interface ExplainOptions {
+  role: string;
+  exe?: string;
+  uid?: string;
+  /** KEY=VALUE each. */
+  label?: string[];
+  addr?: string;
+  dir?: boolean;
+}
+
+const ROLE_RE = /^[A-Za-z0-9_.-]+$/;
+const MAX_UID = 0xfffffffe;
+
+/** The operation `helmctl policy explain` is asked about, or why the arguments do not make one. */
+export function operationFromOptions(verb: Verb, targetText: string, o: ExplainOptions, canonicalize: (p: string) => string): Operation | string {
+  const q = JSON.stringify;
+  if (!ROLE_RE.test(o.role)) return `bad role ${q(o.role)}: an agent's role is letters, digits, ".", "_" and "-"`;
+  let target: ParsedTarget | string;
+  try {
+    target = parseOperationTarget(verb, targetText, canonicalize);
+  } catch (e) {
+    target = `cannot be canonicalised: ${(e as Error).message}`;
+  }
+  if (typeof target === 'string') return `${verb} target ${q(targetText)} ${target}`;
+  const context: { exe?: string; uid?: number; labels?: Record<string, string> } = {};
+  if (o.exe !== undefined) {
+    const problem = pathProblem(o.exe);
+    if (problem) return `--exe ${q(o.exe)} ${problem}`;
+    context.exe = canonicalPath(o.exe, canonicalize);
+  }
+  if (o.uid !== undefined) {
+    if (!/^(0|[1-9][0-9]*)$/.test(o.uid) || Number(o.uid) > MAX_UID) return `--uid must be a uid (0-${MAX_UID}), got ${q(o.uid)}`;
+    context.uid = Number(o.uid);
+  }
+  if (o.label?.length) {
+    const labels: Record<string, string> = {};
+    for (const l of o.label) {
+      const eq = l.indexOf('=');
+      if (eq <= 0) return `--label must be KEY=VALUE, got ${q(l)}`;
+      const k = l.slice(0, eq);
+      if (Object.prototype.hasOwnProperty.call(labels, k)) return `--label ${k} is given twice`;
+      labels[k] = l.slice(eq + 1);
+    }
+    context.labels = labels;
+  }
+  if (target.kind === 'path') {
+    if (o.addr !== undefined) return '--addr is for a HOST:PORT target';
+    return { role: o.role, verb: verb as FileVerb, path: target.path, isDir: (o.dir ?? false) || target.isDir, ...context };
+  }
+  if (o.dir) return '--dir is for read, write and exec';
+  if (o.addr !== undefined) {
+    if (target.host === undefined) return '--addr is for a HOST:PORT target (the target already is an address)';
+    if (ipBytes(o.addr) === undefined) return `--addr ${q(o.addr)} is not an IPv4 or IPv6 address`;
+  }
+  const addr = target.addr ?? o.addr;
+  return { role: o.role, verb: verb as NetVerb, port: target.port, ...(target.host !== undefined && { host: target.host }), ...(addr !== undefined && { addr }), ...context };
 }

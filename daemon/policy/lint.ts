@@ -7,9 +7,9 @@
 // reads as):
 //  - shadowed: an allow or contextual target that a block of the same verb covers entirely, for
 //    every role the rule applies to: it can never allow anything;
-//  - a rule path that does not exist on this host, a "dir/" target that is a file here (it
-//    matches nothing), a target without "/" that is a directory here (it covers the directory
-//    itself, not what is in it);
+//  - a rule path (or when.exe) that does not exist on this host, a "dir/" target that is a file
+//    here (it matches nothing), a target without "/" that is a directory here (it covers the
+//    directory itself, not what is in it; as when.exe it holds for no executable);
 //  - a target repeated in one policy (same kind, verb and target; for contextual rules the same
 //    `when` too);
 //  - a role in a contextual rule's when.role that no policy names in spec.roles (only a "*"
@@ -158,7 +158,9 @@ function shadowed(policies: Policy[]): PolicyDiagnostic[] {
           return false;
         });
         if (!everyRole) continue;
-        const by = blockers.map((b) => `block rule ${q(b.r.id)}${b.p === p ? '' : ` of policy ${q(b.p.name)}`} (${verb} ${b.t.written} at ${where(b.t.loc)})`).join(' and ');
+        const by = blockers
+          .map((b) => `block rule ${q(b.r.id)}${b.p === p ? '' : ` of policy ${q(b.p.name)}`} (${verb} ${b.t.written} at ${where(b.t.loc)}${b.p.mode === 'dry-run' ? ', dry-run' : ''})`)
+          .join(' and ');
         const forWhom = roles.includes('*') ? 'for every role' : roles.length === 1 ? `for role ${q(roles[0])}` : 'for every role it applies to';
         out.push(warning(target.loc, `${verb} ${target.written} in ${ruleName(r)} never allows anything: ${by} denies it ${forWhom}`));
       }
@@ -189,7 +191,9 @@ function pathsOnThisHost(policies: Policy[], kindOf: NonNullable<LintOptions['pa
       out.push(warning(t.loc, `${what} ${t.written} does not exist on this host${shown}`));
     } else if (kind === 'file' && t.subtree) {
       out.push(warning(t.loc, `${what} ${t.written} ends with "/" but is not a directory on this host${shown}: it matches nothing (without the "/" it would match the file)`));
-    } else if (kind === 'dir' && !t.subtree && what !== 'when.exe') {
+    } else if (kind === 'dir' && !t.subtree && what === 'when.exe') {
+      out.push(warning(t.loc, `${what} ${t.written} is a directory on this host${shown}: without a trailing "/" the condition holds for no executable (${t.written}/ holds for those below it)`));
+    } else if (kind === 'dir' && !t.subtree) {
       out.push(warning(t.loc, `${what} ${t.written} is a directory on this host${shown}: without a trailing "/" the target covers the directory itself, not what is in it (${t.written}/ covers everything below)`));
     }
   };

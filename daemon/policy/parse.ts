@@ -65,6 +65,8 @@ const MODES: readonly Mode[] = ['enforce', 'dry-run'];
 const NAME_RE = /^[a-z0-9][a-z0-9._-]*$/;
 const ROLE_RE = /^[A-Za-z0-9_.-]+$/;
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+/** Linux's PATH_MAX (4096) counts the NUL: no path a system call takes is longer than this. */
+const MAX_SYSCALL_PATH_BYTES = 4095;
 /** (uid_t)-1 means "no uid" to the kernel, so the largest real uid is one less. */
 const MAX_UID = 0xfffffffe;
 
@@ -172,8 +174,13 @@ export function loadPolicies(paths: string[], opts: ParseOptions = {}): { polici
  */
 function isTestCases(file: string, text: string): boolean {
   if (!/\.cases\.ya?ml$/.test(file)) return false;
-  const docs = parseAllDocuments(text.startsWith('\ufeff') ? text.slice(1) : text, { prettyErrors: false, version: '1.2' });
-  return docs.length === 1 && docs[0].errors.length === 0 && isSeq(docs[0].contents);
+  try {
+    const docs = parseAllDocuments(text.startsWith('\ufeff') ? text.slice(1) : text, { prettyErrors: false, version: '1.2' });
+    return docs.length === 1 && docs[0].errors.length === 0 && isSeq(docs[0].contents);
+  } catch (e) {
+    if (e instanceof RangeError) return false; // parsed as a policy, and reported as too deep
+    throw e;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -299,9 +306,48 @@ function parseSource(text: string, file: string, opts: ParseOptions, diags: Poli
   };
   // A byte-order mark is invisible in editors: columns are counted without it.
   if (text.startsWith('\ufeff')) text = text.slice(1);
-  const parsed = parseDocuments(ctx, text);
+  let parsed: Parsed[];
+  try {
+    parsed = parseDocuments(ctx, text);
+  } catch (e) {
+    // The YAML library recurses once per level of nesting: thousands of levels ("- - - ...",
+    // "[[[[...") exhaust the stack. That is a property of the input, reported as such.
+    if (!(e instanceof RangeError)) throw e;
+    const { line, col } = linePosIn(text, deepestOffset(text));
+    ctx.diags = [{ severity: 'error', loc: { file, line, col, pointer: '' }, message: tooDeepMessage(e) }];
+    parsed = [];
+  }
   diags.push(...ctx.diags.sort((a, b) => a.loc.line - b.loc.line || a.loc.col - b.loc.col));
   return parsed;
+}
+
+/** For a RangeError out of the YAML or JSON parser (see parseSource). */
+export function tooDeepMessage(e: RangeError): string {
+  return `the document is nested too deeply to be parsed (${e.message}); a policy is a few levels deep`;
+}
+
+/**
+ * Where a document is nested deepest (first reached), to point at when it is too deep to parse:
+ * block nesting counted by indentation and "- " items, flow nesting by "[" and "{" (quotes and
+ * comments are not told apart: this only chooses where to point).
+ */
+export function deepestOffset(text: string): number {
+  let best = 0;
+  let bestOffset = 0;
+  let flow = 0;
+  let offset = 0;
+  for (const line of text.split('\n')) {
+    const block = /^[ \t]*(?:-[ \t]+)*/.exec(line)![0].length;
+    for (let i = 0; i < line.length; i++) {
+      const c = line[i];
+      if (c === '[' || c === '{') flow++;
+      else if ((c === ']' || c === '}') && flow > 0) flow--;
+      const depth = flow + (i < block ? i : block);
+      if (depth > best) [best, bestOffset] = [depth, offset + i];
+    }
+    offset += line.length + 1;
+  }
+  return bestOffset;
 }
 
 function parseDocuments(ctx: Ctx, text: string): Parsed[] {
@@ -611,6 +657,13 @@ function pathTarget(ctx: Ctx, v: At, s: string, what: string): PathTarget | unde
   const problem = pathProblem(s);
   if (problem !== undefined) {
     err(ctx, v.loc, `${what} ${q(s)} ${problem}`);
+    return undefined;
+  }
+  // No path the kernel resolves is longer than PATH_MAX; refusing such a string before it is
+  // canonicalised also keeps canonicalisation's cost bounded.
+  const written = Buffer.byteLength(s, 'utf8');
+  if (written > MAX_SYSCALL_PATH_BYTES) {
+    err(ctx, v.loc, `${what} ${q(`${s.slice(0, 40)}...`)} is ${written} bytes long; no path is longer than ${MAX_SYSCALL_PATH_BYTES} bytes (PATH_MAX with its NUL)`);
     return undefined;
   }
   let canonical: string;

@@ -88,7 +88,7 @@ static int uring_open(const char *path)
 static int openat2_open(const char *path)
 {
 	struct open_how how = { .flags = O_RDONLY,
-				.resolve = RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV };
+				.resolve = RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS };
 	return report_fd(syscall(__NR_openat2, AT_FDCWD, path, &how, sizeof(how)));
 }
 

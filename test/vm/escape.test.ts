@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { requireBpfLsm, startHelmd, auditLines, helmctl, ROOT, RUNTIME_RULE, type Daemon } from './harness';
+
 import { cgroup2Mount } from '../../daemon/control/cgroups';
 
 t.setTimeout(900_000);
@@ -14,9 +15,12 @@ const T = '/srv/helm-esc';
 const SOCK = '/run/helm/esc.sock';
 const AUDIT_DIR = '/var/log/helm-esc';
 const AUDIT = `${AUDIT_DIR}/audit.jsonl`;
-const POLICY = `${ROOT}/.cache/vm-escape-policy.yaml`; // helmd protects it: kept out of the agent's tree
+const POLICY_DIR = '/srv/helm-esc-policy';
+const POLICY = `${POLICY_DIR}/policy.yaml`;
 const TOOLS = path.join(ROOT, 'build', 'escape-tools');
 const FD_SOCK = '/run/helm-esc-fd.sock';
+// xattr hooks name objects from the task's root filesystem only (README, threat model)
+const ROOTFS_FILE = '/var/tmp/helm-esc-xattr.txt';
 
 const POLICY_TEXT = `
 apiVersion: helm/v1
@@ -27,7 +31,9 @@ spec:
   allow:
 ${RUNTIME_RULE}
     - { id: tools, exec: [${TOOLS}] }
-    - { id: workspace, read: [${T}/ro/, ${T}/rw/], write: [${T}/rw/] }
+    - { id: workspace, read: [${T}/ro/, ${T}/rw/], write: [${T}/rw/, ${ROOTFS_FILE}] }
+    # allowed by policy, so that only self-protection can stop the agent there
+    - { id: helm-files, read: [${POLICY_DIR}/, ${AUDIT_DIR}/], write: [${POLICY_DIR}/, ${AUDIT_DIR}/] }
     - { id: scripts, exec: [${T}/ro/script-ok.sh, ${T}/ro/script-bad.sh] }
   block:
     - { id: secret, read: [${T}/secret.txt], write: [${T}/secret.txt] }
@@ -122,7 +128,8 @@ if (missing) {
       chmod: { cmd: `chmod 777 ${T}/ro/victim.txt` },
       chown: { cmd: `chown 65534 ${T}/ro/victim.txt` },
       setxattr: { cmd: `${TOOLS} setxattr ${T}/ro/victim.txt` },
-      'setxattr-allowed': { cmd: `: > ${T}/rw/x.txt; ${TOOLS} setxattr ${T}/rw/x.txt`, allowed: true, expect: /^OK|ERR EOPNOTSUPP/ },
+      'setxattr-allowed': { cmd: `: > ${ROOTFS_FILE}; ${TOOLS} setxattr ${ROOTFS_FILE}`, allowed: true, expect: /^OK|ERR EOPNOTSUPP/ },
+      'setxattr-unnamed-filesystem': { cmd: `${TOOLS} setxattr ${T}/rw/x.txt` },
       'truncate-open': { cmd: `truncate -s 0 ${T}/ro/victim.txt` },
       // truncate(2) by name: no open at all, the path_truncate hook decides
       truncate: { cmd: `perl -e 'truncate("${T}/ro/victim.txt", 0) or die "$!\\n"'` },
@@ -192,6 +199,7 @@ if (missing) {
     for (const op of ['bpf', 'signal', 'ptrace', 'mount', 'module', 'control']) {
       has(`self-protection ${op}`, (l) => l.op === op && l.reason === 'self-protection');
     }
+    for (const p of [POLICY, AUDIT]) has(`${p} is protected whatever the policy says`, (l) => l.op === 'control' && l.path === p);
     has('the signal to helmd names it', (l) => l.op === 'signal' && l.target_pid === helmdPid);
     has('an exec denial', (l) => l.op === 'exec' && l.path === `${T}/ro/bin/mytrue`);
   });
