@@ -129,7 +129,7 @@ if (missing) {
       chown: { cmd: `chown 65534 ${T}/ro/victim.txt` },
       setxattr: { cmd: `${TOOLS} setxattr ${T}/ro/victim.txt` },
       'setxattr-allowed': { cmd: `: > ${ROOTFS_FILE}; ${TOOLS} setxattr ${ROOTFS_FILE}`, allowed: true, expect: /^OK|ERR EOPNOTSUPP/ },
-      'setxattr-unnamed-filesystem': { cmd: `${TOOLS} setxattr ${T}/rw/x.txt` },
+      'setxattr-unnamed-filesystem': { cmd: `: > ${T}/rw/x.txt; ${TOOLS} setxattr ${T}/rw/x.txt` },
       'truncate-open': { cmd: `truncate -s 0 ${T}/ro/victim.txt` },
       // truncate(2) by name: no open at all, the path_truncate hook decides
       truncate: { cmd: `perl -e 'truncate("${T}/ro/victim.txt", 0) or die "$!\\n"'` },
