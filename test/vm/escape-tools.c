@@ -262,6 +262,12 @@ int main(int argc, char **argv)
 		int fd = open(argv[2], O_RDONLY);
 		return report(fd < 0 ? -1 : syscall(__NR_finit_module, fd, "", 0));
 	}
+	if (!strcmp(cmd, "pivot-root") && argc == 4)
+		return report(syscall(SYS_pivot_root, argv[2], argv[3]));
+	if (!strcmp(cmd, "kexec-file") && argc == 3) {
+		int fd = open(argv[2], O_RDONLY);
+		return report(fd < 0 ? -1 : syscall(__NR_kexec_file_load, fd, -1, 1, "", 2 /* KEXEC_FILE_NO_INITRAMFS */));
+	}
 	if (!strcmp(cmd, "setxattr") && argc == 3)
 		return report(setxattr(argv[2], "user.helm", "x", 1, 0));
 	if (!strcmp(cmd, "removexattr") && argc == 3)

@@ -149,6 +149,9 @@ if (missing) {
       mount: { cmd: `${TOOLS} mount ${T}/rw` },
       umount: { cmd: `${TOOLS} umount /sys/fs/bpf` },
       chroot: { cmd: `${TOOLS} chroot ${T}/rw` },
+      'pivot-root': { cmd: `mkdir -p ${T}/rw/old; ${TOOLS} pivot-root ${T}/rw ${T}/rw/old` },
+      kexec: { cmd: `${TOOLS} kexec-file ${T}/ro/file.txt` },
+      'write-bpffs': { cmd: `: > /sys/fs/bpf/helm-escape` },
       'load-module': { cmd: `${TOOLS} finit-module ${T}/ro/file.txt` },
       'leave-cgroup': { cmd: `echo $$ > ${cg}/cgroup.procs` },
       'make-cgroup': { cmd: `mkdir ${cg}/helm-escape` },
@@ -188,6 +191,7 @@ if (missing) {
     t.equal(outsider.exitCode, null, 'the host process is alive');
     t.ok(fs.existsSync(AUDIT), 'the audit trail is still there');
     t.notOk(fs.existsSync(`${cg}/helm-escape`), 'no cgroup was made');
+    t.notOk(fs.existsSync('/sys/fs/bpf/helm-escape'), 'nothing was written to bpffs');
 
     // Each kind of denial is in the trail.
     const lines = await auditLines(AUDIT, (ls) => ls.some((l) => l.op === 'control'));
@@ -212,6 +216,9 @@ if (missing) {
     t.match(out(['bpf']), /^OK/);
     t.match(out(['renamed-open', 'helmd', `${T}/secret.txt`]), /^OK SECRET/);
     t.notMatch(out(['finit-module', `${T}/ro/file.txt`]), /EPERM/, 'a bad module is refused for its content, not by helm');
+    t.notMatch(out(['kexec-file', `${T}/ro/file.txt`]), /EPERM/, 'a bad kexec image is refused for its content, not by helm');
+    fs.mkdirSync(`${T}/rw/old2`, { recursive: true });
+    t.notMatch(out(['pivot-root', `${T}/rw`, `${T}/rw/old2`]), /EPERM/, 'pivot_root outside fails for its arguments, not by helm');
     t.equal(spawnSync(`${T}/ro/bin/mytrue`).status, 0);
   });
 }
