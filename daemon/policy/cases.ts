@@ -20,10 +20,10 @@
 // including what the kernel does not enforce yet.
 
 import * as net from 'net';
-import { Document, LineCounter, Pair, YAMLMap, isAlias, isMap, isScalar, isSeq, parseAllDocuments, visit } from 'yaml';
+import { Document, LineCounter, Pair, YAMLMap, isMap, isScalar, isSeq, parseAllDocuments, visit } from 'yaml';
 import { canonicalizeRulePath } from './canonical';
 import { traceOperation, type Decision, type Operation, type Outcome, type Trace } from './evaluate';
-import { deepestOffset, hostNameProblem, suggest, tooDeepMessage } from './parse';
+import { deepestOffset, describe, hostNameProblem, suggest, tooDeepMessage } from './parse';
 import { FILE_VERBS, PolicyError, VERBS, type FileVerb, type Policy, type PolicyDiagnostic, type SourceLocation, type Verb } from './types';
 
 export interface TestCase {
@@ -481,20 +481,4 @@ function q(s: string): string {
 /** Where a YAML node starts in the source, or `fallback` when it has no position (no node at all). */
 function offsetOf(node: unknown, fallback: number): number {
   return (node as { range?: number[] } | null)?.range?.[0] ?? fallback;
-}
-
-function describe(n: unknown): string {
-  if (n === null || n === undefined) return 'nothing';
-  if (isMap(n)) return 'a mapping';
-  if (isSeq(n)) return 'a list';
-  if (isAlias(n)) return 'an alias';
-  if (isScalar(n)) {
-    const value = n.value;
-    if (value === null) return 'an empty value';
-    if (typeof value === 'string') return `the string ${q(value)}`;
-    if (typeof value === 'number') return `the number ${n.source ?? value}`;
-    if (typeof value === 'boolean') return `the boolean ${value}`;
-    return `a ${typeof value} value`;
-  }
-  return 'an unsupported value';
 }

@@ -8,7 +8,7 @@
 //  - evaluateOperation() / traceOperation(): the whole language (every verb, every target form,
 //    every `when` key, given the acting process's context), for `helmctl policy test` and
 //    `helmctl policy explain`. traceOperation() also says which rules matched at each step.
-import * as net from 'net';
+import { addressBytes, type IpBytes } from './ip';
 import type { Conditions, FileVerb, Mode, NetTarget, PathTarget, Policy, Rule, Target, Verb } from './types';
 
 export interface FileOperation {
@@ -276,7 +276,7 @@ function q(s: string): string {
 // Network targets
 
 /** An IP address as bytes: 4 for IPv4 (IPv4-mapped IPv6 included), 16 for IPv6. */
-export type IpBytes = number[];
+export type { IpBytes } from './ip';
 
 /** The operation's side of a network match, normalised once. */
 interface NetSubject {
@@ -323,7 +323,7 @@ function netMatches(t: NetTarget, s: NetSubject): boolean {
  * matches IPv6 addresses only (`*` is any address of either family).
  */
 export function ruleNetwork(a: { family: 4 | 6; addr: string; prefix: number }): { bytes: IpBytes; prefix: number } {
-  const bytes = rawIpBytes(a.addr);
+  const bytes = addressBytes(a.addr);
   if (bytes === undefined || bytes.length !== (a.family === 4 ? 4 : 16)) throw new Error(`bad address in a rule: ${q(a.addr)}`);
   if (bytes.length === 16 && a.prefix >= 96 && isMappedPrefix(bytes)) return { bytes: bytes.slice(12), prefix: a.prefix - 96 };
   return { bytes, prefix: a.prefix };
@@ -350,27 +350,7 @@ export function inNetwork(ip: IpBytes, network: IpBytes, prefix: number): boolea
  * when the text is not an IPv4 or IPv6 address (a zone index "%eth0" included).
  */
 export function ipBytes(s: string): IpBytes | undefined {
-  const bytes = rawIpBytes(s);
+  const bytes = addressBytes(s);
   return bytes !== undefined && bytes.length === 16 && isMappedPrefix(bytes) ? bytes.slice(12) : bytes;
 }
 
-/** 4 bytes for IPv4 text, 16 for IPv6 text (mapped or not); undefined when neither. */
-function rawIpBytes(s: string): IpBytes | undefined {
-  const family = net.isIP(s);
-  if (family === 4) return s.split('.').map(Number);
-  if (family !== 6 || s.includes('%')) return undefined;
-  let text = s;
-  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
-  if (v4) {
-    const [a, b, c, d] = v4.slice(1).map(Number);
-    text = text.slice(0, v4.index) + `${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
-  }
-  const [head, tail] = text.split('::');
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const groups = tail === undefined ? h : [...h, ...new Array<string>(8 - h.length - t.length).fill('0'), ...t];
-  return groups.flatMap((g) => {
-    const n = parseInt(g, 16);
-    return [n >> 8, n & 0xff];
-  });
-}

@@ -24,6 +24,7 @@ import {
 } from 'yaml';
 import { MAX_RULE_PATH_BYTES } from '../kernel/limits';
 import { canonicalizeRulePath } from './canonical';
+import { addressBytes } from './ip';
 import {
   Conditions,
   FILE_VERBS,
@@ -795,7 +796,8 @@ function parseIpOrCidr(a: string, family: 4 | 6): NetAddress | string {
     }
     prefix = Number(p);
   }
-  const bytes = family === 4 ? ipv4Bytes(ip) : ipv6Bytes(ip);
+  const bytes = addressBytes(ip);
+  if (!bytes) return 'is not an IPv4 or IPv6 address'; // zones were refused above
   const masked = maskBytes(bytes, prefix);
   if (masked.some((b, i) => b !== bytes[i])) {
     // 10.0.0.1/8 is most likely 10.0.0.0/8 or 10.0.0.1/32; which one is for the author to say.
@@ -843,30 +845,8 @@ export function hostNameProblem(name: string): string | undefined {
   return undefined;
 }
 
-function ipv4Bytes(ip: string): number[] {
-  return ip.split('.').map(Number);
-}
-
 function formatIPv4(bytes: number[]): string {
   return bytes.join('.');
-}
-
-/** 16 bytes of a valid IPv6 address (net.isIP() === 6, no zone index). */
-function ipv6Bytes(ip: string): number[] {
-  // Embedded IPv4 (::ffff:192.0.2.1) → two hex groups.
-  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(ip);
-  if (v4) {
-    const [a, b, c, d] = v4.slice(1).map(Number);
-    ip = ip.slice(0, v4.index) + `${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
-  }
-  const [head, tail] = ip.split('::');
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const groups = tail === undefined ? h : [...h, ...new Array<string>(8 - h.length - t.length).fill('0'), ...t];
-  return groups.flatMap((g) => {
-    const n = parseInt(g, 16);
-    return [n >> 8, n & 0xff];
-  });
 }
 
 /** RFC 5952 text form: lower case, no leading zeros, the first longest run (≥2) of zero groups as "::". */
@@ -1098,7 +1078,8 @@ function typeError(ctx: Ctx, v: At, what: string, expected: string): void {
   err(ctx, v.loc, `${what} must be ${expected}, got ${describe(v.node)}`);
 }
 
-function describe(n: unknown): string {
+/** What a YAML node is, for "must be X, got Y" messages. */
+export function describe(n: unknown): string {
   if (n === null || n === undefined) return 'nothing';
   if (isMap(n)) return 'a mapping';
   if (isSeq(n)) return 'a list';

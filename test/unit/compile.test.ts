@@ -7,6 +7,7 @@
 // are injected.
 
 import t from 'tap';
+import { Rng } from '../rng';
 import * as path from 'path';
 import { stringify } from 'yaml';
 import { C, encodeInodeKey, encodeInodeValue, encodePathKey, encodePathValue, type Verdict } from '../../daemon/kernel/layout';
@@ -218,40 +219,6 @@ function image(c: CompiledPolicy): string[] {
   ];
 }
 
-/** Deterministic PRNG (mulberry32). */
-class Rng {
-  constructor(private s: number) {}
-  next(): number {
-    this.s = (this.s + 0x6d2b79f5) | 0;
-    let x = Math.imul(this.s ^ (this.s >>> 15), 1 | this.s);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.int(xs.length)];
-  }
-  /** A non-empty random subset, in the original order. */
-  subset<T>(xs: readonly T[]): T[] {
-    for (;;) {
-      const s = xs.filter(() => this.chance(0.5));
-      if (s.length) return s;
-    }
-  }
-  shuffle<T>(xs: readonly T[]): T[] {
-    const a = [...xs];
-    for (let i = a.length - 1; i > 0; i--) {
-      const j = this.int(i + 1);
-      [a[i], a[j]] = [a[j], a[i]];
-    }
-    return a;
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // (a) Differential: simulated kernel lookup vs the evaluator

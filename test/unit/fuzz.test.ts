@@ -9,6 +9,7 @@
 // Seeded and bounded: HELM_FUZZ_SEED and HELM_FUZZ_N change the run (the seed is printed).
 
 import t from 'tap';
+import { Rng } from '../rng';
 import * as fs from 'fs';
 import * as path from 'path';
 import { performance } from 'perf_hooks';
@@ -28,25 +29,6 @@ const SLOW_MS = 2000;
 // ---------------------------------------------------------------------------------------------
 // Randomness
 
-/** Deterministic PRNG (mulberry32). */
-class Rng {
-  constructor(private s: number) {}
-  next(): number {
-    this.s = (this.s + 0x6d2b79f5) | 0;
-    let x = Math.imul(this.s ^ (this.s >>> 15), 1 | this.s);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.int(xs.length)];
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Material

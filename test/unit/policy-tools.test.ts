@@ -7,6 +7,7 @@
 // temporary directory).
 
 import t from 'tap';
+import { Rng } from '../rng';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -366,28 +367,6 @@ t.test('evaluate() is unchanged: role-only when, and the same answers as evaluat
   t.equal(compared, 60 * 4 * 3 * 9 * 2);
 });
 
-/** Deterministic PRNG (mulberry32). */
-class Rng {
-  constructor(private s: number) {}
-  next(): number {
-    this.s = (this.s + 0x6d2b79f5) | 0;
-    let x = Math.imul(this.s ^ (this.s >>> 15), 1 | this.s);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  subset<T>(xs: readonly T[]): T[] {
-    for (;;) {
-      const s = xs.filter(() => this.chance(0.5));
-      if (s.length) return s;
-    }
-  }
-}
 
 // =============================================================================================
 // lint

@@ -2,6 +2,7 @@
 // random policies, random operations — every outcome in the real kernel must be
 // the evaluator's, deciding rule included. A difference is a bug in one of them.
 import t from 'tap';
+import { Rng } from '../rng';
 import fs from 'node:fs';
 import path from 'node:path';
 import { requireBpfLsm, startHelmd, probe, auditLines, type Daemon, RUNTIME_RULE } from './harness';
@@ -14,19 +15,9 @@ const T = '/srv/helm-diff';
 const SOCK = '/run/helm/diff.sock';
 const AUDIT = `${T}-audit/audit.jsonl`;
 
-/** mulberry32: a small seeded PRNG, so a failure can be replayed. */
-function prng(seed: number): () => number {
-  return () => {
-    seed |= 0;
-    seed = (seed + 0x6d2b79f5) | 0;
-    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const SEED = Number(process.env.HELM_DIFF_SEED ?? 20261130);
-const rand = prng(SEED);
+const rng = new Rng(SEED);
+const rand = () => rng.next();
 const pick = <X>(xs: X[]): X => xs[Math.floor(rand() * xs.length)];
 
 // A tree whose names are prefixes of each other as strings (a, ab, a.b): the traps of prefix matching.
