@@ -80,7 +80,11 @@ export class Helmd {
     if (this.opts.dryRun) this.enforcer.setGlobalDryRun(true);
 
     // 3. The audit trail, then its source.
-    this.audit = openAuditWriter(this.opts.auditLog, (e) => this.log.error({ err: e, file: this.opts.auditLog }, 'AUDIT WRITE FAILED: decisions are still enforced but not recorded'));
+    this.audit = openAuditWriter(
+      this.opts.auditLog,
+      (e) => this.log.error({ err: e, file: this.opts.auditLog }, 'AUDIT WRITE FAILED: decisions are still enforced but not recorded'),
+      () => this.log.warn({ file: this.opts.auditLog }, 'the audit trail ended in a line cut short (crash or power loss); recorded and continued'),
+    );
     this.events = this.enforcer.openEvents();
     this.events.start((r) => this.onEvent(r), (e) => this.log.error({ err: e }, 'ring buffer drain failed'));
     this.lostSince = rfc3339Nanos(BigInt(Date.now()) * 1_000_000n);

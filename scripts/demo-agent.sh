@@ -35,3 +35,6 @@ head -c 40 /etc/shadow >/dev/null && echo "root outside helm still reads /etc/sh
 sleep 0.5
 echo "== audit trail ($AUDIT):"
 cat "$AUDIT"
+kill $HELMD; wait $HELMD 2>/dev/null || true
+echo "== its hash chain:"
+helmctl audit verify "$AUDIT"

@@ -15,6 +15,7 @@ import { PolicyError, VERBS, formatDiagnostic, type Policy, type PolicyDiagnosti
 import { formatNote, lintPolicies, unenforcedRules } from '../policy/lint';
 import { checkCaseRules, defaultCanonicalize, formatResult, isVerb, readCases, runCases, type TestCase } from '../policy/cases';
 import { explain, formatExplanation, operationFromOptions } from '../policy/explain';
+import { verifyChain } from '../audit/chain';
 
 interface AgentMessage {
   id: string;
@@ -147,6 +148,33 @@ program
     const checks = runChecks();
     process.stdout.write(o.json ? JSON.stringify(checks, null, 2) + '\n' : formatChecks(checks) + '\n');
     process.exit(checks.every((c) => c.ok) ? 0 : 1);
+  });
+
+const audit = program.command('audit').description('the audit trail');
+audit
+  .command('verify')
+  .description('check the hash chain of audit files; names the first line deleted, moved or edited')
+  .argument('<files...>')
+  .action((files: string[]) => {
+    let bad = 0;
+    for (const f of files) {
+      let text: string;
+      try {
+        text = fs.readFileSync(f, 'utf8');
+      } catch (e) {
+        process.stderr.write(`${f}: cannot read: ${(e as Error).message}\n`);
+        bad++;
+        continue;
+      }
+      const v = verifyChain(text);
+      for (const n of v.notes) process.stdout.write(`${f}: note: ${n}\n`);
+      if (v.ok) process.stdout.write(`${f}: ok, ${v.lines} lines chained\n`);
+      else {
+        process.stderr.write(`${f}:${v.line}: ${v.reason}\n`);
+        bad++;
+      }
+    }
+    process.exit(bad ? 1 : 0);
   });
 
 const policy = program.command('policy').description('work with policy files: lint, test, explain');

@@ -222,4 +222,15 @@ if (missing) {
     t.equal(await d.stop(), 0);
     t.notOk(fs.existsSync(SOCK), 'the control socket is removed');
   });
+
+  t.test("the trail helmd wrote is one intact hash chain", async (t) => {
+    const ok = helmctl(['audit', 'verify', AUDIT]);
+    t.equal(ok.status, 0, `helmctl audit verify: ${ok.stdout}${ok.stderr}`);
+    const lines = fs.readFileSync(AUDIT, 'utf8').split('\n');
+    const tampered = `${T}/audit/tampered.jsonl`;
+    fs.writeFileSync(tampered, [...lines.slice(0, 2), ...lines.slice(3)].join('\n'));
+    const bad = helmctl(['audit', 'verify', tampered]);
+    t.equal(bad.status, 1, 'a deleted line is found');
+    t.match(bad.stderr, /tampered\.jsonl:3: the chain is broken/);
+  });
 }
