@@ -110,7 +110,9 @@ export async function auditLines(file: string, until: (lines: AuditLine[]) => bo
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
-    const lines = text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as AuditLine);
+    // helmd may be in the middle of writing a batch: only complete lines count
+    const complete = text.slice(0, text.lastIndexOf('\n') + 1);
+    const lines = complete.split('\n').filter(Boolean).map((l) => JSON.parse(l) as AuditLine);
     if (until(lines) || Date.now() > deadline) return lines;
     await new Promise((r) => setTimeout(r, 200));
   }
