@@ -53,6 +53,9 @@ export class Helmd {
   private compiled?: CompiledPolicy;
   private readonly generations = new Map<number, GenerationNames>();
   private readonly agents = new Map<bigint, AgentState>(); // by cgroup id
+  /** Indexes for naming events on the drain path: agent id → agent, role id → role name. */
+  private readonly agentsById = new Map<bigint, AgentState>();
+  private roleNames = new Map<number, string>();
   private nextAgentId = 1n;
   private seq = 0;
   private written = 0n;
@@ -109,6 +112,7 @@ export class Helmd {
   private install(compiled: CompiledPolicy): number {
     const gen = this.enforcer!.applyGeneration(compiled);
     this.compiled = compiled;
+    this.roleNames = new Map([...compiled.roles].map(([name, id]) => [id, name]));
     this.generations.set(gen, { policies: compiled.policies, rules: compiled.rules });
     // Keep names for the generations the kernel may still report events from.
     for (const g of this.generations.keys()) if (g <= gen - 2 * C.HELM_MAX_GENERATIONS) this.generations.delete(g);
@@ -116,14 +120,8 @@ export class Helmd {
   }
 
   private readonly auditContext: AuditContext = {
-    roleName: (id) => {
-      for (const [name, rid] of this.compiled?.roles ?? []) if (rid === id) return name;
-      return null;
-    },
-    agent: (agentId) => {
-      for (const a of this.agents.values()) if (a.id === agentId) return { name: a.name, cgroupPath: a.cgroupPath };
-      return undefined;
-    },
+    roleName: (id) => this.roleNames.get(id) ?? null,
+    agent: (agentId) => this.agentsById.get(agentId),
     generation: (gen) => this.generations.get(gen),
   };
 
@@ -227,6 +225,7 @@ export class Helmd {
     };
     this.enforcer!.govern(cg.id, { agentId: agent.id, roleId: this.compiled!.roles.get(req.role)!, dryRun: agent.dryRun });
     this.agents.set(cg.id, agent);
+    this.agentsById.set(agent.id, agent);
     this.log.info({ agent: agent.name, role: agent.role, cgroup: agent.cgroupPath, dryRun: agent.dryRun }, 'agent attached');
     return agentMessage(agent);
   }
@@ -241,6 +240,7 @@ export class Helmd {
     }
     this.enforcer!.release(cg.id);
     this.agents.delete(cg.id);
+    this.agentsById.delete(agent.id);
     this.log.info({ agent: agent.name, cgroup: agent.cgroupPath, forced: force }, 'agent detached');
     return true;
   }
