@@ -10,6 +10,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include "helm.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -248,6 +249,14 @@ static __always_inline long path_of(struct vfsmount *vfsmnt, struct dentry *dent
 
 /* ---------------------------------------------------------------- decisions and events */
 
+/* A network operation's subject, as the audit trail reports it. */
+struct net_subject {
+	__u8 addr[16]; /* IPv6; IPv4 mapped */
+	__u16 port;    /* host byte order */
+	__u8 proto;
+	__u8 family;   /* AF_INET or AF_INET6, as the socket used it */
+};
+
 struct decision {
 	struct helm_verdict verdict;
 	__u8 op;
@@ -257,6 +266,7 @@ struct decision {
 	__u32 flags;
 	__u32 target_pid;
 	long path_len;
+	const struct net_subject *net; /* network ops only */
 };
 
 static __always_inline void emit(struct helm_agent *agent, __u64 cgroup_id, struct decision *d,
@@ -298,6 +308,17 @@ static __always_inline void emit(struct helm_agent *agent, __u64 cgroup_id, stru
 	e->detail = d->detail;
 	e->target_pid = d->target_pid;
 	e->path_len = d->path_len;
+	if (d->net) {
+		__builtin_memcpy(e->addr, d->net->addr, sizeof(e->addr));
+		e->port = d->net->port;
+		e->proto = d->net->proto;
+		e->family = d->net->family;
+	} else {
+		__builtin_memset(e->addr, 0, sizeof(e->addr));
+		e->port = 0;
+		e->proto = 0;
+		e->family = 0;
+	}
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	if (key && d->path_len > 0)
 		__builtin_memcpy(e->path, key->path, sizeof(e->path));
@@ -926,4 +947,347 @@ int BPF_PROG(helm_unix_stream_connect, struct sock *sock, struct sock *other, st
 	if (inode && is_protected(inode))
 		return protect(agent, cgroup_id, HELM_OP_CONTROL, 0, 0, 0, 0, inode);
 	return 0;
+}
+
+/* ---------------------------------------------------------------- network */
+
+/*
+ * Network enforcement runs in cgroup sock_addr programs attached at the root of
+ * the cgroup v2 tree: they need no LSM (helmd --network-only uses them alone)
+ * and they can rewrite a destination, which is how DNS reaches helmd's
+ * forwarder. Who is governed is decided exactly as for files.
+ */
+#define AF_INET 2
+#define AF_INET6 10
+#define DNS_PORT 53
+#define LOOPBACK4 0x7f000001
+
+struct net_table {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, HELM_MAX_NET_ENTRIES);
+	__uint(key_size, sizeof(struct helm_net_key));
+	__uint(value_size, sizeof(struct helm_net_value));
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, HELM_MAX_GENERATIONS);
+	__type(key, __u32);
+	__array(values, struct net_table);
+} net_tables SEC(".maps");
+
+struct name_table {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, HELM_MAX_NAME_ENTRIES);
+	__uint(key_size, sizeof(struct helm_name_key));
+	__uint(value_size, sizeof(struct helm_net_value));
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, HELM_MAX_GENERATIONS);
+	__type(key, __u32);
+	__array(values, struct name_table);
+} name_tables SEC(".maps");
+
+/* Written by helmd's DNS forwarder; not per generation: a name keeps its id across policies. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, HELM_MAX_LEARNED);
+	__type(key, struct helm_learned_key);
+	__type(value, struct helm_learned_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} learned_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, HELM_MAX_DNS_SOCKETS);
+	__type(key, __u64); /* socket cookie */
+	__type(value, struct helm_dns_origin);
+} dns_origins SEC(".maps");
+
+static __always_inline const struct helm_verdict *range_verdict(const struct helm_net_value *v,
+								__u16 port, __u32 nop)
+{
+	if (!v)
+		return 0;
+	for (int i = 0; i < HELM_NET_SEGMENTS; i++) {
+		if (i >= v->count)
+			break;
+		const struct helm_port_range *r = &v->range[i];
+		if (port >= r->from && port <= r->to)
+			return &r->verdict[nop & 1];
+	}
+	return 0;
+}
+
+/*
+ * Address rules and host-name rules are folded separately; this joins two
+ * folded verdicts with POLICY.md's precedence (block > contextual > allow; among
+ * contextual rules one whose `when` held allows) and the evaluator's report
+ * order (enforce first, then policy, then rule), so the pair decides exactly as
+ * one fold over all the rules would.
+ */
+static __always_inline void combine(struct helm_verdict *best, const struct helm_verdict *v)
+{
+	if (!v || v->action == HELM_ACTION_NONE)
+		return;
+	if (best->action == HELM_ACTION_NONE || v->rank > best->rank) {
+		*best = *v;
+		return;
+	}
+	if (v->rank < best->rank)
+		return;
+	if (v->action != best->action) {
+		if (v->action == HELM_ACTION_ALLOW)
+			*best = *v;
+		return;
+	}
+	if (v->mode != best->mode) {
+		if (v->mode == HELM_MODE_ENFORCE)
+			*best = *v;
+		return;
+	}
+	if (v->policy_id < best->policy_id ||
+	    (v->policy_id == best->policy_id && v->rule_id < best->rule_id))
+		*best = *v;
+}
+
+static __always_inline int is_mapped_v4(const __u8 *a)
+{
+	for (int i = 0; i < 10; i++)
+		if (a[i])
+			return 0;
+	return a[10] == 0xff && a[11] == 0xff;
+}
+
+/* 1 lets the operation proceed, 0 refuses it (EPERM), as sock_addr programs return. */
+static __always_inline int decide_net(struct helm_agent *agent, __u64 cgroup_id,
+				      const struct net_subject *sub, __u32 nop, __u32 detail)
+{
+	struct decision d = {
+		.op = nop == HELM_NET_BIND ? HELM_OP_BIND : HELM_OP_CONNECT,
+		.detail = detail,
+		.net = sub,
+	};
+	struct helm_settings *s = current_settings();
+	if (!s)
+		return 0;
+	__u32 generation = READ_ONCE(s->active_generation);
+	__u32 slot = generation & (HELM_MAX_GENERATIONS - 1);
+	d.generation = generation;
+
+	void *nets = bpf_map_lookup_elem(&net_tables, &slot);
+	void *names = bpf_map_lookup_elem(&name_tables, &slot);
+	if (!nets || !names) {
+		d.reason = HELM_REASON_NO_TABLE;
+		d.verdict.action = HELM_ACTION_DENY;
+		goto out;
+	}
+	struct helm_net_key key = { .role_id = agent->role_id };
+	if (is_mapped_v4(sub->addr)) {
+		key.family = 4;
+		__builtin_memcpy(key.addr, &sub->addr[12], 4);
+		key.prefixlen = 32 + 8 + 32;
+	} else {
+		key.family = 6;
+		__builtin_memcpy(key.addr, sub->addr, 16);
+		key.prefixlen = 32 + 8 + 128;
+	}
+	struct helm_net_value *v = bpf_map_lookup_elem(nets, &key);
+	if (!v) {
+		/* No root entry for this role: no policy names it. */
+		d.reason = HELM_REASON_NO_POLICY;
+		d.verdict.action = HELM_ACTION_DENY;
+		d.verdict.mode = HELM_MODE_ENFORCE;
+		goto out;
+	}
+	struct helm_verdict best = {};
+	combine(&best, range_verdict(v, sub->port, nop));
+
+	/* Names this agent's own DNS lookups resolved to this address, while their TTL lasts. */
+	struct helm_learned_key lk = { .agent_id = agent->agent_id };
+	__builtin_memcpy(lk.addr, sub->addr, 16);
+	struct helm_learned_value *lv = bpf_map_lookup_elem(&learned_addrs, &lk);
+	if (lv && bpf_ktime_get_boot_ns() < lv->expires_boot_ns) {
+		for (int i = 0; i < HELM_LEARNED_NAMES; i++) {
+			struct helm_name_key nk = { .role_id = agent->role_id, .name_id = lv->name_id[i] };
+			if (!nk.name_id)
+				continue;
+			combine(&best, range_verdict(bpf_map_lookup_elem(names, &nk), sub->port, nop));
+		}
+	}
+	if (verdict_allows(&d, &best, v->default_mode))
+		return 1;
+out:
+	return deny(agent, cgroup_id, &d, 0, 0) == 0;
+}
+
+static __always_inline void subject4(struct bpf_sock_addr *ctx, struct net_subject *sub)
+{
+	__u32 ip = ctx->user_ip4;
+	__builtin_memset(sub->addr, 0, 10);
+	sub->addr[10] = 0xff;
+	sub->addr[11] = 0xff;
+	__builtin_memcpy(&sub->addr[12], &ip, 4);
+	sub->port = bpf_ntohs((__u16)ctx->user_port);
+	sub->proto = ctx->protocol;
+	sub->family = AF_INET;
+}
+
+static __always_inline void subject6(struct bpf_sock_addr *ctx, struct net_subject *sub)
+{
+	/* one 4-byte load per word: narrower context loads are not allowed on every kernel */
+	__u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
+	__builtin_memcpy(&sub->addr[0], &w0, 4);
+	__builtin_memcpy(&sub->addr[4], &w1, 4);
+	__builtin_memcpy(&sub->addr[8], &w2, 4);
+	__builtin_memcpy(&sub->addr[12], &w3, 4);
+	sub->port = bpf_ntohs((__u16)ctx->user_port);
+	sub->proto = ctx->protocol;
+	sub->family = AF_INET6;
+}
+
+/*
+ * A governed agent's DNS (UDP or TCP, to port 53 of any resolver) goes to
+ * helmd's forwarder for that agent instead; the resolver it meant is kept by
+ * socket cookie so that replies appear to come from it (recvmsg below).
+ */
+static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, struct helm_agent *agent,
+					const struct net_subject *sub)
+{
+	if (!agent->dns_port || sub->port != DNS_PORT)
+		return 0;
+	if (sub->proto != IPPROTO_UDP && sub->proto != IPPROTO_TCP)
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct helm_dns_origin origin = { .port = bpf_htons(DNS_PORT), .family = sub->family };
+	__builtin_memcpy(origin.addr, sub->addr, 16);
+	bpf_map_update_elem(&dns_origins, &cookie, &origin, BPF_ANY);
+	if (sub->family == AF_INET) {
+		ctx->user_ip4 = bpf_htonl(LOOPBACK4);
+	} else {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
+	ctx->user_port = bpf_htons(agent->dns_port);
+	return 1;
+}
+
+static __always_inline int outbound(struct bpf_sock_addr *ctx, int v6, __u32 detail)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 1;
+	struct net_subject sub = {};
+	if (v6)
+		subject6(ctx, &sub);
+	else
+		subject4(ctx, &sub);
+	if (redirect_dns(ctx, agent, &sub))
+		return 1;
+	return decide_net(agent, cgroup_id, &sub, HELM_NET_CONNECT, detail);
+}
+
+SEC("cgroup/connect4")
+int helm_connect4(struct bpf_sock_addr *ctx)
+{
+	return outbound(ctx, 0, HELM_DETAIL_NET_CONNECT);
+}
+
+SEC("cgroup/connect6")
+int helm_connect6(struct bpf_sock_addr *ctx)
+{
+	return outbound(ctx, 1, HELM_DETAIL_NET_CONNECT);
+}
+
+SEC("cgroup/sendmsg4")
+int helm_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return outbound(ctx, 0, HELM_DETAIL_NET_SENDMSG);
+}
+
+SEC("cgroup/sendmsg6")
+int helm_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return outbound(ctx, 1, HELM_DETAIL_NET_SENDMSG);
+}
+
+static __always_inline int local_bind(struct bpf_sock_addr *ctx, int v6)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 1;
+	struct net_subject sub = {};
+	if (v6)
+		subject6(ctx, &sub);
+	else
+		subject4(ctx, &sub);
+	return decide_net(agent, cgroup_id, &sub, HELM_NET_BIND, HELM_DETAIL_NET_BIND);
+}
+
+SEC("cgroup/bind4")
+int helm_bind4(struct bpf_sock_addr *ctx)
+{
+	return local_bind(ctx, 0);
+}
+
+SEC("cgroup/bind6")
+int helm_bind6(struct bpf_sock_addr *ctx)
+{
+	return local_bind(ctx, 1);
+}
+
+/* A reply from the forwarder shows the resolver the agent asked (resolvers check the source). */
+static __always_inline int restore_dns_source(struct bpf_sock_addr *ctx, int v6)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent || !agent->dns_port || ctx->user_port != bpf_htons(agent->dns_port))
+		return 1;
+	if (v6) {
+		if (ctx->user_ip6[0] || ctx->user_ip6[1] || ctx->user_ip6[2] ||
+		    ctx->user_ip6[3] != bpf_htonl(1))
+			return 1;
+	} else if (ctx->user_ip4 != bpf_htonl(LOOPBACK4)) {
+		return 1;
+	}
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct helm_dns_origin *o = bpf_map_lookup_elem(&dns_origins, &cookie);
+	if (!o)
+		return 1;
+	if (v6 && o->family == AF_INET6) {
+		__u32 w[4];
+		__builtin_memcpy(w, o->addr, 16);
+		ctx->user_ip6[0] = w[0];
+		ctx->user_ip6[1] = w[1];
+		ctx->user_ip6[2] = w[2];
+		ctx->user_ip6[3] = w[3];
+	} else if (!v6 && o->family == AF_INET) {
+		__u32 ip;
+		__builtin_memcpy(&ip, &o->addr[12], 4);
+		ctx->user_ip4 = ip;
+	} else {
+		return 1;
+	}
+	ctx->user_port = o->port;
+	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int helm_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return restore_dns_source(ctx, 0);
+}
+
+SEC("cgroup/recvmsg6")
+int helm_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return restore_dns_source(ctx, 1);
 }

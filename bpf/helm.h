@@ -25,6 +25,15 @@
 /* Path components the kernel walks to name a file in mutation hooks (bpf_d_path is not allowed there). */
 #define HELM_MAX_COMPONENTS 40
 #define HELM_MAX_PROTECTED 256
+/* Network tables: address prefixes per role, host-name patterns per role, learned addresses. */
+#define HELM_MAX_NET_ENTRIES 65536
+#define HELM_MAX_NAME_ENTRIES 65536
+#define HELM_MAX_LEARNED 65536
+#define HELM_MAX_DNS_SOCKETS 16384
+/* Port ranges with distinct verdicts that one address entry can hold. */
+#define HELM_NET_SEGMENTS 16
+/* Host-name patterns one learned address can carry (a CDN address may serve several names). */
+#define HELM_LEARNED_NAMES 4
 
 /* File verbs, as indices into helm_path_value.verdict[]. */
 enum helm_op {
@@ -39,6 +48,16 @@ enum helm_op {
 	HELM_OP_MOUNT = 6,
 	HELM_OP_MODULE = 7,
 	HELM_OP_CONTROL = 8, /* helm's own files, cgroupfs, bpffs, the control socket */
+	/* network verbs: decided by the network tables */
+	HELM_OP_CONNECT = 9,
+	HELM_OP_BIND = 10,
+};
+
+/* Network verbs, as indices into helm_port_range.verdict[]. */
+enum helm_net_op {
+	HELM_NET_CONNECT = 0,
+	HELM_NET_BIND = 1,
+	HELM_NET_OPS = 2,
 };
 
 /* What a write was (helm_event.detail): every mutation is decided by the write rules. */
@@ -59,6 +78,10 @@ enum helm_detail {
 	HELM_DETAIL_MMAP_EXEC = 13,
 	HELM_DETAIL_RECEIVE = 14,
 	HELM_DETAIL_XATTR = 15,
+	/* network: how the destination was reached */
+	HELM_DETAIL_NET_CONNECT = 16, /* connect(2) */
+	HELM_DETAIL_NET_SENDMSG = 17, /* an unconnected datagram send */
+	HELM_DETAIL_NET_BIND = 18,
 };
 
 /* What a matched rule says; NONE means no rule of this verb covers the path. */
@@ -95,8 +118,21 @@ struct helm_agent {
 	__u64 agent_id;
 	__u32 role_id;
 	__u32 flags; /* HELM_AGENT_* */
+	__u16 dns_port; /* helmd's DNS forwarder for this agent on loopback; 0: none */
+	__u16 pad[3];
 };
 #define HELM_AGENT_DRY_RUN 1u
+
+/*
+ * Which kind of rule decided, so that two verdicts folded separately (an address
+ * entry and a host-name entry) combine with POLICY.md's precedence.
+ */
+enum helm_rank {
+	HELM_RANK_NONE = 0,
+	HELM_RANK_ALLOW = 1,
+	HELM_RANK_CONTEXTUAL = 2,
+	HELM_RANK_BLOCK = 3,
+};
 
 /* What one verb's matching rules decided, precomputed by the compiler. */
 struct helm_verdict {
@@ -104,7 +140,8 @@ struct helm_verdict {
 	__u16 rule_id;
 	__u8 action; /* enum helm_action */
 	__u8 mode;   /* enum helm_mode */
-	__u16 pad;
+	__u8 rank;   /* enum helm_rank */
+	__u8 pad;
 };
 
 /*
@@ -135,6 +172,63 @@ struct helm_inode_key {
 struct helm_inode_value {
 	struct helm_verdict self[HELM_FILE_OPS];  /* for the object itself: exact and subtree blocks */
 	struct helm_verdict below[HELM_FILE_OPS]; /* for anything below a directory: subtree blocks only */
+};
+
+/*
+ * net table key: an LPM trie over (role id, family, address bytes). IPv4 is
+ * family 4 with its 4 bytes first; an IPv4-mapped IPv6 destination
+ * (::ffff:a.b.c.d) is looked up as the IPv4 address it is, so it cannot slip
+ * past an IPv4 rule, and IPv6 networks never cover IPv4. `*` is the role's root
+ * entry (prefixlen 32: role id only).
+ */
+struct helm_net_key {
+	__u32 prefixlen; /* in bits, counting role_id and family */
+	__u32 role_id;
+	__u8 family; /* 4 or 6 */
+	__u8 addr[16];
+};
+
+/* Ports [from, to] and what each network verb's rules decided for them. */
+struct helm_port_range {
+	__u16 from;
+	__u16 to;
+	struct helm_verdict verdict[HELM_NET_OPS];
+};
+
+/*
+ * The folded decision for an address entry or a host-name pattern: sorted,
+ * disjoint port ranges; a port in none of them is matched by no rule.
+ */
+struct helm_net_value {
+	__u8 default_mode; /* mode of the default deny for this role */
+	__u8 count;        /* ranges in use */
+	__u16 pad;
+	struct helm_port_range range[HELM_NET_SEGMENTS];
+};
+
+/* name table key: a host-name pattern (its id is helmd's, stable across generations) for a role. */
+struct helm_name_key {
+	__u32 role_id;
+	__u32 name_id;
+};
+
+/* learned_addrs: an address the agent's own DNS lookups returned for allowed names. */
+struct helm_learned_key {
+	__u64 agent_id;
+	__u8 addr[16]; /* IPv6; IPv4 mapped */
+};
+
+struct helm_learned_value {
+	__u64 expires_boot_ns; /* CLOCK_BOOTTIME; ignored once past */
+	__u32 name_id[HELM_LEARNED_NAMES]; /* 0: unused */
+};
+
+/* dns_origins: where a redirected DNS query was really sent, by socket cookie. */
+struct helm_dns_origin {
+	__u8 addr[16]; /* IPv6; IPv4 mapped */
+	__u16 port;    /* network byte order */
+	__u16 family;  /* AF_INET or AF_INET6, as the socket sent it */
+	__u32 pad;
 };
 
 /* protected_inodes: helm's own files (policies, audit trail, control socket): no governed access at all. */
@@ -181,6 +275,10 @@ struct helm_event {
 	__u32 flags;   /* HELM_EVENT_FLAG_* */
 	__u32 detail;  /* enum helm_detail for file ops; the signal number for HELM_OP_SIGNAL */
 	__u32 target_pid; /* the task signalled or traced */
+	__u8 addr[16];  /* network ops: IPv6; IPv4 mapped */
+	__u16 port;     /* network ops: host byte order */
+	__u8 proto;     /* network ops: IPPROTO_TCP, IPPROTO_UDP, ... */
+	__u8 family;    /* network ops: AF_INET or AF_INET6 as the socket used it */
 	__s32 path_len; /* bytes in path including NUL, or a negative errno */
 	__s32 exe_len;  /* bytes in exe including NUL, or a negative errno */
 	char comm[16];

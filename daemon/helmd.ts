@@ -17,6 +17,9 @@ import { openAuditWriter, type AuditWriter } from './audit/writer';
 import { toAuditRecord, rfc3339Nanos, AUDIT_SCHEMA_VERSION, type GenerationNames, type AuditContext } from './audit/record';
 import { helmProto, socketAddress } from './control/proto';
 import { inspectCgroup, cgroupHasProcesses, CgroupError } from './control/cgroups';
+import { DnsForwarder, type DnsQueryAudit, type Upstream } from './net/dns-forwarder';
+import { LearnedAddresses } from './net/learned';
+import { nameMatches, type NameEntry } from './policy/compile-net';
 
 export const VERSION = '0.1.0';
 
@@ -27,6 +30,13 @@ export interface HelmdOptions {
   socket: string;
   bpfObject?: string;
   logger: Logger;
+  /** Enforce network rules only (cgroup sock_addr programs), on kernels that refuse BPF LSM. */
+  networkOnly?: boolean;
+  /** Where agents' allowed DNS queries are resolved (default: the host's resolv.conf). */
+  dnsUpstreams: Upstream[];
+  /** Bounds on how long a learned address stays allowed, whatever the record's TTL. */
+  dnsTtlMinSec: number;
+  dnsTtlMaxSec: number;
 }
 
 interface AgentState {
@@ -38,10 +48,13 @@ interface AgentState {
   dryRun: boolean;
   labels: Record<string, string>;
   generation: number;
+  dns?: DnsForwarder;
 }
 
 const ROLE_RE = /^[A-Za-z0-9_.-]+$/;
 const LOST_POLL_MS = 1000;
+const LEARNED_SWEEP_MS = 1000;
+const DNS_TIMEOUT_MS = 3000;
 
 export class Helmd {
   private enforcer?: KernelEnforcer;
@@ -49,6 +62,10 @@ export class Helmd {
   private audit?: AuditWriter;
   private server?: grpc.Server;
   private lostTimer?: NodeJS.Timeout;
+  private sweepTimer?: NodeJS.Timeout;
+  private learned?: LearnedAddresses;
+  /** role id → its host-name patterns, for the DNS forwarders. */
+  private namesByRole = new Map<number, NameEntry[]>();
   private policies: Policy[] = [];
   private compiled?: CompiledPolicy;
   private readonly generations = new Map<number, GenerationNames>();
@@ -77,8 +94,16 @@ export class Helmd {
     this.log.info({ files: loaded.files, policies: this.policies.map((p) => p.name) }, 'policy compiled');
 
     // 2. The kernel: load and attach, or fail with the reason.
-    this.enforcer = KernelEnforcer.load(this.opts.bpfObject);
+    this.enforcer = KernelEnforcer.load(this.opts.bpfObject, { networkOnly: this.opts.networkOnly });
+    if (this.opts.networkOnly) {
+      this.log.warn(
+        'NETWORK-ONLY MODE: connect and bind rules are enforced; file (read/write/exec) rules and self-protection are NOT — this kernel does not run BPF LSM programs',
+      );
+    }
     this.realtimeOffset = BigInt(native().helm_realtime_offset_ns());
+    const enforcer = this.enforcer;
+    this.learned = new LearnedAddresses(enforcer, () => BigInt(native().helm_boottime_ns()));
+    this.sweepTimer = setInterval(() => this.learned?.sweep(), LEARNED_SWEEP_MS);
     this.install(compiled);
     if (this.opts.dryRun) this.enforcer.setGlobalDryRun(true);
 
@@ -113,6 +138,8 @@ export class Helmd {
     const gen = this.enforcer!.applyGeneration(compiled);
     this.compiled = compiled;
     this.roleNames = new Map([...compiled.roles].map(([name, id]) => [id, name]));
+    this.namesByRole = new Map();
+    for (const e of compiled.nameEntries) this.namesByRole.set(e.roleId, [...(this.namesByRole.get(e.roleId) ?? []), e]);
     this.generations.set(gen, { policies: compiled.policies, rules: compiled.rules });
     // Keep names for the generations the kernel may still report events from.
     for (const g of this.generations.keys()) if (g <= gen - 2 * C.HELM_MAX_GENERATIONS) this.generations.delete(g);
@@ -123,7 +150,59 @@ export class Helmd {
     roleName: (id) => this.roleNames.get(id) ?? null,
     agent: (agentId) => this.agentsById.get(agentId),
     generation: (gen) => this.generations.get(gen),
+    hostOf: (agentId, addr16) => this.learned?.hostOf(agentId, addr16),
   };
+
+  /** The ids of the host-name patterns that could allow something for this agent's role. */
+  private allowedNameIds(agent: AgentState, name: string): number[] {
+    const roleId = this.compiled?.roles.get(agent.role);
+    if (roleId === undefined) return [];
+    return (this.namesByRole.get(roleId) ?? []).filter((e) => e.allowsSomething && nameMatches(e.pattern, name)).map((e) => e.nameId);
+  }
+
+  private async startDns(agent: AgentState): Promise<DnsForwarder> {
+    const fwd = new DnsForwarder({
+      upstreams: this.opts.dnsUpstreams,
+      ttlMinSec: this.opts.dnsTtlMinSec,
+      ttlMaxSec: this.opts.dnsTtlMaxSec,
+      timeoutMs: DNS_TIMEOUT_MS,
+      decide: (name) => ({ nameIds: this.allowedNameIds(agent, name), dryRun: agent.dryRun || this.opts.dryRun }),
+      learn: (addr16, name, ids, ttl) => this.learned!.learn(agent.id, addr16, name, ids, ttl),
+      audit: (a) => this.auditDns(agent, a),
+      onError: (e) => this.log.error({ err: e, agent: agent.name }, 'DNS forwarder error'),
+    });
+    await fwd.listen();
+    return fwd;
+  }
+
+  /** DNS lines: a refused name never left the host; an answered one says what was learned. */
+  private auditDns(agent: AgentState, a: DnsQueryAudit): void {
+    this.pending.push({
+      v: AUDIT_SCHEMA_VERSION,
+      ts: rfc3339Nanos(BigInt(Date.now()) * 1_000_000n),
+      seq: ++this.seq,
+      type: 'dns',
+      decision: a.decision,
+      op: 'connect',
+      detail: 'dns-query',
+      host: a.name,
+      qtype: a.qtype,
+      outcome: a.outcome,
+      addresses: a.addresses,
+      ...(a.ttl !== undefined ? { ttl: a.ttl } : {}),
+      ...(a.error ? { error: a.error } : {}),
+      cgroup: { id: agent.cgroupId.toString(), path: agent.cgroupPath },
+      agent: agent.name,
+      role: agent.role,
+      rule: a.outcome === 'refused' ? 'default' : null,
+      mode: a.decision === 'would_deny' ? 'dry-run' : 'enforce',
+      generation: this.enforcer?.activeGeneration ?? 0,
+    });
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      queueMicrotask(() => this.flush());
+    }
+  }
 
   private pending: object[] = [];
   private flushQueued = false;
@@ -165,13 +244,16 @@ export class Helmd {
     const proto = helmProto();
     const server = new grpc.Server();
     const wrap =
-      <Req, Res>(fn: (req: Req) => Res) =>
+      <Req, Res>(fn: (req: Req) => Res | Promise<Res>) =>
       (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => {
-        try {
-          cb(null, fn(call.request));
-        } catch (e) {
+        const fail = (e: unknown) => {
           const code = (e as { grpcCode?: number }).grpcCode ?? (e instanceof CgroupError ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL);
           cb({ code, details: (e as Error).message });
+        };
+        try {
+          Promise.resolve(fn(call.request)).then((res) => cb(null, res), fail);
+        } catch (e) {
+          fail(e);
         }
       };
     server.addService(proto.AgentService.service, {
@@ -185,6 +267,7 @@ export class Helmd {
         generation: this.enforcer?.activeGeneration ?? 0,
         policies: this.policies.map((p) => p.name),
         dry_run: this.opts.dryRun,
+        network_only: !!this.opts.networkOnly,
         audit_log: this.opts.auditLog,
         events_written: this.written.toString(),
         events_lost: ((this.enforcer?.lostEvents() ?? 0n) + (this.events?.undelivered ?? 0n)).toString(),
@@ -203,7 +286,7 @@ export class Helmd {
     this.server = server;
   }
 
-  attach(req: AttachRequest): object {
+  async attach(req: AttachRequest): Promise<object> {
     if (!ROLE_RE.test(req.role ?? '')) throw invalid(`role must match ${ROLE_RE.source}, got ${JSON.stringify(req.role)}`);
     const cg = inspectCgroup(req.cgroup_path);
     if (this.agents.has(cg.id)) throw Object.assign(new Error(`${cg.path} is already governed`), { grpcCode: grpc.status.ALREADY_EXISTS });
@@ -223,7 +306,13 @@ export class Helmd {
       labels: req.labels ?? {},
       generation: this.enforcer!.activeGeneration,
     };
-    this.enforcer!.govern(cg.id, { agentId: agent.id, roleId: this.compiled!.roles.get(req.role)!, dryRun: agent.dryRun });
+    // Its DNS forwarder first: from the moment the cgroup is governed, its DNS goes there.
+    agent.dns = await this.startDns(agent);
+    if (this.agents.has(cg.id)) {
+      agent.dns.close();
+      throw Object.assign(new Error(`${cg.path} is already governed`), { grpcCode: grpc.status.ALREADY_EXISTS });
+    }
+    this.enforcer!.govern(cg.id, { agentId: agent.id, roleId: this.compiled!.roles.get(req.role)!, dryRun: agent.dryRun, dnsPort: agent.dns.port });
     this.agents.set(cg.id, agent);
     this.agentsById.set(agent.id, agent);
     this.log.info({ agent: agent.name, role: agent.role, cgroup: agent.cgroupPath, dryRun: agent.dryRun }, 'agent attached');
@@ -241,12 +330,16 @@ export class Helmd {
     this.enforcer!.release(cg.id);
     this.agents.delete(cg.id);
     this.agentsById.delete(agent.id);
+    agent.dns?.close();
+    this.learned?.forgetAgent(agent.id);
     this.log.info({ agent: agent.name, cgroup: agent.cgroupPath, forced: force }, 'agent detached');
     return true;
   }
 
   async stop(): Promise<void> {
     if (this.lostTimer) clearInterval(this.lostTimer);
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    for (const a of this.agents.values()) a.dns?.close();
     if (this.server) await new Promise<void>((r) => this.server!.tryShutdown(() => r()));
     if (this.events) {
       await this.events.stop((r) => this.onEvent(r));
@@ -296,5 +389,6 @@ function agentMessage(a: AgentState): object {
     dry_run: a.dryRun,
     labels: a.labels,
     generation: a.generation,
+    dns_port: a.dns?.port ?? 0,
   };
 }

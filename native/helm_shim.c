@@ -17,7 +17,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
-#define HELM_MAX_LINKS 32
+#define HELM_MAX_LINKS 64
 #define LOG_TAIL 16384
 
 struct helm_obj {
@@ -77,8 +77,11 @@ static void set_error(char *err, int errlen, int code, const char *what)
 		 libbpf_log_len ? "\nlibbpf said:\n" : "", libbpf_log_len ? libbpf_log : "");
 }
 
+/* helm_open flags */
+#define HELM_OPEN_NETWORK_ONLY 1 /* leave the LSM programs out: the kernel would refuse them */
+
 /* Opens and loads an object file; nothing is attached yet. */
-struct helm_obj *helm_open(const char *path, char *err, int errlen)
+struct helm_obj *helm_open(const char *path, int flags, char *err, int errlen)
 {
 	struct helm_obj *o;
 	int rc;
@@ -97,6 +100,14 @@ struct helm_obj *helm_open(const char *path, char *err, int errlen)
 		free(o);
 		return NULL;
 	}
+	if (flags & HELM_OPEN_NETWORK_ONLY) {
+		struct bpf_program *prog;
+
+		bpf_object__for_each_program(prog, o->obj) {
+			if (bpf_program__type(prog) == BPF_PROG_TYPE_LSM)
+				bpf_program__set_autoload(prog, false);
+		}
+	}
 	rc = bpf_object__load(o->obj);
 	if (rc) {
 		set_error(err, errlen, -rc, "the kernel refused to load the BPF programs");
@@ -107,8 +118,12 @@ struct helm_obj *helm_open(const char *path, char *err, int errlen)
 	return o;
 }
 
-/* Attaches every program by its section name (lsm/..., raw_tp/...). */
-int helm_attach_all(struct helm_obj *o, char *err, int errlen)
+/*
+ * Attaches every loaded program: LSM programs by their section name, cgroup
+ * programs (sock_addr) to the cgroup `cgroup_fd` — the root of the v2 tree, so
+ * that they see every process and decide, like the LSM hooks, by who is governed.
+ */
+int helm_attach_all(struct helm_obj *o, int cgroup_fd, char *err, int errlen)
 {
 	struct bpf_program *prog;
 
@@ -116,11 +131,17 @@ int helm_attach_all(struct helm_obj *o, char *err, int errlen)
 		struct bpf_link *link;
 		char what[256];
 
+		if (!bpf_program__autoload(prog))
+			continue;
 		if (o->nlinks >= HELM_MAX_LINKS) {
 			set_error(err, errlen, E2BIG, "too many programs");
 			return -E2BIG;
 		}
-		link = bpf_program__attach(prog);
+		if (bpf_program__type(prog) == BPF_PROG_TYPE_CGROUP_SOCK_ADDR ||
+		    bpf_program__type(prog) == BPF_PROG_TYPE_CGROUP_SOCK)
+			link = bpf_program__attach_cgroup(prog, cgroup_fd);
+		else
+			link = bpf_program__attach(prog);
 		if (!link) {
 			int code = errno;
 			snprintf(what, sizeof(what), "cannot attach program %s",
@@ -197,6 +218,15 @@ int helm_close_fd(int fd)
 int helm_num_possible_cpus(void)
 {
 	return libbpf_num_possible_cpus();
+}
+
+/* CLOCK_BOOTTIME, the clock of bpf_ktime_get_boot_ns(): expiry times helmd writes into maps. */
+long long helm_boottime_ns(void)
+{
+	struct timespec bt;
+
+	clock_gettime(CLOCK_BOOTTIME, &bt);
+	return bt.tv_sec * 1000000000LL + bt.tv_nsec;
 }
 
 /* CLOCK_REALTIME minus CLOCK_BOOTTIME, to turn bpf_ktime_get_boot_ns() into wall time. */

@@ -18,14 +18,21 @@ static int first_struct = 1, first_field;
 int main(void)
 {
 	printf("{");
-	STRUCT(helm_agent); FIELD(helm_agent, agent_id); FIELD(helm_agent, role_id); FIELD(helm_agent, flags); END();
-	STRUCT(helm_verdict); FIELD(helm_verdict, policy_id); FIELD(helm_verdict, rule_id); FIELD(helm_verdict, action); FIELD(helm_verdict, mode); END();
+	STRUCT(helm_agent); FIELD(helm_agent, agent_id); FIELD(helm_agent, role_id); FIELD(helm_agent, flags); FIELD(helm_agent, dns_port); END();
+	STRUCT(helm_verdict); FIELD(helm_verdict, policy_id); FIELD(helm_verdict, rule_id); FIELD(helm_verdict, action); FIELD(helm_verdict, mode); FIELD(helm_verdict, rank); END();
 	STRUCT(helm_path_key); FIELD(helm_path_key, prefixlen); FIELD(helm_path_key, role_id); FIELD(helm_path_key, path); END();
 	STRUCT(helm_path_value); FIELD(helm_path_value, verdict); FIELD(helm_path_value, default_mode); END();
 	STRUCT(helm_inode_key); FIELD(helm_inode_key, role_id); FIELD(helm_inode_key, dev); FIELD(helm_inode_key, ino); END();
 	STRUCT(helm_inode_value); FIELD(helm_inode_value, self); FIELD(helm_inode_value, below); END();
 	STRUCT(helm_settings); FIELD(helm_settings, active_generation); FIELD(helm_settings, flags); FIELD(helm_settings, helmd_tgid); END();
 	STRUCT(helm_protected_key); FIELD(helm_protected_key, dev); FIELD(helm_protected_key, ino); END();
+	STRUCT(helm_net_key); FIELD(helm_net_key, prefixlen); FIELD(helm_net_key, role_id); FIELD(helm_net_key, family); FIELD(helm_net_key, addr); END();
+	STRUCT(helm_port_range); FIELD(helm_port_range, from); FIELD(helm_port_range, to); FIELD(helm_port_range, verdict); END();
+	STRUCT(helm_net_value); FIELD(helm_net_value, default_mode); FIELD(helm_net_value, count); FIELD(helm_net_value, range); END();
+	STRUCT(helm_name_key); FIELD(helm_name_key, role_id); FIELD(helm_name_key, name_id); END();
+	STRUCT(helm_learned_key); FIELD(helm_learned_key, agent_id); FIELD(helm_learned_key, addr); END();
+	STRUCT(helm_learned_value); FIELD(helm_learned_value, expires_boot_ns); FIELD(helm_learned_value, name_id); END();
+	STRUCT(helm_dns_origin); FIELD(helm_dns_origin, addr); FIELD(helm_dns_origin, port); FIELD(helm_dns_origin, family); END();
 	STRUCT(helm_event);
 	FIELD(helm_event, ts_boot_ns); FIELD(helm_event, cgroup_id); FIELD(helm_event, agent_id); FIELD(helm_event, ino);
 	FIELD(helm_event, type); FIELD(helm_event, pid); FIELD(helm_event, tid); FIELD(helm_event, ppid);
@@ -33,6 +40,7 @@ int main(void)
 	FIELD(helm_event, dev); FIELD(helm_event, policy_id); FIELD(helm_event, rule_id); FIELD(helm_event, op);
 	FIELD(helm_event, decision); FIELD(helm_event, mode); FIELD(helm_event, reason); FIELD(helm_event, flags);
 	FIELD(helm_event, detail); FIELD(helm_event, target_pid);
+	FIELD(helm_event, addr); FIELD(helm_event, port); FIELD(helm_event, proto); FIELD(helm_event, family);
 	FIELD(helm_event, path_len); FIELD(helm_event, exe_len); FIELD(helm_event, comm); FIELD(helm_event, path);
 	FIELD(helm_event, exe);
 	END();
@@ -52,6 +60,11 @@ int main(void)
 	CONST(HELM_REASON_RULE); CONST(HELM_REASON_DEFAULT); CONST(HELM_REASON_NO_POLICY);
 	CONST(HELM_REASON_PATH_ERROR); CONST(HELM_REASON_NO_TABLE); CONST(HELM_REASON_INODE_RULE);
 	CONST(HELM_AGENT_DRY_RUN); CONST(HELM_SETTINGS_DRY_RUN);
+	CONST(HELM_MAX_NET_ENTRIES); CONST(HELM_MAX_NAME_ENTRIES); CONST(HELM_MAX_LEARNED); CONST(HELM_MAX_DNS_SOCKETS);
+	CONST(HELM_NET_SEGMENTS); CONST(HELM_LEARNED_NAMES);
+	CONST(HELM_OP_CONNECT); CONST(HELM_OP_BIND); CONST(HELM_NET_CONNECT); CONST(HELM_NET_BIND); CONST(HELM_NET_OPS);
+	CONST(HELM_DETAIL_NET_CONNECT); CONST(HELM_DETAIL_NET_SENDMSG); CONST(HELM_DETAIL_NET_BIND);
+	CONST(HELM_RANK_NONE); CONST(HELM_RANK_ALLOW); CONST(HELM_RANK_CONTEXTUAL); CONST(HELM_RANK_BLOCK);
 	CONST(HELM_EVENT_DECISION); CONST(HELM_EVENT_SELFTEST); CONST(HELM_EVENT_FLAG_DIR);
 	printf("}\n}\n");
 	return 0;

@@ -1,13 +1,15 @@
 // Turns a raw kernel event into an audit record: names for ids, wall-clock time,
 // the acting executable. The JSON-lines field names follow POLICY.md.
 import fs from 'node:fs';
+import net from 'node:net';
 import { C, type RawEvent } from '../kernel/layout';
 
 export const AUDIT_SCHEMA_VERSION = 1;
 
-const OPS = ['read', 'write', 'exec', 'bpf', 'signal', 'ptrace', 'mount', 'module', 'control'] as const;
-/** What a write was, or the object of a self-protection denial. */
-const DETAILS = ['open', 'create', 'mkdir', 'unlink', 'rmdir', 'rename-from', 'rename-to', 'link-from', 'link-to', 'symlink', 'chmod', 'chown', 'truncate', 'mmap-exec', 'receive', 'xattr'] as const;
+const OPS = ['read', 'write', 'exec', 'bpf', 'signal', 'ptrace', 'mount', 'module', 'control', 'connect', 'bind'] as const;
+/** What a write was, or the object of a self-protection denial, or how a network op was made. */
+const DETAILS = ['open', 'create', 'mkdir', 'unlink', 'rmdir', 'rename-from', 'rename-to', 'link-from', 'link-to', 'symlink', 'chmod', 'chown', 'truncate', 'mmap-exec', 'receive', 'xattr', 'connect', 'sendmsg', 'bind'] as const;
+const PROTOS: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6', 132: 'sctp', 136: 'udplite' };
 const DECISIONS = ['allow', 'deny', 'would_deny'] as const;
 const REASONS = ['rule', 'default', 'no-policy', 'path-error', 'no-table', 'inode-rule', 'self-protection'] as const;
 
@@ -26,6 +28,12 @@ export interface AuditRecord {
   target_pid?: number;
   path: string | null;
   dir?: boolean;
+  /** Network ops: the address (IPv4 as dotted quad, also when an IPv6 socket used its mapped form). */
+  addr?: string;
+  port?: number;
+  proto?: string;
+  /** Network ops: the host name the agent's own DNS lookup returned this address for, when known. */
+  host?: string;
   pid: number;
   tid: number;
   ppid: number;
@@ -41,7 +49,7 @@ export interface AuditRecord {
   mode: 'enforce' | 'dry-run';
   reason: (typeof REASONS)[number];
   generation: number;
-  inode: { dev: number; ino: string };
+  inode?: { dev: number; ino: string };
 }
 
 export interface LostRecord {
@@ -64,6 +72,17 @@ export interface AuditContext {
   roleName(id: number): string | null;
   agent(agentId: bigint): { name: string; cgroupPath: string } | undefined;
   generation(gen: number): GenerationNames | undefined;
+  /** The name(s) an agent's DNS lookups learned for an address (16 bytes, IPv4 mapped). */
+  hostOf?(agentId: bigint, addr16: Buffer): string | undefined;
+}
+
+/** 16 address bytes (IPv4 mapped) as text: dotted quad for IPv4, RFC 5952 for IPv6. */
+export function addressText(addr16: Buffer): string {
+  if (addr16.subarray(0, 10).every((b) => b === 0) && addr16[10] === 0xff && addr16[11] === 0xff) return [...addr16.subarray(12)].join('.');
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(addr16.readUInt16BE(i).toString(16));
+  // net.SocketAddress normalises the text (shortest form, `::` for the longest zero run).
+  return new net.SocketAddress({ address: groups.join(':'), family: 'ipv6' }).address;
 }
 
 /** RFC 3339 with nanoseconds, UTC. */
@@ -88,7 +107,8 @@ export function toAuditRecord(e: RawEvent, seq: number, realtimeOffsetNs: bigint
   const names = ctx.generation(e.generation);
   const rule = e.ruleId ? names?.rules[e.ruleId - 1] : undefined;
   const agent = ctx.agent(e.agentId);
-  let path = e.path ?? null;
+  const isNet = e.op === C.HELM_OP_CONNECT || e.op === C.HELM_OP_BIND;
+  let path = isNet ? null : e.path ?? null;
   // The kernel matched directories as "<dir>/"; report the directory's own path.
   if (path && e.flags & C.HELM_EVENT_FLAG_DIR && path.length > 1 && path.endsWith('/')) path = path.slice(0, -1);
   return {
@@ -101,6 +121,7 @@ export function toAuditRecord(e: RawEvent, seq: number, realtimeOffsetNs: bigint
     ...detailFields(e),
     path,
     ...(e.flags & C.HELM_EVENT_FLAG_DIR ? { dir: true } : {}),
+    ...(isNet ? netFields(e, ctx) : {}),
     pid: e.pid,
     tid: e.tid,
     ppid: e.ppid,
@@ -117,12 +138,17 @@ export function toAuditRecord(e: RawEvent, seq: number, realtimeOffsetNs: bigint
     mode: e.mode === C.HELM_MODE_DRY_RUN ? 'dry-run' : 'enforce',
     reason: REASONS[e.reason] ?? 'rule',
     generation: e.generation,
-    inode: { dev: e.dev, ino: e.ino.toString() },
+    ...(isNet ? {} : { inode: { dev: e.dev, ino: e.ino.toString() } }),
   };
 }
 
+function netFields(e: RawEvent, ctx: AuditContext): Pick<AuditRecord, 'addr' | 'port' | 'proto' | 'host'> {
+  const host = ctx.hostOf?.(e.agentId, e.addr);
+  return { addr: addressText(e.addr), port: e.port, proto: PROTOS[e.proto] ?? String(e.proto), ...(host ? { host } : {}) };
+}
+
 function detailFields(e: RawEvent): Pick<AuditRecord, 'detail' | 'arg' | 'target_pid'> {
-  if (e.op < C.HELM_FILE_OPS || e.op === C.HELM_OP_CONTROL) return { detail: DETAILS[e.detail] ?? `detail${e.detail}` };
+  if (e.op < C.HELM_FILE_OPS || e.op === C.HELM_OP_CONTROL || e.op === C.HELM_OP_CONNECT || e.op === C.HELM_OP_BIND) return { detail: DETAILS[e.detail] ?? `detail${e.detail}` };
   if (e.op === C.HELM_OP_SIGNAL || e.op === C.HELM_OP_PTRACE) return { arg: e.detail, target_pid: e.targetPid };
   return { arg: e.detail };
 }

@@ -6,6 +6,22 @@ import { Helmd, VERSION } from '../helmd';
 import { DEFAULT_SOCKET } from '../control/proto';
 import { PolicyError } from '../policy/types';
 import { KernelError } from '../kernel/native';
+import fs from 'node:fs';
+import { parseUpstream, upstreamsFromResolvConf, type Upstream } from '../net/dns-forwarder';
+
+function readOrEmpty(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+function seconds(flag: string, text: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || n > 7 * 24 * 3600) throw new Error(`${flag} must be whole seconds up to a week, got ${JSON.stringify(text)}`);
+  return n;
+}
 
 const program = new Command()
   .name('helmd')
@@ -16,6 +32,10 @@ const program = new Command()
   .option('--dry-run', 'decide everything but enforce nothing: denials are audited as would_deny', false)
   .option('--socket <path>', 'control socket (gRPC)', DEFAULT_SOCKET)
   .option('--bpf-object <path>', 'compiled BPF object (default: build/helm.bpf.o of this installation)')
+  .option('--network-only', 'enforce network rules only (cgroup sock_addr programs), for kernels without BPF LSM: file and exec rules are NOT enforced', false)
+  .option('--dns-upstream <addr...>', "resolvers for agents' allowed DNS queries, ADDRESS[:PORT] (default: the nameservers of /etc/resolv.conf)")
+  .option('--dns-ttl-min <seconds>', 'a learned address stays allowed at least this long', '5')
+  .option('--dns-ttl-max <seconds>', 'and at most this long, whatever the record says (answers are capped to it too)', '3600')
   .addOption(new Option('--log-level <level>', 'operational log level').choices(['trace', 'debug', 'info', 'warn', 'error']).default('info'))
   .showHelpAfterError();
 
@@ -27,7 +47,31 @@ async function main(): Promise<void> {
     process.stderr.write('helmd: must run as root (it loads BPF programs and governs cgroups)\n');
     process.exit(1);
   }
-  const helmd = new Helmd({ policyPaths: o.policy, auditLog: o.auditLog, dryRun: o.dryRun, socket: o.socket, bpfObject: o.bpfObject, logger });
+  let dnsUpstreams: Upstream[];
+  let dnsTtlMinSec: number;
+  let dnsTtlMaxSec: number;
+  try {
+    dnsUpstreams = o.dnsUpstream ? (o.dnsUpstream as string[]).map(parseUpstream) : upstreamsFromResolvConf(readOrEmpty('/etc/resolv.conf'));
+    dnsTtlMinSec = seconds('--dns-ttl-min', o.dnsTtlMin);
+    dnsTtlMaxSec = seconds('--dns-ttl-max', o.dnsTtlMax);
+    if (dnsTtlMinSec > dnsTtlMaxSec) throw new Error(`--dns-ttl-min (${dnsTtlMinSec}) is above --dns-ttl-max (${dnsTtlMaxSec})`);
+  } catch (e) {
+    process.stderr.write(`helmd: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
+  if (dnsUpstreams.length === 0) logger.warn('no upstream resolver (none in /etc/resolv.conf, no --dns-upstream): agents\' DNS queries will fail');
+  const helmd = new Helmd({
+    policyPaths: o.policy,
+    auditLog: o.auditLog,
+    dryRun: o.dryRun,
+    socket: o.socket,
+    bpfObject: o.bpfObject,
+    logger,
+    networkOnly: o.networkOnly,
+    dnsUpstreams,
+    dnsTtlMinSec,
+    dnsTtlMaxSec,
+  });
   try {
     await helmd.start();
   } catch (e) {

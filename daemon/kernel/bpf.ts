@@ -74,13 +74,18 @@ export class BpfMap {
   }
 }
 
+const OPEN_NETWORK_ONLY = 1; // native/helm_shim.c HELM_OPEN_NETWORK_ONLY
+
 export class BpfObject {
   private constructor(private handle: unknown, public readonly path: string) {}
 
-  /** Opens and loads; throws KernelError carrying libbpf's explanation (verifier log included). */
-  static load(path: string): BpfObject {
+  /**
+   * Opens and loads; throws KernelError carrying libbpf's explanation (verifier log included).
+   * `networkOnly` leaves the LSM programs out (kernels that refuse BPF LSM).
+   */
+  static load(path: string, opts: { networkOnly?: boolean } = {}): BpfObject {
     const err = Buffer.alloc(ERR_LEN);
-    const handle = native().helm_open(path, err, ERR_LEN);
+    const handle = native().helm_open(path, opts.networkOnly ? OPEN_NETWORK_ONLY : 0, err, ERR_LEN);
     if (!handle) {
       const msg = messageFrom(err);
       const m = /errno (\d+)/.exec(msg);
@@ -89,9 +94,10 @@ export class BpfObject {
     return new BpfObject(handle, path);
   }
 
-  attachAll(): number {
+  /** Attaches every loaded program; cgroup programs to `cgroupFd` (the root of the cgroup v2 tree). */
+  attachAll(cgroupFd: number): number {
     const err = Buffer.alloc(ERR_LEN);
-    const n = native().helm_attach_all(this.handle, err, ERR_LEN);
+    const n = native().helm_attach_all(this.handle, cgroupFd, err, ERR_LEN);
     if (n < 0) throw new KernelError(messageFrom(err), -n);
     return n;
   }

@@ -4,7 +4,11 @@
 import path from 'node:path';
 import fs from 'node:fs';
 import { BpfMap, BpfObject, MAP_FLAG, MAP_TYPE, RingReader, readPerCpuCounter } from './bpf';
-import { C, LAYOUT, kernelDev, encodeProtectedKey, encodeAgent, encodeInodeKey, encodeInodeValue, encodePathKey, encodePathValue, encodeSettings, u32Key, u64Key } from './layout';
+import {
+  C, LAYOUT, kernelDev, encodeProtectedKey, encodeAgent, encodeInodeKey, encodeInodeValue, encodePathKey, encodePathValue,
+  encodeSettings, encodeNetKey, encodeNetValue, encodeNameKey, encodeLearnedKey, encodeLearnedValue, u32Key, u64Key,
+} from './layout';
+import { cgroup2Mount } from '../control/cgroups';
 import { KernelError, buildDir } from './native';
 import type { CompiledPolicy } from '../policy/compile';
 
@@ -12,6 +16,16 @@ export interface GovernedAgent {
   agentId: bigint;
   roleId: number;
   dryRun: boolean;
+  /** helmd's DNS forwarder port for this agent on loopback (0: none; DNS is then decided as any traffic). */
+  dnsPort?: number;
+}
+
+export interface LoadOptions {
+  /**
+   * Load only the network programs (cgroup sock_addr), for kernels that refuse BPF LSM:
+   * network rules are enforced, file and exec rules are not.
+   */
+  networkOnly?: boolean;
 }
 
 export function defaultBpfObject(): string {
@@ -37,12 +51,15 @@ export class KernelEnforcer {
   private readonly lost: BpfMap;
   private readonly eventsMap: BpfMap;
   private readonly protectedInodes: BpfMap;
+  private readonly netTables: BpfMap;
+  private readonly nameTables: BpfMap;
+  private readonly learned: BpfMap;
   private generation = 0;
   private flags = 0;
   /** Inner maps per slot, closed when the slot is reused. */
-  private readonly slots: ({ paths: BpfMap; inodes: BpfMap } | undefined)[] = [];
+  private readonly slots: (BpfMap[] | undefined)[] = [];
 
-  private constructor(private readonly obj: BpfObject) {
+  private constructor(private readonly obj: BpfObject, readonly networkOnly: boolean) {
     this.governed = obj.map('governed_cgroups');
     this.settings = obj.map('settings');
     this.pathTables = obj.map('path_tables');
@@ -50,44 +67,55 @@ export class KernelEnforcer {
     this.lost = obj.map('lost_events');
     this.eventsMap = obj.map('events');
     this.protectedInodes = obj.map('protected_inodes');
+    this.netTables = obj.map('net_tables');
+    this.nameTables = obj.map('name_tables');
+    this.learned = obj.map('learned_addrs');
   }
 
   /**
    * Loads and attaches the LSM programs. Refuses to pretend: any failure throws a
    * KernelError whose message says what to do.
    */
-  static load(objectPath = defaultBpfObject()): KernelEnforcer {
+  static load(objectPath = defaultBpfObject(), opts: LoadOptions = {}): KernelEnforcer {
+    const networkOnly = opts.networkOnly ?? false;
     const lsm = activeLsms();
-    if (!lsm.ok) {
+    if (!lsm.ok && !networkOnly) {
       throw new KernelError(
         lsm.error ??
           `BPF LSM is not active on this kernel (active LSMs: ${lsm.list.join(',') || 'none'}). ` +
             'Add "bpf" to the lsm= kernel boot parameter (e.g. lsm=lockdown,capability,landlock,yama,apparmor,bpf) and reboot, ' +
-            'or run helm in the bundled VM: make demo.',
+            'or run helm in the bundled VM: make demo. (helmd --network-only enforces network rules alone on such a kernel.)',
         1,
       );
     }
+    const mount = cgroup2Mount();
+    if (!mount) throw new KernelError('no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup): helm governs agents by cgroup', 2);
     let obj: BpfObject;
     try {
-      obj = BpfObject.load(objectPath);
+      obj = BpfObject.load(objectPath, { networkOnly });
     } catch (e) {
       const err = e as KernelError;
       const hint =
         err.errno === 1
           ? '\nThe kernel lists bpf among its LSMs but refused to load LSM programs (EPERM). Some kernels and ' +
             'hypervisors forbid BPF LSM programs even to root (lockdown, or a host policy). helmd cannot enforce ' +
-            'file rules here; run it on a kernel that permits BPF LSM, or in the bundled VM: make demo.'
+            'file rules here; run it on a kernel that permits BPF LSM, or in the bundled VM: make demo ' +
+            '(or enforce network rules alone: helmd --network-only).'
           : '';
       throw new KernelError(`cannot load ${objectPath}: ${err.message}${hint}`, err.errno);
     }
+    let root: number | undefined;
     try {
-      obj.attachAll();
+      root = fs.openSync(mount, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+      obj.attachAll(root);
     } catch (e) {
       obj.close();
       const err = e as KernelError;
-      throw new KernelError(`cannot attach the enforcement programs: ${err.message}`, err.errno);
+      throw new KernelError(`cannot attach the enforcement programs: ${err.message}`, err.errno ?? 0);
+    } finally {
+      if (root !== undefined) fs.closeSync(root);
     }
-    return new KernelEnforcer(obj);
+    return new KernelEnforcer(obj, networkOnly);
   }
 
   get activeGeneration(): number {
@@ -98,31 +126,54 @@ export class KernelEnforcer {
   applyGeneration(compiled: CompiledPolicy): number {
     const next = this.generation + 1;
     const slot = next & (C.HELM_MAX_GENERATIONS - 1);
-    const paths = BpfMap.create(MAP_TYPE.LPM_TRIE, 'helm_paths', LAYOUT.helm_path_key.size, LAYOUT.helm_path_value.size, C.HELM_MAX_PATH_ENTRIES, MAP_FLAG.NO_PREALLOC);
-    const inodes = BpfMap.create(MAP_TYPE.HASH, 'helm_inodes', LAYOUT.helm_inode_key.size, LAYOUT.helm_inode_value.size, C.HELM_MAX_INODE_ENTRIES, MAP_FLAG.NO_PREALLOC);
+    const NO_PREALLOC = MAP_FLAG.NO_PREALLOC;
+    const tables: BpfMap[] = [];
     try {
+      const paths = BpfMap.create(MAP_TYPE.LPM_TRIE, 'helm_paths', LAYOUT.helm_path_key.size, LAYOUT.helm_path_value.size, C.HELM_MAX_PATH_ENTRIES, NO_PREALLOC);
+      tables.push(paths);
+      const inodes = BpfMap.create(MAP_TYPE.HASH, 'helm_inodes', LAYOUT.helm_inode_key.size, LAYOUT.helm_inode_value.size, C.HELM_MAX_INODE_ENTRIES, NO_PREALLOC);
+      tables.push(inodes);
+      const nets = BpfMap.create(MAP_TYPE.LPM_TRIE, 'helm_nets', LAYOUT.helm_net_key.size, LAYOUT.helm_net_value.size, C.HELM_MAX_NET_ENTRIES, NO_PREALLOC);
+      tables.push(nets);
+      const names = BpfMap.create(MAP_TYPE.HASH, 'helm_names', LAYOUT.helm_name_key.size, LAYOUT.helm_net_value.size, C.HELM_MAX_NAME_ENTRIES, NO_PREALLOC);
+      tables.push(names);
       for (const e of compiled.pathEntries) {
         paths.update(encodePathKey(e.roleId, e.data), encodePathValue(e.verdicts, e.defaultMode));
       }
       for (const e of compiled.inodeEntries) {
         inodes.update(encodeInodeKey(e.roleId, e.dev, e.ino), encodeInodeValue(e.self, e.below));
       }
+      for (const e of compiled.netEntries) {
+        nets.update(encodeNetKey(e.roleId, e.bytes, e.prefix), encodeNetValue(e.ranges, e.defaultMode));
+      }
+      for (const e of compiled.nameEntries) {
+        names.update(encodeNameKey(e.roleId, e.nameId), encodeNetValue(e.ranges, e.defaultMode));
+      }
       const fdValue = (m: BpfMap) => u32Key(m.fd);
       this.pathTables.update(u32Key(slot), fdValue(paths));
       this.inodeTables.update(u32Key(slot), fdValue(inodes));
+      this.netTables.update(u32Key(slot), fdValue(nets));
+      this.nameTables.update(u32Key(slot), fdValue(names));
     } catch (e) {
-      paths.close();
-      inodes.close();
+      for (const m of tables) m.close();
       throw e;
     }
     // The switch: programs read the generation once per decision.
     this.settings.update(u32Key(0), encodeSettings(next, this.flags, process.pid));
     const old = this.slots[slot];
-    this.slots[slot] = { paths, inodes };
-    old?.paths.close();
-    old?.inodes.close();
+    this.slots[slot] = tables;
+    for (const m of old ?? []) m.close();
     this.generation = next;
     return next;
+  }
+
+  /** An address the agent's DNS lookups returned for host-name patterns (ids), until `expiresBootNs`. */
+  learn(agentId: bigint, addr16: Buffer, nameIds: readonly number[], expiresBootNs: bigint): void {
+    this.learned.update(encodeLearnedKey(agentId, addr16), encodeLearnedValue(expiresBootNs, nameIds));
+  }
+
+  forget(agentId: bigint, addr16: Buffer): boolean {
+    return this.learned.delete(encodeLearnedKey(agentId, addr16));
   }
 
   setGlobalDryRun(on: boolean): void {
@@ -142,7 +193,7 @@ export class KernelEnforcer {
   }
 
   govern(cgroupId: bigint, agent: GovernedAgent): void {
-    this.governed.update(u64Key(cgroupId), encodeAgent(agent.agentId, agent.roleId, agent.dryRun ? C.HELM_AGENT_DRY_RUN : 0));
+    this.governed.update(u64Key(cgroupId), encodeAgent(agent.agentId, agent.roleId, agent.dryRun ? C.HELM_AGENT_DRY_RUN : 0, agent.dnsPort ?? 0));
   }
 
   release(cgroupId: bigint): boolean {
@@ -158,10 +209,7 @@ export class KernelEnforcer {
   }
 
   close(): void {
-    for (const s of this.slots) {
-      s?.paths.close();
-      s?.inodes.close();
-    }
+    for (const s of this.slots) for (const m of s ?? []) m.close();
     this.obj.close();
   }
 }

@@ -56,6 +56,24 @@ export const C = {
   HELM_REASON_SELF_PROTECT: 6,
   HELM_AGENT_DRY_RUN: 1,
   HELM_SETTINGS_DRY_RUN: 1,
+  HELM_MAX_NET_ENTRIES: 65536,
+  HELM_MAX_NAME_ENTRIES: 65536,
+  HELM_MAX_LEARNED: 65536,
+  HELM_MAX_DNS_SOCKETS: 16384,
+  HELM_NET_SEGMENTS: 16,
+  HELM_LEARNED_NAMES: 4,
+  HELM_OP_CONNECT: 9,
+  HELM_OP_BIND: 10,
+  HELM_NET_CONNECT: 0,
+  HELM_NET_BIND: 1,
+  HELM_NET_OPS: 2,
+  HELM_DETAIL_NET_CONNECT: 16,
+  HELM_DETAIL_NET_SENDMSG: 17,
+  HELM_DETAIL_NET_BIND: 18,
+  HELM_RANK_NONE: 0,
+  HELM_RANK_ALLOW: 1,
+  HELM_RANK_CONTEXTUAL: 2,
+  HELM_RANK_BLOCK: 3,
   HELM_EVENT_DECISION: 1,
   HELM_EVENT_SELFTEST: 2,
   HELM_EVENT_FLAG_DIR: 1,
@@ -68,22 +86,30 @@ interface StructLayout {
 }
 
 export const LAYOUT = {
-  helm_agent: { size: 16, fields: { agent_id: [0, 8], role_id: [8, 4], flags: [12, 4] } },
-  helm_verdict: { size: 8, fields: { policy_id: [0, 2], rule_id: [2, 2], action: [4, 1], mode: [5, 1] } },
+  helm_agent: { size: 24, fields: { agent_id: [0, 8], role_id: [8, 4], flags: [12, 4], dns_port: [16, 2] } },
+  helm_verdict: { size: 8, fields: { policy_id: [0, 2], rule_id: [2, 2], action: [4, 1], mode: [5, 1], rank: [6, 1] } },
   helm_path_key: { size: 260, fields: { prefixlen: [0, 4], role_id: [4, 4], path: [8, 252] } },
   helm_path_value: { size: 32, fields: { verdict: [0, 24], default_mode: [24, 1] } },
   helm_inode_key: { size: 16, fields: { role_id: [0, 4], dev: [4, 4], ino: [8, 8] } },
   helm_inode_value: { size: 48, fields: { self: [0, 24], below: [24, 24] } },
   helm_settings: { size: 16, fields: { active_generation: [0, 4], flags: [4, 4], helmd_tgid: [8, 4] } },
   helm_protected_key: { size: 16, fields: { dev: [0, 4], ino: [8, 8] } },
+  helm_net_key: { size: 28, fields: { prefixlen: [0, 4], role_id: [4, 4], family: [8, 1], addr: [9, 16] } },
+  helm_port_range: { size: 20, fields: { from: [0, 2], to: [2, 2], verdict: [4, 16] } },
+  helm_net_value: { size: 324, fields: { default_mode: [0, 1], count: [1, 1], range: [4, 320] } },
+  helm_name_key: { size: 8, fields: { role_id: [0, 4], name_id: [4, 4] } },
+  helm_learned_key: { size: 24, fields: { agent_id: [0, 8], addr: [8, 16] } },
+  helm_learned_value: { size: 24, fields: { expires_boot_ns: [0, 8], name_id: [8, 16] } },
+  helm_dns_origin: { size: 24, fields: { addr: [0, 16], port: [16, 2], family: [18, 2] } },
   helm_event: {
-    size: 616,
+    size: 640,
     fields: {
       ts_boot_ns: [0, 8], cgroup_id: [8, 8], agent_id: [16, 8], ino: [24, 8],
       type: [32, 4], pid: [36, 4], tid: [40, 4], ppid: [44, 4], uid: [48, 4], gid: [52, 4],
       role_id: [56, 4], generation: [60, 4], dev: [64, 4], policy_id: [68, 2], rule_id: [70, 2],
       op: [72, 1], decision: [73, 1], mode: [74, 1], reason: [75, 1], flags: [76, 4],
-      detail: [80, 4], target_pid: [84, 4], path_len: [88, 4], exe_len: [92, 4], comm: [96, 16], path: [112, 252], exe: [364, 252],
+      detail: [80, 4], target_pid: [84, 4], addr: [88, 16], port: [104, 2], proto: [106, 1], family: [107, 1],
+      path_len: [108, 4], exe_len: [112, 4], comm: [116, 16], path: [132, 252], exe: [384, 252],
     },
   },
 } as const satisfies Record<string, StructLayout>;
@@ -93,20 +119,98 @@ export interface Verdict {
   ruleId: number;
   action: number;
   mode: number;
+  /** HELM_RANK_*: the kind of rule that decided (0 when none did). */
+  rank: number;
 }
 
-export const NO_VERDICT: Verdict = { policyId: 0, ruleId: 0, action: C.HELM_ACTION_NONE, mode: C.HELM_MODE_ENFORCE };
+export const NO_VERDICT: Verdict = { policyId: 0, ruleId: 0, action: C.HELM_ACTION_NONE, mode: C.HELM_MODE_ENFORCE, rank: C.HELM_RANK_NONE };
 
-function writeVerdicts(buf: Buffer, at: number, verdicts: readonly Verdict[]): void {
+function writeVerdicts(buf: Buffer, at: number, verdicts: readonly Verdict[], count: number = C.HELM_FILE_OPS): void {
   const F = LAYOUT.helm_verdict.fields;
-  for (let i = 0; i < C.HELM_FILE_OPS; i++) {
+  for (let i = 0; i < count; i++) {
     const v = verdicts[i] ?? NO_VERDICT;
     const o = at + i * LAYOUT.helm_verdict.size;
     buf.writeUInt16LE(v.policyId, o + F.policy_id[0]);
     buf.writeUInt16LE(v.ruleId, o + F.rule_id[0]);
     buf.writeUInt8(v.action, o + F.action[0]);
     buf.writeUInt8(v.mode, o + F.mode[0]);
+    buf.writeUInt8(v.rank, o + F.rank[0]);
   }
+}
+
+/** Network addresses are stored as 16 bytes: IPv6, or IPv4 mapped (::ffff:a.b.c.d). */
+export function ip16(bytes: readonly number[]): Buffer {
+  if (bytes.length === 16) return Buffer.from(bytes);
+  if (bytes.length !== 4) throw new RangeError(`an address has 4 or 16 bytes, not ${bytes.length}`);
+  return Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ...bytes]);
+}
+
+/**
+ * Net-table key. `bytes` is the rule's network as the evaluator compares it: 4 bytes for IPv4
+ * (mapped IPv6 networks already turned into IPv4), 16 for IPv6; undefined for `*` (the role's
+ * root entry). `prefix` is in bits of `bytes`.
+ */
+export function encodeNetKey(roleId: number, bytes: readonly number[] | undefined, prefix = 0): Buffer {
+  const L = LAYOUT.helm_net_key;
+  const buf = Buffer.alloc(L.size);
+  buf.writeUInt32LE(32, L.fields.prefixlen[0]);
+  buf.writeUInt32LE(roleId, L.fields.role_id[0]);
+  if (bytes === undefined) return buf;
+  if ((bytes.length !== 4 && bytes.length !== 16) || prefix < 0 || prefix > 8 * bytes.length) {
+    throw new RangeError(`bad network key (${bytes.length} bytes, /${prefix})`);
+  }
+  buf.writeUInt32LE(32 + 8 + prefix, L.fields.prefixlen[0]);
+  buf.writeUInt8(bytes.length === 4 ? 4 : 6, L.fields.family[0]);
+  Buffer.from(bytes).copy(buf, L.fields.addr[0]);
+  return buf;
+}
+
+export interface PortRange {
+  from: number;
+  to: number;
+  /** Indexed by HELM_NET_*: connect, bind. */
+  verdicts: Verdict[];
+}
+
+export function encodeNetValue(ranges: readonly PortRange[], defaultMode: number): Buffer {
+  const L = LAYOUT.helm_net_value;
+  const R = LAYOUT.helm_port_range;
+  if (ranges.length > C.HELM_NET_SEGMENTS) throw new RangeError(`${ranges.length} port ranges exceed ${C.HELM_NET_SEGMENTS}`);
+  const buf = Buffer.alloc(L.size);
+  buf.writeUInt8(defaultMode, L.fields.default_mode[0]);
+  buf.writeUInt8(ranges.length, L.fields.count[0]);
+  ranges.forEach((r, i) => {
+    const o = L.fields.range[0] + i * R.size;
+    buf.writeUInt16LE(r.from, o + R.fields.from[0]);
+    buf.writeUInt16LE(r.to, o + R.fields.to[0]);
+    writeVerdicts(buf, o + R.fields.verdict[0], r.verdicts, C.HELM_NET_OPS);
+  });
+  return buf;
+}
+
+export function encodeNameKey(roleId: number, nameId: number): Buffer {
+  const L = LAYOUT.helm_name_key;
+  const buf = Buffer.alloc(L.size);
+  buf.writeUInt32LE(roleId, L.fields.role_id[0]);
+  buf.writeUInt32LE(nameId, L.fields.name_id[0]);
+  return buf;
+}
+
+export function encodeLearnedKey(agentId: bigint, addr16: Buffer): Buffer {
+  const L = LAYOUT.helm_learned_key;
+  const buf = Buffer.alloc(L.size);
+  buf.writeBigUInt64LE(agentId, L.fields.agent_id[0]);
+  addr16.copy(buf, L.fields.addr[0]);
+  return buf;
+}
+
+export function encodeLearnedValue(expiresBootNs: bigint, nameIds: readonly number[]): Buffer {
+  const L = LAYOUT.helm_learned_value;
+  if (nameIds.length > C.HELM_LEARNED_NAMES) throw new RangeError(`${nameIds.length} names exceed ${C.HELM_LEARNED_NAMES}`);
+  const buf = Buffer.alloc(L.size);
+  buf.writeBigUInt64LE(expiresBootNs, L.fields.expires_boot_ns[0]);
+  nameIds.forEach((id, i) => buf.writeUInt32LE(id, L.fields.name_id[0] + 4 * i));
+  return buf;
 }
 
 /** Path-table key: `data` is the stored byte string (exact paths end in NUL, subtrees in '/'). */
@@ -146,12 +250,13 @@ export function encodeInodeValue(self: readonly Verdict[], below: readonly Verdi
   return buf;
 }
 
-export function encodeAgent(agentId: bigint, roleId: number, flags: number): Buffer {
+export function encodeAgent(agentId: bigint, roleId: number, flags: number, dnsPort = 0): Buffer {
   const L = LAYOUT.helm_agent;
   const buf = Buffer.alloc(L.size);
   buf.writeBigUInt64LE(agentId, L.fields.agent_id[0]);
   buf.writeUInt32LE(roleId, L.fields.role_id[0]);
   buf.writeUInt32LE(flags, L.fields.flags[0]);
+  buf.writeUInt16LE(dnsPort, L.fields.dns_port[0]);
   return buf;
 }
 
@@ -208,6 +313,11 @@ export interface RawEvent {
   flags: number;
   detail: number;
   targetPid: number;
+  /** Network ops: the 16-byte address (IPv4 mapped), port, IPPROTO_* and AF_*. */
+  addr: Buffer;
+  port: number;
+  proto: number;
+  family: number;
   pathLen: number;
   exeLen: number;
   comm: string;
@@ -254,6 +364,10 @@ export function decodeEvent(view: DataView): RawEvent {
     flags: u32(F.flags),
     detail: u32(F.detail),
     targetPid: u32(F.target_pid),
+    addr: Buffer.from(new Uint8Array(view.buffer, view.byteOffset + F.addr[0], F.addr[1])),
+    port: view.getUint16(F.port[0], true),
+    proto: view.getUint8(F.proto[0]),
+    family: view.getUint8(F.family[0]),
     pathLen,
     exeLen,
     comm: cString(view, F.comm[0], F.comm[1]),

@@ -20,8 +20,8 @@ export function buildDir(): string {
 }
 
 export interface NativeApi {
-  helm_open(path: string, err: Buffer, errlen: number): unknown;
-  helm_attach_all(obj: unknown, err: Buffer, errlen: number): number;
+  helm_open(path: string, flags: number, err: Buffer, errlen: number): unknown;
+  helm_attach_all(obj: unknown, cgroupFd: number, err: Buffer, errlen: number): number;
   helm_close(obj: unknown): void;
   helm_map_fd(obj: unknown, name: string): number;
   helm_map_create(type: number, name: string, keySize: number, valueSize: number, maxEntries: number, flags: number): number;
@@ -32,6 +32,7 @@ export interface NativeApi {
   helm_close_fd(fd: number): number;
   helm_num_possible_cpus(): number;
   helm_realtime_offset_ns(): bigint;
+  helm_boottime_ns(): bigint;
   helm_ring_open(mapFd: number, maxRecord: number, err: Buffer, errlen: number): unknown;
   helm_ring_drain: {
     (ring: unknown, buf: Buffer, buflen: number, timeoutMs: number): number;
@@ -52,8 +53,8 @@ export function native(): NativeApi {
   koffi.opaque('helm_obj');
   koffi.opaque('helm_ring');
   cached = {
-    helm_open: lib.func('helm_obj *helm_open(const char *path, _Out_ uint8_t *err, int errlen)'),
-    helm_attach_all: lib.func('int helm_attach_all(helm_obj *o, _Out_ uint8_t *err, int errlen)'),
+    helm_open: lib.func('helm_obj *helm_open(const char *path, int flags, _Out_ uint8_t *err, int errlen)'),
+    helm_attach_all: lib.func('int helm_attach_all(helm_obj *o, int cgroup_fd, _Out_ uint8_t *err, int errlen)'),
     helm_close: lib.func('void helm_close(helm_obj *o)'),
     helm_map_fd: lib.func('int helm_map_fd(helm_obj *o, const char *name)'),
     helm_map_create: lib.func('int helm_map_create(int type, const char *name, int key_size, int value_size, int max_entries, int flags)'),
@@ -64,6 +65,7 @@ export function native(): NativeApi {
     helm_close_fd: lib.func('int helm_close_fd(int fd)'),
     helm_num_possible_cpus: lib.func('int helm_num_possible_cpus(void)'),
     helm_realtime_offset_ns: lib.func('long long helm_realtime_offset_ns(void)'),
+    helm_boottime_ns: lib.func('long long helm_boottime_ns(void)'),
     helm_ring_open: lib.func('helm_ring *helm_ring_open(int map_fd, int max_record, _Out_ uint8_t *err, int errlen)'),
     helm_ring_drain: lib.func('int helm_ring_drain(helm_ring *r, _Out_ uint8_t *buf, int buflen, int timeout_ms)'),
     helm_ring_close: lib.func('void helm_ring_close(helm_ring *r)'),

@@ -21,6 +21,7 @@ import {
   PolicyError,
 } from './types';
 import { defaultMode, governs, whenHoldsForRole } from './evaluate';
+import { compileNetwork, type NameEntry, type NetEntry } from './compile-net';
 
 export interface RuleRef {
   policy: string;
@@ -57,6 +58,10 @@ export interface CompiledPolicy {
   rules: RuleRef[];
   pathEntries: PathEntry[];
   inodeEntries: InodeEntry[];
+  netEntries: NetEntry[];
+  nameEntries: NameEntry[];
+  /** Host-name pattern → id in the name tables (stable across generations, like role ids). */
+  nameIds: Map<string, number>;
   warnings: PolicyDiagnostic[];
 }
 
@@ -71,6 +76,8 @@ export interface StatInfo {
 export interface CompileOptions {
   /** Stable role ids: roles already known keep theirs; new ones get the next free id. */
   roleIds?: Map<string, number>;
+  /** Stable host-name pattern ids: patterns already known keep theirs. */
+  nameIds?: Map<string, number>;
   /** Roles to compile for besides those the policies name (e.g. roles of attached agents). */
   extraRoles?: Iterable<string>;
   /** Injected for tests; defaults to fs.statSync with bigint. Returns undefined if absent. */
@@ -113,12 +120,11 @@ export function storedForms(t: PathTarget): Buffer[] {
   return [Buffer.from(`${base}\0`, 'utf8'), Buffer.from(`${base}/\0`, 'utf8')];
 }
 
-interface Candidate {
+export interface Candidate {
   policyIdx: number;
   policy: Policy;
   rule: Rule;
   ruleId: number;
-  forms: Buffer[];
 }
 
 function modeRank(c: Candidate): number {
@@ -135,12 +141,14 @@ function pick(cands: Candidate[]): Candidate {
   });
 }
 
+const RANK: Record<Rule['kind'], number> = { allow: C.HELM_RANK_ALLOW, contextual: C.HELM_RANK_CONTEXTUAL, block: C.HELM_RANK_BLOCK };
+
 function verdictOf(c: Candidate, action: number, mode: Mode): Verdict {
-  return { policyId: c.policyIdx + 1, ruleId: c.ruleId, action, mode: MODE_CODE[mode] };
+  return { policyId: c.policyIdx + 1, ruleId: c.ruleId, action, mode: MODE_CODE[mode], rank: RANK[c.rule.kind] };
 }
 
 /** POLICY.md's algorithm over the rules that cover a key (already filtered to one role and verb). */
-function decide(cands: Candidate[], role: string): Verdict {
+export function decide(cands: Candidate[], role: string): Verdict {
   const blocks = cands.filter((c) => c.rule.kind === 'block');
   if (blocks.length) {
     const c = pick(blocks);
@@ -166,16 +174,6 @@ function unsupported(policies: Policy[]): PolicyDiagnostic[] {
   const errors: PolicyDiagnostic[] = [];
   for (const p of policies) {
     for (const rule of p.rules) {
-      for (const verb of ['connect', 'bind'] as const) {
-        const targets = rule.verbs[verb];
-        if (targets?.length) {
-          errors.push({
-            severity: 'error',
-            loc: targets[0].loc,
-            message: `${verb} rules are not enforced by this helmd yet (network enforcement is not built); refusing to load a policy it cannot enforce`,
-          });
-        }
-      }
       const when = rule.when;
       if (when && (when.exe || when.label || when.uid)) {
         errors.push({
@@ -216,7 +214,7 @@ export function compilePolicy(input: Policy[], opts: CompileOptions = {}): Compi
       if (ruleId > 0xffff) {
         errors.push({ severity: 'error', loc: rule.loc, message: `more than ${0xffff} rules in one set of policies` });
       }
-      candidates.push({ policyIdx, policy, rule, ruleId, forms: [] });
+      candidates.push({ policyIdx, policy, rule, ruleId });
     }
   });
   if (policies.length > 0xffff) errors.push({ severity: 'error', loc: policies[0].loc, message: 'too many policies' });
@@ -237,6 +235,9 @@ export function compilePolicy(input: Policy[], opts: CompileOptions = {}): Compi
 
   const pathEntries: PathEntry[] = [];
   const inodeEntries: InodeEntry[] = [];
+  const netEntries: NetEntry[] = [];
+  const nameEntries: NameEntry[] = [];
+  const nameIds = new Map(opts.nameIds ?? []);
   const walks: Walker = { stat, readdir, budget: walkBudget, memo: new Map() };
   for (const role of [...roles.keys()].sort()) {
     if (!roleNames.has(role) && !policies.some((p) => governs(p, role))) continue;
@@ -266,6 +267,17 @@ export function compilePolicy(input: Policy[], opts: CompileOptions = {}): Compi
     }
 
     inodeEntries.push(...blockInodes(governing, roleId, stat, walks, warnings));
+
+    const net = compileNetwork(governing, role, roleId, dmode, nameIds, decide, errors);
+    netEntries.push(...net.netEntries);
+    nameEntries.push(...net.nameEntries);
+  }
+  if (errors.length) throw new PolicyError(errors);
+  if (netEntries.length > C.HELM_MAX_NET_ENTRIES) {
+    throw new PolicyError([{ severity: 'error', loc: policies[0].loc, message: `the policies need ${netEntries.length} network entries; the kernel table holds ${C.HELM_MAX_NET_ENTRIES}` }]);
+  }
+  if (nameEntries.length > C.HELM_MAX_NAME_ENTRIES) {
+    throw new PolicyError([{ severity: 'error', loc: policies[0].loc, message: `the policies need ${nameEntries.length} host-name entries; the kernel table holds ${C.HELM_MAX_NAME_ENTRIES}` }]);
   }
   if (inodeEntries.length > C.HELM_MAX_INODE_ENTRIES) {
     throw new PolicyError([{ severity: 'error', loc: policies[0].loc, message: `block rules cover ${inodeEntries.length} inodes; the kernel table holds ${C.HELM_MAX_INODE_ENTRIES}` }]);
@@ -277,6 +289,9 @@ export function compilePolicy(input: Policy[], opts: CompileOptions = {}): Compi
     rules,
     pathEntries,
     inodeEntries,
+    netEntries,
+    nameEntries,
+    nameIds,
     warnings,
   };
 }

@@ -286,7 +286,7 @@ function main(): void {
 
   t.test('path table: the role id separates roles sharing a path', async (t) => {
     const map = createPathTable(t);
-    const allowRead = encodePathValue([{ policyId: 1, ruleId: 1, action: C.HELM_ACTION_ALLOW, mode: C.HELM_MODE_ENFORCE }], C.HELM_MODE_ENFORCE);
+    const allowRead = encodePathValue([{ policyId: 1, ruleId: 1, action: C.HELM_ACTION_ALLOW, mode: C.HELM_MODE_ENFORCE, rank: C.HELM_RANK_ALLOW }], C.HELM_MODE_ENFORCE);
     map.update(encodePathKey(1, Buffer.from('/shared/')), allowRead);
     t.ok(map.lookup(encodePathKey(1, Buffer.from('/shared/x\0')), LAYOUT.helm_path_value.size), 'role 1 matches its subtree');
     t.equal(map.lookup(encodePathKey(2, Buffer.from('/shared/x\0')), LAYOUT.helm_path_value.size), undefined, 'role 2 does not');

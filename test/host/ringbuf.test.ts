@@ -29,7 +29,7 @@ interface Selftest {
 function loadSelftest(scope: Scope): Selftest {
   const obj = BpfObject.load(SELFTEST);
   scope.teardown(() => obj.close());
-  const links = obj.attachAll();
+  const links = obj.attachAll(-1);
   if (links !== 1) throw new Error(`expected 1 attached program, got ${links}`);
   const targetMap = obj.map('selftest_target');
   return {

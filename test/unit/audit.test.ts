@@ -11,8 +11,8 @@ import { rfc3339Nanos, toAuditRecord, type AuditContext } from '../../daemon/aud
 // ---------------------------------------------------------------------------------------------
 // An encoder for struct helm_event, written from LAYOUT's offsets
 
-type Kind = 'u64' | 'u32' | 'i32' | 'u16' | 'u8' | 'str';
-const KIND_SIZE: Record<Exclude<Kind, 'str'>, number> = { u64: 8, u32: 4, i32: 4, u16: 2, u8: 1 };
+type Kind = 'u64' | 'u32' | 'i32' | 'u16' | 'u8' | 'str' | 'bytes';
+const KIND_SIZE: Record<Exclude<Kind, 'str' | 'bytes'>, number> = { u64: 8, u32: 4, i32: 4, u16: 2, u8: 1 };
 
 /** Every field of struct helm_event: the RawEvent property it decodes to, and its C type. */
 const EVENT_FIELDS: Record<string, [keyof RawEvent, Kind]> = {
@@ -38,6 +38,10 @@ const EVENT_FIELDS: Record<string, [keyof RawEvent, Kind]> = {
   flags: ['flags', 'u32'],
   detail: ['detail', 'u32'],
   target_pid: ['targetPid', 'u32'],
+  addr: ['addr', 'bytes'],
+  port: ['port', 'u16'],
+  proto: ['proto', 'u8'],
+  family: ['family', 'u8'],
   path_len: ['pathLen', 'i32'],
   exe_len: ['exeLen', 'i32'],
   comm: ['comm', 'str'],
@@ -61,6 +65,9 @@ function encodeEvent(e: RawEvent): Buffer {
       case 'i32': buf.writeInt32LE(v as number, offset); break;
       case 'u16': buf.writeUInt16LE(v as number, offset); break;
       case 'u8': buf.writeUInt8(v as number, offset); break;
+      case 'bytes':
+        (v as Buffer).copy(buf, offset, 0, size);
+        break;
       case 'str': {
         const bytes = Buffer.from((v as string | undefined) ?? '', 'utf8');
         if (bytes.length > size) throw new Error(`${name}: ${bytes.length} bytes do not fit in ${size}`);
@@ -101,6 +108,10 @@ function sampleEvent(): RawEvent {
     flags: C.HELM_EVENT_FLAG_DIR,
     detail: C.HELM_DETAIL_RENAME_TO,
     targetPid: 0xfffffff0,
+    addr: Buffer.from([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe]),
+    port: 0xfffe,
+    proto: 17,
+    family: 10,
     pathLen: cLen(p),
     exeLen: cLen(exe),
     comm: 'python3.12-work', // 15 characters: comm[16] with its NUL
@@ -118,7 +129,7 @@ t.test('the test encoder covers every field of struct helm_event', async (t) => 
   t.same(Object.keys(EVENT_FIELDS).filter((f) => !inLayout.includes(f)), [], 'fields this test encodes that LAYOUT lacks');
   const fields: Record<string, readonly [number, number]> = LAYOUT.helm_event.fields;
   for (const [name, [, kind]] of Object.entries(EVENT_FIELDS)) {
-    if (kind !== 'str' && fields[name]) t.equal(fields[name][1], KIND_SIZE[kind], `${name} is a ${kind}`);
+    if (kind !== 'str' && kind !== 'bytes' && fields[name]) t.equal(fields[name][1], KIND_SIZE[kind], `${name} is a ${kind}`);
   }
   t.same(Object.keys(sampleEvent()).sort(), Object.values(EVENT_FIELDS).map(([p]) => p).sort(), 'every RawEvent property comes from a field');
 });

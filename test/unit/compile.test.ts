@@ -505,25 +505,6 @@ function compileErrors(policies: Policy[]): string[] {
   return [];
 }
 
-t.test('network rules are refused with their location', async (t) => {
-  const p = parse(`apiVersion: helm/v1
-kind: Policy
-metadata: { name: net }
-spec:
-  roles: [r]
-  allow:
-    - id: api
-      read: [/srv/]
-      connect: [api.example.com:443, "10.0.0.0/8:*"]
-  block:
-    - bind: "*:22"
-`);
-  const errors = compileErrors(p);
-  t.equal(errors.length, 2, errors.join('\n'));
-  t.match(errors[0], /^x\.yaml:9:17: connect rules are not enforced/);
-  t.match(errors[1], /^x\.yaml:11:13: bind rules are not enforced/);
-});
-
 t.test('conditions other than role are refused with their location', async (t) => {
   const p = parse(`apiVersion: helm/v1
 kind: Policy

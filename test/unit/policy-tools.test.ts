@@ -580,7 +580,6 @@ t.test('lint: kernel errors stay errors; --no-kernel checks the language alone',
   const f = write(doc('n', '[r]', '  allow:\n    - connect: [api.example.com:443]\n  contextual:\n    - read: /a\n      when: { role: r, uid: 0 }\n'));
   const withKernel = lintPolicies([f], lintOpts(ALL_FILES, true));
   t.same(withKernel.errors.map(formatDiagnostic), [
-    `${f}:8:17: connect rules are not enforced by this helmd yet (network enforcement is not built); refusing to load a policy it cannot enforce`,
     `${f}:11:13: contextual conditions on exe, label or uid are not enforced by this helmd yet; only role is`,
   ]);
   t.equal(withKernel.compiled, undefined);
@@ -614,14 +613,14 @@ t.test('lint CLI: output, exit codes, --strict, --no-kernel, cases files passed 
   t.equal(strict.stdout, 'warn.yaml:8:29: warning: read /etc/hostname repeats read /etc/hostname at warn.yaml:8:14, earlier in this rule\n');
   t.equal(strict.stderr, 'helmctl: 1 warning (--strict)\n');
 
-  fs.writeFileSync(path.join(dir, 'net.yaml'), doc('net', '[r]', '  allow:\n    - connect: ["*:443"]\n'));
+  fs.writeFileSync(path.join(dir, 'net.yaml'), doc('net', '[r]', '  contextual:\n    - connect: ["*:443"]\n      when: { uid: 0 }\n'));
   const refused = helmctl(['policy', 'lint', 'net.yaml'], dir);
   t.equal(refused.status, 1);
   t.equal(refused.stdout, '');
   // Errors are `file:line:col: message` from the first line on (no prefix), then a count.
   t.equal(
     refused.stderr,
-    'net.yaml:8:17: connect rules are not enforced by this helmd yet (network enforcement is not built); refusing to load a policy it cannot enforce\nhelmctl: 1 error\n',
+    'net.yaml:9:13: contextual conditions on exe, label or uid are not enforced by this helmd yet; only role is\nhelmctl: 1 error\n',
   );
   const language = helmctl(['policy', 'lint', '--no-kernel', 'net.yaml'], dir);
   t.same(language, { status: 0, stdout: 'ok: 1 policies, 1 rules (language only: not compiled for the kernel)\n', stderr: '' });
