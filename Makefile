@@ -6,7 +6,7 @@ BPFTOOL ?= bpftool
 CFLAGS_NATIVE := -O2 -g -Wall -Wextra -Wno-unused-parameter
 
 BPF_OBJS := $(BUILD)/helm.bpf.o $(BUILD)/selftest.bpf.o
-NATIVE := $(BUILD)/libhelm.so $(BUILD)/helm-enter $(BUILD)/layout_dump $(BUILD)/escape-tools
+NATIVE := $(BUILD)/libhelm.so $(BUILD)/helm-enter $(BUILD)/layout_dump $(BUILD)/escape-tools $(BUILD)/net-probe
 
 .PHONY: all bpf native ts deps demo test test-unit test-host test-vm clean
 
@@ -42,6 +42,11 @@ $(BUILD)/helm-enter: native/helm_enter.c
 $(BUILD)/escape-tools: test/vm/escape-tools.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_NATIVE) $< -o $@ -lpthread
+
+# The network suites' governed agent (test/host/network.test.ts, test/vm/network.test.ts).
+$(BUILD)/net-probe: test/support/net-probe.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_NATIVE) $< -o $@
 
 $(BUILD)/layout_dump: native/layout_dump.c bpf/helm.h
 	@mkdir -p $(BUILD)

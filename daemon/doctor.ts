@@ -59,9 +59,20 @@ export function runChecks(opts: { bpfObject?: string; tryLoad?: boolean } = {}):
           ok: false,
           detail: msg,
           fix: /EPERM|Operation not permitted/.test(msg)
-            ? 'this kernel refuses BPF LSM programs even to root; use a kernel that permits them, or the bundled VM (make demo)'
+            ? 'this kernel refuses BPF LSM programs even to root; use a kernel that permits them, or the bundled VM (make demo); ' +
+              'helmd --network-only enforces network rules alone here'
             : 'run make to build the BPF objects, and check the message above',
         });
+      }
+      try {
+        BpfObject.load(obj, { networkOnly: true }).close();
+        checks.push({
+          name: 'network programs load',
+          ok: true,
+          detail: 'cgroup sock_addr programs load: connect/bind rules can be enforced (helmd --network-only on a kernel without BPF LSM: file and exec rules are then NOT enforced)',
+        });
+      } catch (e) {
+        checks.push({ name: 'network programs load', ok: false, detail: (e as Error).message.split('\n')[0], fix: 'use a kernel with cgroup v2 BPF (CONFIG_CGROUP_BPF=y), and run make to build the BPF objects' });
       }
     }
   }
