@@ -1,0 +1,169 @@
+// The network half of the compiler: address/CIDR/port rules into LPM entries with folded port
+// ranges, host-name patterns into name entries. A model of the kernel's lookup (longest prefix
+// per family, then the port range, then the join with learned names) is run against the
+// reference evaluator on random policies: the compiler must fold exactly POLICY.md's algorithm.
+import t from 'tap';
+import { compilePolicy, type CompiledPolicy } from '../../daemon/policy/compile';
+import { foldPorts, nameMatches } from '../../daemon/policy/compile-net';
+import { evaluateOperation, inNetwork, ipBytes } from '../../daemon/policy/evaluate';
+import { parsePolicySource } from '../../daemon/policy/parse';
+import { C, NO_VERDICT, encodeNetKey, encodeNetValue, type Verdict } from '../../daemon/kernel/layout';
+import { PolicyError, type Policy } from '../../daemon/policy/types';
+import { Rng } from '../rng';
+import { ROLES, randomNetworkOps, randomNetworkPolicy } from '../support/network-differential';
+
+const noStat = () => undefined;
+
+function policies(text: string): Policy[] {
+  return parsePolicySource(text, 'x.yaml');
+}
+
+function compile(text: string, opts: Parameters<typeof compilePolicy>[1] = {}): CompiledPolicy {
+  return compilePolicy(policies(text), { stat: noStat, ...opts });
+}
+
+const doc = (name: string, roles: string, body: string, mode = 'enforce') =>
+  `apiVersion: helm/v1\nkind: Policy\nmetadata: { name: ${name} }\nspec:\n  roles: ${roles}\n  mode: ${mode}\n${body}`;
+
+/** The kernel's decision, modelled: helm.bpf.c decide_net() over the compiled entries. */
+function kernelModel(c: CompiledPolicy, role: string, verb: 'connect' | 'bind', addr: string, port: number, learnedNames: string[] = []): { action: 'allow' | 'deny'; v?: Verdict } {
+  const roleId = c.roles.get(role);
+  const nop = verb === 'connect' ? C.HELM_NET_CONNECT : C.HELM_NET_BIND;
+  const bytes = ipBytes(addr)!;
+  const mine = c.netEntries.filter((e) => e.roleId === roleId);
+  if (roleId === undefined || mine.length === 0) return { action: 'deny' };
+  let best: (typeof mine)[number] | undefined;
+  for (const e of mine) {
+    if (e.bytes !== undefined && (e.bytes.length !== bytes.length || !inNetwork(bytes, e.bytes, e.prefix))) continue;
+    const len = e.bytes === undefined ? -1 : e.prefix;
+    const bestLen = best?.bytes === undefined ? -1 : best.prefix;
+    if (!best || len > bestLen) best = e;
+  }
+  const inRange = (ranges: typeof mine[number]['ranges']) => ranges.find((r) => port >= r.from && port <= r.to)?.verdicts[nop];
+  let v: Verdict = NO_VERDICT;
+  v = combine(v, inRange(best!.ranges));
+  for (const name of learnedNames) {
+    for (const e of c.nameEntries.filter((n) => n.roleId === roleId && nameMatches(n.pattern, name))) v = combine(v, inRange(e.ranges));
+  }
+  return { action: v.action === C.HELM_ACTION_ALLOW ? 'allow' : 'deny', v: v.action === C.HELM_ACTION_NONE ? undefined : v };
+}
+
+/** helm.bpf.c combine(), in TypeScript. */
+function combine(best: Verdict, v: Verdict | undefined): Verdict {
+  if (!v || v.action === C.HELM_ACTION_NONE) return best;
+  if (best.action === C.HELM_ACTION_NONE || v.rank > best.rank) return v;
+  if (v.rank < best.rank) return best;
+  if (v.action !== best.action) return v.action === C.HELM_ACTION_ALLOW ? v : best;
+  if (v.mode !== best.mode) return v.mode === C.HELM_MODE_ENFORCE ? v : best;
+  return v.policyId < best.policyId || (v.policyId === best.policyId && v.ruleId < best.ruleId) ? v : best;
+}
+
+t.test('CIDRs nest: the longest prefix carries every rule of the shorter ones', async (t) => {
+  const c = compile(doc('n', '[r]', '  allow:\n    - id: wide\n      connect: ["10.0.0.0/8:443"]\n  block:\n    - id: narrow\n      connect: ["10.1.0.0/16:*"]\n'));
+  const r = c.roles.get('r');
+  const entries = c.netEntries.filter((e) => e.roleId === r);
+  t.same(entries.map((e) => [e.bytes, e.prefix]), [[undefined, 0], [[10, 0, 0, 0], 8], [[10, 1, 0, 0], 16]], 'root, /8, /16');
+  const narrow = entries[2];
+  t.same(narrow.ranges.map((x) => [x.from, x.to, x.verdicts[C.HELM_NET_CONNECT].action]), [[0, 65535, C.HELM_ACTION_DENY]], 'the block covers every port of the /16, 443 included');
+  t.same(entries[1].ranges.map((x) => [x.from, x.to, x.verdicts[C.HELM_NET_CONNECT].action]), [[443, 443, C.HELM_ACTION_ALLOW]]);
+  t.equal(kernelModel(c, 'r', 'connect', '10.1.2.3', 443).action, 'deny');
+  t.equal(kernelModel(c, 'r', 'connect', '10.2.2.3', 443).action, 'allow');
+  t.equal(kernelModel(c, 'r', 'connect', '::ffff:10.2.2.3', 443).action, 'allow', 'a mapped address is its IPv4 address');
+  t.equal(kernelModel(c, 'r', 'connect', '::ffff:10.1.2.3', 443).action, 'deny', 'and cannot slip past the IPv4 block');
+});
+
+t.test('IPv6 networks never cover IPv4; a mapped network is the IPv4 network', async (t) => {
+  const c = compile(doc('n', '[r]', '  allow:\n    - connect: ["[::/0]:*", "[::ffff:192.168.0.0/112]:80"]\n'));
+  const e = c.netEntries.filter((x) => x.bytes);
+  t.same(e.map((x) => [x.bytes!.length, x.prefix]), [[4, 16], [16, 0]], 'the mapped /112 is stored as IPv4 /16');
+  t.equal(kernelModel(c, 'r', 'connect', '2001:db8::1', 1).action, 'allow');
+  t.equal(kernelModel(c, 'r', 'connect', '8.8.8.8', 1).action, 'deny', '[::/0] is not IPv4');
+  t.equal(kernelModel(c, 'r', 'connect', '192.168.3.4', 80).action, 'allow');
+  const key = encodeNetKey(c.roles.get('r')!, [192, 168, 0, 0], 16);
+  t.equal(key.readUInt32LE(0), 32 + 8 + 16, 'prefixlen counts role id, family byte and the prefix');
+  t.equal(key[8], 4, 'family byte');
+});
+
+t.test('ports are cut where rules start and end, equal neighbours merged', async (t) => {
+  const c = compile(doc('n', '[r]', '  allow:\n    - id: a\n      connect: ["*:8000-8099", "*:8100-8199"]\n  block:\n    - id: b\n      connect: ["*:8050-8150"]\n'));
+  const root = c.netEntries.find((e) => e.bytes === undefined)!;
+  t.same(
+    root.ranges.map((r) => [r.from, r.to, r.verdicts[C.HELM_NET_CONNECT].action, r.verdicts[C.HELM_NET_BIND].action]),
+    [
+      [8000, 8049, C.HELM_ACTION_ALLOW, C.HELM_ACTION_NONE],
+      [8050, 8150, C.HELM_ACTION_DENY, C.HELM_ACTION_NONE],
+      [8151, 8199, C.HELM_ACTION_ALLOW, C.HELM_ACTION_NONE],
+    ],
+  );
+  t.equal(foldPorts([], 'r', () => NO_VERDICT).length, 0, 'no rule, no range');
+});
+
+t.test('more distinct port ranges than the kernel holds is a located error', async (t) => {
+  const ports = Array.from({ length: 20 }, (_, i) => `"10.0.0.1:${1000 + 2 * i}"`).join(', ');
+  let caught: unknown;
+  try {
+    compile(doc('n', '[r]', `  allow:\n    - id: many\n      connect: [${ports}]\n`));
+  } catch (e) {
+    caught = e;
+  }
+  t.ok(caught instanceof PolicyError, 'refused');
+  const d = (caught as PolicyError).diagnostics;
+  t.equal(d.length, 1);
+  t.equal(d[0].loc.line, 9, 'located at the first target');
+  t.match(d[0].message, /20 ranges with different decisions; the kernel holds 16 per address/);
+  t.doesNotThrow(() => compile(doc('n', '[r]', `  allow:\n    - id: few\n      connect: [${Array.from({ length: 16 }, (_, i) => `"10.0.0.1:${1000 + 2 * i}"`).join(', ')}]\n`)), '16 fit');
+});
+
+t.test('host-name patterns: stable ids, folded per pattern, refused when nothing could be allowed', async (t) => {
+  const text = doc('n', '[pay, ana]', '  allow:\n    - connect: ["*.github.com:443", "api.example.com:443"]\n  contextual:\n    - id: stripe\n      connect: [api.stripe.com:443]\n      when: { role: pay }\n');
+  const c1 = compile(text);
+  const ids = new Map(c1.nameIds);
+  t.same([...ids.keys()].sort(), ['*.github.com', 'api.example.com', 'api.stripe.com']);
+  const stripe = (c: CompiledPolicy, role: string) => c.nameEntries.find((e) => e.pattern === 'api.stripe.com' && e.roleId === c.roles.get(role))!;
+  t.equal(stripe(c1, 'pay').allowsSomething, true);
+  t.equal(stripe(c1, 'ana').allowsSomething, false, 'for the other role the contextual rule only denies: its queries are refused');
+  // A later generation with another pattern first keeps the old ids.
+  const c2 = compile(doc('n', '[pay, ana]', '  allow:\n    - connect: ["aaa.first.com:1", "*.github.com:443", "api.example.com:443"]\n'), { nameIds: ids });
+  for (const [p, id] of ids) if (c2.nameIds.has(p)) t.equal(c2.nameIds.get(p), id, `${p} keeps id ${id}`);
+  t.ok(c2.nameIds.get('aaa.first.com')! > Math.max(...ids.values()), 'a new pattern gets a new id');
+  t.ok(nameMatches('*.github.com', 'api.github.com'));
+  t.notOk(nameMatches('*.github.com', 'github.com'), 'subdomains only');
+  t.notOk(nameMatches('*.github.com', 'evilgithub.com'));
+  t.ok(nameMatches('api.example.com', 'api.example.com'));
+  t.equal(kernelModel(c1, 'pay', 'connect', '1.2.3.4', 443, ['api.stripe.com']).action, 'allow');
+  t.equal(kernelModel(c1, 'ana', 'connect', '1.2.3.4', 443, ['api.stripe.com']).action, 'deny');
+});
+
+t.test('the compiled network entries are byte-identical across runs', async (t) => {
+  const rng = new Rng(7);
+  for (let i = 0; i < 20; i++) {
+    const text = randomNetworkPolicy(rng);
+    const enc = (c: CompiledPolicy) => c.netEntries.map((e) => Buffer.concat([encodeNetKey(e.roleId, e.bytes, e.prefix), encodeNetValue(e.ranges, e.defaultMode)]).toString('hex')).join('\n');
+    t.equal(enc(compile(text)), enc(compile(text)));
+  }
+});
+
+t.test('model of the kernel over the compiled entries = the reference evaluator (random policies)', async (t) => {
+  const seed = Number(process.env.HELM_SEED ?? 4242);
+  const rng = new Rng(seed);
+  let checked = 0;
+  for (let round = 0; round < 150; round++) {
+    const text = randomNetworkPolicy(rng);
+    const ps = policies(text);
+    const c = compilePolicy(ps, { stat: noStat });
+    for (const role of ROLES) {
+      for (const op of randomNetworkOps(rng, role, 40)) {
+        const want = evaluateOperation(ps, { role, verb: op.verb, addr: op.addr, port: op.port });
+        const got = kernelModel(c, role, op.verb, op.addr, op.port);
+        const wantAction = want.action;
+        const rule = got.v ? c.rules[got.v.ruleId - 1] : undefined;
+        if (got.action !== wantAction || (rule?.rule ?? 'default') !== (want.rule ?? 'default')) {
+          t.fail(`seed ${seed} round ${round}: ${op.verb} ${op.addr}:${op.port} by ${role}: evaluator ${want.action} ${want.rule}, model ${got.action} ${rule?.rule}\n${text}`);
+          return;
+        }
+        checked++;
+      }
+    }
+  }
+  t.pass(`${checked} operations agree`);
+});
