@@ -97,12 +97,21 @@ struct {
 	__type(value, __u64);
 } lost_events SEC(".maps");
 
-/* The lookup key is too large for the BPF stack next to everything else. */
+/*
+ * The lookup key is too large for the BPF stack next to everything else. The
+ * slack after it lets a path index masked to 0xff stay inside the map value
+ * whatever bounds the verifier lost track of (the checks before it keep the
+ * real index below HELM_PATH_BUF).
+ */
+struct key_scratch {
+	struct helm_path_key key;
+	char slack[256 - HELM_PATH_BUF];
+};
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct helm_path_key);
+	__type(value, struct key_scratch);
 } scratch SEC(".maps");
 
 /* Where a path is assembled backwards, component by component (see path_of). */
@@ -480,8 +489,17 @@ static __always_inline long as_directory(struct helm_path_key *key, long n)
 	if (n > 2) {
 		if (n >= HELM_PATH_BUF)
 			return -ENAMETOOLONG;
-		key->path[(n - 1) & 0xff] = '/';
-		key->path[n & 0xff] = 0;
+		/*
+		 * Masks the compiler cannot drop (it knows n < HELM_PATH_BUF; the
+		 * verifier may not, after a spill): the index stays inside the scratch
+		 * value, slack included.
+		 */
+		__u32 i = n - 1;
+		asm volatile("%0 &= 0xff" : "+r"(i));
+		key->path[i] = '/';
+		i = n;
+		asm volatile("%0 &= 0xff" : "+r"(i));
+		key->path[i] = 0;
 		n++;
 	}
 	return n;
@@ -568,7 +586,8 @@ out:
 static __always_inline struct helm_path_key *key_buffer(void)
 {
 	__u32 zero = 0;
-	return bpf_map_lookup_elem(&scratch, &zero);
+	struct key_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	return s ? &s->key : 0;
 }
 
 /* ---------------------------------------------------------------- opens */

@@ -67,6 +67,22 @@ export function helmctl(args: string[]): RunResult {
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** helmctl without blocking the event loop: for tests whose own servers must answer the agent meanwhile. */
+export function helmctlAsync(args: string[], timeoutMs = 180_000): Promise<RunResult> {
+  return new Promise((resolve) => {
+    const child = spawn(HELMCTL, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d) => (stdout += d));
+    child.stderr!.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('close', (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
+
 /** Runs the probe as a governed agent; returns the per-case outcomes and the probe shell's pid. */
 export function probe(d: Daemon, opts: { role: string; name: string; dryRun?: boolean }, cases: string[]): { pid: number; cases: Map<string, string>; raw: RunResult } {
   // The script goes in as an argument: the agent's policy need not let it read the checkout.
