@@ -93,7 +93,9 @@ const MODE_CODE: Record<Mode, number> = { enforce: C.HELM_MODE_ENFORCE, 'dry-run
 
 function defaultStat(p: string): StatInfo | undefined {
   try {
-    const s = fs.statSync(p, { bigint: true });
+    // No exception for a missing path: block rules often name paths that do not exist (yet).
+    const s = fs.statSync(p, { bigint: true, throwIfNoEntry: false });
+    if (!s) return undefined;
     return { dev: s.dev, ino: s.ino, nlink: s.nlink, isDirectory: s.isDirectory(), isFile: s.isFile() };
   } catch {
     return undefined;
@@ -120,11 +122,25 @@ export function storedForms(t: PathTarget): Buffer[] {
   return [Buffer.from(`${base}\0`, 'utf8'), Buffer.from(`${base}/\0`, 'utf8')];
 }
 
+/**
+ * storedForms as latin1 text, one character per byte: strings hash, compare and
+ * slice far faster than Buffers, and sorting them orders them as their bytes.
+ */
+function storedTexts(t: PathTarget): string[] {
+  // UTF-8 bytes read back as latin1; ASCII (nearly every path) is already that.
+  const bytes = /^[\x00-\x7f]*$/.test(t.canonical) ? t.canonical : Buffer.from(t.canonical, 'utf8').toString('latin1');
+  if (t.subtree) return [bytes];
+  const base = bytes === '/' ? '' : bytes;
+  return [`${base}\0`, `${base}/\0`];
+}
+
 export interface Candidate {
   policyIdx: number;
   policy: Policy;
   rule: Rule;
   ruleId: number;
+  /** Per FILE_VERBS index, the stored texts of the rule's path targets. */
+  forms: string[][];
 }
 
 function modeRank(c: Candidate): number {
@@ -170,6 +186,69 @@ function isPrefix(prefix: Buffer, of: Buffer): boolean {
   return prefix.length <= of.length && of.compare(prefix, 0, prefix.length, 0, prefix.length) === 0;
 }
 
+/**
+ * For one role's rules: per verb (FILE_VERBS index), the rules whose stored forms
+ * are byte-prefixes of a stored key (given as latin1 text). Lists may be shared
+ * between keys and must not be changed.
+ */
+type CoverFinder = (governing: Candidate[]) => (keyText: string) => Candidate[][];
+
+const byScan: CoverFinder = (governing) => (text) => {
+  const key = Buffer.from(text, 'latin1');
+  return FILE_VERBS.map((verb) =>
+    governing.filter((c) =>
+      (c.rule.verbs[verb] ?? []).some((t) => t.kind === 'path' && storedForms(t).some((form) => isPrefix(form, key))),
+    ),
+  );
+};
+
+/**
+ * Which forms can be a byte-prefix of a key: a subtree form ends in '/', so it is
+ * the key up to one of its '/'; an exact form ends in NUL, which only the last
+ * byte of a key is, so it is the whole key. So a key's rules are those of its
+ * directory (the text up to its last '/') — its parent directory's plus the
+ * subtree forms equal to it — plus the exact forms equal to the key: a hash
+ * lookup or two per key instead of a test of every rule. The directories of the
+ * key being looked up are kept on a stack; keys in sorted order share most of it.
+ */
+const byPrefixes: CoverFinder = (governing) => {
+  const empty: Candidate[] = [];
+  const none: Candidate[][] = FILE_VERBS.map(() => empty);
+  const at = new Map<string, Candidate[][]>();
+  for (const c of governing) {
+    for (let verb = 0; verb < c.forms.length; verb++) {
+      for (const text of c.forms[verb]) {
+        let e = at.get(text);
+        if (!e) at.set(text, (e = [...none]));
+        if (e[verb] === empty) e[verb] = [c];
+        else if (!e[verb].includes(c)) e[verb].push(c);
+      }
+    }
+  }
+  const merge = (base: Candidate[][], own: Candidate[][]) =>
+    base.map((b, v) => (own[v] === empty ? b : b === empty ? own[v] : b.concat(own[v].filter((c) => !b.includes(c)))));
+  // stack[i] is a directory of the current key (each the previous one plus one component) and its rules.
+  const stack: { dir: string; cover: Candidate[][] }[] = [{ dir: '', cover: none }];
+  const dirCover = (dir: string): Candidate[][] => {
+    while (!dir.startsWith(stack[stack.length - 1].dir)) stack.pop(); // '' is a prefix of all
+    let top = stack[stack.length - 1];
+    for (let i = dir.indexOf('/', top.dir.length); i !== -1; i = dir.indexOf('/', i + 1)) {
+      const sub = dir.slice(0, i + 1);
+      const own = at.get(sub);
+      top = { dir: sub, cover: own ? merge(top.cover, own) : top.cover };
+      stack.push(top);
+    }
+    return top.cover;
+  };
+  return (text) => {
+    const dirEnd = text.lastIndexOf('/') + 1;
+    const cover = dirCover(dirEnd === text.length ? text : text.slice(0, dirEnd));
+    if (dirEnd === text.length) return cover;
+    const own = at.get(text);
+    return own ? merge(cover, own) : cover;
+  };
+};
+
 function unsupported(policies: Policy[]): PolicyDiagnostic[] {
   const errors: PolicyDiagnostic[] = [];
   for (const p of policies) {
@@ -188,6 +267,19 @@ function unsupported(policies: Policy[]): PolicyDiagnostic[] {
 }
 
 export function compilePolicy(input: Policy[], opts: CompileOptions = {}): CompiledPolicy {
+  return compileWith(input, opts, byPrefixes);
+}
+
+/**
+ * The same compilation, finding the rules that cover each key by testing every
+ * rule's forms against it: O(keys × rules) per role. It states what the index in
+ * compilePolicy computes; tests compare the two.
+ */
+export function compilePolicyByScan(input: Policy[], opts: CompileOptions = {}): CompiledPolicy {
+  return compileWith(input, opts, byScan);
+}
+
+function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder): CompiledPolicy {
   const stat = opts.stat ?? defaultStat;
   const readdir = opts.readdir ?? defaultReaddir;
   const walkBudget = opts.walkBudget ?? 5000;
@@ -214,7 +306,8 @@ export function compilePolicy(input: Policy[], opts: CompileOptions = {}): Compi
       if (ruleId > 0xffff) {
         errors.push({ severity: 'error', loc: rule.loc, message: `more than ${0xffff} rules in one set of policies` });
       }
-      candidates.push({ policyIdx, policy, rule, ruleId });
+      const forms = FILE_VERBS.map((verb) => (rule.verbs[verb] ?? []).flatMap((t) => (t.kind === 'path' ? storedTexts(t) : [])));
+      candidates.push({ policyIdx, policy, rule, ruleId, forms });
     }
   });
   if (policies.length > 0xffff) errors.push({ severity: 'error', loc: policies[0].loc, message: 'too many policies' });
@@ -223,7 +316,7 @@ export function compilePolicy(input: Policy[], opts: CompileOptions = {}): Compi
     for (const verb of FILE_VERBS) {
       for (const t of c.rule.verbs[verb] ?? []) {
         if (t.kind !== 'path') continue;
-        for (const form of storedForms(t)) {
+        for (const form of storedTexts(t)) {
           if (form.length > HELM_PATH_BUF) {
             errors.push({ severity: 'error', loc: t.loc, message: `path is ${form.length} bytes once stored; the kernel buffer holds ${HELM_PATH_BUF}` });
           }
@@ -246,21 +339,22 @@ export function compilePolicy(input: Policy[], opts: CompileOptions = {}): Compi
     if (governing.length === 0 && !policies.some((p) => governs(p, role))) continue; // no entry: no policy → deny
     const dmode = MODE_CODE[defaultMode(policies, role)];
 
-    // Every stored key for this role, with the rules (per verb) whose forms are its prefixes.
-    const perVerb = FILE_VERBS.map((verb) =>
-      governing.flatMap((c) =>
-        (c.rule.verbs[verb] ?? []).filter((t): t is PathTarget => t.kind === 'path').flatMap((t) => storedForms(t).map((form) => ({ c, form }))),
-      ),
-    );
-    const keys = new Map<string, Buffer>([['', Buffer.alloc(0)]]);
-    for (const list of perVerb) for (const { form } of list) keys.set(form.toString('latin1'), form);
-
-    for (const key of [...keys.values()].sort(Buffer.compare)) {
-      const verdicts = FILE_VERBS.map((verb, i) => {
-        const covering = perVerb[i].filter(({ form }) => isPrefix(form, key)).map(({ c }) => c);
-        return decide([...new Set(covering)], role);
-      });
-      pathEntries.push({ roleId, data: key, verdicts: reorder(verdicts), defaultMode: dmode });
+    // Every stored key for this role: the root entry and every form of its rules.
+    const keys = new Set<string>(['']);
+    for (const c of governing) for (const list of c.forms) for (const text of list) keys.add(text);
+    const covering = finder(governing);
+    // Keys below one directory mostly share its rules' lists: decide each list once.
+    const decided = new Map<Candidate[], Verdict>();
+    const decideOnce = (cands: Candidate[]) => {
+      let v = decided.get(cands);
+      if (!v) decided.set(cands, (v = decide(cands, role)));
+      return v;
+    };
+    // sort() without a comparator orders strings code unit by code unit: for latin1
+    // text, byte by byte — the order of Buffer.compare.
+    for (const text of [...keys].sort()) {
+      const verdicts = covering(text).map(decideOnce);
+      pathEntries.push({ roleId, data: Buffer.from(text, 'latin1'), verdicts: reorder(verdicts), defaultMode: dmode });
     }
     if (pathEntries.length > C.HELM_MAX_PATH_ENTRIES) {
       throw new PolicyError([{ severity: 'error', loc: policies[0].loc, message: `the policies need ${pathEntries.length} path entries; the kernel table holds ${C.HELM_MAX_PATH_ENTRIES}` }]);
