@@ -950,24 +950,6 @@ int BPF_PROG(helm_kernel_load_data, enum kernel_load_data_id id, bool contents, 
 	return ret ? ret : refuse_governed(HELM_OP_MODULE, 100 + id);
 }
 
-/* helmd's control socket: a governed agent cannot connect to it, whatever the path it uses. */
-SEC("lsm/unix_stream_connect")
-int BPF_PROG(helm_unix_stream_connect, struct sock *sock, struct sock *other, struct sock *newsk,
-	     int ret)
-{
-	if (ret)
-		return ret;
-	__u64 cgroup_id = 0;
-	struct helm_agent *agent = governing_agent(&cgroup_id);
-	if (!agent)
-		return 0;
-	struct unix_sock *u = (struct unix_sock *)other;
-	struct inode *inode = BPF_CORE_READ(u, path.dentry, d_inode);
-	if (inode && is_protected(inode))
-		return protect(agent, cgroup_id, HELM_OP_CONTROL, 0, 0, 0, 0, inode);
-	return 0;
-}
-
 /* ---------------------------------------------------------------- network */
 
 /*
@@ -1309,4 +1291,217 @@ SEC("cgroup/recvmsg6")
 int helm_recvmsg6(struct bpf_sock_addr *ctx)
 {
 	return restore_dns_source(ctx, 1);
+}
+
+/* ---------------------------------------------------------------- sockets that are not IP destinations */
+
+/*
+ * Unix-domain sockets (connect, and sends to a datagram socket), raw IP
+ * sockets and packet sockets: denied unless a `connect` rule names them
+ * (`unix:/path`, `unix:@name`, `raw:PROTO`, `packet:*`). Unix sockets are
+ * decided by the name of the socket reached — its path as the kernel resolves
+ * it, or its abstract name; raw and packet sockets when they are created.
+ */
+#define AF_UNIX 1
+#define AF_PACKET 17
+#define SOCK_RAW 3
+#define SOCK_TYPE_MASK 0xf
+#define UNIX_ABSTRACT_MAX 107
+
+struct unix_socket_table {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, HELM_MAX_UNIX_ENTRIES);
+	__uint(key_size, sizeof(struct helm_path_key));
+	__uint(value_size, sizeof(struct helm_socket_value));
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, HELM_MAX_GENERATIONS);
+	__type(key, __u32);
+	__array(values, struct unix_socket_table);
+} unix_tables SEC(".maps");
+
+struct socket_table {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, HELM_MAX_SOCKET_ENTRIES);
+	__uint(key_size, sizeof(struct helm_socket_key));
+	__uint(value_size, sizeof(struct helm_socket_value));
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, HELM_MAX_GENERATIONS);
+	__type(key, __u32);
+	__array(values, struct socket_table);
+} socket_tables SEC(".maps");
+
+/* The table of the active generation, or 0 (the caller denies: no table). */
+static __always_inline void *active_table(void *outer, struct decision *d)
+{
+	struct helm_settings *s = current_settings();
+	if (!s)
+		return 0;
+	__u32 generation = READ_ONCE(s->active_generation);
+	__u32 slot = generation & (HELM_MAX_GENERATIONS - 1);
+	d->generation = generation;
+	return bpf_map_lookup_elem(outer, &slot);
+}
+
+static __always_inline int socket_value_allows(struct decision *d, struct helm_socket_value *v)
+{
+	if (!v) {
+		d->reason = HELM_REASON_NO_POLICY;
+		d->verdict.action = HELM_ACTION_DENY;
+		d->verdict.mode = HELM_MODE_ENFORCE;
+		return 0;
+	}
+	return verdict_allows(d, &v->verdict, v->default_mode);
+}
+
+/* Raw and packet sockets, when created. 0 allows. */
+static __always_inline int decide_socket(__u32 kind, __u32 protocol)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 0;
+	struct net_subject sub = { .family = kind == HELM_SOCKET_PACKET ? AF_PACKET : AF_INET };
+	if (kind == HELM_SOCKET_PACKET)
+		sub.port = protocol;
+	else
+		sub.proto = protocol;
+	struct decision d = {
+		.op = HELM_OP_CONNECT,
+		.detail = kind == HELM_SOCKET_PACKET ? HELM_DETAIL_PACKET : HELM_DETAIL_RAW,
+		.net = &sub,
+	};
+	void *table = active_table(&socket_tables, &d);
+	if (!table) {
+		d.reason = HELM_REASON_NO_TABLE;
+		d.verdict.action = HELM_ACTION_DENY;
+		return deny(agent, cgroup_id, &d, 0, 0);
+	}
+	struct helm_socket_key k = { .role_id = agent->role_id, .kind = kind, .protocol = protocol };
+	struct helm_socket_value *v = bpf_map_lookup_elem(table, &k);
+	if (!v || v->verdict.action == HELM_ACTION_NONE) {
+		k.protocol = HELM_ANY_PROTOCOL;
+		v = bpf_map_lookup_elem(table, &k);
+	}
+	if (socket_value_allows(&d, v))
+		return 0;
+	return deny(agent, cgroup_id, &d, 0, 0);
+}
+
+SEC("lsm/socket_create")
+int BPF_PROG(helm_socket_create, int family, int type, int protocol, int kern, int ret)
+{
+	if (ret || kern)
+		return ret;
+	if (family == AF_PACKET)
+		return decide_socket(HELM_SOCKET_PACKET, bpf_ntohs((__u16)protocol));
+	if ((family == AF_INET || family == AF_INET6) && (type & SOCK_TYPE_MASK) == SOCK_RAW)
+		return decide_socket(HELM_SOCKET_RAW, protocol & 0xff);
+	return 0;
+}
+
+struct abstract_copy {
+	char *dst;
+	__u32 len;
+};
+
+/* A NUL inside an abstract name becomes 0x01: no rule (they hold no control characters) can then match a prefix of it. */
+static long abstract_byte(__u32 i, struct abstract_copy *c)
+{
+	if (i >= c->len)
+		return 1;
+	char *p = &c->dst[(i + 1) & 0xff];
+	if (*p == 0)
+		*p = 1;
+	return 0;
+}
+
+/*
+ * The name of the unix socket reached, into key->path: its path (the walk),
+ * "@<name>" for an abstract name. Returns the length with the NUL, 0 for a
+ * socket with no name at all (a socketpair's peer: nothing to decide), or a
+ * negative errno.
+ */
+static __always_inline long unix_name(struct sock *other, struct helm_path_key *key)
+{
+	struct unix_sock *u = (struct unix_sock *)other;
+	struct dentry *dentry = BPF_CORE_READ(u, path.dentry);
+	if (dentry)
+		return name_of(BPF_CORE_READ(u, path.mnt), dentry, key->path);
+	struct unix_address *addr = BPF_CORE_READ(u, addr);
+	if (!addr)
+		return 0;
+	int len = BPF_CORE_READ(addr, len);
+	/* len counts sun_family (2 bytes) and the leading NUL of an abstract name */
+	long n = len - 3;
+	if (n < 0 || n > UNIX_ABSTRACT_MAX)
+		return -ENAMETOOLONG;
+	void *sun_path = (void *)addr + bpf_core_field_offset(struct unix_address, name) + 2;
+	key->path[0] = '@';
+	bpf_probe_read_kernel(&key->path[1], UNIX_ABSTRACT_MAX, sun_path + 1);
+	struct abstract_copy c = { .dst = key->path, .len = n };
+	bpf_loop(UNIX_ABSTRACT_MAX, abstract_byte, &c, 0);
+	__u32 end = n + 1;
+	asm volatile("%0 &= 0xff" : "+r"(end));
+	key->path[end] = 0;
+	return n + 2;
+}
+
+/* helmd's control socket is never reachable; any other unix socket by the policy. 0 allows. */
+static __always_inline int decide_unix(struct sock *other)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 0;
+	struct unix_sock *u = (struct unix_sock *)other;
+	struct inode *inode = BPF_CORE_READ(u, path.dentry, d_inode);
+	if (inode && is_protected(inode))
+		return protect(agent, cgroup_id, HELM_OP_CONTROL, 0, 0, 0, 0, inode);
+
+	struct helm_path_key *key = key_buffer();
+	if (!key)
+		return -EPERM;
+	struct decision d = { .op = HELM_OP_CONNECT, .detail = HELM_DETAIL_UNIX };
+	long n = unix_name(other, key);
+	if (n == 0)
+		return 0;
+	d.path_len = n;
+	void *table = active_table(&unix_tables, &d);
+	if (!table) {
+		d.reason = HELM_REASON_NO_TABLE;
+		d.verdict.action = HELM_ACTION_DENY;
+		goto out;
+	}
+	if (n < 1 || n > HELM_PATH_BUF) {
+		d.reason = HELM_REASON_PATH_ERROR;
+		d.verdict.action = HELM_ACTION_DENY;
+		goto out;
+	}
+	key->role_id = agent->role_id;
+	key->prefixlen = 32 + 8 * (__u32)n;
+	if (socket_value_allows(&d, bpf_map_lookup_elem(table, key)))
+		return 0;
+out:
+	return deny(agent, cgroup_id, &d, key, inode);
+}
+
+SEC("lsm/unix_stream_connect")
+int BPF_PROG(helm_unix_stream_connect, struct sock *sock, struct sock *other, struct sock *newsk,
+	     int ret)
+{
+	return ret ? ret : decide_unix(other);
+}
+
+SEC("lsm/unix_may_send")
+int BPF_PROG(helm_unix_may_send, struct socket *sock, struct socket *other, int ret)
+{
+	return ret ? ret : decide_unix(BPF_CORE_READ(other, sk));
 }

@@ -82,6 +82,10 @@ enum helm_detail {
 	HELM_DETAIL_NET_CONNECT = 16, /* connect(2) */
 	HELM_DETAIL_NET_SENDMSG = 17, /* an unconnected datagram send */
 	HELM_DETAIL_NET_BIND = 18,
+	/* sockets that are not IP destinations, decided by `connect` rules */
+	HELM_DETAIL_UNIX = 19,   /* connect or send to a unix socket; path holds its name ("@..." if abstract) */
+	HELM_DETAIL_RAW = 20,    /* a raw IP socket; proto holds the protocol */
+	HELM_DETAIL_PACKET = 21, /* a packet socket; port holds the EtherType */
 };
 
 /* What a matched rule says; NONE means no rule of this verb covers the path. */
@@ -229,6 +233,36 @@ struct helm_dns_origin {
 	__u16 port;    /* network byte order */
 	__u16 family;  /* AF_INET or AF_INET6, as the socket sent it */
 	__u32 pad;
+};
+
+/*
+ * socket table key: raw and packet sockets by protocol, decided when the socket
+ * is created. Every governed role has an entry with protocol HELM_ANY_PROTOCOL
+ * per kind (the `*` rules, and the default's mode).
+ */
+enum helm_socket_kind {
+	HELM_SOCKET_RAW = 1,
+	HELM_SOCKET_PACKET = 2,
+};
+#define HELM_ANY_PROTOCOL 0xffffffffu
+#define HELM_MAX_SOCKET_ENTRIES 4096
+#define HELM_MAX_UNIX_ENTRIES 16384
+
+struct helm_socket_key {
+	__u32 role_id;
+	__u32 kind;     /* enum helm_socket_kind */
+	__u32 protocol; /* IPPROTO_* for raw, the EtherType for packet, or HELM_ANY_PROTOCOL */
+};
+
+/*
+ * The folded verdict of a socket-table entry, and of a unix-table entry: an LPM
+ * trie keyed like helm_path_key, "<path>\0" or "<dir>/" for sockets bound to a
+ * path, "@<name>\0" or "@" for abstract ones, "" for the role's default.
+ */
+struct helm_socket_value {
+	struct helm_verdict verdict;
+	__u8 default_mode;
+	__u8 pad[7];
 };
 
 /* protected_inodes: helm's own files (policies, audit trail, control socket): no governed access at all. */

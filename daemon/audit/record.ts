@@ -8,7 +8,7 @@ export const AUDIT_SCHEMA_VERSION = 1;
 
 const OPS = ['read', 'write', 'exec', 'bpf', 'signal', 'ptrace', 'mount', 'module', 'control', 'connect', 'bind'] as const;
 /** What a write was, or the object of a self-protection denial, or how a network op was made. */
-const DETAILS = ['open', 'create', 'mkdir', 'unlink', 'rmdir', 'rename-from', 'rename-to', 'link-from', 'link-to', 'symlink', 'chmod', 'chown', 'truncate', 'mmap-exec', 'receive', 'xattr', 'connect', 'sendmsg', 'bind'] as const;
+const DETAILS = ['open', 'create', 'mkdir', 'unlink', 'rmdir', 'rename-from', 'rename-to', 'link-from', 'link-to', 'symlink', 'chmod', 'chown', 'truncate', 'mmap-exec', 'receive', 'xattr', 'connect', 'sendmsg', 'bind', 'unix', 'raw', 'packet'] as const;
 const PROTOS: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6', 132: 'sctp', 136: 'udplite' };
 const DECISIONS = ['allow', 'deny', 'would_deny'] as const;
 const REASONS = ['rule', 'default', 'no-policy', 'path-error', 'no-table', 'inode-rule', 'self-protection'] as const;
@@ -34,6 +34,8 @@ export interface AuditRecord {
   proto?: string;
   /** Network ops: the host name the agent's own DNS lookup returned this address for, when known. */
   host?: string;
+  /** A packet socket's EtherType (0x0003: every protocol). */
+  ethertype?: string;
   pid: number;
   tid: number;
   ppid: number;
@@ -107,7 +109,8 @@ export function toAuditRecord(e: RawEvent, seq: number, realtimeOffsetNs: bigint
   const names = ctx.generation(e.generation);
   const rule = e.ruleId ? names?.rules[e.ruleId - 1] : undefined;
   const agent = ctx.agent(e.agentId);
-  const isNet = e.op === C.HELM_OP_CONNECT || e.op === C.HELM_OP_BIND;
+  // An IP destination has addr/port/proto; a unix socket its path (or "@name"); raw and packet sockets their protocol.
+  const isNet = (e.op === C.HELM_OP_CONNECT || e.op === C.HELM_OP_BIND) && e.detail !== C.HELM_DETAIL_UNIX;
   let path = isNet ? null : e.path ?? null;
   // The kernel matched directories as "<dir>/"; report the directory's own path.
   if (path && e.flags & C.HELM_EVENT_FLAG_DIR && path.length > 1 && path.endsWith('/')) path = path.slice(0, -1);
@@ -142,7 +145,9 @@ export function toAuditRecord(e: RawEvent, seq: number, realtimeOffsetNs: bigint
   };
 }
 
-function netFields(e: RawEvent, ctx: AuditContext): Pick<AuditRecord, 'addr' | 'port' | 'proto' | 'host'> {
+function netFields(e: RawEvent, ctx: AuditContext): Pick<AuditRecord, 'addr' | 'port' | 'proto' | 'host' | 'ethertype'> {
+  if (e.detail === C.HELM_DETAIL_RAW) return { proto: PROTOS[e.proto] ?? String(e.proto) };
+  if (e.detail === C.HELM_DETAIL_PACKET) return { ethertype: `0x${e.port.toString(16).padStart(4, '0')}` };
   const host = ctx.hostOf?.(e.agentId, e.addr);
   return { addr: addressText(e.addr), port: e.port, proto: PROTOS[e.proto] ?? String(e.proto), ...(host ? { host } : {}) };
 }

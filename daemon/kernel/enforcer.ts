@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import { BpfMap, BpfObject, MAP_FLAG, MAP_TYPE, RingReader, readPerCpuCounter } from './bpf';
 import {
   C, LAYOUT, kernelDev, encodeProtectedKey, encodeAgent, encodeInodeKey, encodeInodeValue, encodePathKey, encodePathValue,
-  encodeSettings, encodeNetKey, encodeNetValue, encodeNameKey, encodeLearnedKey, encodeLearnedValue, u32Key, u64Key,
+  encodeSettings, encodeNetKey, encodeNetValue, encodeNameKey, encodeSocketKey, encodeSocketValue, encodeLearnedKey, encodeLearnedValue, u32Key, u64Key,
 } from './layout';
 import { cgroup2Mount } from '../control/cgroups';
 import { KernelError, buildDir } from './native';
@@ -53,6 +53,8 @@ export class KernelEnforcer {
   private readonly protectedInodes: BpfMap;
   private readonly netTables: BpfMap;
   private readonly nameTables: BpfMap;
+  private readonly unixTables: BpfMap;
+  private readonly socketTables: BpfMap;
   private readonly learned: BpfMap;
   private generation = 0;
   private flags = 0;
@@ -69,6 +71,8 @@ export class KernelEnforcer {
     this.protectedInodes = obj.map('protected_inodes');
     this.netTables = obj.map('net_tables');
     this.nameTables = obj.map('name_tables');
+    this.unixTables = obj.map('unix_tables');
+    this.socketTables = obj.map('socket_tables');
     this.learned = obj.map('learned_addrs');
   }
 
@@ -137,6 +141,10 @@ export class KernelEnforcer {
       tables.push(nets);
       const names = BpfMap.create(MAP_TYPE.HASH, 'helm_names', LAYOUT.helm_name_key.size, LAYOUT.helm_net_value.size, C.HELM_MAX_NAME_ENTRIES, NO_PREALLOC);
       tables.push(names);
+      const unix = BpfMap.create(MAP_TYPE.LPM_TRIE, 'helm_unix', LAYOUT.helm_path_key.size, LAYOUT.helm_socket_value.size, C.HELM_MAX_UNIX_ENTRIES, NO_PREALLOC);
+      tables.push(unix);
+      const sockets = BpfMap.create(MAP_TYPE.HASH, 'helm_sockets', LAYOUT.helm_socket_key.size, LAYOUT.helm_socket_value.size, C.HELM_MAX_SOCKET_ENTRIES, NO_PREALLOC);
+      tables.push(sockets);
       for (const e of compiled.pathEntries) {
         paths.update(encodePathKey(e.roleId, e.data), encodePathValue(e.verdicts, e.defaultMode));
       }
@@ -149,11 +157,15 @@ export class KernelEnforcer {
       for (const e of compiled.nameEntries) {
         names.update(encodeNameKey(e.roleId, e.nameId), encodeNetValue(e.ranges, e.defaultMode));
       }
+      for (const e of compiled.unixEntries) unix.update(encodePathKey(e.roleId, e.data), encodeSocketValue(e.verdict, e.defaultMode));
+      for (const e of compiled.socketEntries) sockets.update(encodeSocketKey(e.roleId, e.kind, e.protocol), encodeSocketValue(e.verdict, e.defaultMode));
       const fdValue = (m: BpfMap) => u32Key(m.fd);
       this.pathTables.update(u32Key(slot), fdValue(paths));
       this.inodeTables.update(u32Key(slot), fdValue(inodes));
       this.netTables.update(u32Key(slot), fdValue(nets));
       this.nameTables.update(u32Key(slot), fdValue(names));
+      this.unixTables.update(u32Key(slot), fdValue(unix));
+      this.socketTables.update(u32Key(slot), fdValue(sockets));
     } catch (e) {
       for (const m of tables) m.close();
       throw e;

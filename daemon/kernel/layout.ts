@@ -74,6 +74,14 @@ export const C = {
   HELM_RANK_ALLOW: 1,
   HELM_RANK_CONTEXTUAL: 2,
   HELM_RANK_BLOCK: 3,
+  HELM_DETAIL_UNIX: 19,
+  HELM_DETAIL_RAW: 20,
+  HELM_DETAIL_PACKET: 21,
+  HELM_SOCKET_RAW: 1,
+  HELM_SOCKET_PACKET: 2,
+  HELM_ANY_PROTOCOL: 0xffffffff,
+  HELM_MAX_SOCKET_ENTRIES: 4096,
+  HELM_MAX_UNIX_ENTRIES: 16384,
   HELM_EVENT_DECISION: 1,
   HELM_EVENT_SELFTEST: 2,
   HELM_EVENT_FLAG_DIR: 1,
@@ -101,6 +109,8 @@ export const LAYOUT = {
   helm_learned_key: { size: 24, fields: { agent_id: [0, 8], addr: [8, 16] } },
   helm_learned_value: { size: 24, fields: { expires_boot_ns: [0, 8], name_id: [8, 16] } },
   helm_dns_origin: { size: 24, fields: { addr: [0, 16], port: [16, 2], family: [18, 2] } },
+  helm_socket_key: { size: 12, fields: { role_id: [0, 4], kind: [4, 4], protocol: [8, 4] } },
+  helm_socket_value: { size: 16, fields: { verdict: [0, 8], default_mode: [8, 1] } },
   helm_event: {
     size: 640,
     fields: {
@@ -185,6 +195,23 @@ export function encodeNetValue(ranges: readonly PortRange[], defaultMode: number
     buf.writeUInt16LE(r.to, o + R.fields.to[0]);
     writeVerdicts(buf, o + R.fields.verdict[0], r.verdicts, C.HELM_NET_OPS);
   });
+  return buf;
+}
+
+export function encodeSocketKey(roleId: number, kind: number, protocol: number): Buffer {
+  const L = LAYOUT.helm_socket_key;
+  const buf = Buffer.alloc(L.size);
+  buf.writeUInt32LE(roleId, L.fields.role_id[0]);
+  buf.writeUInt32LE(kind, L.fields.kind[0]);
+  buf.writeUInt32LE(protocol >>> 0, L.fields.protocol[0]);
+  return buf;
+}
+
+export function encodeSocketValue(verdict: Verdict, defaultMode: number): Buffer {
+  const L = LAYOUT.helm_socket_value;
+  const buf = Buffer.alloc(L.size);
+  writeVerdicts(buf, L.fields.verdict[0], [verdict], 1);
+  buf.writeUInt8(defaultMode, L.fields.default_mode[0]);
   return buf;
 }
 

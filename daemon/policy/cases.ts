@@ -22,8 +22,8 @@
 import * as net from 'net';
 import { Document, LineCounter, Pair, YAMLMap, isMap, isScalar, isSeq, parseAllDocuments, visit } from 'yaml';
 import { canonicalizeRulePath } from './canonical';
-import { traceOperation, type Decision, type Operation, type Outcome, type Trace } from './evaluate';
-import { deepestOffset, describe, hostNameProblem, suggest, tooDeepMessage } from './parse';
+import { traceOperation, type Decision, type Operation, type Outcome, type SocketSubject, type Trace } from './evaluate';
+import { RAW_PROTOCOLS, deepestOffset, describe, hostNameProblem, suggest, tooDeepMessage } from './parse';
 import { FILE_VERBS, PolicyError, VERBS, type FileVerb, type Policy, type PolicyDiagnostic, type SourceLocation, type Verb } from './types';
 
 export interface TestCase {
@@ -57,7 +57,8 @@ const RULE_REF_RE = /^(?:[a-z0-9][a-z0-9._-]*\/)?(?:[A-Za-z0-9][A-Za-z0-9._-]*|(
 
 export type ParsedTarget =
   | { kind: 'path'; path: string; isDir: boolean }
-  | { kind: 'net'; addr?: string; host?: string; port: number };
+  | { kind: 'net'; addr?: string; host?: string; port: number }
+  | { kind: 'socket'; socket: SocketSubject };
 
 export function isFileVerb(verb: string): verb is FileVerb {
   return (FILE_VERBS as readonly string[]).includes(verb);
@@ -78,6 +79,24 @@ export function parseOperationTarget(verb: Verb, s: string, canonicalize: (p: st
     if (problem) return problem;
     const isDir = s.endsWith('/') && s !== '/';
     return { kind: 'path', path: canonicalPath(s, canonicalize), isDir };
+  }
+  const socket = /^(unix|raw|packet):(.*)$/.exec(s);
+  if (socket) {
+    if (verb !== 'connect') return `is a ${socket[1]} socket; those are connect operations`;
+    const rest = socket[2];
+    if (socket[1] === 'unix') {
+      if (rest.startsWith('@') && rest.length > 1 && rest !== '@*') return { kind: 'socket', socket: { family: 'unix', abstract: rest.slice(1) } };
+      if (rest.startsWith('/')) {
+        const problem = pathProblem(rest);
+        if (problem) return problem;
+        return { kind: 'socket', socket: { family: 'unix', path: canonicalPath(rest, canonicalize) } };
+      }
+      return 'needs a socket path ("unix:/run/app.sock") or an abstract name ("unix:@name")';
+    }
+    const named = socket[1] === 'raw' ? RAW_PROTOCOLS[rest.toLowerCase()] : undefined;
+    const n = named ?? (/^(0|[1-9][0-9]{0,4}|0x[0-9a-fA-F]{1,4})$/.test(rest) ? Number(rest) : NaN);
+    if (Number.isNaN(n) || n > (socket[1] === 'raw' ? 255 : 0xffff)) return `has a bad protocol ${q(rest)} (an operation names one protocol, no "*")`;
+    return { kind: 'socket', socket: { family: socket[1] as 'raw' | 'packet', protocol: n } };
   }
   if (s.startsWith('/')) return `is a path; ${verb} takes a destination ADDRESS:PORT or HOST:PORT`;
   let addr: string;
@@ -384,6 +403,8 @@ export function readCases(text: string, file: string, opts: CaseOptions = {}): {
     const op: Operation =
       target.kind === 'path'
         ? { role, verb: verb as FileVerb, path: target.path, isDir: isDir ?? target.isDir, ...context }
+        : target.kind === 'socket'
+        ? { role, verb: 'connect', port: 0, socket: target.socket, ...context }
         : { role, verb: verb as 'connect' | 'bind', port: target.port, ...(target.addr !== undefined && { addr: target.addr }), ...(addr !== undefined && { addr }), ...(target.host !== undefined && { host: target.host }), ...context };
     cases.push({
       name: name ?? `${role}: ${verb} ${targetText}${describeContext(op)}`,

@@ -22,6 +22,7 @@ import {
 } from './types';
 import { defaultMode, governs, whenHoldsForRole } from './evaluate';
 import { compileNetwork, type NameEntry, type NetEntry } from './compile-net';
+import { compileSockets, type SocketEntry, type UnixEntry } from './compile-socket';
 
 export interface RuleRef {
   policy: string;
@@ -60,6 +61,8 @@ export interface CompiledPolicy {
   inodeEntries: InodeEntry[];
   netEntries: NetEntry[];
   nameEntries: NameEntry[];
+  unixEntries: UnixEntry[];
+  socketEntries: SocketEntry[];
   /** Host-name pattern → id in the name tables (stable across generations, like role ids). */
   nameIds: Map<string, number>;
   warnings: PolicyDiagnostic[];
@@ -330,6 +333,8 @@ function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder)
   const inodeEntries: InodeEntry[] = [];
   const netEntries: NetEntry[] = [];
   const nameEntries: NameEntry[] = [];
+  const unixEntries: UnixEntry[] = [];
+  const socketEntries: SocketEntry[] = [];
   const nameIds = new Map(opts.nameIds ?? []);
   const walks: Walker = { stat, readdir, budget: walkBudget, memo: new Map() };
   for (const role of [...roles.keys()].sort()) {
@@ -365,6 +370,12 @@ function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder)
     const net = compileNetwork(governing, role, roleId, dmode, nameIds, decide, errors);
     netEntries.push(...net.netEntries);
     nameEntries.push(...net.nameEntries);
+    const sockets = compileSockets(governing, role, roleId, dmode, decide, errors);
+    unixEntries.push(...sockets.unixEntries);
+    socketEntries.push(...sockets.socketEntries);
+  }
+  if (unixEntries.length > C.HELM_MAX_UNIX_ENTRIES || socketEntries.length > C.HELM_MAX_SOCKET_ENTRIES) {
+    errors.push({ severity: 'error', loc: policies[0].loc, message: `the policies need ${unixEntries.length} unix-socket and ${socketEntries.length} raw/packet entries; the kernel tables hold ${C.HELM_MAX_UNIX_ENTRIES} and ${C.HELM_MAX_SOCKET_ENTRIES}` });
   }
   if (errors.length) throw new PolicyError(errors);
   if (netEntries.length > C.HELM_MAX_NET_ENTRIES) {
@@ -385,6 +396,8 @@ function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder)
     inodeEntries,
     netEntries,
     nameEntries,
+    unixEntries,
+    socketEntries,
     nameIds,
     warnings,
   };

@@ -9,7 +9,7 @@
 //    every `when` key, given the acting process's context), for `helmctl policy test` and
 //    `helmctl policy explain`. traceOperation() also says which rules matched at each step.
 import { addressBytes, type IpBytes } from './ip';
-import type { Conditions, FileVerb, Mode, NetTarget, PathTarget, Policy, Rule, Target, Verb } from './types';
+import type { Conditions, FileVerb, Mode, NetTarget, PathTarget, Policy, Rule, SocketTarget, Target, Verb } from './types';
 
 export interface FileOperation {
   role: string;
@@ -34,7 +34,15 @@ export interface NetOperation {
   port: number;
   /** The host name the agent looked the address up as, when known (compared case-insensitively). */
   host?: string;
+  /** A connect to a socket that is not an IP destination (then addr, port and host are unused). */
+  socket?: SocketSubject;
 }
+
+/** A unix socket's path (as the kernel resolved it) or abstract name; a raw IP protocol; a packet socket's EtherType. */
+export type SocketSubject =
+  | { family: 'unix'; path: string }
+  | { family: 'unix'; abstract: string }
+  | { family: 'raw' | 'packet'; protocol: number };
 
 /** What is known about the acting process, for `when` conditions other than role. */
 export interface OperationContext {
@@ -216,7 +224,10 @@ export function evaluateOperation(policies: Policy[], op: Operation): Outcome {
 /** The decision and every match that went into it (for `helmctl policy explain`). */
 export function traceOperation(policies: Policy[], op: Operation): Trace {
   let matchOf: (rule: Rule) => Target | undefined;
-  if (isNetOperation(op)) {
+  if (isNetOperation(op) && op.socket) {
+    const socket = op.socket;
+    matchOf = (rule) => rule.verbs[op.verb]?.find((t) => t.kind === 'socket' && socketMatches(t, socket));
+  } else if (isNetOperation(op)) {
     const subject = netSubject(op);
     matchOf = (rule) => rule.verbs[op.verb]?.find((t) => t.kind === 'net' && netMatches(t, subject));
   } else {
@@ -274,6 +285,15 @@ function q(s: string): string {
 
 // ---------------------------------------------------------------------------------------------
 // Network targets
+
+/** Does a unix/raw/packet target cover this socket? */
+export function socketMatches(t: SocketTarget, s: SocketSubject): boolean {
+  const k = t.socket;
+  if (k.family !== s.family) return false;
+  if ('path' in k) return 'path' in s && pathMatches(k.path, s.path, false);
+  if ('abstract' in k) return 'abstract' in s && (k.abstract === '*' || k.abstract === s.abstract);
+  return 'protocol' in s && (k.protocol === '*' || k.protocol === s.protocol);
+}
 
 /** An IP address as bytes: 4 for IPv4 (IPv4-mapped IPv6 included), 16 for IPv6. */
 export type { IpBytes } from './ip';

@@ -222,6 +222,10 @@ export function operationFromOptions(verb: Verb, targetText: string, o: ExplainO
     return { role: o.role, verb: verb as FileVerb, path: target.path, isDir: (o.dir ?? false) || target.isDir, ...context };
   }
   if (o.dir) return '--dir is for read, write and exec';
+  if (target.kind === 'socket') {
+    if (o.addr !== undefined) return '--addr is for a HOST:PORT target';
+    return { role: o.role, verb: 'connect', port: 0, socket: target.socket, ...context };
+  }
   if (o.addr !== undefined) {
     if (target.host === undefined) return '--addr is for a HOST:PORT target (the target already is an address)';
     if (ipBytes(o.addr) === undefined) return `--addr ${q(o.addr)} is not an IPv4 or IPv6 address`;

@@ -20,7 +20,7 @@ import { LineCounter, parseAllDocuments } from 'yaml';
 import { compilePolicy, type CompiledPolicy, type CompileOptions } from './compile';
 import { governs, inNetwork, ruleNetwork } from './evaluate';
 import { loadPolicies, suggest, type ParseOptions } from './parse';
-import { FILE_VERBS, PolicyError, VERBS, type Conditions, type NetTarget, type PathTarget, type Policy, type PolicyDiagnostic, type Rule, type SourceLocation, type Target, type Verb } from './types';
+import { FILE_VERBS, PolicyError, VERBS, type Conditions, type NetTarget, type SocketTarget, type PathTarget, type Policy, type PolicyDiagnostic, type Rule, type SourceLocation, type Target, type Verb } from './types';
 
 export interface LintOptions extends ParseOptions {
   /** Compile for the kernel too (default): what helmd would refuse is an error. */
@@ -109,10 +109,18 @@ export function targetCovers(outer: Target, inner: Target): boolean {
     if (outer.subtree) return inner.canonical.startsWith(outer.canonical);
     return !inner.subtree && inner.canonical === outer.canonical;
   }
+  if (outer.kind === 'socket' && inner.kind === 'socket') return socketCovers(outer.socket, inner.socket);
   if (outer.kind === 'net' && inner.kind === 'net') {
     return outer.ports.from <= inner.ports.from && inner.ports.to <= outer.ports.to && addressCovers(outer.address, inner.address);
   }
   return false;
+}
+
+function socketCovers(outer: SocketTarget['socket'], inner: SocketTarget['socket']): boolean {
+  if (outer.family !== inner.family) return false;
+  if ('path' in outer) return 'path' in inner && targetCovers(outer.path, inner.path);
+  if ('abstract' in outer) return 'abstract' in inner && (outer.abstract === '*' || outer.abstract === inner.abstract);
+  return 'protocol' in inner && (outer.protocol === '*' || outer.protocol === inner.protocol);
 }
 
 function addressCovers(outer: NetTarget['address'], inner: NetTarget['address']): boolean {
@@ -211,6 +219,10 @@ function pathsOnThisHost(policies: Policy[], kindOf: NonNullable<LintOptions['pa
 
 function targetKey(t: Target): string {
   if (t.kind === 'path') return `path ${t.canonical}`;
+  if (t.kind === 'socket') {
+    const k = t.socket;
+    return `socket ${k.family} ${'path' in k ? k.path.canonical : 'abstract' in k ? `@${k.abstract}` : k.protocol}`;
+  }
   const a = t.address;
   let addr: string;
   if (a.type === 'ip') {

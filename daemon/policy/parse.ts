@@ -30,6 +30,7 @@ import {
   FILE_VERBS,
   Mode,
   NetTarget,
+  SocketTarget,
   PathTarget,
   Policy,
   PolicyDiagnostic,
@@ -394,8 +395,15 @@ function checkDocumentSyntax(ctx: Ctx, doc: Document.Parsed, text: string): bool
   const label = ctx.file.endsWith('.json') ? 'syntax error' : 'YAML syntax error';
   let ok = true;
   const reported = new Set<number>();
-  for (const e of doc.errors) {
+  // A mangled file can hold thousands of syntax errors, one a character; the first ones locate it.
+  const MAX_SYNTAX_ERRORS = 50;
+  for (const [i, e] of doc.errors.entries()) {
     reported.add(e.pos[0]);
+    if (i === MAX_SYNTAX_ERRORS) {
+      err(ctx, offsetLoc(ctx, e.pos[0], ''), `${label}: ... and ${doc.errors.length - MAX_SYNTAX_ERRORS} more syntax errors from here on`);
+      ok = false;
+      break;
+    }
     err(ctx, offsetLoc(ctx, e.pos[0], ''), `${label}: ${e.message}${syntaxHint(e.code, text, e.pos[0])}`);
     // A duplicate key leaves a well-formed tree behind: keep checking the rest of the document.
     if (e.code !== 'DUPLICATE_KEY') ok = false;
@@ -710,8 +718,16 @@ function pathProblem(s: string): string | undefined {
   return undefined;
 }
 
-function netTarget(ctx: Ctx, v: At, s: string, verb: Verb, ruleName: string): NetTarget | undefined {
+function netTarget(ctx: Ctx, v: At, s: string, verb: Verb, ruleName: string): NetTarget | SocketTarget | undefined {
   const what = `${ruleName}: ${verb} target ${q(s)}`;
+  const family = /^(unix|raw|packet):/.exec(s)?.[1] as 'unix' | 'raw' | 'packet' | undefined;
+  if (family) {
+    if (verb !== 'connect') {
+      err(ctx, v.loc, `${what}: ${family} sockets go under connect (binding a unix socket's path is a write of that path)`);
+      return undefined;
+    }
+    return socketTarget(ctx, v, s, family, what);
+  }
   if (s.startsWith('/')) {
     err(ctx, v.loc, `${what} is a path; ${verb} takes network destinations (ADDRESS:PORTS), paths go under read, write or exec`);
     return undefined;
@@ -726,6 +742,34 @@ function netTarget(ctx: Ctx, v: At, s: string, verb: Verb, ruleName: string): Ne
     return undefined;
   }
   return { kind: 'net', written: s, ...parsed, loc: v.loc };
+}
+
+/** Raw IP protocols by name; anything else is written as its number. */
+export const RAW_PROTOCOLS: Record<string, number> = { icmp: 1, igmp: 2, tcp: 6, udp: 17, gre: 47, esp: 50, ah: 51, icmpv6: 58, sctp: 132 };
+
+function socketTarget(ctx: Ctx, v: At, s: string, family: 'unix' | 'raw' | 'packet', what: string): SocketTarget | undefined {
+  const rest = s.slice(family.length + 1);
+  const fail = (why: string) => void err(ctx, v.loc, `${what} ${why}`);
+  if (family === 'unix') {
+    if (rest.startsWith('@')) {
+      const name = rest.slice(1);
+      if (name === '') return fail('has an empty abstract name ("unix:@*" for every abstract socket)');
+      if (name !== '*' && name.includes('*')) return fail('has "*" inside an abstract name: only "unix:@*" (every abstract socket) is a wildcard');
+      if (/[\u0000-\u001f\u007f]/.test(name)) return fail('has a control character in the abstract name');
+      if (Buffer.byteLength(name, 'utf8') > 107) return fail('has an abstract name longer than 107 bytes (sun_path holds 108 with the leading NUL)');
+      return { kind: 'socket', written: s, socket: { family, abstract: name }, loc: v.loc };
+    }
+    if (!rest.startsWith('/')) return fail('needs an absolute path ("unix:/run/app.sock", "unix:/run/app/") or an abstract name ("unix:@name")');
+    const path = pathTarget(ctx, v, rest, `${what}: socket path`);
+    return path && { kind: 'socket', written: s, socket: { family, path }, loc: v.loc };
+  }
+  let protocol: number | '*';
+  if (rest === '*') protocol = '*';
+  else if (family === 'raw' && RAW_PROTOCOLS[rest.toLowerCase()] !== undefined) protocol = RAW_PROTOCOLS[rest.toLowerCase()];
+  else if (/^(0|[1-9][0-9]{0,4}|0x[0-9a-fA-F]{1,4})$/.test(rest)) protocol = Number(rest);
+  else return fail(family === 'raw' ? `has an unknown protocol ${q(rest)}: a name (${Object.keys(RAW_PROTOCOLS).join(', ')}), a number 0-255, or *` : `has a bad EtherType ${q(rest)}: a number such as 0x0806, or *`);
+  if (protocol !== '*' && protocol > (family === 'raw' ? 255 : 0xffff)) return fail(`has protocol ${protocol} out of range (${family === 'raw' ? '0-255' : '0-0xffff'})`);
+  return { kind: 'socket', written: s, socket: { family, protocol }, loc: v.loc };
 }
 
 // ---------------------------------------------------------------------------------------------

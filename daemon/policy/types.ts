@@ -42,7 +42,23 @@ export interface NetTarget {
   loc: SourceLocation;
 }
 
-export type Target = PathTarget | NetTarget;
+/**
+ * A socket that is not an IP destination, under `connect`: a unix-domain socket by path
+ * (`unix:/run/app.sock`, `unix:/run/app/` for every socket below) or abstract name
+ * (`unix:@name`, `unix:@*` for every abstract name), a raw IP socket by protocol (`raw:icmp`,
+ * `raw:6`, `raw:*`), a packet socket (`packet:*`, or an EtherType such as `packet:0x0806`).
+ */
+export interface SocketTarget {
+  kind: 'socket';
+  written: string;
+  socket:
+    | { family: 'unix'; path: PathTarget }
+    | { family: 'unix'; abstract: string } // '*' = every abstract name
+    | { family: 'raw' | 'packet'; protocol: number | '*' };
+  loc: SourceLocation;
+}
+
+export type Target = PathTarget | NetTarget | SocketTarget;
 
 export interface Conditions {
   role?: string[];

@@ -11,6 +11,10 @@
  *   id=bind-tcp:ADDR:PORT  bind a TCP socket
  *   id=bind-udp:ADDR:PORT  bind a UDP socket
  *   id=name:HOST:PORT      getaddrinfo (the agent's own DNS), then TCP connect to each answer
+ *   id=unix:PATH:0         connect to a unix stream socket (PATH "@name": abstract)
+ *   id=unixd:PATH:0        send one datagram to a unix datagram socket
+ *   id=raw:PROTO:0         create a raw IPv4 socket of protocol PROTO
+ *   id=packet:ETHERTYPE:0  create a packet socket
  *   id=sleep:SECONDS:0     wait (between cases that depend on time)
  * ADDR is IPv4 or IPv6 text (no brackets); the family follows the address.
  */
@@ -22,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <stddef.h>
 #include <unistd.h>
 
 static const char *errname(int e)
@@ -89,6 +95,40 @@ static int attempt(const char *kind, const char *addr, int port)
 	return e;
 }
 
+/* 0 or an errno */
+static int unix_attempt(const char *path, int dgram)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	socklen_t len;
+	size_t n = strlen(path);
+	if (n >= sizeof(sa.sun_path))
+		return EINVAL;
+	if (path[0] == '@') { /* abstract: a leading NUL, no terminator */
+		memcpy(sa.sun_path + 1, path + 1, n - 1);
+		len = offsetof(struct sockaddr_un, sun_path) + n;
+	} else {
+		memcpy(sa.sun_path, path, n);
+		len = sizeof(sa);
+	}
+	int fd = socket(AF_UNIX, dgram ? SOCK_DGRAM : SOCK_STREAM, 0);
+	if (fd < 0)
+		return errno;
+	int rc = dgram ? (sendto(fd, "x", 1, 0, (struct sockaddr *)&sa, len) < 0 ? -1 : 0)
+		       : connect(fd, (struct sockaddr *)&sa, len);
+	int e = rc ? errno : 0;
+	close(fd);
+	return e;
+}
+
+static int socket_attempt(int family, int type, int protocol)
+{
+	int fd = socket(family, type, protocol);
+	if (fd < 0)
+		return errno;
+	close(fd);
+	return 0;
+}
+
 static void by_name(const char *id, const char *host, const char *port)
 {
 	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res, *ai;
@@ -136,6 +176,14 @@ int main(int argc, char **argv)
 		if (!strcmp(kind, "sleep")) {
 			sleep(atoi(addr));
 			printf("CASE %s ok\n", id);
+		} else if (!strcmp(kind, "unix") || !strcmp(kind, "unixd") || !strcmp(kind, "raw") || !strcmp(kind, "packet")) {
+			int e = !strcmp(kind, "raw")      ? socket_attempt(AF_INET, SOCK_RAW, (int)strtol(addr, NULL, 0))
+				: !strcmp(kind, "packet") ? socket_attempt(AF_PACKET, SOCK_RAW, htons((int)strtol(addr, NULL, 0)))
+							  : unix_attempt(addr, !strcmp(kind, "unixd"));
+			if (e)
+				printf("CASE %s %s\n", id, errname(e));
+			else
+				printf("CASE %s ok\n", id);
 		} else if (!strcmp(kind, "name")) {
 			by_name(id, addr, port);
 		} else {

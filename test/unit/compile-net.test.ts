@@ -167,3 +167,61 @@ t.test('model of the kernel over the compiled entries = the reference evaluator 
   }
   t.pass(`${checked} operations agree`);
 });
+
+t.test('unix, raw and packet targets: parsed, refused when malformed, matched and compiled', async (t) => {
+  const text = doc(
+    's',
+    '[r]',
+    '  allow:\n    - id: sockets\n      connect: ["unix:/run/app/", "unix:@bus", "raw:icmp", "packet:*"]\n  block:\n    - id: secret\n      connect: ["unix:/run/app/admin.sock", "raw:*"]\n',
+  );
+  const ps = policies(text);
+  const ev = (socket: Parameters<typeof evaluateOperation>[1] extends infer O ? (O extends { socket?: infer S } ? S : never) : never) =>
+    evaluateOperation(ps, { role: 'r', verb: 'connect', port: 0, socket });
+  t.match(ev({ family: 'unix', path: '/run/app/api.sock' }), { decision: 'allow', rule: 'sockets' });
+  t.match(ev({ family: 'unix', path: '/run/app/admin.sock' }), { decision: 'deny', rule: 'secret' });
+  t.match(ev({ family: 'unix', path: '/run/other.sock' }), { decision: 'deny', reason: 'default' });
+  t.match(ev({ family: 'unix', abstract: 'bus' }), { decision: 'allow' });
+  t.match(ev({ family: 'unix', abstract: 'bus2' }), { decision: 'deny' });
+  t.match(ev({ family: 'raw', protocol: 1 }), { decision: 'deny', rule: 'secret' }, 'raw:* blocked beats raw:icmp allowed');
+  t.match(ev({ family: 'packet', protocol: 0x806 }), { decision: 'allow' });
+  t.match(evaluateOperation(ps, { role: 'r', verb: 'connect', addr: '10.0.0.1', port: 80 }), { decision: 'deny', reason: 'default' }, 'socket targets never match IP destinations');
+
+  const c = compile(text);
+  const unix = c.unixEntries.map((e) => [e.data.toString('latin1'), e.verdict.action]);
+  t.same(unix, [
+    ['', C.HELM_ACTION_NONE],
+    ['/run/app/', C.HELM_ACTION_ALLOW],
+    ['/run/app/admin.sock\0', C.HELM_ACTION_DENY],
+    ['@bus\0', C.HELM_ACTION_ALLOW],
+  ]);
+  const sockets = c.socketEntries.map((e) => [e.kind, e.protocol, e.verdict.action]);
+  t.same(sockets, [
+    [C.HELM_SOCKET_RAW, C.HELM_ANY_PROTOCOL, C.HELM_ACTION_DENY],
+    [C.HELM_SOCKET_RAW, 1, C.HELM_ACTION_DENY],
+    [C.HELM_SOCKET_PACKET, C.HELM_ANY_PROTOCOL, C.HELM_ACTION_ALLOW],
+  ]);
+
+  for (const [bad, why] of [
+    ['unix:run/x.sock', /needs an absolute path/],
+    ['unix:@', /empty abstract name/],
+    ['unix:@a*b', /"\*" inside an abstract name/],
+    ['raw:bogus', /unknown protocol "bogus"/],
+    ['raw:300', /out of range/],
+    ['packet:icmp', /bad EtherType/],
+  ] as const) {
+    let caught: unknown;
+    try {
+      policies(doc('b', '[r]', `  allow:\n    - connect: ["${bad}"]\n`));
+    } catch (e) {
+      caught = e;
+    }
+    t.match((caught as Error)?.message, why, bad);
+  }
+  let bindErr: unknown;
+  try {
+    policies(doc('b', '[r]', '  allow:\n    - bind: ["unix:/run/x.sock"]\n'));
+  } catch (e) {
+    bindErr = e;
+  }
+  t.match((bindErr as Error)?.message, /unix sockets go under connect/);
+});

@@ -816,7 +816,9 @@ t.test('policies/policy.schema.json matches the language', async (t) => {
   t.same(defs.spec.properties.mode.enum, ['enforce', 'dry-run']);
 
   // Every target in the valid fixture matches the schema's patterns; some bad ones do not.
-  const connect = new RegExp(defs.connectTarget.pattern, 'u');
+  // connect: an IP destination, or a unix/raw/packet socket (one pattern each, any may match)
+  const connectPatterns = (defs.connectTarget.anyOf as { pattern: string }[]).map((a) => new RegExp(a.pattern, 'u'));
+  const connect = { test: (s: string) => connectPatterns.some((re) => re.test(s)) };
   const bind = new RegExp(defs.bindTarget.pattern, 'u');
   const pathRe = new RegExp(defs.path.pattern, 'u');
   const { file, text } = fixture('valid/full.yaml');
@@ -824,11 +826,12 @@ t.test('policies/policy.schema.json matches the language', async (t) => {
     for (const r of p.rules) {
       for (const [verb, targets] of Object.entries(r.verbs)) {
         const re = verb === 'connect' ? connect : verb === 'bind' ? bind : pathRe;
-        for (const target of targets) t.match(target.written, re, `${verb} ${target.written}`);
+        for (const target of targets) t.ok(re.test(target.written), `${verb} ${target.written} matches the schema`);
       }
     }
   }
-  for (const bad of ['example.com', '::1:53', 'a..b:80', 'x:http']) t.notMatch(bad, connect, bad);
+  for (const bad of ['example.com', '::1:53', 'a..b:80', 'x:http', 'unix:rel.sock', 'unix:@', 'raw:', 'packet:icmp']) t.notOk(connect.test(bad), `${bad} does not match`);
+  for (const good of ['unix:/run/app.sock', 'unix:/run/app/', 'unix:@bus', 'unix:@*', 'raw:icmp', 'raw:*', 'packet:0x0806']) t.ok(connect.test(good), `${good} matches`);
   t.notMatch('api.example.com:80', bind);
   for (const bad of ['rel/x', '/home/*/', '/a\nb']) t.notMatch(bad, pathRe, JSON.stringify(bad));
 });

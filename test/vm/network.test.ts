@@ -4,6 +4,8 @@
 // network policies. Everything stays on the VM's loopback.
 import t from 'tap';
 import fs from 'node:fs';
+import net from 'node:net';
+import { spawn, spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { ROOT, RUNTIME_RULE, auditLines, helmctlAsync, requireBpfLsm, startHelmd, type Daemon } from './harness';
 import { AGENT_CASES, PORT, parseCases, scenarioPolicy, startServers } from '../support/network-scenario';
@@ -74,6 +76,76 @@ async function main(): Promise<void> {
     t.match((await governed(d, 'analyst', 'vm-analyst', ['s=name:api.stripe.helm.test:' + PORT])).get('s'), /^dns /);
   });
   await t.test('stop', async () => void (await d.stop()));
+
+  await t.test('unix, raw and packet sockets: denied unless a connect rule names them', async (t) => {
+    const sdir = path.join(dir, 'sockets');
+    for (const sub of ['ok', 'other']) fs.mkdirSync(path.join(sdir, sub), { recursive: true });
+    const listeners: net.Server[] = [];
+    const listen = (where: string) =>
+      new Promise<void>((resolve, reject) => {
+        const srv = net.createServer((c) => c.end());
+        srv.once('error', reject);
+        srv.listen(where, () => resolve());
+        listeners.push(srv);
+      });
+    for (const p of ['ok/a.sock', 'ok/secret.sock', 'other/b.sock']) await listen(path.join(sdir, p));
+    fs.symlinkSync(path.join(sdir, 'other/b.sock'), path.join(sdir, 'ok/link.sock'));
+    // Datagram and abstract unix sockets: Node has neither, python has both. "@" names are abstract.
+    const py = [
+      'import socket,sys,time',
+      'keep=[]',
+      'for a in sys.argv[1:]:',
+      '  kind,name=a.split("=",1)',
+      '  s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM if kind=="dgram" else socket.SOCK_STREAM)',
+      '  s.bind("\\0"+name[1:] if name.startswith("@") else name)',
+      '  if kind=="stream": s.listen(8)',
+      '  keep.append(s)',
+      'print("ready", flush=True)',
+      'time.sleep(600)',
+    ].join('\n');
+    const dgram = spawn('python3', ['-c', py, `dgram=${path.join(sdir, 'dgram-ok.sock')}`, `dgram=${path.join(sdir, 'dgram-no.sock')}`, 'stream=@helm-allowed', 'stream=@helm-denied'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise((r) => dgram.stdout!.once('data', r));
+    t.teardown(() => {
+      dgram.kill();
+      for (const l of listeners) l.close();
+    });
+    const policyFile = path.join(dir, 'sockets.yaml');
+    fs.writeFileSync(
+      policyFile,
+      `apiVersion: helm/v1\nkind: Policy\nmetadata: { name: sockets }\nspec:\n  roles: [agent]\n  allow:\n${PROBE_RULES}    - id: sockets\n      connect: ["unix:${sdir}/ok/", "unix:@helm-allowed", "unix:${sdir}/dgram-ok.sock", "raw:icmp"]\n  block:\n    - id: secret\n      connect: ["unix:${sdir}/ok/secret.sock"]\n`,
+    );
+    const sd = await startHelmd({ policy: [policyFile], audit: path.join(dir, 'sockets.jsonl'), socket: path.join(dir, 'sockets.sock'), extra: dnsArgs });
+    try {
+      const cases: [string, string, string][] = [
+        ['unix-allowed', `unix:${sdir}/ok/a.sock:0`, 'ok'],
+        ['unix-blocked', `unix:${sdir}/ok/secret.sock:0`, 'EPERM'],
+        ['unix-default', `unix:${sdir}/other/b.sock:0`, 'EPERM'],
+        ['unix-symlink', `unix:${sdir}/ok/link.sock:0`, 'EPERM'],
+        ['abstract-allowed', 'unix:@helm-allowed:0', 'ok'],
+        ['abstract-default', 'unix:@helm-denied:0', 'EPERM'],
+        ['dgram-allowed', `unixd:${sdir}/dgram-ok.sock:0`, 'ok'],
+        ['dgram-default', `unixd:${sdir}/dgram-no.sock:0`, 'EPERM'],
+        ['raw-icmp', 'raw:1:0', 'ok'],
+        ['raw-udp', 'raw:17:0', 'EPERM'],
+        ['packet', 'packet:0x0003:0', 'EPERM'],
+        ['control-socket', `unix:${sd.socket}:0`, 'EPERM'],
+      ];
+      const got = await governed(sd, 'agent', 'sockets', cases.map(([id, c]) => `${id}=${c}`));
+      for (const [id, , want] of cases) t.equal(got.get(id), want, id);
+      const ungoverned = parseCases(spawnSync(PROBE, [`u=unix:${sdir}/other/b.sock:0`, 'p=packet:0x0003:0'], { encoding: 'utf8' }).stdout);
+      t.same([ungoverned.get('u'), ungoverned.get('p')], ['ok', 'ok'], 'ungoverned processes are not affected');
+      const lines = (await auditLines(sd.audit, (l) => (l as unknown as { detail?: string }[]).filter((x) => x.detail === 'unix' || x.detail === 'raw' || x.detail === 'packet').length >= 6)) as unknown as (NetLine & { detail?: string; proto?: string; ethertype?: string })[];
+      t.match(lines.find((l) => l.detail === 'unix' && l.path === `${sdir}/other/b.sock` && l.agent === 'sockets'), { op: 'connect', decision: 'deny', rule: 'default' }, 'a unix denial names the socket path the kernel resolved');
+      t.equal(lines.filter((l) => l.detail === 'unix' && l.path === `${sdir}/other/b.sock`).length, 2, 'the symlinked attempt is reported at the real path');
+      t.match(lines.find((l) => l.detail === 'unix' && l.path === `${sdir}/ok/secret.sock`), { rule: 'secret' });
+      t.match(lines.find((l) => l.detail === 'unix' && l.path === '@helm-denied'), { decision: 'deny' });
+      t.match(lines.find((l) => l.detail === 'raw'), { proto: 'udp', decision: 'deny' });
+      t.match(lines.find((l) => l.detail === 'packet'), { ethertype: '0x0003', decision: 'deny' });
+      t.match(lines.find((l) => l.op === 'control'), { decision: 'deny', reason: 'self-protection' }, "helmd's own socket stays out of reach");
+    } finally {
+      await sd.stop();
+    }
+  });
 
   await t.test('differential: kernel = reference evaluator on random network policies', async (t) => {
     const seed = Number(process.env.HELM_SEED ?? Date.now() % 1_000_000);
