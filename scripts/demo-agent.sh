@@ -21,6 +21,14 @@ if [ ! -S "$SOCK" ]; then cat /tmp/helmd.log; echo "helmd did not start" >&2; ex
 echo "== kernel $(uname -r), active LSMs: $(cat /sys/kernel/security/lsm)"
 echo "== helmd is enforcing policies/default.yaml; audit trail: $AUDIT"
 
+# Two local web servers: the policy lets the agent reach only the first.
+python3 -m http.server 8080 --bind 127.0.0.1 >/dev/null 2>&1 &
+WEB1=$!
+python3 -m http.server 8080 --bind 127.0.0.2 >/dev/null 2>&1 &
+WEB2=$!
+trap 'kill $HELMD $WEB1 $WEB2 2>/dev/null; wait $HELMD 2>/dev/null || true' EXIT
+sleep 1
+
 echo "== a governed agent (role demo) does its work:"
 helmctl run --role demo --name demo-agent -- sh -c '
   echo "-- read its workspace:";        cat /srv/agent/report.txt
@@ -28,6 +36,9 @@ helmctl run --role demo --name demo-agent -- sh -c '
   echo "-- read /etc/shadow (blocked):"; cat /etc/shadow || true
   echo "-- read /etc/hostname (not listed: default deny):"; cat /etc/hostname || true
   echo "-- write outside its output dir:"; echo x > /srv/agent/sneaky.txt || true
+  echo "-- GET http://127.0.0.1:8080/ (allowed):"; curl -s -o /dev/null -w "HTTP %{http_code}\n" http://127.0.0.1:8080/ || true
+  echo "-- GET http://127.0.0.2:8080/ (not listed):"; curl -sS -o /dev/null http://127.0.0.2:8080/ 2>&1 || true
+  echo "-- look up example.com (no rule names it: refused by helmd, never sent):"; getent hosts example.com || echo "lookup failed"
 ' || true
 echo "== the same reads, ungoverned:"
 head -c 40 /etc/shadow >/dev/null && echo "root outside helm still reads /etc/shadow"
