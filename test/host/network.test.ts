@@ -14,6 +14,7 @@ import { Rng } from '../rng';
 import { loadPolicies } from '../../daemon/policy/parse';
 import { evaluateOperation } from '../../daemon/policy/evaluate';
 
+t.setTimeout(600_000);
 const HELMCTL = path.join(REPO, 'bin/helmctl');
 const PROBE = path.join(BUILD, 'net-probe');
 
@@ -90,6 +91,22 @@ async function main(): Promise<void> {
     t.ok(refused.every((l) => l.decision === 'deny'));
     const answered = agentLines.find((l) => l.type === 'dns' && (l as unknown as { host: string }).host === 'allowed.helm.test' && l.outcome === 'answered');
     t.match(answered, { decision: 'allow', addresses: ['127.0.0.12'], ttl: 30 }, 'an answered name: its addresses, learned for the TTL capped to --dns-ttl-max');
+  });
+
+  await t.test('a governed curl gets what the policy allows, by name and by address; an ungoverned one everything', async (t) => {
+    const script = [
+      `curl -s -o /dev/null -w "name %{http_code}\\n" --max-time 10 http://allowed.helm.test:${PORT}/ || echo "name failed $?"`,
+      `curl -s -o /dev/null -w "addr %{http_code}\\n" --max-time 10 http://127.0.0.2:${PORT}/ || echo "addr failed $?"`,
+      `curl -s -o /dev/null -w "unlisted %{http_code}\\n" --max-time 10 http://127.0.0.3:${PORT}/ || echo "unlisted failed $?"`,
+      `curl -s -o /dev/null -w "unlisted-name %{http_code}\\n" --max-time 10 http://other.helm.test:${PORT}/ || echo "unlisted-name failed $?"`,
+    ].join('; ');
+    const r = await run(HELMCTL, ['run', '--socket', d.socket, '--role', 'agent', '--name', 'curl-agent', '--', 'sh', '-c', script], { timeoutMs: 120_000 });
+    t.match(r.stdout, /^name 200$/m, 'a name the policy lists');
+    t.match(r.stdout, /^addr 200$/m, 'an address the policy lists');
+    t.match(r.stdout, /^unlisted failed 7$/m, 'an unlisted address: connection refused by the kernel (curl exit 7)');
+    t.match(r.stdout, /^unlisted-name failed 6$/m, 'an unlisted name: it does not even resolve (curl exit 6)');
+    const free = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '10', `http://127.0.0.3:${PORT}/`]);
+    t.equal(free.stdout, '200', 'ungoverned curl reaches the unlisted server');
   });
 
   await t.test('learned addresses belong to the agent that looked them up', async (t) => {
