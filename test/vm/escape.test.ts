@@ -31,6 +31,8 @@ spec:
   allow:
 ${RUNTIME_RULE}
     - { id: tools, exec: [${TOOLS}] }
+    # the agent may reach the socket an outsider passes an fd over: the fd itself is what is refused
+    - { id: fd-socket, connect: ["unix:${FD_SOCK}"] }
     - { id: workspace, read: [${T}/ro/, ${T}/rw/], write: [${T}/rw/, ${ROOTFS_FILE}] }
     # allowed by policy, so that only self-protection can stop the agent there
     - { id: helm-files, read: [${POLICY_DIR}/, ${AUDIT_DIR}/], write: [${POLICY_DIR}/, ${AUDIT_DIR}/] }
