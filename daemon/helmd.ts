@@ -120,7 +120,7 @@ export class Helmd {
 
     // 4. The control socket; then nothing of helm's own is reachable from a governed agent.
     await this.serve();
-    this.enforcer.protect(this.ownFiles(loaded.files));
+    this.enforcer.setProtected(this.ownFiles(loaded.files));
     this.log.info(
       { generation: this.enforcer.activeGeneration, socket: this.opts.socket, audit: this.opts.auditLog, dryRun: this.opts.dryRun },
       this.opts.dryRun ? 'helmd running in DRY-RUN: denials are audited as would_deny and NOT enforced' : 'helmd enforcing',
