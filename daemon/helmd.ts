@@ -238,7 +238,7 @@ export class Helmd implements ControlPlane {
     return this.kernel?.activeGeneration ?? 0;
   }
 
-  /** Policies (and directories given as sources, with every policy file now in them), the audit trail and its directory, the socket and its directory. */
+  /** Policies (and directories given as sources, with every policy file now in them), the audit trail and its directory, the socket and its directory, the TLS files. */
   private ownFiles(): string[] {
     const own: string[] = [];
     for (const p of this.opts.policyPaths) {
@@ -252,6 +252,8 @@ export class Helmd implements ControlPlane {
       }
     }
     own.push(this.opts.auditLog, path.dirname(this.opts.auditLog), this.opts.socket, path.dirname(this.opts.socket));
+    // With the TCP listener: its key, and what decides who may connect.
+    if (this.opts.tls) own.push(this.opts.tls.key, this.opts.tls.cert, this.opts.tls.ca);
     return [...new Set(own.map((p) => path.resolve(p)))];
   }
 

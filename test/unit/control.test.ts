@@ -626,6 +626,7 @@ t.test('TCP listener: mutual TLS only; a client without a certificate, or with o
   plain.close();
   t.ok(plainErr && plainErr.code !== grpc.status.OK, 'plaintext gRPC is refused');
   t.equal(env.kernel.globalDryRun, true, 'only the operator changed anything');
+  for (const n of ['server.key', 'server.pem', 'ca1.pem']) t.ok(env.kernel.protectedPaths.includes(f(n)), `${n} is one of helm's protected files`);
 
   const cli = await helmctl(['status', '--server', `127.0.0.1:${port}`, '--tls-cert', f('operator.pem'), '--tls-key', f('operator.key'), '--tls-ca', f('ca1.pem')]);
   t.equal(cli.status, 0, cli.stderr);
