@@ -95,7 +95,17 @@ async function main(): Promise<void> {
     dnsTtlMaxSec,
   });
   try {
+    // SIGHUP re-reads the policy files: applied atomically, or rejected (logged, audited) with
+    // the running policy kept. Handled from the start: its default action would end helmd.
+    let started = false;
+    let hupDuringStart = false;
+    process.on('SIGHUP', () => {
+      if (started) void helmd.reload('sighup').catch(() => undefined);
+      else hupDuringStart = true;
+    });
     await helmd.start();
+    started = true;
+    if (hupDuringStart) void helmd.reload('sighup').catch(() => undefined);
   } catch (e) {
     if (e instanceof PolicyError) {
       process.stderr.write(`helmd: the policy was rejected:\n${e.message}\n`);
@@ -121,8 +131,6 @@ async function main(): Promise<void> {
     );
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
-  // SIGHUP re-reads the policy files: applied atomically, or rejected (logged, audited) with the running policy kept.
-  process.on('SIGHUP', () => void helmd.reload('sighup').catch(() => undefined));
   process.on('SIGINT', () => shutdown('SIGINT'));
 }
 
