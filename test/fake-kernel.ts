@@ -83,6 +83,21 @@ export class FakeKernel implements KernelBinding {
     return this.governed.delete(cgroupId);
   }
 
+  /** Learned addresses, by agent id and address (hex). */
+  readonly learned = new Map<string, readonly number[]>();
+
+  learn(agentId: bigint, addr16: Buffer, nameIds: readonly number[]): void {
+    this.learned.set(`${agentId}/${addr16.toString('hex')}`, nameIds);
+  }
+
+  forget(agentId: bigint, addr16: Buffer): boolean {
+    return this.learned.delete(`${agentId}/${addr16.toString('hex')}`);
+  }
+
+  boottimeNs(): bigint {
+    return process.hrtime.bigint();
+  }
+
   lostEvents(): bigint {
     return this.lost;
   }

@@ -72,6 +72,10 @@ async function startHelmd(t: { teardown(fn: () => unknown): void }, over: Partia
     logger: pino({ level: 'silent' }),
     kernel: () => kernel,
     watch: false,
+    // Agents' DNS forwarders listen on loopback; nothing here resolves names.
+    dnsUpstreams: [],
+    dnsTtlMinSec: 5,
+    dnsTtlMaxSec: 3600,
     cgroups: {
       inspect: (p) => {
         if (!p.startsWith('/sys/fs/cgroup/')) throw new CgroupError(`${p} is not below the cgroup v2 mount /sys/fs/cgroup`);
@@ -326,7 +330,10 @@ t.test('agents: attach, list with mode and counters, unknown agents are NOT_FOUN
   const a = await call<{ id: string; name: string; mode: string; generation: number }>(env.socket, 'AgentService', 'Attach', { cgroup_path: cg, role: 'worker', name: 'w1', labels: { team: 'a' } });
   t.match(a, { name: 'w1', mode: 'MODE_ENFORCE', generation: 1 });
   const roleId = env.kernel.active!.roles.get('worker')!;
-  t.same(env.kernel.governed.get(1000n), { agentId: BigInt(a.id), roleId, dryRun: false }, 'the kernel governs the cgroup');
+  const governed = env.kernel.governed.get(1000n);
+  t.match(governed, { agentId: BigInt(a.id), roleId, dryRun: false, dnsPort: Number }, 'the kernel governs the cgroup, its DNS sent to its forwarder');
+  const listed = await call<{ agents: { dns_port: number }[] }>(env.socket, 'AgentService', 'List', {});
+  t.equal(listed.agents[0].dns_port, governed?.dnsPort);
   t.equal((await rpcError(call(env.socket, 'AgentService', 'Attach', { cgroup_path: cg, role: 'worker' }))).code, grpc.status.ALREADY_EXISTS);
 
   // A role no policy names gets entries (a new generation) before the cgroup is governed.
@@ -372,6 +379,7 @@ t.test('modes: an agent, a policy, and all of helmd; each audited', async (t) =>
   const r = await call<{ target: string; previous: string; mode: string; generation: number }>(env.socket, 'AgentService', 'SetMode', { agent: a.id, mode: 'MODE_DRY_RUN' });
   t.match(r, { target: 'agent m', previous: 'MODE_ENFORCE', mode: 'MODE_DRY_RUN', generation: 1 });
   t.equal(env.kernel.governed.get(1000n)?.dryRun, true, 'the kernel has the agent in dry-run');
+  t.ok((env.kernel.governed.get(1000n)?.dnsPort ?? 0) > 0, 'and still sends its DNS to its forwarder');
   await call(env.socket, 'AgentService', 'SetMode', { agent: 'm', mode: 'MODE_ENFORCE' });
   t.equal(env.kernel.governed.get(1000n)?.dryRun, false, 'by name too');
 
