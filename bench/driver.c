@@ -366,12 +366,13 @@ static void serve_http(int fd)
 		if (got == sizeof(buf) - 1)
 			return;
 	}
-	char head[128];
+	/* One write: a second small one would wait for the client's delayed ACK (Nagle). */
+	char resp[128 + PAYLOAD];
 	int post = strncmp(buf, "POST ", 5) == 0;
 	size_t len = post ? 3 : PAYLOAD;
-	int n = snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n", len);
-	full_write(fd, head, (size_t)n);
-	full_write(fd, post ? "ok\n" : payload, len);
+	int n = snprintf(resp, 128, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n", len);
+	memcpy(resp + n, post ? "ok\n" : payload, len);
+	full_write(fd, resp, (size_t)n + len);
 }
 
 static int serve(int argc, char **argv)

@@ -1,23 +1,23 @@
 // The half of the benchmark that runs on this machine's own kernel: the
 // operations ungoverned, under strace and under the seccomp supervisor; helm's
-// network hooks where helmd can load them here; the reference evaluator; and
-// parse, compile and table filling for apply-to-live.
+// network hooks where helmd can load them here (helmd --network-only); the
+// reference evaluator; and policy apply-to-live (the same tables and switch
+// whether or not the LSM programs are loaded, so it is measured here, natively).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { loadPolicies } from '../daemon/policy/parse';
-import { compilePolicy, type CompiledPolicy } from '../daemon/policy/compile';
+import { compilePolicy } from '../daemon/policy/compile';
 import { evaluate } from '../daemon/policy/evaluate';
-import { BpfMap, MAP_FLAG, MAP_TYPE } from '../daemon/kernel/bpf';
-import { C, LAYOUT, encodeInodeKey, encodeInodeValue, encodePathKey, encodePathValue } from '../daemon/kernel/layout';
+import { KernelEnforcer } from '../daemon/kernel/enforcer';
 import { figure } from './stats';
 import type { Row } from './model';
 import { FILE_OPS, HELMD, NET_OPS, type Layout, makeLayout, pickPorts, startServers } from './ops';
 import { applyPolicy, benchPolicy, sizes } from './policies';
 import { BenchCgroups, attach, startHelmd, type RunningHelmd } from './helmd-process';
 import { measureOps } from './operations';
-import { measureUngoverned } from './ungoverned';
+import { UngovernedSession, alternate } from './ungoverned';
 import { networkRulesCompile, probeNetwork } from './network';
 
 export interface NativeResult {
@@ -61,16 +61,23 @@ export async function runNative(smoke: boolean, say: (s: string) => void): Promi
     rows.push(...(await measureOps({ env: 'native', ops: NET_OPS, layout, cgroups: { base: cg.base, helm: netHelm }, netHooked: hooked, smoke, say })));
     if (helm.helmd) await helm.helmd.stop();
 
-    if (helm.start && hooked) {
-      rows.push(...(await measureUngoverned({ env: 'native', ops: ['connect'], layout, cgroup: cg.free, start: helm.start, rounds: smoke ? 1 : 6, smoke, say })));
-    } else {
-      rows.push({ section: 'ungoverned', env: 'native', op: 'connect', variant: 'helm-loaded', couldNotRun: network });
+    const ungoverned = new UngovernedSession({ env: 'native', ops: ['connect'], layout, cgroup: cg.free, smoke });
+    try {
+      if (helm.start && hooked) {
+        await ungoverned.warm();
+        await alternate(ungoverned, smoke ? 1 : 6, helm.start, say);
+        rows.push(...(await ungoverned.finish()));
+      } else {
+        rows.push(...(await ungoverned.finish(network)));
+      }
+    } finally {
+      ungoverned.kill();
     }
 
     say('reference evaluator');
     rows.push(...evaluator(layout, smoke));
-    say('parse, compile and tables');
-    rows.push(...compileAndTables(layout, smoke));
+    say('apply-to-live');
+    rows.push(...applyToLive(layout, smoke));
   } finally {
     servers.kill('SIGKILL');
     await cgroups.cleanup();
@@ -146,55 +153,46 @@ function evaluator(layout: Layout, smoke: boolean): Row[] {
 }
 
 /**
- * Apply-to-live on this kernel, as far as it lets us: compile, and a
- * generation's tables created and filled as KernelEnforcer.applyGeneration
- * fills them (the total); parsing the file before, on its own. The switch itself (one map update) needs the LSM object, which
- * this kernel refuses: the VM rows have it.
+ * From a parsed policy to the kernel deciding by it: compile, then a new
+ * generation's tables filled and switched in (KernelEnforcer.applyGeneration).
+ * helm's programs are loaded network-only, as this kernel allows: the tables
+ * and the switch are the same with the LSM programs. Parsing the file before
+ * is measured on its own.
  */
-function compileAndTables(layout: Layout, smoke: boolean): Row[] {
+function applyToLive(layout: Layout, smoke: boolean): Row[] {
   const rows: Row[] = [];
-  for (const n of sizes(smoke).apply) {
-    const file = path.join(layout.root, `apply-${n}.yaml`);
-    fs.writeFileSync(file, applyPolicy(n, layout.data));
-    const times = { total: [] as number[], parse: [] as number[], compile: [] as number[], tables: [] as number[] };
-    const iterations = smoke ? 2 : n >= 10_000 ? 20 : 50;
-    let tablesError: string | undefined;
-    for (let i = 0; i < iterations + 1; i++) {
-      const t0 = performance.now();
-      const { policies } = loadPolicies([file]);
-      const t1 = performance.now();
-      const compiled = compilePolicy(policies);
-      const t2 = performance.now();
-      try {
-        fillTables(compiled);
-      } catch (e) {
-        tablesError = (e as Error).message;
+  const { apply } = sizes(smoke);
+  let enforcer: KernelEnforcer;
+  try {
+    enforcer = KernelEnforcer.load(undefined, { networkOnly: true });
+  } catch (e) {
+    for (const n of apply) rows.push({ section: 'apply', env: 'native', op: `apply-${n}`, variant: 'total', couldNotRun: `helm's programs could not be loaded here: ${(e as Error).message}` });
+    return rows;
+  }
+  try {
+    for (const n of apply) {
+      const file = path.join(layout.root, `apply-${n}.yaml`);
+      fs.writeFileSync(file, applyPolicy(n, layout.data));
+      const times = { total: [] as number[], parse: [] as number[], compile: [] as number[], tables: [] as number[] };
+      const iterations = smoke ? 2 : n >= 10_000 ? 30 : 100;
+      for (let i = 0; i < iterations + 1; i++) {
+        const t0 = performance.now();
+        const { policies } = loadPolicies([file]);
+        const t1 = performance.now();
+        const compiled = compilePolicy(policies);
+        const t2 = performance.now();
+        enforcer.applyGeneration(compiled);
+        const t3 = performance.now();
+        if (i === 0) continue; // warm-up
+        times.total.push((t3 - t1) * 1e6);
+        times.parse.push((t1 - t0) * 1e6);
+        times.compile.push((t2 - t1) * 1e6);
+        times.tables.push((t3 - t2) * 1e6);
       }
-      const t3 = performance.now();
-      if (i === 0) continue;
-      times.total.push((t3 - t1) * 1e6);
-      times.parse.push((t1 - t0) * 1e6);
-      times.compile.push((t2 - t1) * 1e6);
-      times.tables.push((t3 - t2) * 1e6);
+      for (const [variant, v] of Object.entries(times)) rows.push({ section: 'apply', env: 'native', op: `apply-${n}`, variant, time: figure(v) });
     }
-    if (tablesError) rows.push({ section: 'apply', env: 'native', op: `apply-${n}`, variant: 'total', couldNotRun: tablesError });
-    else rows.push({ section: 'apply', env: 'native', op: `apply-${n}`, variant: 'total', time: figure(times.total) });
-    rows.push({ section: 'apply', env: 'native', op: `apply-${n}`, variant: 'parse', time: figure(times.parse) });
-    rows.push({ section: 'apply', env: 'native', op: `apply-${n}`, variant: 'compile', time: figure(times.compile) });
-    if (tablesError) rows.push({ section: 'apply', env: 'native', op: `apply-${n}`, variant: 'tables', couldNotRun: tablesError });
-    else rows.push({ section: 'apply', env: 'native', op: `apply-${n}`, variant: 'tables', time: figure(times.tables) });
+  } finally {
+    enforcer.close();
   }
   return rows;
-}
-
-function fillTables(compiled: CompiledPolicy): void {
-  const paths = BpfMap.create(MAP_TYPE.LPM_TRIE, 'helm_paths', LAYOUT.helm_path_key.size, LAYOUT.helm_path_value.size, C.HELM_MAX_PATH_ENTRIES, MAP_FLAG.NO_PREALLOC);
-  const inodes = BpfMap.create(MAP_TYPE.HASH, 'helm_inodes', LAYOUT.helm_inode_key.size, LAYOUT.helm_inode_value.size, C.HELM_MAX_INODE_ENTRIES, MAP_FLAG.NO_PREALLOC);
-  try {
-    for (const e of compiled.pathEntries) paths.update(encodePathKey(e.roleId, e.data), encodePathValue(e.verdicts, e.defaultMode));
-    for (const e of compiled.inodeEntries) inodes.update(encodeInodeKey(e.roleId, e.dev, e.ino), encodeInodeValue(e.self, e.below));
-  } finally {
-    paths.close();
-    inodes.close();
-  }
 }

@@ -120,7 +120,6 @@ function vmPlaceholders(reason: string, have: Row[]): Row[] {
     for (const variant of ['baseline', 'baseline-2', 'helm-5', 'helm-large', 'strace', 'seccomp']) want.push({ section: 'ops', env: 'vm', op, variant });
   }
   for (const op of ['read', 'exec', 'connect']) want.push({ section: 'ungoverned', env: 'vm', op, variant: 'helm-loaded' });
-  for (const n of sizes(smoke).apply) for (const variant of ['total', 'parse', 'compile', 'tables']) want.push({ section: 'apply', env: 'vm', op: `apply-${n}`, variant });
   want.push({ section: 'audit', env: 'vm', op: 'events-per-second', variant: 'helmd' });
   for (const phase of ['idle', 'operations', 'audit']) {
     for (const what of ['cpu', 'rss']) want.push({ section: 'helmd', env: 'vm', op: `${what}-${phase}`, variant: 'helmd' });

@@ -1,9 +1,11 @@
 // What helm costs processes it does not govern: the same ungoverned workers,
-// batch after batch, with helmd stopped and running in turn.
+// batch after batch, with helm loaded and not loaded in turn.
 import { figure } from './stats';
 import type { Env, Row } from './model';
 import { type Layout, type Op, planFor, workerArgv } from './ops';
 import { Worker } from './worker';
+
+export type HelmState = 'loaded' | 'unloaded';
 
 export interface UngovernedOptions {
   env: Env;
@@ -11,59 +13,82 @@ export interface UngovernedOptions {
   layout: Layout;
   /** An ungoverned cgroup of the same depth as governed ones. */
   cgroup: string;
-  /** Loads helm (a policy in force, governing nothing the workers are in); stop() unloads it. */
-  start: () => Promise<{ stop: () => Promise<void> }>;
-  rounds: number;
   smoke: boolean;
-  say: (s: string) => void;
 }
 
-export async function measureUngoverned(o: UngovernedOptions): Promise<Row[]> {
-  const rows: Row[] = [];
-  const workers = new Map<Op, Worker>();
-  const failed = new Map<Op, string>();
-  for (const op of o.ops) workers.set(op, new Worker(op, workerArgv(op, o.layout, `free-${op}`, { kind: 'plain' }, o.cgroup)));
-  // Twice a comparison batch per state: fewer helmd restarts for as many samples.
-  const batch = (op: Op) => (o.smoke ? 5 : planFor(op, o.env, false).batch * 2);
-  const runAll = async (label: string) => {
-    for (const [op, w] of workers) {
-      if (failed.has(op)) continue;
-      await w.run(batch(op), label).catch((e) => failed.set(op, (e as Error).message.replace(`${op}: `, '')));
+/** Workers kept alive across helm's loads and unloads; batch() measures the current state. */
+export class UngovernedSession {
+  private readonly workers = new Map<Op, Worker>();
+  private readonly failed = new Map<Op, string>();
+
+  constructor(private readonly o: UngovernedOptions) {
+    for (const op of o.ops) this.workers.set(op, new Worker(op, workerArgv(op, o.layout, `free-${op}`, { kind: 'plain' }, o.cgroup)));
+  }
+
+  private fail(op: Op, e: unknown): void {
+    if (!this.failed.has(op)) this.failed.set(op, (e as Error).message.replace(`${op}: `, ''));
+  }
+
+  async warm(): Promise<void> {
+    for (const [op, w] of this.workers) await w.warm(planFor(op, this.o.env, this.o.smoke).warmup).catch((e) => this.fail(op, e));
+  }
+
+  /** One batch per operation, labelled with helm's state now. */
+  async batch(state: HelmState): Promise<void> {
+    for (const [op, w] of this.workers) {
+      if (this.failed.has(op)) continue;
+      // Twice a comparison batch: fewer loads of helm for as many samples.
+      const n = this.o.smoke ? 5 : planFor(op, this.o.env, false).batch * 2;
+      await w.run(n, state).catch((e) => this.fail(op, e));
     }
-  };
-  let helmd: { stop: () => Promise<void> } | undefined;
-  try {
-    for (const [op, w] of workers) {
-      await w.warm(planFor(op, o.env, o.smoke).warmup).catch((e) => failed.set(op, (e as Error).message.replace(`${op}: `, '')));
-    }
-    for (let r = 0; r < o.rounds; r++) {
-      o.say(`ungoverned: round ${r + 1}/${o.rounds}`);
-      // Alternate which state goes first, so a drift over time favours neither.
-      for (const loaded of r % 2 === 0 ? [false, true] : [true, false]) {
-        if (loaded) helmd = await o.start();
-        await runAll(loaded ? 'loaded' : 'unloaded');
-        if (loaded) {
-          await helmd!.stop();
-          helmd = undefined;
-        }
+  }
+
+  /** Rows comparing the loaded batches with the unloaded ones; `why` if helm itself could not be loaded. */
+  async finish(why?: string): Promise<Row[]> {
+    const rows: Row[] = [];
+    for (const [op, w] of this.workers) {
+      const row: Row = { section: 'ungoverned', env: this.o.env, op, variant: 'helm-loaded' };
+      try {
+        if (why) throw new Error(why);
+        if (this.failed.has(op)) throw new Error(this.failed.get(op));
+        const by = await w.finish();
+        const loaded = by.get('loaded');
+        const unloaded = by.get('unloaded');
+        if (!loaded || !unloaded) throw new Error('helm was not both loaded and not loaded during the run');
+        row.time = figure(loaded);
+        row.baseline = figure(unloaded);
+      } catch (e) {
+        row.couldNotRun = (e as Error).message;
       }
+      rows.push(row);
     }
-    for (const [op, w] of workers) {
-      if (failed.has(op)) {
-        rows.push({ section: 'ungoverned', env: o.env, op, variant: 'helm-loaded', couldNotRun: failed.get(op) });
+    this.kill();
+    return rows;
+  }
+
+  kill(): void {
+    for (const w of this.workers.values()) w.kill();
+  }
+}
+
+/**
+ * Rounds of: a batch with helm not loaded, a batch with it loaded (the order
+ * alternating between rounds, so a drift over time favours neither state).
+ */
+export async function alternate(session: UngovernedSession, rounds: number, load: () => Promise<{ stop: () => Promise<void> }>, say: (s: string) => void): Promise<void> {
+  for (let r = 0; r < rounds; r++) {
+    say(`ungoverned: round ${r + 1}/${rounds}`);
+    for (const state of (r % 2 === 0 ? ['unloaded', 'loaded'] : ['loaded', 'unloaded']) as HelmState[]) {
+      if (state === 'unloaded') {
+        await session.batch('unloaded');
         continue;
       }
-      const by = await w.finish();
-      rows.push({ section: 'ungoverned', env: o.env, op, variant: 'helm-loaded', time: figure(by.get('loaded')!), baseline: figure(by.get('unloaded')!) });
+      const helm = await load();
+      try {
+        await session.batch('loaded');
+      } finally {
+        await helm.stop();
+      }
     }
-  } catch (e) {
-    // helmd itself would not start: no comparison at all
-    for (const op of o.ops) {
-      if (!rows.some((r) => r.op === op)) rows.push({ section: 'ungoverned', env: o.env, op, variant: 'helm-loaded', couldNotRun: (e as Error).message });
-    }
-  } finally {
-    for (const w of workers.values()) w.kill();
-    await helmd?.stop();
   }
-  return rows;
 }

@@ -2,27 +2,27 @@
 // (scripts/vm/run.sh -- node dist/bench/vm.js [--smoke]). It prints progress
 // lines and, last, one line "BENCH-RESULT <json>" with its rows and facts.
 //
-// Order: (1) ungoverned processes with helm's programs loaded and not loaded
-// in turn (loaded by this process, as helmd loads them: loading is what takes
-// time in the VM), and, while they are loaded the first time, (2) policy
-// apply-to-live; (3) helmd with the 5-rule and the large (10,000-rule) policy:
-// every operation in every variant, interleaved, with helmd's CPU and memory
-// idle and under that load; (4) the audit trail under a flood of denials.
+// Loading helm's programs is what takes time here (the verifier, emulated), so
+// the run is ordered around one helmd: ungoverned workers measured before it
+// starts and once it runs; then, with the 5-rule and the large (10,000-rule)
+// policy, every operation in every variant, interleaved, and helmd's CPU and
+// memory idle and under that load; the audit trail under a flood of denials;
+// then, in a full run, more rounds of the ungoverned comparison with the
+// programs loaded by this process as helmd loads them.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { loadPolicies } from '../daemon/policy/parse';
 import { compilePolicy } from '../daemon/policy/compile';
 import { KernelEnforcer } from '../daemon/kernel/enforcer';
-import { figure } from './stats';
 import type { Row } from './model';
 import { FILE_OPS, NET_OPS, type Layout, makeLayout, pickPorts, startServers, workerArgv } from './ops';
-import { applyPolicy, benchPolicy, sizes } from './policies';
+import { benchPolicy, sizes } from './policies';
 import { BenchCgroups, attach, cpuPercent, procSample, startHelmd, status, type RunningHelmd } from './helmd-process';
 import { Worker } from './worker';
 import { networkRulesCompile, probeNetwork } from './network';
 import { measureOps } from './operations';
-import { measureUngoverned } from './ungoverned';
+import { UngovernedSession, alternate } from './ungoverned';
 
 const smoke = process.argv.includes('--smoke');
 const rows: Row[] = [];
@@ -36,15 +36,35 @@ async function main(): Promise<void> {
   const layout = makeLayout('/tmp', pickPorts());
   const cgroups = new BenchCgroups();
   const servers = await startServers(layout.ports);
+  const ungoverned = new UngovernedSession({ env: 'vm', ops: ['read', 'exec', 'connect'], layout, cgroup: cgroups.make('free'), smoke });
   try {
-    await ungoverned(layout, cgroups);
-    await governed(layout, cgroups, facts);
+    await ungoverned.warm();
+    say('ungoverned: helm not loaded');
+    await ungoverned.batch('unloaded');
+    await governed(layout, cgroups, ungoverned);
+    if (!smoke) await alternate(ungoverned, 3, () => loadPrograms(layout), say);
+    rows.push(...(await ungoverned.finish()));
   } finally {
+    ungoverned.kill();
     servers.kill('SIGKILL');
     await cgroups.cleanup();
     fs.rmSync(layout.root, { recursive: true, force: true });
   }
   console.log(`BENCH-RESULT ${JSON.stringify({ facts, rows })}`);
+}
+
+/** helm's programs attached and a 5-rule policy in force, nothing governed: what helmd sets up. */
+async function loadPrograms(layout: Layout): Promise<{ stop: () => Promise<void> }> {
+  const file = path.join(layout.root, 'bench-5.yaml');
+  fs.writeFileSync(file, benchPolicy('bench-5', 'bench5', 5, layout, networkRulesCompile(layout).ok));
+  const enforcer = KernelEnforcer.load();
+  try {
+    enforcer.applyGeneration(compilePolicy(loadPolicies([file]).policies));
+  } catch (e) {
+    enforcer.close();
+    throw e;
+  }
+  return { stop: async () => enforcer.close() };
 }
 
 /** helmd's own files: policies, audit trail, socket (helmd protects them from governed tasks). */
@@ -54,41 +74,9 @@ function helmdFiles(layout: Layout, name: string) {
   return { dir, policy: path.join(dir, 'policies'), audit: path.join(dir, 'audit.jsonl'), socket: path.join(dir, 'helmd.sock') };
 }
 
-// ------------------------------------------------------------------ (1) ungoverned, (2) apply
+// ------------------------------------------------------------------ helmd
 
-async function ungoverned(layout: Layout, cgroups: BenchCgroups): Promise<void> {
-  const file = path.join(layout.root, 'bench-5.yaml');
-  fs.writeFileSync(file, benchPolicy('bench-5', 'bench5', 5, layout, false));
-  const cgroup = cgroups.make('free');
-  let applied = false;
-  // helm's programs attached and a policy in force, nothing governed: what helmd sets up.
-  const load = async () => {
-    const enforcer = KernelEnforcer.load();
-    enforcer.applyGeneration(compilePolicy(loadPolicies([file]).policies));
-    return {
-      stop: async () => {
-        try {
-          if (!applied) {
-            applied = true;
-            await applyToLive(layout, enforcer).catch((e) => {
-              for (const n of sizes(smoke).apply) rows.push({ section: 'apply', env: 'vm', op: `apply-${n}`, variant: 'total', couldNotRun: (e as Error).message });
-            });
-          }
-        } finally {
-          enforcer.close();
-        }
-      },
-    };
-  };
-  rows.push(...(await measureUngoverned({ env: 'vm', ops: ['read', 'exec', 'connect'], layout, cgroup, start: load, rounds: smoke ? 1 : 3, smoke, say })));
-  if (!applied) {
-    for (const n of sizes(smoke).apply) rows.push({ section: 'apply', env: 'vm', op: `apply-${n}`, variant: 'total', couldNotRun: 'helm’s programs could not be loaded (see the ungoverned rows)' });
-  }
-}
-
-// ------------------------------------------------------------------ (3) governed, (4) audit
-
-async function governed(layout: Layout, cgroups: BenchCgroups, facts: Record<string, string>): Promise<void> {
+async function governed(layout: Layout, cgroups: BenchCgroups, ungoverned: UngovernedSession): Promise<void> {
   const files = helmdFiles(layout, 'helmd');
   const network = networkRulesCompile(layout);
   fs.writeFileSync(path.join(files.policy, 'bench-5.yaml'), benchPolicy('bench-5', 'bench5', 5, layout, network.ok));
@@ -96,6 +84,8 @@ async function governed(layout: Layout, cgroups: BenchCgroups, facts: Record<str
   const t0 = performance.now();
   const helmd = await startHelmd(files);
   say(`helmd with the 5- and ${sizes(smoke).large}-rule policies started in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  say('ungoverned: helm loaded');
+  await ungoverned.batch('loaded');
   const cg = { base: cgroups.make('base'), g5: cgroups.make('g5'), gLarge: cgroups.make('gLarge') };
   try {
     await attach(helmd.socket, cg.g5, 'bench5');
@@ -136,7 +126,7 @@ async function auditFlood(layout: Layout, helmd: RunningHelmd, governedDir: stri
   const lostNow = async () => BigInt((await status(helmd.socket)).events_lost);
   const before = lines();
   const lostBefore = await lostNow();
-  const seconds = smoke ? 1 : 10;
+  const seconds = smoke ? 0.2 : 10;
   const workers = [0, 1].map((i) => new Worker(`deny-${i}`, workerArgv('denied-open', layout, `deny-${i}`, { kind: 'cgroup', dir: governedDir })));
   let made = 0;
   const a = procSample(helmd.pid);
@@ -184,38 +174,6 @@ function countLines(file: string): number {
   let n = 0;
   for (let i = text.indexOf('"type":"decision"'); i >= 0; i = text.indexOf('"type":"decision"', i + 1)) n++;
   return n;
-}
-
-/**
- * From a parsed policy to the kernel deciding by it: compile, fill a new
- * generation's tables and switch to it (KernelEnforcer.applyGeneration), with
- * the programs loaded by this process as helmd loads them.
- */
-async function applyToLive(layout: Layout, enforcer: KernelEnforcer): Promise<void> {
-  for (const n of sizes(smoke).apply) {
-    say(`apply-to-live: ${n} rules`);
-    const file = path.join(layout.root, `apply-${n}.yaml`);
-    fs.writeFileSync(file, applyPolicy(n, layout.data));
-    // Parsing is measured natively; emulated, 10,000 rules take minutes: once here.
-    const p0 = performance.now();
-    const { policies } = loadPolicies([file]);
-    const parse = (performance.now() - p0) * 1e6;
-    const times = { total: [] as number[], compile: [] as number[], tables: [] as number[] };
-    const iterations = smoke ? 2 : n >= 10_000 ? 10 : 30;
-    for (let i = 0; i < iterations + 1; i++) {
-      const t0 = performance.now();
-      const compiled = compilePolicy(policies);
-      const t1 = performance.now();
-      enforcer.applyGeneration(compiled);
-      const t2 = performance.now();
-      if (i === 0) continue; // warm-up
-      times.total.push((t2 - t0) * 1e6);
-      times.compile.push((t1 - t0) * 1e6);
-      times.tables.push((t2 - t1) * 1e6);
-    }
-    rows.push({ section: 'apply', env: 'vm', op: `apply-${n}`, variant: 'parse', time: figure([parse]), note: 'one sample' });
-    for (const [k, v] of Object.entries(times)) rows.push({ section: 'apply', env: 'vm', op: `apply-${n}`, variant: k, time: figure(v) });
-  }
 }
 
 main().then(

@@ -27,6 +27,7 @@ t.test('bench --smoke: every row has a figure or the reason it could not run', a
     maxBuffer: 64 << 20,
   });
   t.comment(`bench --smoke took ${((Date.now() - started) / 1000).toFixed(0)} s`);
+  for (const line of (r.stderr ?? '').split('\n').filter((l) => /^bench(\(vm\))?[: ]/.test(l))) t.comment(line);
   t.equal(r.status, 0, `bench --smoke exits 0\n${(r.stderr ?? '').split('\n').slice(-15).join('\n')}`);
   const res = JSON.parse(fs.readFileSync(path.join(out, 'latest.json'), 'utf8')) as Results;
   const md = fs.readFileSync(path.join(out, 'latest.md'), 'utf8');
@@ -50,7 +51,7 @@ t.test('bench --smoke: every row has a figure or the reason it could not run', a
   for (const op of ['read', 'exec', 'connect']) want.push(`ungoverned/vm/${op}/helm-loaded`);
   want.push('ungoverned/native/connect/helm-loaded');
   for (const op of ['evaluate-5', 'evaluate-large']) want.push(`evaluator/native/${op}/reference evaluator`);
-  for (const env of ['native', 'vm']) for (const n of res.meta.sizes.apply) for (const v of ['total', 'compile', 'tables', 'parse']) want.push(`apply/${env}/apply-${n}/${v}`);
+  for (const n of res.meta.sizes.apply) for (const v of ['total', 'compile', 'tables', 'parse']) want.push(`apply/native/apply-${n}/${v}`);
   want.push('audit/vm/events-per-second/helmd');
   for (const op of ['cpu-idle', 'rss-idle', 'cpu-operations', 'rss-operations', 'cpu-audit', 'rss-audit']) want.push(`helmd/vm/${op}/helmd`);
   const have = new Set(res.rows.map(key));
@@ -61,13 +62,22 @@ t.test('bench --smoke: every row has a figure or the reason it could not run', a
   const mustMeasure = [
     ...OPS.flatMap((op) => ['baseline', 'baseline-2', 'strace', 'seccomp'].flatMap((v) => [`ops/native/${op}/${v}`, `ops/vm/${op}/${v}`])),
     ...['read', 'write', 'exec'].flatMap((op) => [`ops/vm/${op}/helm-5`, `ops/vm/${op}/helm-large`]),
+    // helm's network hooks: natively (helmd --network-only) and in the VM
+    ...['connect', 'get', 'post'].flatMap((op) => ['native', 'vm'].flatMap((env) => [`ops/${env}/${op}/helm-5`, `ops/${env}/${op}/helm-large`])),
     'audit/vm/events-per-second/helmd',
-    ...res.meta.sizes.apply.flatMap((n) => [`apply/vm/apply-${n}/total`, `apply/native/apply-${n}/compile`]),
+    ...res.meta.sizes.apply.map((n) => `apply/native/apply-${n}/total`),
+    'ungoverned/native/connect/helm-loaded',
+    ...['read', 'exec', 'connect'].map((op) => `ungoverned/vm/${op}/helm-loaded`),
   ];
   t.same(
     mustMeasure.filter((k) => !measured(k)?.time && !measured(k)?.quantity).map((k) => `${k}: ${measured(k)?.couldNotRun ?? 'missing'}`),
     [],
-    'baselines, strace, seccomp, helm in the VM, audit and apply were measured',
+    'baselines, strace, seccomp, helm in the VM, ungoverned, audit and apply were measured',
+  );
+  t.same(
+    res.rows.filter((row) => row.note?.startsWith('not hooked')).map(key),
+    [],
+    'governed connects went through helm’s hooks (probed: a connect no rule allows was refused)',
   );
   t.ok(
     res.rows.filter((row) => row.section === 'ops' && row.variant !== 'baseline' && row.time).every((row) => row.baseline),
