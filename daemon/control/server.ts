@@ -162,6 +162,7 @@ export class ControlServer {
           policy_paths: s.policyPaths,
           last_apply: s.lastApply ?? null,
           live_generations: s.liveGenerations,
+          audit: s.audit ?? null,
         };
       }),
       Doctor: unary(() => {
