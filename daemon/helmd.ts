@@ -305,12 +305,12 @@ export class Helmd implements ControlPlane {
 
   /** PolicyService.Apply: the whole set is replaced, or nothing is. */
   apply(sources: PolicySourceText[], expectedGeneration: number | undefined, who: string): Promise<ApplyResult> {
-    return this.queue.run((hold) => this.applySet(sources, 'api', expectedGeneration, who, hold));
+    return this.recorded(this.queue.run((hold) => this.applySet(sources, 'api', expectedGeneration, who, hold)));
   }
 
   /** Re-reads the policy paths helmd was given and applies them (a file change, or SIGHUP). */
   reload(source: 'files' | 'sighup'): Promise<ApplyResult | undefined> {
-    return this.queue.run((hold) => {
+    return this.recorded(this.queue.run((hold) => {
       let sources: PolicySourceText[];
       try {
         sources = loadPolicies(this.opts.policyPaths).sources;
@@ -326,7 +326,7 @@ export class Helmd implements ControlPlane {
       } finally {
         this.kernel!.setProtected(this.ownFiles());
       }
-    });
+    }));
   }
 
   private applySet(sources: PolicySourceText[], source: ApplySource, expected: number | undefined, who: string, hold: (p: Promise<unknown>) => void): ApplyResult {
@@ -461,7 +461,7 @@ export class Helmd implements ControlPlane {
     if (!ROLE_RE.test(req.role)) throw invalidArgument(`role must match ${ROLE_RE.source}, got ${JSON.stringify(req.role)}`);
     if (req.name && !AGENT_NAME_RE.test(req.name)) throw invalidArgument(`agent name must match ${AGENT_NAME_RE.source}, got ${JSON.stringify(req.name)}`);
     checkLabels(req.labels);
-    return this.queue.run(async (hold) => {
+    return this.recorded(this.queue.run(async (hold) => {
       const cg = this.cgroups.inspect(req.cgroupPath);
       if (this.agents.has(cg.id)) throw alreadyExists(`${cg.path} is already governed`);
       // A role no generation knows yet gets entries (or none: deny all) before the cgroup is governed.
@@ -499,11 +499,11 @@ export class Helmd implements ControlPlane {
       this.control({ action: 'attach', by: who, subject: subjectOf(agent), mode: modeOf(agent.dryRun), generation: this.generation });
       this.log.info({ agent: agent.name, role: agent.role, cgroup: agent.cgroupPath, dryRun: agent.dryRun }, 'agent attached');
       return agent;
-    });
+    }));
   }
 
   detach(cgroupPath: string, force: boolean, who: string): Promise<void> {
-    return this.queue.run(() => {
+    return this.recorded(this.queue.run(() => {
       const cg = this.cgroups.inspect(cgroupPath);
       const agent = this.agents.get(cg.id);
       if (!agent) throw notFound(`${cg.path} is not governed by helmd`);
@@ -522,7 +522,7 @@ export class Helmd implements ControlPlane {
       this.learned?.forgetAgent(agent.id);
       this.control({ action: 'detach', by: who, subject: subjectOf(agent), forced: force });
       this.log.info({ agent: agent.name, cgroup: agent.cgroupPath, forced: force }, 'agent detached');
-    });
+    }));
   }
 
   agentList(): AgentState[] {
@@ -550,7 +550,7 @@ export class Helmd implements ControlPlane {
   }
 
   setMode(target: ModeTarget, mode: Mode, who: string): Promise<{ target: string; previous: Mode; mode: Mode; generation: number }> {
-    return this.queue.run((hold) => {
+    return this.recorded(this.queue.run((hold) => {
       if ('agent' in target) {
         const agent = this.findAgent(target.agent);
         const previous = modeOf(agent.dryRun);
@@ -582,7 +582,7 @@ export class Helmd implements ControlPlane {
       this.dryRun = mode === 'dry-run';
       if (this.dryRun) this.log.warn('helmd switched to DRY-RUN: denials are audited as would_deny and NOT enforced');
       return this.modeSwitched('helmd', { target: 'helmd' }, previous, mode, who);
-    });
+    }));
   }
 
   private modeSwitched(name: string, fields: object, previous: Mode, mode: Mode, who: string) {
@@ -689,6 +689,20 @@ export class Helmd implements ControlPlane {
     if (rec.decision === 'deny') agent.denied++;
     else if (rec.decision === 'would_deny') agent.wouldDeny++;
     agent.lastDecisionAt = rec.ts;
+  }
+
+  /** Resolves once every audit line recorded so far is written (or counted lost). */
+  auditWritten(): Promise<void> {
+    return this.recorder?.written() ?? Promise.resolve();
+  }
+
+  /** A change is acknowledged once its control lines are written: a caller that reads the trail after the reply finds them. */
+  private async recorded<T>(p: Promise<T>): Promise<T> {
+    try {
+      return await p;
+    } finally {
+      await this.auditWritten();
+    }
   }
 
   /** A line about helmd itself (an apply, a rejection, a mode switch, an agent attached or detached). */

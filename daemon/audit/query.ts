@@ -46,10 +46,13 @@ function summary(l: AuditLineData): string {
       return `${l.count} lost (${l.source}) since ${l.since}`;
     case 'counters':
       return `allowed ${l.allowed} (logged ${l.allow_logged}), denied ${l.denied}, would_deny ${l.would_deny}`;
-    case 'policy':
-      return `generation ${l.generation} (${l.cause})`;
-    case 'agent':
-      return `${l.event} ${(l.cgroup as { path?: string } | undefined)?.path ?? ''}`;
+    case 'control': {
+      const subject = l.subject as { agent?: string; policy?: string } | undefined;
+      const what = subject?.agent ?? subject?.policy ?? (l.target === 'helmd' ? 'helmd' : '');
+      return [l.action, what, l.mode, l.source, l.generation !== undefined ? `generation ${l.generation}` : '', l.error].filter(Boolean).join(' ');
+    }
+    case 'dns':
+      return `${l.host} ${l.qtype ?? ''} ${l.outcome ?? ''}`.trim();
     case 'file':
       return `${l.file}${l.prev_file ? ` after ${l.prev_file}` : ''}`;
     default:

@@ -164,6 +164,12 @@ export class AuditRecorder {
     this.flushSoon();
   }
 
+  /** Resolves once every line recorded so far is written (or counted lost). */
+  written(): Promise<void> {
+    if (this.pending.length) this.flush();
+    return this.trail.written();
+  }
+
   private flushSoon(): void {
     // One append per drained batch: the batch's records arrive synchronously.
     if (this.flushQueued) return;

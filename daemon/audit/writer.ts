@@ -183,6 +183,10 @@ export class AuditTrail {
   private retryTimer: NodeJS.Timeout | undefined;
   private compressing: Promise<void> = Promise.resolve();
   private closed = false;
+  /** Records appended, and records written or counted lost: written() waits for the second to reach the first. */
+  private appended = 0;
+  private settled = 0;
+  private waiters: { upTo: number; resolve: () => void }[] = [];
   private readonly now: () => Date;
   private readonly maxBatch: number;
   private readonly reminderMs: number;
@@ -275,7 +279,23 @@ export class AuditTrail {
   append(records: object[]): void {
     if (this.closed || records.length === 0) return;
     for (const r of records) this.queue.push(r as Record<string, unknown>);
+    this.appended += records.length;
     this.kick();
+  }
+
+  /** Resolves once every record appended so far is written (or counted lost); later appends do not hold it up. */
+  written(): Promise<void> {
+    const upTo = this.appended;
+    if (this.settled >= upTo || this.closed) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push({ upTo, resolve }));
+  }
+
+  private settle(n: number): void {
+    this.settled += n;
+    if (!this.waiters.length) return;
+    const still: typeof this.waiters = [];
+    for (const w of this.waiters) (this.settled >= w.upTo ? w.resolve() : still.push(w));
+    this.waiters = still;
   }
 
   /** Records queued and not yet written. */
@@ -311,6 +331,8 @@ export class AuditTrail {
     if (this.opts.fsync.kind !== 'none') await fdatasync(this.fd).catch((e) => this.report(e as Error, 'fsync'));
     await this.compressing;
     fs.closeSync(this.fd);
+    for (const w of this.waiters) w.resolve();
+    this.waiters = [];
   }
 
   private kick(): void {
@@ -328,7 +350,9 @@ export class AuditTrail {
       await new Promise((r) => setImmediate(r));
       const batch = this.queue.splice(0, this.maxBatch);
       if (this.rotationDue()) await this.rotate();
-      if (!(await this.writeBatch(batch))) {
+      const ok = await this.writeBatch(batch);
+      this.settle(batch.length);
+      if (!ok) {
         // What is queued meanwhile is tried once, then counted too: memory stays bounded while the disk is full.
         if (this.queue.length) continue;
         this.retryLater();

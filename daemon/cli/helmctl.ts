@@ -231,7 +231,7 @@ function withFilters(c: Command, what: { types: boolean }): Command {
     .option('--decision <d>', 'allow, deny or would_deny (repeatable)', list)
     .option('--op <verb>', 'read, write, exec, connect, bind, ... (repeatable)', list)
     .option('--prefix <p>', 'paths starting with this, or addresses in this address/CIDR, or host names starting with this (repeatable)', list);
-  if (what.types) c.option('--type <t>', 'line types: decision, lost, counters, policy, agent, start, stop, file, recovered, or all (repeatable; default: decision)', list);
+  if (what.types) c.option('--type <t>', 'line types: decision, dns, control, lost, counters, start, stop, file, recovered, or all (repeatable; default: decision)', list);
   return c;
 }
 
@@ -290,7 +290,7 @@ audit
     process.exit(bad ? 1 : 0);
   });
 
-const repeatable = (v: string, prev: string[]) => [...prev, v];
+const repeatable = (v: string, prev: string[] | undefined) => [...(prev ?? []), v];
 connects(
   audit
     .command('tail')
