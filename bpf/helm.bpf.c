@@ -314,7 +314,7 @@ struct decision {
 	__u32 flags;
 	__u32 target_pid;
 	long path_len;
-	struct net_subject *net; /* network ops only */
+	const struct net_subject *net; /* network ops only */
 	__u64 ino; /* the object's identity, for the event (set by emit) */
 	__u32 dev;
 };
@@ -519,10 +519,10 @@ static __always_inline int emit_event(struct helm_agent *agent, __u64 cgroup_id,
  * argv, all loops), which keeps loading fast. Their pointer arguments may be
  * NULL to the verifier, and kernel objects are passed as plain numbers. File
  * decisions (LSM hooks) may read an exec's argv; the other one, linked into the
- * cgroup programs too, uses no helper those cannot call. No const struct
- * pointers here or in struct decision: clang 14 then emits the pointee as a
- * forward declaration, and the verifier refuses a global function whose
- * argument's size it cannot determine.
+ * cgroup programs too, uses no helper those cannot call. `net` is not const:
+ * clang 14 emits a struct reached only through const pointers in struct
+ * members as a forward declaration, and the verifier refuses a global
+ * function whose argument's size it cannot determine.
  */
 __noinline int helm_emit(struct helm_agent *agent, __u64 cgroup_id, struct decision *d,
 			 struct helm_path_key *key, struct net_subject *net)
@@ -547,7 +547,7 @@ static __always_inline int emit(struct helm_agent *agent, __u64 cgroup_id, struc
 	d->dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
 	if (file)
 		return helm_emit_file(agent, cgroup_id, d, key);
-	return helm_emit(agent, cgroup_id, d, key, d->net);
+	return helm_emit(agent, cgroup_id, d, key, (struct net_subject *)d->net);
 }
 
 /* Applies dry-run (agent or global), counts, reports, and gives the hook's return value. */
@@ -1373,7 +1373,7 @@ static __always_inline int is_mapped_v4(const __u8 *a)
 
 /* 1 lets the operation proceed, 0 refuses it (EPERM), as sock_addr programs return. */
 static __always_inline int decide_net(struct helm_agent *agent, __u64 cgroup_id,
-				      struct net_subject *sub, __u32 nop, __u32 detail)
+				      const struct net_subject *sub, __u32 nop, __u32 detail)
 {
 	struct decision d = {
 		.op = nop == HELM_NET_BIND ? HELM_OP_BIND : HELM_OP_CONNECT,
@@ -1466,7 +1466,7 @@ static __always_inline void subject6(struct bpf_sock_addr *ctx, struct net_subje
  * socket cookie so that replies appear to come from it (recvmsg below).
  */
 static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, struct helm_agent *agent,
-					struct net_subject *sub)
+					const struct net_subject *sub)
 {
 	if (!agent->dns_port || sub->port != DNS_PORT)
 		return 0;
