@@ -1466,7 +1466,7 @@ static __always_inline void subject6(struct bpf_sock_addr *ctx, struct net_subje
  * socket cookie so that replies appear to come from it (recvmsg below).
  */
 static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, struct helm_agent *agent,
-					const struct net_subject *sub)
+					const struct net_subject *sub, int v6)
 {
 	if (!agent->dns_port || sub->port != DNS_PORT)
 		return 0;
@@ -1476,7 +1476,9 @@ static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, struct helm_a
 	struct helm_dns_origin origin = { .port = bpf_htons(DNS_PORT), .family = sub->family };
 	__builtin_memcpy(origin.addr, sub->addr, 16);
 	bpf_map_update_elem(&dns_origins, &cookie, &origin, BPF_ANY);
-	if (sub->family == AF_INET) {
+	/* v6, not sub->family: a constant per program (sub is in memory a global function saw, so
+	 * the compiler reloads it, and connect4 must not even appear to write user_ip6) */
+	if (!v6) {
 		ctx->user_ip4 = bpf_htonl(LOOPBACK4);
 	} else {
 		ctx->user_ip6[0] = 0;
@@ -1499,7 +1501,7 @@ static __always_inline int outbound(struct bpf_sock_addr *ctx, int v6, __u32 det
 		subject6(ctx, &sub);
 	else
 		subject4(ctx, &sub);
-	if (redirect_dns(ctx, agent, &sub))
+	if (redirect_dns(ctx, agent, &sub, v6))
 		return 1;
 	return decide_net(agent, cgroup_id, &sub, HELM_NET_CONNECT, detail);
 }
