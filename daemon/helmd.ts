@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { compilePolicy, type CompiledPolicy } from './policy/compile';
 import { loadPolicies } from './policy/parse';
 import type { Policy } from './policy/types';
-import { KernelEnforcer } from './kernel/enforcer';
+import { KernelEnforcer, type GovernedAgent } from './kernel/enforcer';
 import { native } from './kernel/native';
 import { decodeEvent, C } from './kernel/layout';
 import type { RingReader } from './kernel/bpf';
@@ -20,6 +20,7 @@ import { inspectCgroup, cgroupHasProcesses, CgroupError } from './control/cgroup
 import { DnsForwarder, type DnsQueryAudit, type Upstream } from './net/dns-forwarder';
 import { LearnedAddresses } from './net/learned';
 import { nameMatches, type NameEntry } from './policy/compile-net';
+import { labelBitsOf } from './policy/compile-cond';
 
 export const VERSION = '0.1.0';
 
@@ -47,6 +48,8 @@ interface AgentState {
   cgroupId: bigint;
   dryRun: boolean;
   labels: Record<string, string>;
+  /** Its labels as the kernel sees them (labelBitsOf under the generation's label ids). */
+  labelBits: bigint;
   generation: number;
   dns?: DnsForwarder;
 }
@@ -135,6 +138,15 @@ export class Helmd {
   }
 
   private install(compiled: CompiledPolicy): number {
+    // Agents get the bits of label pairs this generation names before it decides anything.
+    // Pairs keep their ids, so the bits stay true for the generation still running.
+    for (const a of this.agents.values()) {
+      const bits = labelBitsOf(a.labels, compiled.labelIds);
+      if (bits !== a.labelBits) {
+        this.enforcer!.govern(a.cgroupId, this.governedAs(a, compiled, bits));
+        a.labelBits = bits;
+      }
+    }
     const gen = this.enforcer!.applyGeneration(compiled);
     this.compiled = compiled;
     this.roleNames = new Map([...compiled.roles].map(([name, id]) => [id, name]));
@@ -294,7 +306,8 @@ export class Helmd {
     // A role no generation knows yet gets entries (or none: deny all) before the cgroup is governed.
     if (!this.compiled!.roles.has(req.role)) {
       const roles = new Set([...this.agents.values()].map((a) => a.role).concat(req.role));
-      this.install(compilePolicy(this.policies, { roleIds: this.compiled!.roles, extraRoles: roles }));
+      const c = this.compiled!;
+      this.install(compilePolicy(this.policies, { roleIds: c.roles, nameIds: c.nameIds, labelIds: c.labelIds, extraRoles: roles }));
     }
     const agent: AgentState = {
       id: this.nextAgentId++,
@@ -304,6 +317,7 @@ export class Helmd {
       cgroupId: cg.id,
       dryRun: !!req.dry_run,
       labels: req.labels ?? {},
+      labelBits: labelBitsOf(req.labels ?? {}, this.compiled!.labelIds),
       generation: this.enforcer!.activeGeneration,
     };
     // Its DNS forwarder first: from the moment the cgroup is governed, its DNS goes there.
@@ -312,11 +326,15 @@ export class Helmd {
       agent.dns.close();
       throw Object.assign(new Error(`${cg.path} is already governed`), { grpcCode: grpc.status.ALREADY_EXISTS });
     }
-    this.enforcer!.govern(cg.id, { agentId: agent.id, roleId: this.compiled!.roles.get(req.role)!, dryRun: agent.dryRun, dnsPort: agent.dns.port });
+    this.enforcer!.govern(cg.id, this.governedAs(agent, this.compiled!, agent.labelBits));
     this.agents.set(cg.id, agent);
     this.agentsById.set(agent.id, agent);
     this.log.info({ agent: agent.name, role: agent.role, cgroup: agent.cgroupPath, dryRun: agent.dryRun }, 'agent attached');
     return agentMessage(agent);
+  }
+
+  private governedAs(a: AgentState, compiled: CompiledPolicy, labelBits: bigint): GovernedAgent {
+    return { agentId: a.id, roleId: compiled.roles.get(a.role)!, dryRun: a.dryRun, dnsPort: a.dns?.port ?? 0, labelBits };
   }
 
   detach(cgroupPath: string, force: boolean): boolean {
