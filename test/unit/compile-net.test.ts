@@ -11,6 +11,7 @@ import { C, NO_VERDICT, encodeNetKey, encodeNetValue, type Verdict } from '../..
 import { PolicyError, type Policy } from '../../daemon/policy/types';
 import { Rng } from '../rng';
 import { ROLES, randomNetworkOps, randomNetworkPolicy } from '../support/network-differential';
+import { randomContext, resolveModel, showContext, type ProcessContext } from '../support/conditions';
 
 const noStat = () => undefined;
 
@@ -25,8 +26,11 @@ function compile(text: string, opts: Parameters<typeof compilePolicy>[1] = {}): 
 const doc = (name: string, roles: string, body: string, mode = 'enforce') =>
   `apiVersion: helm/v1\nkind: Policy\nmetadata: { name: ${name} }\nspec:\n  roles: ${roles}\n  mode: ${mode}\n${body}`;
 
-/** The kernel's decision, modelled: helm.bpf.c decide_net() over the compiled entries. */
-function kernelModel(c: CompiledPolicy, role: string, verb: 'connect' | 'bind', addr: string, port: number, learnedNames: string[] = []): { action: 'allow' | 'deny'; v?: Verdict } {
+/**
+ * The kernel's decision, modelled: helm.bpf.c decide_net() over the compiled entries, each verdict
+ * made concrete for the acting process (its condition list) before the join.
+ */
+function kernelModel(c: CompiledPolicy, role: string, verb: 'connect' | 'bind', addr: string, port: number, learnedNames: string[] = [], ctx: ProcessContext = {}): { action: 'allow' | 'deny'; v?: Verdict } {
   const roleId = c.roles.get(role);
   const nop = verb === 'connect' ? C.HELM_NET_CONNECT : C.HELM_NET_BIND;
   const bytes = ipBytes(addr)!;
@@ -39,7 +43,10 @@ function kernelModel(c: CompiledPolicy, role: string, verb: 'connect' | 'bind', 
     const bestLen = best?.bytes === undefined ? -1 : best.prefix;
     if (!best || len > bestLen) best = e;
   }
-  const inRange = (ranges: typeof mine[number]['ranges']) => ranges.find((r) => port >= r.from && port <= r.to)?.verdicts[nop];
+  const inRange = (ranges: typeof mine[number]['ranges']) => {
+    const v = ranges.find((r) => port >= r.from && port <= r.to)?.verdicts[nop];
+    return v && resolveModel(c, v, ctx);
+  };
   let v: Verdict = NO_VERDICT;
   v = combine(v, inRange(best!.ranges));
   for (const name of learnedNames) {
@@ -224,4 +231,62 @@ t.test('unix, raw and packet targets: parsed, refused when malformed, matched an
     bindErr = e;
   }
   t.match((bindErr as Error)?.message, /unix sockets go under connect/);
+});
+
+t.test('with exe, label and uid conditions: model of the kernel = the reference evaluator (random policies)', async (t) => {
+  const seed = Number(process.env.HELM_SEED ?? 0xc0de);
+  const rng = new Rng(seed);
+  let checked = 0;
+  let conditional = 0;
+  for (let round = 0; round < 150; round++) {
+    const text = randomNetworkPolicy(rng, '', { conditions: true });
+    const ps = policies(text);
+    const c = compilePolicy(ps, { stat: noStat });
+    conditional += c.condLists.length;
+    for (const role of ROLES) {
+      for (const op of randomNetworkOps(rng, role, 40)) {
+        const ctx = randomContext(rng);
+        const want = evaluateOperation(ps, { role, verb: op.verb, addr: op.addr, port: op.port, ...ctx });
+        const got = kernelModel(c, role, op.verb, op.addr, op.port, [], ctx);
+        const rule = got.v ? c.rules[got.v.ruleId - 1] : undefined;
+        if (got.action !== want.action || (rule?.rule ?? 'default') !== (want.rule ?? 'default')) {
+          t.fail(`seed ${seed} round ${round}: ${op.verb} ${op.addr}:${op.port} by ${role} [${showContext(ctx)}]: evaluator ${want.action} ${want.rule}, model ${got.action} ${rule?.rule}\n${text}`);
+          return;
+        }
+        checked++;
+      }
+    }
+  }
+  t.ok(conditional > 100, `${conditional} condition lists`);
+  t.pass(`${checked} operations agree`);
+});
+
+t.test('a host-name rule with conditions: the name and the address join after each is made concrete', async (t) => {
+  const text = doc(
+    'n',
+    '[r]',
+    '  allow:\n    - id: any-443\n      connect: ["*:443"]\n  contextual:\n' +
+      '    - id: git-only\n      connect: ["*.github.com:443"]\n      when: { exe: /usr/lib/git-core/ }\n' +
+      '    - id: ops-team\n      connect: ["10.0.0.0/8:443"]\n      when: { label: { team: ops }, uid: [1000] }\n',
+  );
+  const ps = policies(text);
+  const c = compilePolicy(ps, { stat: noStat });
+  const gh = c.nameEntries.find((e) => e.pattern === '*.github.com')!;
+  t.equal(gh.allowsSomething, true, "the name's DNS queries are answered: some process may connect");
+  const cases: [string, string[], ProcessContext, 'allow' | 'deny', string][] = [
+    ['1.2.3.4', ['api.github.com'], { exe: '/usr/lib/git-core/git-remote-https', uid: 0 }, 'allow', 'git-only'],
+    ['1.2.3.4', ['api.github.com'], { exe: '/usr/bin/curl', uid: 0 }, 'deny', 'git-only'],
+    ['1.2.3.4', [], { exe: '/usr/bin/curl', uid: 0 }, 'allow', 'any-443'],
+    ['10.1.1.1', ['api.github.com'], { exe: '/usr/bin/curl', uid: 1000, labels: { team: 'ops' } }, 'allow', 'ops-team'],
+    ['10.1.1.1', ['api.github.com'], { exe: '/usr/lib/git-core/git', uid: 0, labels: { team: 'ops' } }, 'allow', 'git-only'],
+    ['10.1.1.1', [], { exe: '/usr/bin/curl', uid: 0, labels: { team: 'ops' } }, 'deny', 'ops-team'],
+  ];
+  for (const [addr, learned, ctx, action, rule] of cases) {
+    const host = learned[0];
+    const want = evaluateOperation(ps, { role: 'r', verb: 'connect', addr, port: 443, ...(host ? { host } : {}), ...ctx });
+    const got = kernelModel(c, 'r', 'connect', addr, 443, learned, ctx);
+    const what = `${addr}${host ? ` (${host})` : ''} [${showContext(ctx)}]`;
+    t.same([want.action, want.rule], [action, rule], `evaluator: ${what}`);
+    t.same([got.action, got.v && c.rules[got.v.ruleId - 1].rule], [action, rule], `model: ${what}`);
+  }
 });
