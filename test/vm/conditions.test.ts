@@ -1,0 +1,322 @@
+// Contextual conditions on exe, label and uid, enforced by the kernel: agents attached with
+// labels run processes as different uids (setpriv) and through different executables (cat and
+// net-probe, and copies of them in other directories); a contextual rule allows exactly when
+// its `when` holds, for file reads, writes and connects, and the audit trail names the deciding
+// rule with the uid and executable the kernel saw. Then a kernel/evaluator differential with
+// random conditions. Everything stays on the VM's loopback (nothing listens on the ports used:
+// a connect the kernel lets through fails with ECONNREFUSED).
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { ROOT, RUNTIME_RULE, auditLines, helmctl, requireBpfLsm, startHelmd, type AuditLine, type Daemon } from './harness';
+import { loadPolicies } from '../../daemon/policy/parse';
+import { evaluateOperation, type Operation, type Outcome } from '../../daemon/policy/evaluate';
+import type { Policy } from '../../daemon/policy/types';
+import { kernelDecision } from '../support/network-differential';
+import { LABEL_PAIRS, randomWhen } from '../support/conditions';
+import { Rng } from '../rng';
+
+t.setTimeout(1_200_000);
+
+const T = '/srv/helm-cond';
+const DATA = `${T}/data`;
+const OUT = `${T}/out`;
+const CAT = '/usr/bin/cat';
+const MY_CAT = `${T}/bin/cat`; // a copy in the directory the exe conditions name
+const OTHER_CAT = `${T}/other/cat`; // the same program elsewhere
+const MY_PROBE = `${T}/bin/net-probe`;
+const OTHER_PROBE = `${T}/other/net-probe`;
+const SH = fs.realpathSync('/bin/sh'); // what the kernel names as the shell's executable
+const PORT = 18990;
+
+interface AddrLine extends AuditLine {
+  addr?: string;
+  port?: number;
+}
+
+/**
+ * One operation by one process of an agent: `setpriv` runs EXE as UID (real and effective) and
+ * the operation happens in EXE. read: EXE is a cat and ARG the file; write: EXE is the shell and
+ * ARG the file it creates; connect: EXE is a net-probe and ARG its case.
+ */
+interface Case {
+  id: string;
+  kind: 'read' | 'write' | 'connect';
+  uid: number;
+  exe: string;
+  target: string; // path, or ADDR:PORT
+}
+
+// Runs in the agent: prints "CASE <id> ok" or "CASE <id> denied <error>" (net-probe prints its own).
+const RUNNER = `
+for c in "$@"; do
+  id=\${c%%|*}; rest=\${c#*|}; kind=\${rest%%|*}; rest=\${rest#*|}
+  uid=\${rest%%|*}; rest=\${rest#*|}; exe=\${rest%%|*}; arg=\${rest#*|}
+  as="setpriv --reuid=$uid --regid=$uid --clear-groups"
+  case $kind in
+    read)    out=$($as "$exe" "$arg" 2>&1 >/dev/null) ;;
+    write)   out=$($as "$exe" -c 'echo x > "$1"' sh "$arg" 2>&1) ;;
+    connect) $as "$exe" "$id=tcp:$arg"; continue ;;
+  esac
+  if [ $? -eq 0 ]; then echo "CASE $id ok"; else echo "CASE $id denied $out"; fi
+done
+`;
+
+function run(d: Daemon, agent: string, labels: Record<string, string>, cases: Case[]): Map<string, string> {
+  const args = cases.map((c) => `${c.id}|${c.kind}|${c.uid}|${c.exe}|${c.target}`);
+  const labelArgs = Object.entries(labels).flatMap(([k, v]) => ['--label', `${k}=${v}`]);
+  const r = helmctl(['run', '--socket', d.socket, '--role', 'cond', '--name', agent, ...labelArgs, '--', 'sh', '-c', RUNNER, 'runner', ...args]);
+  if (r.status !== 0) throw new Error(`helmctl run failed (${r.status}): ${r.stderr}`);
+  const out = new Map<string, string>();
+  for (const line of r.stdout.split('\n')) {
+    const m = /^CASE (\S+) ?(.*)$/.exec(line);
+    if (m) out.set(m[1], m[2]);
+  }
+  return out;
+}
+
+/** The evaluator's decision for a case, with what the kernel knows of the process. */
+function expected(policies: Policy[], c: Case, labels: Record<string, string>): Outcome {
+  const ctx = { role: 'cond', exe: c.exe, uid: c.uid, labels };
+  let op: Operation;
+  if (c.kind === 'connect') {
+    const [addr, port] = c.target.split(':');
+    op = { ...ctx, verb: 'connect', addr, port: Number(port) };
+  } else {
+    op = { ...ctx, verb: c.kind, path: c.target };
+  }
+  return evaluateOperation(policies, op);
+}
+
+/** Did the kernel let it through? (A would_deny lets it through too.) */
+function passed(c: Case, got: string | undefined): boolean | undefined {
+  if (got === undefined) return undefined;
+  if (c.kind === 'connect') return kernelDecision(got) === 'passed';
+  return got === 'ok';
+}
+
+/** The audit line of a case's denial: same agent, verb, object, uid and executable. */
+function lineOf(lines: AddrLine[], agent: string, c: Case): AddrLine | undefined {
+  return lines.find((l) => {
+    if (l.agent !== agent || l.op !== c.kind || l.uid !== c.uid || l.exe !== c.exe) return false;
+    if (c.kind === 'connect') return `${l.addr}:${l.port}` === c.target;
+    return l.path === c.target;
+  });
+}
+
+function setUpTree(): void {
+  fs.rmSync(T, { recursive: true, force: true });
+  for (const d of [DATA, `${DATA}/sub`, `${T}/bin`, `${T}/other`, `${T}-audit`]) fs.mkdirSync(d, { recursive: true, mode: 0o755 });
+  fs.mkdirSync(OUT, { mode: 0o777 });
+  fs.chmodSync(OUT, 0o1777); // any uid may create files here: only the policy decides
+  for (const f of ['exe.txt', 'uid.txt', 'label.txt', 'all.txt', 'plain.txt', 'a.txt', 'ab.txt', 'sub/c.txt', 'sub/d.txt']) fs.writeFileSync(`${DATA}/${f}`, 'x\n', { mode: 0o644 });
+  for (const [from, to] of [
+    [CAT, MY_CAT],
+    [CAT, OTHER_CAT],
+    [path.join(ROOT, 'build', 'net-probe'), MY_PROBE],
+    [path.join(ROOT, 'build', 'net-probe'), OTHER_PROBE],
+  ]) {
+    fs.copyFileSync(from, to);
+    fs.chmodSync(to, 0o755);
+  }
+}
+
+/** What every process of the test needs: the runtime, setpriv, the shell, the copies. */
+const TOOLS_RULE = `${RUNTIME_RULE}\n    - { id: tools, exec: [${T}/bin/, ${T}/other/], read: [${T}/bin/, ${T}/other/, /etc/] }`;
+
+const POLICY = `apiVersion: helm/v1
+kind: Policy
+metadata: { name: cond }
+spec:
+  roles: [cond]
+  allow:
+${TOOLS_RULE}
+    - { id: all-data, read: [${DATA}/] }
+  contextual:
+    - id: by-exe
+      read: [${DATA}/exe.txt]
+      when: { exe: ${T}/bin/ }
+    - id: by-uid
+      read: [${DATA}/uid.txt]
+      when: { uid: [1000] }
+    - id: by-label
+      read: [${DATA}/label.txt]
+      when: { label: { team: pay } }
+    - id: by-all
+      read: [${DATA}/all.txt]
+      when: { role: cond, exe: ${CAT}, uid: 1000, label: { team: pay, env: prod } }
+    - id: write-by-uid
+      write: [${OUT}/]
+      when: { uid: [1000, 1001], exe: ${SH} }
+    - id: net-by-exe
+      connect: ["127.0.0.2:${PORT}"]
+      when: { exe: ${MY_PROBE}, uid: [0, 1000] }
+    - id: net-by-label
+      connect: ["127.0.0.3:${PORT}"]
+      when: { label: { env: prod } }
+`;
+
+const PAY = { team: 'pay', env: 'prod' };
+const OPS = { team: 'ops' };
+
+/** [case, agent labels, expected: allow or the rule that denies]. */
+const SCENARIO: [Case, Record<string, string>, string][] = [
+  [{ id: 'exe-mine', kind: 'read', uid: 0, exe: MY_CAT, target: `${DATA}/exe.txt` }, PAY, 'allow'],
+  [{ id: 'exe-system', kind: 'read', uid: 0, exe: CAT, target: `${DATA}/exe.txt` }, PAY, 'by-exe'],
+  [{ id: 'exe-copy-elsewhere', kind: 'read', uid: 0, exe: OTHER_CAT, target: `${DATA}/exe.txt` }, PAY, 'by-exe'],
+  [{ id: 'uid-1000', kind: 'read', uid: 1000, exe: CAT, target: `${DATA}/uid.txt` }, PAY, 'allow'],
+  [{ id: 'uid-1001', kind: 'read', uid: 1001, exe: CAT, target: `${DATA}/uid.txt` }, PAY, 'by-uid'],
+  [{ id: 'uid-root', kind: 'read', uid: 0, exe: MY_CAT, target: `${DATA}/uid.txt` }, PAY, 'by-uid'],
+  [{ id: 'label-pay', kind: 'read', uid: 0, exe: CAT, target: `${DATA}/label.txt` }, PAY, 'allow'],
+  [{ id: 'label-ops', kind: 'read', uid: 0, exe: CAT, target: `${DATA}/label.txt` }, OPS, 'by-label'],
+  [{ id: 'all-hold', kind: 'read', uid: 1000, exe: CAT, target: `${DATA}/all.txt` }, PAY, 'allow'],
+  [{ id: 'all-but-exe', kind: 'read', uid: 1000, exe: MY_CAT, target: `${DATA}/all.txt` }, PAY, 'by-all'],
+  [{ id: 'all-but-uid', kind: 'read', uid: 1001, exe: CAT, target: `${DATA}/all.txt` }, PAY, 'by-all'],
+  [{ id: 'all-but-labels', kind: 'read', uid: 1000, exe: CAT, target: `${DATA}/all.txt` }, OPS, 'by-all'],
+  [{ id: 'plain-ops', kind: 'read', uid: 1001, exe: OTHER_CAT, target: `${DATA}/plain.txt` }, OPS, 'allow'],
+  [{ id: 'write-1000', kind: 'write', uid: 1000, exe: SH, target: `${OUT}/by-1000` }, OPS, 'allow'],
+  [{ id: 'write-root', kind: 'write', uid: 0, exe: SH, target: `${OUT}/by-root` }, OPS, 'write-by-uid'],
+  [{ id: 'net-mine-1000', kind: 'connect', uid: 1000, exe: MY_PROBE, target: `127.0.0.2:${PORT}` }, OPS, 'allow'],
+  [{ id: 'net-mine-1001', kind: 'connect', uid: 1001, exe: MY_PROBE, target: `127.0.0.2:${PORT}` }, OPS, 'net-by-exe'],
+  [{ id: 'net-other-probe', kind: 'connect', uid: 0, exe: OTHER_PROBE, target: `127.0.0.2:${PORT}` }, OPS, 'net-by-exe'],
+  [{ id: 'net-label-prod', kind: 'connect', uid: 1001, exe: OTHER_PROBE, target: `127.0.0.3:${PORT}` }, PAY, 'allow'],
+  [{ id: 'net-label-ops', kind: 'connect', uid: 0, exe: MY_PROBE, target: `127.0.0.3:${PORT}` }, OPS, 'net-by-label'],
+  [{ id: 'net-default', kind: 'connect', uid: 0, exe: MY_PROBE, target: `127.0.0.4:${PORT}` }, PAY, 'default'],
+];
+
+// ---------------------------------------------------------------------------------------------
+// The differential: random policies over the data files and three loopback addresses.
+
+const SEED = Number(process.env.HELM_COND_SEED ?? Date.now() % 1_000_000);
+const READ_TARGETS = [`${DATA}/`, `${DATA}/a.txt`, `${DATA}/ab.txt`, `${DATA}/sub/`, `${DATA}/sub/c.txt`];
+const READ_FILES = [`${DATA}/a.txt`, `${DATA}/ab.txt`, `${DATA}/sub/c.txt`, `${DATA}/sub/d.txt`];
+const NET_TARGETS = [`127.0.0.2:${PORT}`, `127.0.0.3:${PORT}`, `127.0.0.2:${PORT + 1}`, `127.0.0.0/30:${PORT}-${PORT + 1}`, `127.0.0.4:*`];
+const EXE_TARGETS = [CAT, '/usr/bin/', `${T}/bin/`, MY_CAT, MY_PROBE, `${T}/other/`, '/'];
+
+function randomPolicies(rng: Rng): string {
+  const rule = (kind: string, i: number) => {
+    const body: string[] = [];
+    if (rng.chance(0.7)) body.push(`read: ${JSON.stringify(rng.subset(READ_TARGETS))}`);
+    if (rng.chance(0.5) || body.length === 0) body.push(`connect: ${JSON.stringify(rng.subset(NET_TARGETS))}`);
+    const when = kind === 'contextual' ? `, when: ${JSON.stringify(randomWhen(rng, ['cond'], 0.2, EXE_TARGETS))}` : '';
+    return `    - { id: ${kind}-${i}, ${body.join(', ')}${when} }`;
+  };
+  const list = (kind: string, n: number) => Array.from({ length: n }, (_, i) => rule(kind, i)).join('\n');
+  const section = (kind: string, n: number, extra = '') => (n || extra ? `  ${kind}:\n${extra}${extra && n ? '\n' : ''}${list(kind, n)}\n` : '');
+  return (
+    `apiVersion: helm/v1\nkind: Policy\nmetadata: { name: diff-enforce }\nspec:\n  roles: [cond]\n` +
+    section('allow', 1 + rng.int(3), TOOLS_RULE) +
+    section('block', rng.int(2)) +
+    section('contextual', 2 + rng.int(3)) +
+    `---\napiVersion: helm/v1\nkind: Policy\nmetadata: { name: diff-dry }\nspec:\n  roles: [cond]\n  mode: dry-run\n` +
+    section('allow', rng.int(2)) +
+    section('block', rng.chance(0.3) ? 1 : 0) +
+    section('contextual', rng.int(3))
+  );
+}
+
+function randomCases(rng: Rng, prefix: string, n: number): Case[] {
+  return Array.from({ length: n }, (_, i) => {
+    const uid = rng.pick([0, 1000, 1001]);
+    if (rng.chance(0.65)) return { id: `${prefix}${i}`, kind: 'read', uid, exe: rng.pick([CAT, MY_CAT, OTHER_CAT]), target: rng.pick(READ_FILES) };
+    return { id: `${prefix}${i}`, kind: 'connect', uid, exe: rng.pick([MY_PROBE, OTHER_PROBE]), target: `127.0.0.${2 + rng.int(3)}:${PORT + rng.int(2)}` };
+  });
+}
+
+function randomLabels(rng: Rng): Record<string, string> {
+  const labels: Record<string, string> = {};
+  for (const [k, v] of LABEL_PAIRS) if (rng.chance(0.5)) labels[k] = v;
+  return labels;
+}
+
+async function main(): Promise<void> {
+  const why = requireBpfLsm();
+  if (why) {
+    t.fail(`VM suite cannot run: ${why}`);
+    return;
+  }
+  setUpTree();
+  t.teardown(() => fs.rmSync(T, { recursive: true, force: true }));
+
+  await t.test('contextual rules allow exactly when exe, label and uid hold (files and network)', async (t) => {
+    const file = `${T}-audit/cond.yaml`;
+    fs.writeFileSync(file, POLICY);
+    const policies = loadPolicies([file]).policies;
+    const d = await startHelmd({ policy: [file], audit: `${T}-audit/cond.jsonl`, socket: `${T}-audit/cond.sock` });
+    try {
+      const byLabels = new Map<string, [Case, string][]>();
+      for (const [c, labels, want] of SCENARIO) {
+        const key = JSON.stringify(labels);
+        byLabels.set(key, [...(byLabels.get(key) ?? []), [c, want]]);
+      }
+      const results = new Map<string, { got?: string; agent: string }>();
+      let n = 0;
+      for (const [key, cases] of byLabels) {
+        const agent = `cond-${n++}`;
+        const got = run(d, agent, JSON.parse(key), cases.map(([c]) => c));
+        for (const [c] of cases) results.set(c.id, { got: got.get(c.id), agent });
+      }
+      const denials = SCENARIO.filter(([, , want]) => want !== 'allow').length;
+      const lines = (await auditLines(d.audit, (ls) => ls.filter((l) => l.agent?.startsWith('cond-')).length >= denials)) as AddrLine[];
+      for (const [c, labels, want] of SCENARIO) {
+        const { got, agent } = results.get(c.id)!;
+        const ev = expected(policies, c, labels);
+        const what = `${c.id}: ${c.kind} ${c.target} by ${c.exe} as uid ${c.uid}, labels ${JSON.stringify(labels)}`;
+        t.equal(ev.decision === 'allow' ? 'allow' : (ev.rule ?? 'default'), want, `${what}: the evaluator says ${want}`);
+        t.equal(passed(c, got), want === 'allow', `${what}: kernel ${got}`);
+        const line = lineOf(lines, agent, c);
+        if (want === 'allow') t.notOk(line, `${what}: not in the audit trail`);
+        else t.match(line, { decision: 'deny', rule: want, uid: c.uid, exe: c.exe, role: 'cond' }, `${what}: audited, naming ${want}`);
+      }
+      t.ok(fs.existsSync(`${OUT}/by-1000`) && !fs.existsSync(`${OUT}/by-root`), 'the allowed write happened, the denied one did not');
+    } finally {
+      await d.stop();
+    }
+  });
+
+  await t.test(`differential: kernel = reference evaluator with random conditions (seed ${SEED})`, async (t) => {
+    const rng = new Rng(SEED);
+    let total = 0;
+    const tally = new Map<string, number>();
+    for (let round = 0; round < 2; round++) {
+      const text = randomPolicies(rng);
+      const file = `${T}-audit/random-${round}.yaml`;
+      fs.writeFileSync(file, text);
+      const policies = loadPolicies([file]).policies;
+      const d = await startHelmd({ policy: [file], audit: `${T}-audit/random-${round}.jsonl`, socket: `${T}-audit/r${round}.sock` });
+      try {
+        const agents = Array.from({ length: 3 }, (_, i) => ({ name: `rand-${round}-${i}`, labels: randomLabels(rng), cases: randomCases(rng, `r${round}a${i}c`, 35) }));
+        const got = new Map<string, string | undefined>();
+        for (const a of agents) {
+          const out = run(d, a.name, a.labels, a.cases);
+          for (const c of a.cases) got.set(c.id, out.get(c.id));
+        }
+        const wants = agents.flatMap((a) => a.cases.map((c) => ({ a, c, want: expected(policies, c, a.labels) })));
+        const audited = wants.filter((w) => w.want.decision !== 'allow').length;
+        const lines = (await auditLines(d.audit, (ls) => ls.filter((l) => l.agent?.startsWith(`rand-${round}-`)).length >= audited)) as AddrLine[];
+        let bad = 0;
+        for (const { a, c, want } of wants) {
+          const k = passed(c, got.get(c.id));
+          const line = lineOf(lines, a.name, c);
+          const ok =
+            k === (want.decision !== 'deny') &&
+            (want.decision === 'allow' ? line === undefined : line?.rule === (want.rule ?? 'default') && line?.decision === want.decision);
+          tally.set(want.decision, (tally.get(want.decision) ?? 0) + 1);
+          if (!ok) {
+            bad++;
+            t.fail(`${c.kind} ${c.target} by ${c.exe} uid ${c.uid} labels ${JSON.stringify(a.labels)}: evaluator ${want.decision} ${want.rule ?? 'default'}, kernel ${got.get(c.id)}, audit ${JSON.stringify(line && { decision: line.decision, rule: line.rule })}`);
+          }
+        }
+        total += wants.length;
+        t.equal(bad, 0, `round ${round}: ${wants.length} operations agree`);
+        if (bad) t.comment(`policies of round ${round}:\n${text}`);
+      } finally {
+        await d.stop();
+      }
+    }
+    t.comment(`${total} operations: ${[...tally].map(([k, v]) => `${v} ${k}`).join(', ')} (replay with HELM_COND_SEED=${SEED})`);
+    for (const k of ['allow', 'deny', 'would_deny']) t.ok((tally.get(k) ?? 0) > 0, `${k} occurred`);
+  });
+}
+
+void main();
