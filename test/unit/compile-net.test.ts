@@ -290,3 +290,48 @@ t.test('a host-name rule with conditions: the name and the address join after ea
     t.same([got.action, got.v && c.rules[got.v.ruleId - 1].rule], [action, rule], `model: ${what}`);
   }
 });
+
+t.test('unix and raw socket rules with conditions: the entries name condition lists the kernel resolves', async (t) => {
+  const text = doc(
+    's',
+    '[r]',
+    '  allow:\n    - id: app\n      connect: ["unix:/run/app/", "raw:*"]\n  contextual:\n' +
+      '    - id: admin-by-exe\n      connect: ["unix:/run/app/admin.sock"]\n      when: { exe: /usr/sbin/appctl }\n' +
+      '    - id: ping-as-root\n      connect: ["raw:icmp"]\n      when: { uid: 0, label: { net: diag } }\n',
+  );
+  const ps = policies(text);
+  const c = compile(text);
+  const roleId = c.roles.get('r');
+  // The kernel's lookups (decide_unix, decide_socket), then the verdict made concrete for the process.
+  const unixModel = (path: string, ctx: ProcessContext) => {
+    const key = Buffer.from(`${path}\0`, 'latin1');
+    const e = c.unixEntries
+      .filter((x) => x.roleId === roleId && x.data.length <= key.length && key.subarray(0, x.data.length).equals(x.data))
+      .sort((a, b) => b.data.length - a.data.length)[0];
+    return resolveModel(c, e.verdict, ctx);
+  };
+  const rawModel = (protocol: number, ctx: ProcessContext) => {
+    const find = (p: number) => c.socketEntries.find((x) => x.roleId === roleId && x.kind === C.HELM_SOCKET_RAW && x.protocol === p);
+    const e = find(protocol)?.verdict.action ? find(protocol)! : find(C.HELM_ANY_PROTOCOL)!;
+    return resolveModel(c, e.verdict, ctx);
+  };
+  const name = (v: Verdict) => (v.action === C.HELM_ACTION_ALLOW ? 'allow' : 'deny') + (v.ruleId ? ` ${c.rules[v.ruleId - 1].rule}` : '');
+  const cases: [string, Parameters<typeof evaluateOperation>[1], () => Verdict][] = [];
+  for (const ctx of [{ exe: '/usr/sbin/appctl', uid: 0 }, { exe: '/usr/bin/python3', uid: 0 }, { exe: '/usr/sbin/appctl', uid: 1000, labels: { net: 'diag' } }] as ProcessContext[]) {
+    for (const p of ['/run/app/admin.sock', '/run/app/api.sock']) {
+      cases.push([`unix ${p} [${showContext(ctx)}]`, { role: 'r', verb: 'connect', port: 0, socket: { family: 'unix', path: p }, ...ctx }, () => unixModel(p, ctx)]);
+    }
+    for (const labels of [{}, { net: 'diag' }] as Record<string, string>[]) {
+      const withLabels = { ...ctx, labels };
+      cases.push([`raw icmp [${showContext(withLabels)}]`, { role: 'r', verb: 'connect', port: 0, socket: { family: 'raw', protocol: 1 }, ...withLabels }, () => rawModel(1, withLabels)]);
+    }
+  }
+  const seen = new Set<string>();
+  for (const [what, op, model] of cases) {
+    const want = evaluateOperation(ps, op);
+    const got = name(model());
+    t.equal(got, `${want.action}${want.rule ? ` ${want.rule}` : ''}`, what);
+    seen.add(got);
+  }
+  t.same([...seen].sort(), ['allow admin-by-exe', 'allow app', 'allow ping-as-root', 'deny admin-by-exe', 'deny ping-as-root'], 'each rule allowed and denied');
+});

@@ -7,6 +7,7 @@
 // a connect the kernel lets through fails with ECONNREFUSED).
 import t from 'tap';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { ROOT, RUNTIME_RULE, auditLines, helmctl, requireBpfLsm, startHelmd, type AuditLine, type Daemon } from './harness';
 import { loadPolicies } from '../../daemon/policy/parse';
@@ -27,24 +28,27 @@ const OTHER_CAT = `${T}/other/cat`; // the same program elsewhere
 const MY_PROBE = `${T}/bin/net-probe`;
 const OTHER_PROBE = `${T}/other/net-probe`;
 const SH = fs.realpathSync('/bin/sh'); // what the kernel names as the shell's executable
+const SOCKETS = `${T}/sock`; // unix sockets the test listens on
 const PORT = 18990;
 
 interface AddrLine extends AuditLine {
   addr?: string;
   port?: number;
+  detail?: string;
 }
 
 /**
  * One operation by one process of an agent: `setpriv` runs EXE as UID (real and effective) and
- * the operation happens in EXE. read: EXE is a cat and ARG the file; write: EXE is the shell and
- * ARG the file it creates; connect: EXE is a net-probe and ARG its case.
+ * the operation happens in EXE. read: EXE is a cat and the target the file; write: EXE is the
+ * shell and the target the file it creates; connect (ADDR:PORT), unix (a socket path) and raw (a
+ * protocol number): EXE is a net-probe.
  */
 interface Case {
   id: string;
-  kind: 'read' | 'write' | 'connect';
+  kind: 'read' | 'write' | 'connect' | 'unix' | 'raw';
   uid: number;
   exe: string;
-  target: string; // path, or ADDR:PORT
+  target: string;
 }
 
 // Runs in the agent: prints "CASE <id> ok" or "CASE <id> denied <error>" (net-probe prints its own).
@@ -57,6 +61,8 @@ for c in "$@"; do
     read)    out=$($as "$exe" "$arg" 2>&1 >/dev/null) ;;
     write)   out=$($as "$exe" -c 'echo x > "$1"' sh "$arg" 2>&1) ;;
     connect) $as "$exe" "$id=tcp:$arg"; continue ;;
+    unix)    $as "$exe" "$id=unix:$arg:0"; continue ;;
+    raw)     $as "$exe" "$id=raw:$arg:0"; continue ;;
   esac
   if [ $? -eq 0 ]; then echo "CASE $id ok"; else echo "CASE $id denied $out"; fi
 done
@@ -82,6 +88,10 @@ function expected(policies: Policy[], c: Case, labels: Record<string, string>): 
   if (c.kind === 'connect') {
     const [addr, port] = c.target.split(':');
     op = { ...ctx, verb: 'connect', addr, port: Number(port) };
+  } else if (c.kind === 'unix') {
+    op = { ...ctx, verb: 'connect', port: 0, socket: { family: 'unix', path: c.target } };
+  } else if (c.kind === 'raw') {
+    op = { ...ctx, verb: 'connect', port: 0, socket: { family: 'raw', protocol: Number(c.target) } };
   } else {
     op = { ...ctx, verb: c.kind, path: c.target };
   }
@@ -91,22 +101,24 @@ function expected(policies: Policy[], c: Case, labels: Record<string, string>): 
 /** Did the kernel let it through? (A would_deny lets it through too.) */
 function passed(c: Case, got: string | undefined): boolean | undefined {
   if (got === undefined) return undefined;
-  if (c.kind === 'connect') return kernelDecision(got) === 'passed';
-  return got === 'ok';
+  if (c.kind === 'read' || c.kind === 'write') return got === 'ok';
+  return kernelDecision(got) === 'passed';
 }
 
 /** The audit line of a case's denial: same agent, verb, object, uid and executable. */
 function lineOf(lines: AddrLine[], agent: string, c: Case): AddrLine | undefined {
   return lines.find((l) => {
-    if (l.agent !== agent || l.op !== c.kind || l.uid !== c.uid || l.exe !== c.exe) return false;
-    if (c.kind === 'connect') return `${l.addr}:${l.port}` === c.target;
-    return l.path === c.target;
+    if (l.agent !== agent || l.uid !== c.uid || l.exe !== c.exe) return false;
+    if (c.kind === 'connect') return l.op === 'connect' && `${l.addr}:${l.port}` === c.target;
+    if (c.kind === 'unix') return l.op === 'connect' && l.detail === 'unix' && l.path === c.target;
+    if (c.kind === 'raw') return l.op === 'connect' && l.detail === 'raw';
+    return l.op === c.kind && l.path === c.target;
   });
 }
 
 function setUpTree(): void {
   fs.rmSync(T, { recursive: true, force: true });
-  for (const d of [DATA, `${DATA}/sub`, `${T}/bin`, `${T}/other`, `${T}-audit`]) fs.mkdirSync(d, { recursive: true, mode: 0o755 });
+  for (const d of [DATA, `${DATA}/sub`, `${T}/bin`, `${T}/other`, SOCKETS, `${T}-audit`]) fs.mkdirSync(d, { recursive: true, mode: 0o755 });
   fs.mkdirSync(OUT, { mode: 0o777 });
   fs.chmodSync(OUT, 0o1777); // any uid may create files here: only the policy decides
   for (const f of ['exe.txt', 'uid.txt', 'label.txt', 'all.txt', 'plain.txt', 'a.txt', 'ab.txt', 'sub/c.txt', 'sub/d.txt']) fs.writeFileSync(`${DATA}/${f}`, 'x\n', { mode: 0o644 });
@@ -132,6 +144,7 @@ spec:
   allow:
 ${TOOLS_RULE}
     - { id: all-data, read: [${DATA}/] }
+    - { id: app-sockets, connect: ["unix:${SOCKETS}/"] }
   contextual:
     - id: by-exe
       read: [${DATA}/exe.txt]
@@ -153,6 +166,12 @@ ${TOOLS_RULE}
       when: { exe: ${MY_PROBE}, uid: [0, 1000] }
     - id: net-by-label
       connect: ["127.0.0.3:${PORT}"]
+      when: { label: { env: prod } }
+    - id: admin-by-exe
+      connect: ["unix:${SOCKETS}/admin.sock"]
+      when: { exe: ${MY_PROBE} }
+    - id: raw-by-label
+      connect: ["raw:icmp"]
       when: { label: { env: prod } }
 `;
 
@@ -182,6 +201,11 @@ const SCENARIO: [Case, Record<string, string>, string][] = [
   [{ id: 'net-label-prod', kind: 'connect', uid: 1001, exe: OTHER_PROBE, target: `127.0.0.3:${PORT}` }, PAY, 'allow'],
   [{ id: 'net-label-ops', kind: 'connect', uid: 0, exe: MY_PROBE, target: `127.0.0.3:${PORT}` }, OPS, 'net-by-label'],
   [{ id: 'net-default', kind: 'connect', uid: 0, exe: MY_PROBE, target: `127.0.0.4:${PORT}` }, PAY, 'default'],
+  [{ id: 'unix-admin-mine', kind: 'unix', uid: 0, exe: MY_PROBE, target: `${SOCKETS}/admin.sock` }, OPS, 'allow'],
+  [{ id: 'unix-admin-other', kind: 'unix', uid: 0, exe: OTHER_PROBE, target: `${SOCKETS}/admin.sock` }, OPS, 'admin-by-exe'],
+  [{ id: 'unix-api', kind: 'unix', uid: 0, exe: OTHER_PROBE, target: `${SOCKETS}/api.sock` }, OPS, 'allow'],
+  [{ id: 'raw-prod', kind: 'raw', uid: 0, exe: MY_PROBE, target: '1' }, PAY, 'allow'],
+  [{ id: 'raw-ops', kind: 'raw', uid: 0, exe: MY_PROBE, target: '1' }, OPS, 'raw-by-label'],
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -236,7 +260,21 @@ async function main(): Promise<void> {
     return;
   }
   setUpTree();
-  t.teardown(() => fs.rmSync(T, { recursive: true, force: true }));
+  // Unix sockets to connect to (a connect completes into the backlog: nothing needs to accept).
+  const listeners = await Promise.all(
+    ['admin.sock', 'api.sock'].map(
+      (name) =>
+        new Promise<net.Server>((resolve, reject) => {
+          const srv = net.createServer((c) => c.end());
+          srv.once('error', reject);
+          srv.listen(path.join(SOCKETS, name), () => resolve(srv));
+        }),
+    ),
+  );
+  t.teardown(() => {
+    for (const l of listeners) l.close();
+    fs.rmSync(T, { recursive: true, force: true });
+  });
 
   await t.test('contextual rules allow exactly when exe, label and uid hold (files and network)', async (t) => {
     const file = `${T}-audit/cond.yaml`;
