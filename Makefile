@@ -1,5 +1,6 @@
 # One build: BPF objects, the native shim and helpers, and the TypeScript.
-# `make` builds; `make demo` runs helmd governing a demo agent; `make test` runs every suite.
+# `make` builds; `make demo` runs helmd governing a demo agent; `make test` runs every suite;
+# `make bench` measures helm against its baselines and alternatives (bench/results/latest.md).
 BUILD := build
 CLANG ?= clang
 BPFTOOL ?= bpftool
@@ -7,16 +8,18 @@ CFLAGS_NATIVE := -O2 -g -Wall -Wextra -Wno-unused-parameter
 
 BPF_OBJS := $(BUILD)/helm.bpf.o $(BUILD)/selftest.bpf.o
 NATIVE := $(BUILD)/libhelm.so $(BUILD)/helm-enter $(BUILD)/layout_dump $(BUILD)/escape-tools $(BUILD)/net-probe
+BENCH_BIN := $(BUILD)/bench-driver $(BUILD)/bench-noop $(BUILD)/seccomp-notify
 
-.PHONY: all bpf native ts deps demo test test-unit test-host test-vm clean
+.PHONY: all bpf native bench-bin ts deps demo test test-unit test-host test-vm bench bench-smoke clean
 
-all: bpf native ts
+all: bpf native bench-bin ts
 
 deps:
 	bash scripts/install-deps.sh
 
 bpf: $(BPF_OBJS)
 native: $(NATIVE)
+bench-bin: $(BENCH_BIN)
 ts: node_modules/.package-lock.json
 	npx tsc -p tsconfig.json
 	@# One file per command: far fewer files to open at start-up (it matters in the VM, over 9p).
@@ -48,6 +51,17 @@ $(BUILD)/net-probe: test/support/net-probe.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_NATIVE) $< -o $@
 
+# The benchmark's measured operations, its "small binary" and the seccomp supervisor (bench/).
+$(BUILD)/bench-driver: bench/driver.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_NATIVE) $< -o $@
+$(BUILD)/bench-noop: bench/noop.c
+	@mkdir -p $(BUILD)
+	$(CC) -O2 -Wall -static -nostdlib $< -o $@
+$(BUILD)/seccomp-notify: bench/seccomp-notify.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_NATIVE) $< -o $@
+
 $(BUILD)/layout_dump: native/layout_dump.c bpf/helm.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_NATIVE) -Ibpf $< -o $@
@@ -68,6 +82,12 @@ test-host: all
 	npx tap dist/test/host
 test-vm: all
 	bash scripts/vm/run.sh -- npx tap dist/test/vm
+
+bench: deps all
+	node dist/bench/run.js
+# A few iterations of everything: proves the benchmark runs; asserts no timing.
+bench-smoke: all
+	node dist/test/bench/smoke.test.js
 
 clean:
 	rm -rf $(BUILD) dist

@@ -1,22 +1,33 @@
-// helmd: loads the policy, loads the kernel programs, serves the control socket and
+// helmd: loads the policy, loads the kernel programs, serves the control API and
 // drains decisions into the audit trail. The order of start() is the contract:
 // nothing is reported as running until the kernel enforces a compiled policy.
+//
+// Every change of what the kernel enforces — an apply, a reload of the policy
+// files, a mode switch, an attach that brings a new role — runs through one
+// queue: it is validated and compiled completely, then switched in with one map
+// update; if anything fails before that update nothing has changed (kernel maps,
+// the policy in memory, modes), and the rejection is audited like the apply.
 import fs from 'node:fs';
-import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { compilePolicy, type CompiledPolicy } from './policy/compile';
-import { loadPolicies } from './policy/parse';
-import type { Policy } from './policy/types';
-import { KernelEnforcer, type GovernedAgent } from './kernel/enforcer';
-import { native } from './kernel/native';
+import { loadPolicies, loadPolicySources, type PolicySourceText } from './policy/parse';
+import { PolicyError, formatDiagnostic, type Mode, type Policy, type PolicyDiagnostic } from './policy/types';
+import { explain, formatExplanation, operationFromOptions } from './policy/explain';
+import { defaultCanonicalize, isVerb } from './policy/cases';
+import { PolicyWatcher } from './policy/watch';
+import { KernelEnforcer } from './kernel/enforcer';
+import type { KernelBinding, EventSource, GovernedAgent } from './kernel/binding';
 import { decodeEvent, C } from './kernel/layout';
-import type { RingReader } from './kernel/bpf';
 import { openAuditWriter, type AuditWriter } from './audit/writer';
+import { AuditFeed } from './audit/feed';
 import { toAuditRecord, rfc3339Nanos, AUDIT_SCHEMA_VERSION, type GenerationNames, type AuditContext } from './audit/record';
-import { helmProto, socketAddress } from './control/proto';
-import { inspectCgroup, cgroupHasProcesses, CgroupError } from './control/cgroups';
+import { inspectCgroup, cgroupHasProcesses, type CgroupInfo } from './control/cgroups';
+import { SerialQueue } from './control/serial';
+import { ControlServer, type ControlPlane, type TlsListener } from './control/server';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound } from './control/status';
+import { runChecks, type Check } from './doctor';
 import { DnsForwarder, type DnsQueryAudit, type Upstream } from './net/dns-forwarder';
 import { LearnedAddresses } from './net/learned';
 import { nameMatches, type NameEntry } from './policy/compile-net';
@@ -29,8 +40,21 @@ export interface HelmdOptions {
   auditLog: string;
   dryRun: boolean;
   socket: string;
+  /** Group (name or gid) allowed to use the socket besides root. */
+  socketGroup?: string;
+  /** An extra TCP listener that requires mutual TLS; off unless given. */
+  tls?: TlsListener;
+  /** Largest request the control API accepts, in bytes. */
+  maxRequestBytes?: number;
+  /** Re-apply the policy files when they change (SIGHUP always does). */
+  watch?: boolean;
+  watchDebounceMs?: number;
   bpfObject?: string;
   logger: Logger;
+  /** The kernel binding (tests pass a fake). */
+  kernel?: () => KernelBinding;
+  /** How cgroups are looked at (tests pass a fake). */
+  cgroups?: { inspect(p: string): CgroupInfo; hasProcesses(dir: string): boolean };
   /** Enforce network rules only (cgroup sock_addr programs), on kernels that refuse BPF LSM. */
   networkOnly?: boolean;
   /** Where agents' allowed DNS queries are resolved (default: the host's resolv.conf). */
@@ -40,7 +64,7 @@ export interface HelmdOptions {
   dnsTtlMaxSec: number;
 }
 
-interface AgentState {
+export interface AgentState {
   id: bigint;
   name: string;
   role: string;
@@ -48,29 +72,88 @@ interface AgentState {
   cgroupId: bigint;
   dryRun: boolean;
   labels: Record<string, string>;
-  /** Its labels as the kernel sees them (labelBitsOf under the generation's label ids). */
+  /** Its labels as the kernel sees them (labelBitsOf under the label ids of the generations in force). */
   labelBits: bigint;
   generation: number;
+  denied: bigint;
+  wouldDeny: bigint;
+  lastDecisionAt: string;
   dns?: DnsForwarder;
 }
 
+/** The policy in force and where it came from. */
+interface RunningSet {
+  sources: PolicySourceText[];
+  policies: Policy[];
+  origin: 'files' | 'api';
+  appliedAt: string;
+}
+
+export type ApplySource = 'api' | 'files' | 'sighup';
+
+export interface ApplyResult {
+  generation: number;
+  previousGeneration: number;
+  policies: string[];
+  rules: number;
+  pathEntries: number;
+  warnings: PolicyDiagnostic[];
+}
+
+export interface ValidateResult {
+  valid: boolean;
+  diagnostics: PolicyDiagnostic[];
+  policies: string[];
+  rules: number;
+  pathEntries: number;
+}
+
+export type ModeTarget = { agent: string } | { policy: string } | { helmd: true };
+
+export interface ExplainInput {
+  role?: string;
+  agent?: string;
+  verb: string;
+  target: string;
+  exe?: string;
+  uid?: number;
+  labels: Record<string, string>;
+  addr?: string;
+  isDir: boolean;
+  sources: PolicySourceText[];
+}
+
 const ROLE_RE = /^[A-Za-z0-9_.-]+$/;
+const AGENT_NAME_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+const LABEL_KEY_RE = /^[A-Za-z0-9_.\/-]{1,63}$/;
+const MAX_LABELS = 64;
+const MAX_LABEL_VALUE = 256;
 const LOST_POLL_MS = 1000;
 const LEARNED_SWEEP_MS = 1000;
 const DNS_TIMEOUT_MS = 3000;
+/** Names of this many past generations are kept for events drained late. */
+const KEEP_GENERATION_NAMES = 64;
+/** Located errors copied into a `reject` audit line. */
+const AUDITED_ERRORS = 20;
 
-export class Helmd {
-  private enforcer?: KernelEnforcer;
-  private events?: RingReader;
+export class Helmd implements ControlPlane {
+  private kernel?: KernelBinding;
+  private events?: EventSource;
   private audit?: AuditWriter;
-  private server?: grpc.Server;
+  private server?: ControlServer;
+  private watcher?: PolicyWatcher;
   private lostTimer?: NodeJS.Timeout;
   private sweepTimer?: NodeJS.Timeout;
   private learned?: LearnedAddresses;
   /** role id → its host-name patterns, for the DNS forwarders. */
   private namesByRole = new Map<number, NameEntry[]>();
-  private policies: Policy[] = [];
+  private running?: RunningSet;
+  /** Policy modes switched at run time (SetMode), by policy name; they outlive applies that keep the policy. */
+  private policyModes = new Map<string, Mode>();
   private compiled?: CompiledPolicy;
+  private dryRun: boolean;
+  private readonly queue = new SerialQueue();
+  readonly feed = new AuditFeed();
   private readonly generations = new Map<number, GenerationNames>();
   private readonly agents = new Map<bigint, AgentState>(); // by cgroup id
   /** Indexes for naming events on the drain path: agent id → agent, role id → role name. */
@@ -82,33 +165,37 @@ export class Helmd {
   private lostReported = 0n;
   private lostSince = '';
   private realtimeOffset = 0n;
+  private lastApply?: { at: string; ok: boolean; source: string; generation: number; error: string };
   private readonly log: Logger;
+  private readonly cgroups: { inspect(p: string): CgroupInfo; hasProcesses(dir: string): boolean };
 
   constructor(private readonly opts: HelmdOptions) {
     this.log = opts.logger;
+    this.dryRun = opts.dryRun;
+    this.cgroups = opts.cgroups ?? { inspect: (p) => inspectCgroup(p), hasProcesses: cgroupHasProcesses };
   }
 
   async start(): Promise<void> {
     // 1. The policy first: a bad file must stop us before we touch the kernel.
     const loaded = loadPolicies(this.opts.policyPaths);
-    this.policies = loaded.policies;
-    const compiled = compilePolicy(this.policies);
+    const compiled = this.compileFor(loaded.policies, new Map());
     for (const w of compiled.warnings) this.log.warn({ file: w.loc.file, line: w.loc.line }, w.message);
-    this.log.info({ files: loaded.files, policies: this.policies.map((p) => p.name) }, 'policy compiled');
+    this.log.info({ files: loaded.files, policies: loaded.policies.map((p) => p.name) }, 'policy compiled');
 
     // 2. The kernel: load and attach, or fail with the reason.
-    this.enforcer = KernelEnforcer.load(this.opts.bpfObject, { networkOnly: this.opts.networkOnly });
+    this.kernel = (this.opts.kernel ?? (() => KernelEnforcer.load(this.opts.bpfObject, { networkOnly: this.opts.networkOnly })))();
     if (this.opts.networkOnly) {
       this.log.warn(
         'NETWORK-ONLY MODE: connect and bind rules are enforced; file (read/write/exec) rules and self-protection are NOT — this kernel does not run BPF LSM programs',
       );
     }
-    this.realtimeOffset = BigInt(native().helm_realtime_offset_ns());
-    const enforcer = this.enforcer;
-    this.learned = new LearnedAddresses(enforcer, () => BigInt(native().helm_boottime_ns()));
+    this.realtimeOffset = this.kernel.realtimeOffsetNs();
+    const kernel = this.kernel;
+    this.learned = new LearnedAddresses(kernel, () => kernel.boottimeNs());
     this.sweepTimer = setInterval(() => this.learned?.sweep(), LEARNED_SWEEP_MS);
-    this.install(compiled);
-    if (this.opts.dryRun) this.enforcer.setGlobalDryRun(true);
+    const generation = this.install(compiled);
+    this.running = { sources: loaded.sources, policies: loaded.policies, origin: 'files', appliedAt: now() };
+    if (this.dryRun) this.kernel.setGlobalDryRun(true);
 
     // 3. The audit trail, then its source.
     this.audit = openAuditWriter(
@@ -116,47 +203,443 @@ export class Helmd {
       (e) => this.log.error({ err: e, file: this.opts.auditLog }, 'AUDIT WRITE FAILED: decisions are still enforced but not recorded'),
       () => this.log.warn({ file: this.opts.auditLog }, 'the audit trail ended in a line cut short (crash or power loss); recorded and continued'),
     );
-    this.events = this.enforcer.openEvents();
+    this.control({ action: 'apply', source: 'startup', generation, previous_generation: 0, policies: names(loaded.policies), files: loaded.files, dry_run: this.dryRun });
+    this.lastApply = { at: now(), ok: true, source: 'startup', generation, error: '' };
+    this.events = this.kernel.openEvents();
     this.events.start((r) => this.onEvent(r), (e) => this.log.error({ err: e }, 'ring buffer drain failed'));
-    this.lostSince = rfc3339Nanos(BigInt(Date.now()) * 1_000_000n);
+    this.lostSince = now();
     this.lostTimer = setInterval(() => this.reportLost(), LOST_POLL_MS);
 
-    // 4. The control socket; then nothing of helm's own is reachable from a governed agent.
-    await this.serve();
-    this.enforcer.protect(this.ownFiles(loaded.files));
+    // 4. The control API; then nothing of helm's own is reachable from a governed agent.
+    this.server = new ControlServer(this, {
+      socket: this.opts.socket,
+      socketGroup: this.opts.socketGroup,
+      tls: this.opts.tls,
+      maxRequestBytes: this.opts.maxRequestBytes,
+      logger: this.log,
+    });
+    await this.server.start();
+    this.kernel.setProtected(this.ownFiles());
+
+    // 5. Policy files are watched: a change is applied like any other, or rejected and audited.
+    if (this.opts.watch !== false) {
+      this.watcher = new PolicyWatcher(
+        this.opts.policyPaths,
+        () => void this.reload('files').catch(() => undefined),
+        (e, dir) => this.log.error({ err: e, dir }, 'cannot watch policy sources; SIGHUP still reloads them'),
+        this.opts.watchDebounceMs,
+      );
+      this.watcher.start();
+    }
     this.log.info(
-      { generation: this.enforcer.activeGeneration, socket: this.opts.socket, audit: this.opts.auditLog, dryRun: this.opts.dryRun },
-      this.opts.dryRun ? 'helmd running in DRY-RUN: denials are audited as would_deny and NOT enforced' : 'helmd enforcing',
+      { generation: this.kernel.activeGeneration, socket: this.opts.socket, tls: this.opts.tls?.listen, audit: this.opts.auditLog, dryRun: this.dryRun },
+      this.dryRun ? 'helmd running in DRY-RUN: denials are audited as would_deny and NOT enforced' : 'helmd enforcing',
     );
   }
 
-  /** Policies (and directories given as sources), the audit trail and its directory, the socket and its directory. */
-  private ownFiles(policyFiles: string[]): string[] {
-    const dirs = this.opts.policyPaths.filter((p) => fs.statSync(p).isDirectory());
-    const own = [...policyFiles, ...dirs, this.opts.auditLog, path.dirname(this.opts.auditLog), this.opts.socket, path.dirname(this.opts.socket)];
+  get generation(): number {
+    return this.kernel?.activeGeneration ?? 0;
+  }
+
+  /** Policies (and directories given as sources, with every policy file now in them), the audit trail and its directory, the socket and its directory, the TLS files. */
+  private ownFiles(): string[] {
+    const own: string[] = [];
+    for (const p of this.opts.policyPaths) {
+      own.push(p);
+      try {
+        if (fs.statSync(p).isDirectory()) {
+          for (const n of fs.readdirSync(p)) if (/\.(ya?ml|json)$/.test(n)) own.push(path.join(p, n));
+        }
+      } catch {
+        /* gone: nothing to protect */
+      }
+    }
+    own.push(this.opts.auditLog, path.dirname(this.opts.auditLog), this.opts.socket, path.dirname(this.opts.socket));
+    // With the TCP listener: its key, and what decides who may connect.
+    if (this.opts.tls) own.push(this.opts.tls.key, this.opts.tls.cert, this.opts.tls.ca);
     return [...new Set(own.map((p) => path.resolve(p)))];
   }
 
+  // -------------------------------------------------------------------------------------------
+  // Generations
+
+  private compileFor(policies: Policy[], modes: Map<string, Mode>, extraRole?: string): CompiledPolicy {
+    const roles = new Set([...this.agents.values()].map((a) => a.role));
+    if (extraRole) roles.add(extraRole);
+    const withModes = policies.map((p) => (modes.has(p.name) ? { ...p, mode: modes.get(p.name)! } : p));
+    // Ids that the kernel's other tables hold keep their meaning across generations: role ids
+    // (agent entries), host-name pattern ids (learned addresses) and label pair ids (agents'
+    // label bits), while a superseded generation may still be deciding.
+    const c = this.compiled;
+    return compilePolicy(withModes, { roleIds: c?.roles, nameIds: c?.nameIds, labelIds: c?.labelIds, extraRoles: roles });
+  }
+
+  /** Switches the kernel to a compiled generation (throws having changed nothing), then names it for the audit trail. */
   private install(compiled: CompiledPolicy): number {
     // Agents get the bits of label pairs this generation names before it decides anything.
-    // Pairs keep their ids, so the bits stay true for the generation still running.
+    // Pairs keep their ids, so the bits stay true for the generation still running; if the
+    // switch fails, the bits go back to what they were.
+    const before: [AgentState, bigint][] = [];
     for (const a of this.agents.values()) {
       const bits = labelBitsOf(a.labels, compiled.labelIds);
-      if (bits !== a.labelBits) {
-        this.enforcer!.govern(a.cgroupId, this.governedAs(a, compiled, bits));
+      if (bits === a.labelBits) continue;
+      this.kernel!.govern(a.cgroupId, this.governedAs(a, compiled, { labelBits: bits }));
+      before.push([a, a.labelBits]);
+      a.labelBits = bits;
+    }
+    let gen: number;
+    try {
+      gen = this.kernel!.applyGeneration(compiled);
+    } catch (e) {
+      for (const [a, bits] of before) {
+        this.kernel!.govern(a.cgroupId, this.governedAs(a, compiled, { labelBits: bits }));
         a.labelBits = bits;
       }
+      throw e;
     }
-    const gen = this.enforcer!.applyGeneration(compiled);
     this.compiled = compiled;
     this.roleNames = new Map([...compiled.roles].map(([name, id]) => [id, name]));
     this.namesByRole = new Map();
     for (const e of compiled.nameEntries) this.namesByRole.set(e.roleId, [...(this.namesByRole.get(e.roleId) ?? []), e]);
     this.generations.set(gen, { policies: compiled.policies, rules: compiled.rules });
-    // Keep names for the generations the kernel may still report events from.
-    for (const g of this.generations.keys()) if (g <= gen - 2 * C.HELM_MAX_GENERATIONS) this.generations.delete(g);
+    for (const g of this.generations.keys()) if (g <= gen - KEEP_GENERATION_NAMES) this.generations.delete(g);
     return gen;
   }
+
+  /** Frees the superseded generation once nothing can be using it; the queue waits for it. */
+  private retire(hold: (p: Promise<unknown>) => void): void {
+    hold(this.kernel!.retire().catch((e) => this.log.error({ err: e }, 'could not free a superseded generation (it stays in the kernel)')));
+  }
+
+  /** PolicyService.Apply: the whole set is replaced, or nothing is. */
+  apply(sources: PolicySourceText[], expectedGeneration: number | undefined, who: string): Promise<ApplyResult> {
+    return this.queue.run((hold) => this.applySet(sources, 'api', expectedGeneration, who, hold));
+  }
+
+  /** Re-reads the policy paths helmd was given and applies them (a file change, or SIGHUP). */
+  reload(source: 'files' | 'sighup'): Promise<ApplyResult | undefined> {
+    return this.queue.run((hold) => {
+      let sources: PolicySourceText[];
+      try {
+        sources = loadPolicies(this.opts.policyPaths).sources;
+      } catch (e) {
+        this.rejected(e, source, 'helmd', this.opts.policyPaths);
+        this.kernel!.setProtected(this.ownFiles());
+        throw e;
+      }
+      // An event that changed no text (a touch, an editor's temporary file) is not a new policy.
+      if (source === 'files' && this.running?.origin === 'files' && sameSources(sources, this.running.sources)) return undefined;
+      try {
+        return this.applySet(sources, source, undefined, 'helmd', hold);
+      } finally {
+        this.kernel!.setProtected(this.ownFiles());
+      }
+    });
+  }
+
+  private applySet(sources: PolicySourceText[], source: ApplySource, expected: number | undefined, who: string, hold: (p: Promise<unknown>) => void): ApplyResult {
+    const previous = this.generation;
+    try {
+      if (expected !== undefined && expected !== previous) {
+        throw aborted(`expected generation ${expected}, but generation ${previous} is loaded (another change came first); get the policy again and retry`);
+      }
+      const loaded = loadPolicySources(sources);
+      const modes = new Map([...this.policyModes].filter(([name]) => loaded.policies.some((p) => p.name === name)));
+      const compiled = this.compileFor(loaded.policies, modes);
+      const generation = this.install(compiled);
+      // Only now, with the kernel switched, does anything else change.
+      this.policyModes = modes;
+      this.running = { sources, policies: loaded.policies, origin: source === 'api' ? 'api' : 'files', appliedAt: now() };
+      this.retire(hold);
+      const files = sources.map((s) => s.file);
+      this.control({ action: 'apply', source, by: who, generation, previous_generation: previous, policies: names(loaded.policies), files, warnings: compiled.warnings.length });
+      this.lastApply = { at: now(), ok: true, source, generation, error: '' };
+      this.log.info({ generation, previous, source, policies: names(loaded.policies), files }, 'policy applied');
+      return {
+        generation,
+        previousGeneration: previous,
+        policies: names(loaded.policies),
+        rules: loaded.policies.reduce((n, p) => n + p.rules.length, 0),
+        pathEntries: compiled.pathEntries.length,
+        warnings: compiled.warnings,
+      };
+    } catch (e) {
+      this.rejected(e, source, who, sources.map((s) => s.file));
+      if (e instanceof PolicyError) throw invalidArgument(`the policy was rejected (${e.diagnostics.length} error${e.diagnostics.length === 1 ? '' : 's'}); generation ${previous} stays in force`, e.diagnostics);
+      throw e;
+    }
+  }
+
+  private rejected(e: unknown, source: ApplySource, who: string, files: string[]): void {
+    const diags = e instanceof PolicyError ? e.diagnostics : [];
+    const error = diags.length ? `${diags.length} error${diags.length === 1 ? '' : 's'} in the policy` : (e as Error).message;
+    this.control({
+      action: 'reject',
+      source,
+      by: who,
+      generation: this.generation,
+      files,
+      error,
+      ...(diags.length ? { errors: diags.slice(0, AUDITED_ERRORS).map(formatDiagnostic), errors_total: diags.length } : {}),
+    });
+    this.lastApply = { at: now(), ok: false, source, generation: this.generation, error: diags.length ? diags.slice(0, 5).map(formatDiagnostic).join('\n') : error };
+    this.log.error({ source, files, generation: this.generation, errors: diags.slice(0, AUDITED_ERRORS).map(formatDiagnostic) }, `policy rejected, generation ${this.generation} stays in force: ${error}`);
+  }
+
+  validate(sources: PolicySourceText[]): ValidateResult {
+    try {
+      const loaded = loadPolicySources(sources);
+      const compiled = this.compileFor(loaded.policies, this.policyModes);
+      return {
+        valid: true,
+        diagnostics: compiled.warnings,
+        policies: names(loaded.policies),
+        rules: loaded.policies.reduce((n, p) => n + p.rules.length, 0),
+        pathEntries: compiled.pathEntries.length,
+      };
+    } catch (e) {
+      if (!(e instanceof PolicyError)) throw e;
+      return { valid: false, diagnostics: e.diagnostics, policies: [], rules: 0, pathEntries: 0 };
+    }
+  }
+
+  policies() {
+    const r = this.running!;
+    return {
+      generation: this.generation,
+      sources: r.sources,
+      origin: r.origin,
+      appliedAt: r.appliedAt,
+      list: r.policies.map((p) => ({
+        name: p.name,
+        roles: p.roles,
+        mode: this.policyModes.get(p.name) ?? p.mode,
+        sourceMode: p.mode,
+        rules: p.rules.length,
+        file: p.loc.file,
+        line: p.loc.line,
+      })),
+    };
+  }
+
+  explain(req: ExplainInput) {
+    let role = req.role ?? '';
+    let labels = req.labels;
+    let agent: AgentState | undefined;
+    if (req.agent) {
+      agent = this.findAgent(req.agent);
+      if (role && role !== agent.role) throw invalidArgument(`agent ${agent.name} has role ${agent.role}, not ${role}`);
+      role = agent.role;
+      if (Object.keys(labels).length === 0) labels = agent.labels;
+    }
+    if (!role) throw invalidArgument('give a role or an agent');
+    if (!isVerb(req.verb)) throw invalidArgument(`${JSON.stringify(req.verb)} is not a verb (read, write, exec, connect, bind)`);
+    const op = operationFromOptions(
+      req.verb,
+      req.target,
+      { role, exe: req.exe || undefined, uid: req.uid === undefined ? undefined : String(req.uid), label: Object.entries(labels).map(([k, v]) => `${k}=${v}`), addr: req.addr || undefined, dir: req.isDir },
+      defaultCanonicalize,
+    );
+    if (typeof op === 'string') throw invalidArgument(op);
+    let policies: Policy[];
+    if (req.sources.length) {
+      try {
+        policies = loadPolicySources(req.sources).policies;
+      } catch (e) {
+        if (e instanceof PolicyError) throw invalidArgument('the policy sources were rejected', e.diagnostics);
+        throw e;
+      }
+    } else {
+      policies = this.running!.policies.map((p) => (this.policyModes.has(p.name) ? { ...p, mode: this.policyModes.get(p.name)! } : p));
+    }
+    const e = explain(policies, op);
+    // The kernel adds dry-run for a whole agent or for all of helmd on top of the policy's mode.
+    if (!req.sources.length && e.action === 'deny' && (this.dryRun || agent?.dryRun)) {
+      e.decision = 'would_deny';
+      e.mode = 'dry-run';
+      e.notes.push(this.dryRun ? 'helmd runs in dry-run: this denial is not enforced' : `agent ${agent!.name} is in dry-run: this denial is not enforced`);
+    }
+    return { explanation: e, text: formatExplanation(e, op), generation: req.sources.length ? 0 : this.generation };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Agents and modes
+
+  attach(req: { cgroupPath: string; role: string; dryRun: boolean; name: string; labels: Record<string, string> }, who: string): Promise<AgentState> {
+    if (!ROLE_RE.test(req.role)) throw invalidArgument(`role must match ${ROLE_RE.source}, got ${JSON.stringify(req.role)}`);
+    if (req.name && !AGENT_NAME_RE.test(req.name)) throw invalidArgument(`agent name must match ${AGENT_NAME_RE.source}, got ${JSON.stringify(req.name)}`);
+    checkLabels(req.labels);
+    return this.queue.run(async (hold) => {
+      const cg = this.cgroups.inspect(req.cgroupPath);
+      if (this.agents.has(cg.id)) throw alreadyExists(`${cg.path} is already governed`);
+      // A role no generation knows yet gets entries (or none: deny all) before the cgroup is governed.
+      if (!this.compiled!.roles.has(req.role)) {
+        const previous = this.generation;
+        const generation = this.install(this.compileFor(this.running!.policies, this.policyModes, req.role));
+        this.retire(hold);
+        this.control({ action: 'apply', source: 'attach', by: who, generation, previous_generation: previous, policies: names(this.running!.policies), new_role: req.role });
+      }
+      const name = req.name || path.basename(cg.path);
+      const agent: AgentState = {
+        id: this.nextAgentId++,
+        name,
+        role: req.role,
+        cgroupPath: cg.path,
+        cgroupId: cg.id,
+        dryRun: req.dryRun,
+        labels: req.labels,
+        labelBits: labelBitsOf(req.labels, this.compiled!.labelIds),
+        generation: this.generation,
+        denied: 0n,
+        wouldDeny: 0n,
+        lastDecisionAt: '',
+      };
+      // Its DNS forwarder first: from the moment the cgroup is governed, its DNS goes there.
+      agent.dns = await this.startDns(agent);
+      try {
+        this.kernel!.govern(cg.id, this.governedAs(agent, this.compiled!));
+      } catch (e) {
+        agent.dns.close();
+        throw e;
+      }
+      this.agents.set(cg.id, agent);
+      this.agentsById.set(agent.id, agent);
+      this.control({ action: 'attach', by: who, subject: subjectOf(agent), mode: modeOf(agent.dryRun), generation: this.generation });
+      this.log.info({ agent: agent.name, role: agent.role, cgroup: agent.cgroupPath, dryRun: agent.dryRun }, 'agent attached');
+      return agent;
+    });
+  }
+
+  detach(cgroupPath: string, force: boolean, who: string): Promise<void> {
+    return this.queue.run(() => {
+      const cg = this.cgroups.inspect(cgroupPath);
+      const agent = this.agents.get(cg.id);
+      if (!agent) throw notFound(`${cg.path} is not governed by helmd`);
+      // Releasing a cgroup with processes in it would leave them ungoverned.
+      if (!force && this.cgroups.hasProcesses(cg.path)) {
+        throw failedPrecondition(`${cg.path} still has processes; they would run ungoverned (use force to detach anyway)`);
+      }
+      this.kernel!.release(cg.id);
+      this.agents.delete(cg.id);
+      this.agentsById.delete(agent.id);
+      agent.dns?.close();
+      this.learned?.forgetAgent(agent.id);
+      this.control({ action: 'detach', by: who, subject: subjectOf(agent), forced: force });
+      this.log.info({ agent: agent.name, cgroup: agent.cgroupPath, forced: force }, 'agent detached');
+    });
+  }
+
+  /** An agent's kernel entry under a generation's ids (role id; label bits as the agent has them unless given). */
+  private governedAs(a: AgentState, compiled: CompiledPolicy, change: { dryRun?: boolean; labelBits?: bigint } = {}): GovernedAgent {
+    return {
+      agentId: a.id,
+      roleId: compiled.roles.get(a.role)!,
+      dryRun: change.dryRun ?? a.dryRun,
+      dnsPort: a.dns?.port ?? 0,
+      labelBits: change.labelBits ?? a.labelBits,
+    };
+  }
+
+  agentList(): AgentState[] {
+    return [...this.agents.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
+  }
+
+  /** An agent by id or by its name (which must then be unique). */
+  findAgent(ref: string): AgentState {
+    if (/^[0-9]+$/.test(ref)) {
+      const byId = this.agentsById.get(BigInt(ref));
+      if (byId) return byId;
+    }
+    const byName = [...this.agents.values()].filter((a) => a.name === ref);
+    if (byName.length === 1) return byName[0];
+    if (byName.length > 1) throw invalidArgument(`${byName.length} agents are named ${ref} (ids ${byName.map((a) => a.id).join(', ')}): give the id`);
+    throw notFound(`no agent ${JSON.stringify(ref)} (helmctl agents lists them)`);
+  }
+
+  /** Agent names for references that may be ids (for audit filters). */
+  agentNames(refs: string[]): string[] {
+    return refs.flatMap((r) => {
+      const byId = /^[0-9]+$/.test(r) ? this.agentsById.get(BigInt(r)) : undefined;
+      return byId ? [r, byId.name] : [r];
+    });
+  }
+
+  setMode(target: ModeTarget, mode: Mode, who: string): Promise<{ target: string; previous: Mode; mode: Mode; generation: number }> {
+    return this.queue.run((hold) => {
+      if ('agent' in target) {
+        const agent = this.findAgent(target.agent);
+        const previous = modeOf(agent.dryRun);
+        this.kernel!.govern(agent.cgroupId, this.governedAs(agent, this.compiled!, { dryRun: mode === 'dry-run' }));
+        agent.dryRun = mode === 'dry-run';
+        return this.modeSwitched(`agent ${agent.name}`, { target: 'agent', subject: subjectOf(agent) }, previous, mode, who);
+      }
+      if ('policy' in target) {
+        const policy = this.running!.policies.find((p) => p.name === target.policy);
+        if (!policy) throw notFound(`no policy named ${JSON.stringify(target.policy)} is loaded (helmctl policy list shows them)`);
+        const previous = this.policyModes.get(policy.name) ?? policy.mode;
+        const modes = new Map(this.policyModes);
+        // Switching back to what the source says drops the override.
+        if (mode === policy.mode) modes.delete(policy.name);
+        else modes.set(policy.name, mode);
+        const before = this.generation;
+        try {
+          this.install(this.compileFor(this.running!.policies, modes));
+        } catch (e) {
+          this.control({ action: 'reject', source: 'mode', by: who, target: 'policy', subject: { policy: policy.name }, mode, generation: before, error: (e as Error).message });
+          throw e;
+        }
+        this.policyModes = modes;
+        this.retire(hold);
+        return this.modeSwitched(`policy ${policy.name}`, { target: 'policy', subject: { policy: policy.name }, previous_generation: before }, previous, mode, who);
+      }
+      const previous = modeOf(this.dryRun);
+      this.kernel!.setGlobalDryRun(mode === 'dry-run');
+      this.dryRun = mode === 'dry-run';
+      if (this.dryRun) this.log.warn('helmd switched to DRY-RUN: denials are audited as would_deny and NOT enforced');
+      return this.modeSwitched('helmd', { target: 'helmd' }, previous, mode, who);
+    });
+  }
+
+  private modeSwitched(name: string, fields: object, previous: Mode, mode: Mode, who: string) {
+    this.control({ action: 'mode', by: who, ...fields, mode, previous_mode: previous, generation: this.generation });
+    this.log.info({ target: name, mode, previous, generation: this.generation }, 'mode switched');
+    return { target: name, previous, mode, generation: this.generation };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // System
+
+  status() {
+    return {
+      version: VERSION,
+      generation: this.generation,
+      policies: this.running ? names(this.running.policies) : [],
+      dryRun: this.dryRun,
+      networkOnly: !!this.opts.networkOnly,
+      auditLog: this.opts.auditLog,
+      eventsWritten: this.written,
+      eventsLost: (this.kernel?.lostEvents() ?? 0n) + (this.events?.undelivered ?? 0n),
+      agents: this.agents.size,
+      policyOrigin: this.running?.origin ?? 'files',
+      policyPaths: this.opts.policyPaths,
+      lastApply: this.lastApply,
+      liveGenerations: this.kernel?.liveGenerations ?? [],
+    };
+  }
+
+  doctor(): Check[] {
+    // helmd is running, so the programs loaded: what is asked is the rest of the host.
+    const checks = runChecks({ tryLoad: false });
+    checks.push({ name: 'helmd enforcing', ok: !!this.kernel, detail: `generation ${this.generation} loaded${this.dryRun ? ', helmd-wide DRY-RUN' : ''}` });
+    return checks;
+  }
+
+  version() {
+    return { version: VERSION, api: 'helm.v1', node: process.version, kernel: `${os.release()} (${os.arch()})`, generation: this.generation };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // The audit trail
 
   private readonly auditContext: AuditContext = {
     roleName: (id) => this.roleNames.get(id) ?? null,
@@ -178,7 +661,8 @@ export class Helmd {
       ttlMinSec: this.opts.dnsTtlMinSec,
       ttlMaxSec: this.opts.dnsTtlMaxSec,
       timeoutMs: DNS_TIMEOUT_MS,
-      decide: (name) => ({ nameIds: this.allowedNameIds(agent, name), dryRun: agent.dryRun || this.opts.dryRun }),
+      // Read at every query: modes switched at run time apply to DNS at once.
+      decide: (name) => ({ nameIds: this.allowedNameIds(agent, name), dryRun: agent.dryRun || this.dryRun }),
       learn: (addr16, name, ids, ttl) => this.learned!.learn(agent.id, addr16, name, ids, ttl),
       audit: (a) => this.auditDns(agent, a),
       onError: (e) => this.log.error({ err: e, agent: agent.name }, 'DNS forwarder error'),
@@ -191,7 +675,7 @@ export class Helmd {
   private auditDns(agent: AgentState, a: DnsQueryAudit): void {
     this.pending.push({
       v: AUDIT_SCHEMA_VERSION,
-      ts: rfc3339Nanos(BigInt(Date.now()) * 1_000_000n),
+      ts: now(),
       seq: ++this.seq,
       type: 'dns',
       decision: a.decision,
@@ -208,7 +692,7 @@ export class Helmd {
       role: agent.role,
       rule: a.outcome === 'refused' ? 'default' : null,
       mode: a.decision === 'would_deny' ? 'dry-run' : 'enforce',
-      generation: this.enforcer?.activeGeneration ?? 0,
+      generation: this.generation,
     });
     if (!this.flushQueued) {
       this.flushQueued = true;
@@ -222,7 +706,14 @@ export class Helmd {
   private onEvent(record: DataView): void {
     const raw = decodeEvent(record);
     if (raw.type !== C.HELM_EVENT_DECISION) return;
-    this.pending.push(toAuditRecord(raw, ++this.seq, this.realtimeOffset, this.auditContext));
+    const rec = toAuditRecord(raw, ++this.seq, this.realtimeOffset, this.auditContext);
+    const agent = this.agentsById.get(raw.agentId);
+    if (agent) {
+      if (rec.decision === 'deny') agent.denied++;
+      else if (rec.decision === 'would_deny') agent.wouldDeny++;
+      agent.lastDecisionAt = rec.ts;
+    }
+    this.pending.push(rec);
     // One write per drained batch: the batch's records arrive synchronously.
     if (!this.flushQueued) {
       this.flushQueued = true;
@@ -230,135 +721,44 @@ export class Helmd {
     }
   }
 
+  /** A line about helmd itself (an apply, a rejection, a mode switch, an agent attached or detached), written at once. */
+  private control(fields: Record<string, unknown>): void {
+    if (!this.audit) return;
+    this.pending.push({ v: AUDIT_SCHEMA_VERSION, ts: now(), seq: ++this.seq, type: 'control', ...fields });
+    this.flush();
+  }
+
   private flush(): void {
     this.flushQueued = false;
     const batch = this.pending;
     this.pending = [];
-    this.audit?.append(batch);
+    if (!this.audit || batch.length === 0) return;
+    const lines = this.audit.append(batch);
     this.written += BigInt(batch.length);
+    this.feed.publish(batch, lines);
   }
 
   private reportLost(): void {
-    if (!this.enforcer) return;
+    if (!this.kernel) return;
     // Lost in the kernel (ring full) or here (a record that could not be decoded): both are counted.
-    const total = this.enforcer.lostEvents() + (this.events?.undelivered ?? 0n);
+    const total = this.kernel.lostEvents() + (this.events?.undelivered ?? 0n);
     if (total === this.lostReported) return;
-    const now = rfc3339Nanos(BigInt(Date.now()) * 1_000_000n);
+    const at = now();
     const count = total - this.lostReported;
-    this.pending.push({ v: AUDIT_SCHEMA_VERSION, ts: now, seq: ++this.seq, type: 'lost', count: count.toString(), total: total.toString(), since: this.lostSince });
+    this.pending.push({ v: AUDIT_SCHEMA_VERSION, ts: at, seq: ++this.seq, type: 'lost', count: count.toString(), total: total.toString(), since: this.lostSince });
     this.flush();
     this.log.error({ count: count.toString(), total: total.toString() }, 'audit events lost: the ring buffer was full');
     this.lostReported = total;
-    this.lostSince = now;
-  }
-
-  private async serve(): Promise<void> {
-    const proto = helmProto();
-    const server = new grpc.Server();
-    const wrap =
-      <Req, Res>(fn: (req: Req) => Res | Promise<Res>) =>
-      (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => {
-        const fail = (e: unknown) => {
-          const code = (e as { grpcCode?: number }).grpcCode ?? (e instanceof CgroupError ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL);
-          cb({ code, details: (e as Error).message });
-        };
-        try {
-          Promise.resolve(fn(call.request)).then((res) => cb(null, res), fail);
-        } catch (e) {
-          fail(e);
-        }
-      };
-    server.addService(proto.AgentService.service, {
-      Attach: wrap((req: AttachRequest) => this.attach(req)),
-      Detach: wrap((req: { cgroup_path: string; force: boolean }) => ({ detached: this.detach(req.cgroup_path, req.force) })),
-      List: wrap(() => ({ agents: [...this.agents.values()].map(agentMessage) })),
-    });
-    server.addService(proto.SystemService.service, {
-      Status: wrap(() => ({
-        version: VERSION,
-        generation: this.enforcer?.activeGeneration ?? 0,
-        policies: this.policies.map((p) => p.name),
-        dry_run: this.opts.dryRun,
-        network_only: !!this.opts.networkOnly,
-        audit_log: this.opts.auditLog,
-        events_written: this.written.toString(),
-        events_lost: ((this.enforcer?.lostEvents() ?? 0n) + (this.events?.undelivered ?? 0n)).toString(),
-        agents: this.agents.size,
-      })),
-    });
-    fs.mkdirSync(path.dirname(this.opts.socket), { recursive: true, mode: 0o750 });
-    if (await socketAnswers(this.opts.socket)) {
-      throw new Error(`another helmd is already serving ${this.opts.socket}`);
-    }
-    fs.rmSync(this.opts.socket, { force: true }); // a stale socket from a crashed helmd
-    await new Promise<void>((resolve, reject) =>
-      server.bindAsync(socketAddress(this.opts.socket), grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-    );
-    fs.chmodSync(this.opts.socket, 0o660);
-    this.server = server;
-  }
-
-  async attach(req: AttachRequest): Promise<object> {
-    if (!ROLE_RE.test(req.role ?? '')) throw invalid(`role must match ${ROLE_RE.source}, got ${JSON.stringify(req.role)}`);
-    const cg = inspectCgroup(req.cgroup_path);
-    if (this.agents.has(cg.id)) throw Object.assign(new Error(`${cg.path} is already governed`), { grpcCode: grpc.status.ALREADY_EXISTS });
-
-    // A role no generation knows yet gets entries (or none: deny all) before the cgroup is governed.
-    if (!this.compiled!.roles.has(req.role)) {
-      const roles = new Set([...this.agents.values()].map((a) => a.role).concat(req.role));
-      const c = this.compiled!;
-      this.install(compilePolicy(this.policies, { roleIds: c.roles, nameIds: c.nameIds, labelIds: c.labelIds, extraRoles: roles }));
-    }
-    const agent: AgentState = {
-      id: this.nextAgentId++,
-      name: req.name || path.basename(cg.path),
-      role: req.role,
-      cgroupPath: cg.path,
-      cgroupId: cg.id,
-      dryRun: !!req.dry_run,
-      labels: req.labels ?? {},
-      labelBits: labelBitsOf(req.labels ?? {}, this.compiled!.labelIds),
-      generation: this.enforcer!.activeGeneration,
-    };
-    // Its DNS forwarder first: from the moment the cgroup is governed, its DNS goes there.
-    agent.dns = await this.startDns(agent);
-    if (this.agents.has(cg.id)) {
-      agent.dns.close();
-      throw Object.assign(new Error(`${cg.path} is already governed`), { grpcCode: grpc.status.ALREADY_EXISTS });
-    }
-    this.enforcer!.govern(cg.id, this.governedAs(agent, this.compiled!, agent.labelBits));
-    this.agents.set(cg.id, agent);
-    this.agentsById.set(agent.id, agent);
-    this.log.info({ agent: agent.name, role: agent.role, cgroup: agent.cgroupPath, dryRun: agent.dryRun }, 'agent attached');
-    return agentMessage(agent);
-  }
-
-  private governedAs(a: AgentState, compiled: CompiledPolicy, labelBits: bigint): GovernedAgent {
-    return { agentId: a.id, roleId: compiled.roles.get(a.role)!, dryRun: a.dryRun, dnsPort: a.dns?.port ?? 0, labelBits };
-  }
-
-  detach(cgroupPath: string, force: boolean): boolean {
-    const cg = inspectCgroup(cgroupPath);
-    const agent = this.agents.get(cg.id);
-    if (!agent) return false;
-    // Releasing a cgroup with processes in it would leave them ungoverned.
-    if (!force && cgroupHasProcesses(cg.path)) {
-      throw Object.assign(new Error(`${cg.path} still has processes; they would run ungoverned (use force to detach anyway)`), { grpcCode: grpc.status.FAILED_PRECONDITION });
-    }
-    this.enforcer!.release(cg.id);
-    this.agents.delete(cg.id);
-    this.agentsById.delete(agent.id);
-    agent.dns?.close();
-    this.learned?.forgetAgent(agent.id);
-    this.log.info({ agent: agent.name, cgroup: agent.cgroupPath, forced: force }, 'agent detached');
-    return true;
+    this.lostSince = at;
   }
 
   async stop(): Promise<void> {
+    this.watcher?.close();
     if (this.lostTimer) clearInterval(this.lostTimer);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     for (const a of this.agents.values()) a.dns?.close();
-    if (this.server) await new Promise<void>((r) => this.server!.tryShutdown(() => r()));
+    await this.server?.stop();
+    await this.queue.idle().catch(() => undefined);
     if (this.events) {
       await this.events.stop((r) => this.onEvent(r));
       this.events.close();
@@ -366,47 +766,41 @@ export class Helmd {
     this.flush();
     this.reportLost();
     this.audit?.close();
-    this.enforcer?.close();
-    if (this.server) {
-      fs.rmSync(this.opts.socket, { force: true });
-      this.log.info('helmd stopped; enforcement ended with it (pinning arrives with the production issue)');
-    }
+    this.kernel?.close();
+    if (this.server) this.log.info('helmd stopped; enforcement ended with it (pinning arrives with the production issue)');
   }
 }
 
-interface AttachRequest {
-  cgroup_path: string;
-  role: string;
-  dry_run: boolean;
-  name: string;
-  labels: Record<string, string>;
+function now(): string {
+  return rfc3339Nanos(BigInt(Date.now()) * 1_000_000n);
 }
 
-function socketAnswers(socket: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = net.connect(socket);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
+function names(policies: Policy[]): string[] {
+  return policies.map((p) => p.name);
 }
 
-function invalid(message: string): Error {
-  return Object.assign(new Error(message), { grpcCode: grpc.status.INVALID_ARGUMENT });
+/**
+ * Whom a control line is about. Nested, so that readers looking for an agent's decisions
+ * (`agent`, `role` at the top of decision lines) do not mistake it for one.
+ */
+function subjectOf(a: AgentState): { agent: string; agent_id: string; role: string; cgroup: string } {
+  return { agent: a.name, agent_id: a.id.toString(), role: a.role, cgroup: a.cgroupPath };
 }
 
-function agentMessage(a: AgentState): object {
-  return {
-    id: a.id.toString(),
-    name: a.name,
-    role: a.role,
-    cgroup_path: a.cgroupPath,
-    cgroup_id: a.cgroupId.toString(),
-    dry_run: a.dryRun,
-    labels: a.labels,
-    generation: a.generation,
-    dns_port: a.dns?.port ?? 0,
-  };
+function modeOf(dryRun: boolean): Mode {
+  return dryRun ? 'dry-run' : 'enforce';
 }
+
+function sameSources(a: PolicySourceText[], b: PolicySourceText[]): boolean {
+  return a.length === b.length && a.every((s, i) => s.file === b[i].file && s.text === b[i].text);
+}
+
+function checkLabels(labels: Record<string, string>): void {
+  const entries = Object.entries(labels);
+  if (entries.length > MAX_LABELS) throw invalidArgument(`at most ${MAX_LABELS} labels, got ${entries.length}`);
+  for (const [k, v] of entries) {
+    if (!LABEL_KEY_RE.test(k)) throw invalidArgument(`label key must match ${LABEL_KEY_RE.source}, got ${JSON.stringify(k)}`);
+    if (v.length > MAX_LABEL_VALUE || /[\u0000-\u001f]/.test(v)) throw invalidArgument(`label ${k}: value must be at most ${MAX_LABEL_VALUE} printable characters`);
+  }
+}
+

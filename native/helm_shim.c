@@ -14,6 +14,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
@@ -237,6 +239,21 @@ long long helm_realtime_offset_ns(void)
 	clock_gettime(CLOCK_REALTIME, &rt);
 	clock_gettime(CLOCK_BOOTTIME, &bt);
 	return (rt.tv_sec - bt.tv_sec) * 1000000000LL + (rt.tv_nsec - bt.tv_nsec);
+}
+
+/*
+ * Waits until every BPF program that was running when this was called has
+ * returned: MEMBARRIER_CMD_GLOBAL is synchronize_rcu() on more than one CPU,
+ * and helm's programs run under rcu_read_lock(). helmd calls it between
+ * switching generations and dropping the old one's maps, so no decision still
+ * holds a table that is about to be freed. 0, or -errno (e.g. -EINVAL under
+ * nohz_full, where the caller must fall back to waiting).
+ */
+int helm_sync_programs(void)
+{
+	if (syscall(__NR_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) < 0)
+		return -errno;
+	return 0;
 }
 
 /*

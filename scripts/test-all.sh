@@ -47,6 +47,13 @@ else
   suite vm bash scripts/vm/run.sh --timeout 3000 -- bash scripts/vm-suite.sh
 fi
 
+# The benchmark with a few iterations (natively and in the VM): that it runs, never how fast.
+if [ "$(id -u)" != 0 ]; then
+  cannot_run bench-smoke "needs root (cgroups, BPF maps, the VM)"
+else
+  suite bench-smoke node dist/test/bench/smoke.test.js
+fi
+
 echo
 for p in "${problems[@]}"; do echo "PROBLEM: $p"; done
 echo "$passed passed, $failed failed"

@@ -25,7 +25,8 @@ function tailOf(fd: number): { prev: string; torn: boolean } {
 
 export interface AuditWriter {
   readonly path: string;
-  append(records: object[]): void;
+  /** Appends records; returns their lines as written (chain included). */
+  append(records: object[]): string[];
   close(): void;
 }
 
@@ -34,8 +35,8 @@ export function openAuditWriter(file: string, onError: (e: Error) => void, onTor
   const fd = fs.openSync(file, 'a+', 0o640);
   let { prev, torn } = tailOf(fd);
   let failing = false;
-  const write = (records: object[], prefix = ''): void => {
-    if (records.length === 0) return;
+  const write = (records: object[], prefix = ''): string[] => {
+    if (records.length === 0) return [];
     let chain = prev;
     const lines = records.map((r) => {
       const c = chainLine(chain, r);
@@ -51,6 +52,7 @@ export function openAuditWriter(file: string, onError: (e: Error) => void, onTor
       if (!failing) onError(e as Error);
       failing = true;
     }
+    return lines;
   };
   if (torn) {
     // Close the cut line and say so, chained from the last good line.
@@ -61,7 +63,7 @@ export function openAuditWriter(file: string, onError: (e: Error) => void, onTor
   return {
     path: file,
     append(records) {
-      write(records);
+      return write(records);
     },
     close() {
       fs.closeSync(fd);

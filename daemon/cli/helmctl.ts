@@ -6,11 +6,12 @@ import { spawn } from 'node:child_process';
 import { Command, InvalidArgumentError } from 'commander';
 import { VERSION } from '../helmd';
 import { DEFAULT_SOCKET } from '../control/proto';
-import { call, ControlError } from '../control/client';
+import { call, ControlError, type Endpoint } from '../control/client';
+import { tailAudit, formatStreamed } from '../control/audit-stream';
 import { cgroup2Mount, cgroupHasProcesses } from '../control/cgroups';
 import { runChecks, formatChecks } from '../doctor';
 import { buildDir } from '../kernel/native';
-import { loadPolicies } from '../policy/parse';
+import { loadPolicies, readPolicySources } from '../policy/parse';
 import { PolicyError, VERBS, formatDiagnostic, type Policy, type PolicyDiagnostic, type Verb } from '../policy/types';
 import { formatNote, lintPolicies } from '../policy/lint';
 import { checkCaseRules, defaultCanonicalize, formatResult, isVerb, readCases, runCases, type TestCase } from '../policy/cases';
@@ -25,6 +26,28 @@ interface AgentMessage {
   cgroup_id: string;
   dry_run: boolean;
   generation: number;
+  mode: string;
+  labels: Record<string, string>;
+  counters: { denied: string; would_deny: string; last_decision_at: string };
+}
+
+/** Options every command that talks to helmd takes: the socket, or a TCP address with mutual TLS. */
+function connects(cmd: Command): Command {
+  return cmd
+    .option('--socket <path>', 'helmd control socket', DEFAULT_SOCKET)
+    .option('--server <host:port>', "reach helmd's TCP listener instead (mutual TLS: needs --tls-cert, --tls-key, --tls-ca)")
+    .option('--tls-cert <file>', 'client certificate (PEM) for --server')
+    .option('--tls-key <file>', 'client private key (PEM) for --server')
+    .option('--tls-ca <file>', "CA (PEM) that signed helmd's certificate, for --server");
+}
+
+function endpoint(o: { socket: string; server?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string }): Endpoint {
+  if (!o.server) {
+    if (o.tlsCert || o.tlsKey || o.tlsCa) fail('--tls-cert, --tls-key and --tls-ca go with --server HOST:PORT');
+    return { socket: o.socket };
+  }
+  if (!o.tlsCert || !o.tlsKey || !o.tlsCa) fail('--server needs --tls-cert, --tls-key and --tls-ca: helmd accepts TCP clients only with mutual TLS');
+  return { socket: o.socket, tls: { server: o.server, cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } };
 }
 
 function fail(message: string, code = 1): never {
@@ -112,51 +135,74 @@ program
     process.exit(status);
   });
 
-program
-  .command('attach')
-  .description('govern an existing cgroup (and every cgroup below it)')
-  .requiredOption('--cgroup <path>', 'the cgroup v2 directory')
-  .requiredOption('--role <role>', "the agent's role")
-  .option('--dry-run', 'force this agent into dry-run', false)
-  .option('--name <name>', 'agent name', agentName)
-  .option('--label <key=value>', "one of the agent's labels, for contextual rules' when.label (repeatable)", collect, [] as string[])
-  .option('--socket <path>', 'helmd control socket', DEFAULT_SOCKET)
-  .action(async (o) => {
-    const a = await call<AgentMessage>(o.socket, 'AgentService', 'Attach', { cgroup_path: o.cgroup, role: o.role, dry_run: o.dryRun, name: o.name ?? '', labels: labelsOf(o.label) });
-    process.stdout.write(`governing ${a.cgroup_path} as agent ${a.name} (role ${a.role}${a.dry_run ? ', dry-run' : ''}, generation ${a.generation})\n`);
-  });
+connects(
+  program
+    .command('attach')
+    .description('govern an existing cgroup (and every cgroup below it)')
+    .requiredOption('--cgroup <path>', 'the cgroup v2 directory')
+    .requiredOption('--role <role>', "the agent's role")
+    .option('--dry-run', 'force this agent into dry-run', false)
+    .option('--name <name>', 'agent name', agentName)
+    .option('--label <key=value>', "one of the agent's labels, for contextual rules' when.label (repeatable)", collect, [] as string[]),
+).action(async (o) => {
+  const labels = labelsOf(o.label);
+  const a = await call<AgentMessage>(endpoint(o), 'AgentService', 'Attach', { cgroup_path: o.cgroup, role: o.role, dry_run: o.dryRun, name: o.name ?? '', labels });
+  process.stdout.write(`governing ${a.cgroup_path} as agent ${a.name} (id ${a.id}, role ${a.role}${a.dry_run ? ', dry-run' : ''}, generation ${a.generation})\n`);
+});
 
-program
-  .command('detach')
-  .description('stop governing a cgroup')
-  .requiredOption('--cgroup <path>', 'the cgroup v2 directory')
-  .option('--force', 'detach even if processes are still in it (they run ungoverned)', false)
-  .option('--socket <path>', 'helmd control socket', DEFAULT_SOCKET)
-  .action(async (o) => {
-    const r = await call<{ detached: boolean }>(o.socket, 'AgentService', 'Detach', { cgroup_path: o.cgroup, force: o.force });
-    if (!r.detached) fail(`${o.cgroup} was not governed`);
-    process.stdout.write(`released ${o.cgroup}\n`);
-  });
+connects(
+  program
+    .command('detach')
+    .description('stop governing a cgroup')
+    .requiredOption('--cgroup <path>', 'the cgroup v2 directory')
+    .option('--force', 'detach even if processes are still in it (they run ungoverned)', false),
+).action(async (o) => {
+  await call(endpoint(o), 'AgentService', 'Detach', { cgroup_path: o.cgroup, force: o.force });
+  process.stdout.write(`released ${o.cgroup}\n`);
+});
 
-program
-  .command('agents')
-  .description('list governed agents')
-  .option('--json', 'JSON output', false)
-  .option('--socket <path>', 'helmd control socket', DEFAULT_SOCKET)
-  .action(async (o) => {
-    const r = await call<{ agents: AgentMessage[] }>(o.socket, 'AgentService', 'List', {});
-    if (o.json) return void process.stdout.write(JSON.stringify(r.agents, null, 2) + '\n');
-    for (const a of r.agents) process.stdout.write(`${a.name}\t${a.role}\t${a.dry_run ? 'dry-run' : 'enforce'}\t${a.cgroup_path}\n`);
-  });
+connects(program.command('agents').description('list governed agents: id, name, role, mode, denials so far, cgroup').option('--json', 'JSON output', false)).action(async (o) => {
+  const r = await call<{ agents: AgentMessage[] }>(endpoint(o), 'AgentService', 'List', {});
+  if (o.json) return void process.stdout.write(JSON.stringify(r.agents, null, 2) + '\n');
+  const rows = [['ID', 'NAME', 'ROLE', 'MODE', 'DENIED', 'WOULD_DENY', 'CGROUP']];
+  for (const a of r.agents) rows.push([a.id, a.name, a.role, a.dry_run ? 'dry-run' : 'enforce', a.counters.denied, a.counters.would_deny, a.cgroup_path]);
+  process.stdout.write(table(rows));
+});
 
-program
-  .command('status')
-  .description("helmd's state")
-  .option('--socket <path>', 'helmd control socket', DEFAULT_SOCKET)
-  .action(async (o) => {
-    const s = await call<object>(o.socket, 'SystemService', 'Status', {});
-    process.stdout.write(JSON.stringify(s, null, 2) + '\n');
-  });
+connects(program.command('status').description("helmd's state: generation, policies, modes, audit counters (JSON)")).action(async (o) => {
+  const s = await call<object>(endpoint(o), 'SystemService', 'Status', {});
+  process.stdout.write(JSON.stringify(s, null, 2) + '\n');
+});
+
+connects(program.command('version').description("helmctl's version, and the running helmd's")).action(async (o) => {
+  process.stdout.write(`helmctl ${VERSION}\n`);
+  const v = await call<{ version: string; api: string; node: string; kernel: string; generation: number }>(endpoint(o), 'SystemService', 'Version', {});
+  process.stdout.write(`helmd ${v.version} (${v.api}; node ${v.node}; kernel ${v.kernel}; generation ${v.generation})\n`);
+});
+
+const MODE_WORDS: Record<string, string> = { enforce: 'MODE_ENFORCE', 'dry-run': 'MODE_DRY_RUN' };
+connects(
+  program
+    .command('mode')
+    .description('switch an agent, a policy, or all of helmd between enforce and dry-run (audited)')
+    .argument('<mode>', 'enforce or dry-run')
+    .option('--agent <id>', 'an agent (id or name, see helmctl agents)')
+    .option('--policy <name>', 'a policy (recompiled into a new generation)')
+    .option('--helmd', 'every decision helmd makes', false),
+).action(async (mode: string, o) => {
+  if (!MODE_WORDS[mode]) fail(`mode must be enforce or dry-run, got ${JSON.stringify(mode)}`);
+  const targets = [o.agent !== undefined, o.policy !== undefined, o.helmd].filter(Boolean).length;
+  if (targets !== 1) fail('say what to switch: exactly one of --agent ID, --policy NAME, --helmd');
+  const req = o.agent !== undefined ? { agent: o.agent } : o.policy !== undefined ? { policy: o.policy } : { helmd: true };
+  const r = await call<{ target: string; previous: string; mode: string; generation: number }>(endpoint(o), 'AgentService', 'SetMode', { ...req, mode: MODE_WORDS[mode] });
+  const word = (m: string) => (m === 'MODE_DRY_RUN' ? 'dry-run' : 'enforce');
+  process.stdout.write(`${r.target}: ${word(r.previous)} → ${word(r.mode)} (generation ${r.generation})\n`);
+});
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  ')).join('\n') + '\n';
+}
 
 program
   .command('doctor')
@@ -195,7 +241,32 @@ audit
     process.exit(bad ? 1 : 0);
   });
 
-const policy = program.command('policy').description('work with policy files: lint, test, explain');
+const repeatable = (v: string, prev: string[]) => [...prev, v];
+connects(
+  audit
+    .command('tail')
+    .description("helmd's audit records as they are written (from its stream): the last few, then with --follow every new one")
+    .argument('[file]', 'an audit file instead of the running helmd')
+    .option('-n, --last <n>', 'recent records to show first', (v: string) => {
+      if (!/^(0|[1-9][0-9]*)$/.test(v)) throw new InvalidArgumentError('must be a number');
+      return Number(v);
+    }, 10)
+    .option('-f, --follow', 'keep streaming new records until interrupted', false)
+    .option('--agent <name>', 'only this agent (name or id; repeatable)', repeatable, [] as string[])
+    .option('--role <role>', 'only this role (repeatable)', repeatable, [] as string[])
+    .option('--decision <d>', 'only deny or would_deny (repeatable)', repeatable, [] as string[])
+    .option('--op <op>', 'only this operation: read, write, exec, ... (repeatable)', repeatable, [] as string[])
+    .option('--type <type>', 'only this line type: decision, control, lost, recovered (repeatable)', repeatable, [] as string[])
+    .option('--json', 'the lines exactly as in the audit file (chain included)', false),
+).action(async (file: string | undefined, o) => {
+  if (file !== undefined) fail(`reading ${file}: the file-based audit tools are not in this build; without a file, helmctl audit tail streams from helmd`);
+  const stop = new AbortController();
+  process.on('SIGINT', () => stop.abort());
+  process.on('SIGTERM', () => stop.abort());
+  await tailAudit(endpoint(o), { last: o.last, follow: o.follow, agent: o.agent, role: o.role, decision: o.decision, op: o.op, type: o.type }, (r) => process.stdout.write((o.json ? r.line : formatStreamed(r)) + '\n'), stop.signal);
+});
+
+const policy = program.command('policy').description('policy files (lint, test, explain) and the policy running in helmd (apply, validate, get, list, explain)');
 
 /** Policy errors: one `file:line:col: message` per line on stderr (no prefix: editors parse them), then exit 1. */
 function failWithDiagnostics(diags: PolicyDiagnostic[], summary?: string): never {
@@ -277,32 +348,129 @@ policy
     process.exit(failed ? 1 : 0);
   });
 
-policy
-  .command('explain')
-  .description('the decision for one operation and the chain of rules behind it (block, contextual, allow, default)')
-  .usage('[options] FILE... VERB TARGET')
-  .argument('<args...>', 'policy files or directories, then the verb (read, write, exec, connect, bind) and its target (a path, ADDRESS:PORT or HOST:PORT)')
-  .requiredOption('--role <role>', "the agent's role")
-  .option('--exe <path>', 'the acting executable (for when.exe)')
-  .option('--uid <uid>', 'the acting uid (for when.uid)')
-  .option('--label <key=value>', "one of the agent's labels (for when.label; repeatable)", (v: string, prev: string[]) => [...prev, v], [] as string[])
-  .option('--addr <ip>', 'with a HOST:PORT target: the address the name resolved to')
-  .option('--dir', 'the path is a directory (as a trailing "/" says)', false)
-  .option('--json', 'JSON output', false)
-  .action((args: string[], o: { role: string; exe?: string; uid?: string; label: string[]; addr?: string; dir: boolean; json: boolean }) => {
-    if (args.length < 3) fail('usage: helmctl policy explain FILE... --role ROLE VERB TARGET (e.g. read /etc/hostname)');
-    const [verbText, targetText] = args.slice(-2);
-    const files = args.slice(0, -2);
-    if (!isVerb(verbText)) fail(`${JSON.stringify(verbText)} is not a verb: the last two arguments are the verb (${VERBS.join(', ')}) and its target`);
-    const verb: Verb = verbText;
-    const op = operationFromOptions(verb, targetText, o, defaultCanonicalize);
-    if (typeof op === 'string') fail(op);
-    const policies = loadOrFail(files);
-    const e = explain(policies, op);
-    process.stdout.write(o.json ? JSON.stringify(e, null, 2) + '\n' : formatExplanation(e, op) + '\n');
+connects(
+  policy
+    .command('explain')
+    .description('the decision for one operation and the chain of rules behind it (block, contextual, allow, default); without FILE, under the policy running in helmd')
+    .usage('[options] [FILE...] VERB TARGET')
+    .argument('<args...>', 'policy files or directories (none: ask helmd), then the verb (read, write, exec, connect, bind) and its target (a path, ADDRESS:PORT or HOST:PORT)')
+    .option('--role <role>', "the agent's role")
+    .option('--agent <id>', "with helmd: a governed agent (id or name), whose role, labels and mode are used")
+    .option('--exe <path>', 'the acting executable (for when.exe)')
+    .option('--uid <uid>', 'the acting uid (for when.uid)')
+    .option('--label <key=value>', "one of the agent's labels (for when.label; repeatable)", (v: string, prev: string[]) => [...prev, v], [] as string[])
+    .option('--addr <ip>', 'with a HOST:PORT target: the address the name resolved to')
+    .option('--dir', 'the path is a directory (as a trailing "/" says)', false)
+    .option('--json', 'JSON output', false),
+).action(async (args: string[], o: { role?: string; agent?: string; exe?: string; uid?: string; label: string[]; addr?: string; dir: boolean; json: boolean; socket: string }) => {
+  if (args.length < 2) fail('usage: helmctl policy explain [FILE...] --role ROLE VERB TARGET (e.g. read /etc/hostname)');
+  const [verbText, targetText] = args.slice(-2);
+  const files = args.slice(0, -2);
+  if (!isVerb(verbText)) fail(`${JSON.stringify(verbText)} is not a verb: the last two arguments are the verb (${VERBS.join(', ')}) and its target`);
+  if (files.length === 0) {
+    // The running policy, as helmd has it (modes as switched; the agent's and helmd's dry-run included).
+    if (!o.role && !o.agent) fail('give --role ROLE or --agent ID');
+    if (o.uid !== undefined && !/^(0|[1-9][0-9]*)$/.test(o.uid)) fail(`--uid must be a uid, got ${JSON.stringify(o.uid)}`);
+    const labels: Record<string, string> = {};
+    for (const l of o.label) {
+      const eq = l.indexOf('=');
+      if (eq <= 0) fail(`--label must be KEY=VALUE, got ${JSON.stringify(l)}`);
+      labels[l.slice(0, eq)] = l.slice(eq + 1);
+    }
+    const r = await call<{ text: string; json: string; generation: number }>(endpoint(o), 'PolicyService', 'Explain', {
+      role: o.role ?? '',
+      agent: o.agent ?? '',
+      verb: verbText,
+      target: targetText,
+      exe: o.exe ?? '',
+      ...(o.uid !== undefined && { uid: Number(o.uid) }),
+      labels,
+      addr: o.addr ?? '',
+      is_dir: o.dir,
+      sources: [],
+    });
+    process.stdout.write(o.json ? JSON.stringify({ generation: r.generation, ...JSON.parse(r.json) }, null, 2) + '\n' : `${r.text}\n(helmd, generation ${r.generation})\n`);
+    return;
+  }
+  if (o.agent) fail('--agent asks helmd: give no FILE');
+  if (!o.role) fail('give --role ROLE');
+  const verb: Verb = verbText as Verb;
+  const op = operationFromOptions(verb, targetText, { ...o, role: o.role }, defaultCanonicalize);
+  if (typeof op === 'string') fail(op);
+  const policies = loadOrFail(files);
+  const e = explain(policies, op);
+  process.stdout.write(o.json ? JSON.stringify(e, null, 2) + '\n' : formatExplanation(e, op) + '\n');
+});
+
+// ---------------------------------------------------------------------------------------------
+// The running policy (helmd over gRPC)
+
+/** Policy files (directories expanded) as sources for helmd, named as given; unreadable ones fail here. */
+function sourcesFrom(files: string[]): { file: string; content: string }[] {
+  const { sources, diags } = readPolicySources(files);
+  if (diags.length) failWithDiagnostics(diags);
+  if (sources.length === 0) fail(`no policy files in ${files.join(' ')}`);
+  return sources.map((s) => ({ file: s.file, content: s.text }));
+}
+
+interface WireDiag {
+  severity: string;
+  text: string;
+}
+
+connects(
+  policy
+    .command('apply')
+    .description('replace the policy running in helmd with these files, atomically; a policy with errors changes nothing')
+    .argument('<files...>', 'policy files or directories')
+    .option('--expect-generation <n>', 'refuse (and change nothing) unless helmd still runs this generation', (v: string) => {
+      if (!/^(0|[1-9][0-9]*)$/.test(v)) throw new InvalidArgumentError('must be a generation number');
+      return Number(v);
+    }),
+).action(async (files: string[], o) => {
+  const r = await call<{ generation: number; previous_generation: number; policies: string[]; rules: number; path_entries: number; warnings: WireDiag[] }>(endpoint(o), 'PolicyService', 'Apply', {
+    sources: sourcesFrom(files),
+    ...(o.expectGeneration !== undefined && { expected_generation: o.expectGeneration }),
   });
+  for (const w of r.warnings) process.stderr.write(w.text + '\n');
+  process.stdout.write(`applied: generation ${r.generation} (was ${r.previous_generation}): ${r.policies.length} ${r.policies.length === 1 ? 'policy' : 'policies'} (${r.policies.join(', ')}), ${plural(r.rules, 'rule')}, ${r.path_entries} kernel path entries\n`);
+});
+
+connects(
+  policy.command('validate').description('check files exactly as helmd would apply them (its compiler, its host), without applying').argument('<files...>', 'policy files or directories'),
+).action(async (files: string[], o) => {
+  const r = await call<{ valid: boolean; diagnostics: WireDiag[]; policies: string[]; rules: number; path_entries: number }>(endpoint(o), 'PolicyService', 'Validate', { sources: sourcesFrom(files) });
+  for (const d of r.diagnostics) (d.severity === 'error' ? process.stderr : process.stdout).write(d.text + '\n');
+  if (!r.valid) fail(`${plural(r.diagnostics.filter((d) => d.severity === 'error').length, 'error')}: helmd would reject this`);
+  process.stdout.write(`valid: ${r.policies.join(', ')}; ${plural(r.rules, 'rule')}, ${r.path_entries} kernel path entries\n`);
+});
+
+connects(
+  policy.command('get').description('the sources of the policy running in helmd, as applied').option('--json', 'JSON output', false),
+).action(async (o) => {
+  const r = await call<{ generation: number; sources: { file: string; content: string }[]; origin: string; applied_at: string }>(endpoint(o), 'PolicyService', 'Get', {});
+  if (o.json) return void process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+  process.stdout.write(`# generation ${r.generation}, from ${r.origin === 'api' ? 'helmctl policy apply' : "helmd's policy files"}, applied ${r.applied_at}\n`);
+  for (const s of r.sources) process.stdout.write(`# --- ${s.file}\n${s.content}${s.content.endsWith('\n') ? '' : '\n'}`);
+});
+
+connects(policy.command('list').description('the policies running in helmd: roles, mode, rules, where defined').option('--json', 'JSON output', false)).action(async (o) => {
+  const r = await call<{ generation: number; policies: { name: string; roles: string[]; mode: string; source_mode: string; rules: number; file: string; line: number }[] }>(endpoint(o), 'PolicyService', 'List', {});
+  if (o.json) return void process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+  const word = (m: string) => (m === 'MODE_DRY_RUN' ? 'dry-run' : 'enforce');
+  const rows = [['NAME', 'ROLES', 'MODE', 'RULES', 'SOURCE']];
+  for (const p of r.policies) rows.push([p.name, p.roles.join(','), word(p.mode) + (p.mode !== p.source_mode ? ` (switched; source: ${word(p.source_mode)})` : ''), String(p.rules), `${p.file}:${p.line}`]);
+  process.stdout.write(`generation ${r.generation}\n` + table(rows));
+});
 
 program.parseAsync().catch((e) => {
-  if (e instanceof ControlError) fail(e.message);
+  if (e instanceof ControlError) {
+    if (e.diagnostics.length) {
+      // The located list, one per line (editors parse these), then what helmd said.
+      for (const d of e.diagnostics) process.stderr.write(d.text + '\n');
+      fail(e.message.split('\n')[0]);
+    }
+    fail(e.message);
+  }
   fail((e as Error).stack ?? String(e));
 });

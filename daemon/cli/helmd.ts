@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 // helmd — the helm daemon. Runs in the foreground; systemd (or a shell) supervises it.
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import pino from 'pino';
 import { Helmd, VERSION } from '../helmd';
 import { DEFAULT_SOCKET } from '../control/proto';
+import { DEFAULT_MAX_REQUEST_BYTES } from '../control/server';
 import { PolicyError } from '../policy/types';
 import { KernelError } from '../kernel/native';
 import fs from 'node:fs';
@@ -30,7 +31,14 @@ const program = new Command()
   .requiredOption('--policy <path...>', 'policy file(s) or directories of *.yaml / *.yml / *.json')
   .option('--audit-log <path>', 'JSON-lines audit trail', '/var/log/helm/audit.jsonl')
   .option('--dry-run', 'decide everything but enforce nothing: denials are audited as would_deny', false)
-  .option('--socket <path>', 'control socket (gRPC)', DEFAULT_SOCKET)
+  .option('--socket <path>', 'control socket (gRPC), mode 0660, owner root', DEFAULT_SOCKET)
+  .option('--socket-group <group>', 'group (name or gid) that may use the control socket besides root')
+  .option('--no-watch', 'do not re-apply the policy files when they change (SIGHUP still does)')
+  .option('--max-request-bytes <n>', 'largest control request accepted', (v) => positiveInt('--max-request-bytes', v), DEFAULT_MAX_REQUEST_BYTES)
+  .option('--tls-listen <host:port>', 'also serve the control API on TCP, requiring mutual TLS (off by default)')
+  .option('--tls-cert <file>', "helmd's certificate (PEM) for --tls-listen")
+  .option('--tls-key <file>', "helmd's private key (PEM) for --tls-listen")
+  .option('--tls-ca <file>', 'CA (PEM) whose client certificates --tls-listen accepts: no other client can connect')
   .option('--bpf-object <path>', 'compiled BPF object (default: build/helm.bpf.o of this installation)')
   .option('--network-only', 'enforce network rules only (cgroup sock_addr programs), for kernels without BPF LSM: file and exec rules are NOT enforced', false)
   .option('--dns-upstream <addr...>', "resolvers for agents' allowed DNS queries, ADDRESS[:PORT] (default: the nameservers of /etc/resolv.conf)")
@@ -39,9 +47,19 @@ const program = new Command()
   .addOption(new Option('--log-level <level>', 'operational log level').choices(['trace', 'debug', 'info', 'warn', 'error']).default('info'))
   .showHelpAfterError();
 
+function positiveInt(flag: string, v: string): number {
+  if (!/^[1-9][0-9]*$/.test(v)) throw new InvalidArgumentError(`${flag} must be a positive integer`);
+  return Number(v);
+}
+
 async function main(): Promise<void> {
   program.parse();
   const o = program.opts();
+  const tlsFlags = [o.tlsListen, o.tlsCert, o.tlsKey, o.tlsCa];
+  if (tlsFlags.some((f) => f !== undefined) && tlsFlags.some((f) => f === undefined)) {
+    process.stderr.write('helmd: --tls-listen needs --tls-cert, --tls-key and --tls-ca (mutual TLS is the only way onto TCP)\n');
+    process.exit(2);
+  }
   const logger = pino({ name: 'helmd', level: o.logLevel });
   if (process.getuid?.() !== 0) {
     process.stderr.write('helmd: must run as root (it loads BPF programs and governs cgroups)\n');
@@ -65,6 +83,10 @@ async function main(): Promise<void> {
     auditLog: o.auditLog,
     dryRun: o.dryRun,
     socket: o.socket,
+    socketGroup: o.socketGroup,
+    tls: o.tlsListen ? { listen: o.tlsListen, cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined,
+    maxRequestBytes: o.maxRequestBytes,
+    watch: o.watch,
     bpfObject: o.bpfObject,
     logger,
     networkOnly: o.networkOnly,
@@ -73,7 +95,17 @@ async function main(): Promise<void> {
     dnsTtlMaxSec,
   });
   try {
+    // SIGHUP re-reads the policy files: applied atomically, or rejected (logged, audited) with
+    // the running policy kept. Handled from the start: its default action would end helmd.
+    let started = false;
+    let hupDuringStart = false;
+    process.on('SIGHUP', () => {
+      if (started) void helmd.reload('sighup').catch(() => undefined);
+      else hupDuringStart = true;
+    });
     await helmd.start();
+    started = true;
+    if (hupDuringStart) void helmd.reload('sighup').catch(() => undefined);
   } catch (e) {
     if (e instanceof PolicyError) {
       process.stderr.write(`helmd: the policy was rejected:\n${e.message}\n`);

@@ -10,18 +10,11 @@ import {
   encodeCondList, encodeExeKey, encodeUidKey,
 } from './layout';
 import { cgroup2Mount } from '../control/cgroups';
-import { KernelError, buildDir } from './native';
+import { KernelError, buildDir, native, errnoName } from './native';
 import type { CompiledPolicy } from '../policy/compile';
+import type { GovernedAgent, KernelBinding } from './binding';
 
-export interface GovernedAgent {
-  agentId: bigint;
-  roleId: number;
-  dryRun: boolean;
-  /** helmd's DNS forwarder port for this agent on loopback (0: none; DNS is then decided as any traffic). */
-  dnsPort?: number;
-  /** The agent's label pairs as bits (labelBitsOf), for contextual conditions on labels. */
-  labelBits?: bigint;
-}
+export type { GovernedAgent } from './binding';
 
 export interface LoadOptions {
   /**
@@ -29,6 +22,22 @@ export interface LoadOptions {
    * network rules are enforced, file and exec rules are not.
    */
   networkOnly?: boolean;
+}
+
+/** Falls back to a generous wait where the kernel cannot tell us (membarrier refused, e.g. nohz_full). */
+const GRACE_FALLBACK_MS = 1000;
+let warnedFallback = false;
+
+/** Resolves once every BPF program running at the call has returned (see helm_sync_programs). */
+export function waitForRunningPrograms(): Promise<void> {
+  return new Promise((resolve) => {
+    native().helm_sync_programs.async((err, rc) => {
+      if (!err && rc === 0) return resolve();
+      if (!warnedFallback) process.emitWarning(`membarrier: ${err ? String(err) : errnoName(-rc)}; waiting ${GRACE_FALLBACK_MS} ms for running programs instead`);
+      warnedFallback = true;
+      setTimeout(resolve, GRACE_FALLBACK_MS);
+    });
+  });
 }
 
 export function defaultBpfObject(): string {
@@ -46,7 +55,7 @@ export function activeLsms(): { ok: boolean; list: string[]; error?: string } {
   }
 }
 
-export class KernelEnforcer {
+export class KernelEnforcer implements KernelBinding {
   readonly governed: BpfMap;
   private readonly settings: BpfMap;
   private readonly pathTables: BpfMap;
@@ -64,8 +73,14 @@ export class KernelEnforcer {
   private readonly learned: BpfMap;
   private generation = 0;
   private flags = 0;
-  /** Inner maps per slot, closed when the slot is reused. */
-  private readonly slots: (BpfMap[] | undefined)[] = [];
+  /** The outer ARRAY_OF_MAPS, in the order a generation's tables are kept. */
+  private readonly outer: BpfMap[];
+  /** The generation in each slot of the outer maps, with its tables. */
+  private readonly slots: ({ generation: number; tables: BpfMap[] } | undefined)[] = [];
+  /** Tables no longer in any slot, closed after the next grace period. */
+  private retiring: BpfMap[] = [];
+  /** Objects protected now, by kernel key (dev:ino). */
+  private readonly protectedKeys = new Map<string, Buffer>();
 
   private constructor(private readonly obj: BpfObject, readonly networkOnly: boolean) {
     this.governed = obj.map('governed_cgroups');
@@ -83,6 +98,10 @@ export class KernelEnforcer {
     this.condExeTables = obj.map('cond_exes');
     this.condUidTables = obj.map('cond_uids');
     this.learned = obj.map('learned_addrs');
+    this.outer = [
+      this.pathTables, this.inodeTables, this.netTables, this.nameTables, this.unixTables, this.socketTables,
+      this.condListTables, this.condExeTables, this.condUidTables,
+    ];
   }
 
   /**
@@ -135,12 +154,20 @@ export class KernelEnforcer {
     return this.generation;
   }
 
-  /** Builds a complete new generation of tables, then switches to it with one map update. */
+  /**
+   * Builds a complete new generation of tables in its slot, then switches to it with
+   * one map update. Until that update nothing a program reads has changed: a failure
+   * on the way throws and leaves the running generation in force. The generation it
+   * replaces stays in its slot (decisions in flight may still be reading it) until
+   * retire().
+   */
   applyGeneration(compiled: CompiledPolicy): number {
     const next = this.generation + 1;
     const slot = next & (C.HELM_MAX_GENERATIONS - 1);
     const NO_PREALLOC = MAP_FLAG.NO_PREALLOC;
-    const tables: BpfMap[] = [];
+    const tables: BpfMap[] = []; // in the order of this.outer
+    const previous = this.slots[slot];
+    let placed = 0; // outer maps whose slot already holds the new tables
     try {
       const paths = BpfMap.create(MAP_TYPE.LPM_TRIE, 'helm_paths', LAYOUT.helm_path_key.size, LAYOUT.helm_path_value.size, C.HELM_MAX_PATH_ENTRIES, NO_PREALLOC);
       tables.push(paths);
@@ -179,27 +206,60 @@ export class KernelEnforcer {
         for (const exe of c.exes) condExes.update(encodeExeKey(c.condId, exe), u32Key(1));
         for (const uid of c.uids) condUids.update(encodeUidKey(c.condId, uid), u32Key(1));
       }
-      const fdValue = (m: BpfMap) => u32Key(m.fd);
-      this.pathTables.update(u32Key(slot), fdValue(paths));
-      this.inodeTables.update(u32Key(slot), fdValue(inodes));
-      this.netTables.update(u32Key(slot), fdValue(nets));
-      this.nameTables.update(u32Key(slot), fdValue(names));
-      this.unixTables.update(u32Key(slot), fdValue(unix));
-      this.socketTables.update(u32Key(slot), fdValue(sockets));
-      this.condListTables.update(u32Key(slot), fdValue(condLists));
-      this.condExeTables.update(u32Key(slot), fdValue(condExes));
-      this.condUidTables.update(u32Key(slot), fdValue(condUids));
+      for (let i = 0; i < this.outer.length; i++) {
+        this.outer[i].update(u32Key(slot), u32Key(tables[i].fd));
+        placed++;
+      }
     } catch (e) {
-      for (const m of tables) m.close();
+      // Put the slot back as it was (it is not the active one, but a late reader may hold its number).
+      for (let i = 0; i < placed; i++) {
+        try {
+          if (previous) this.outer[i].update(u32Key(slot), u32Key(previous.tables[i].fd));
+          else this.outer[i].delete(u32Key(slot));
+        } catch {
+          /* the slot is inactive; the next apply overwrites it */
+        }
+      }
+      // Tables a program might just have fetched from the slot are closed only after a grace period.
+      if (placed) this.retiring.push(...tables);
+      else for (const m of tables) m.close();
       throw e;
     }
     // The switch: programs read the generation once per decision.
     this.settings.update(u32Key(0), encodeSettings(next, this.flags, process.pid));
-    const old = this.slots[slot];
-    this.slots[slot] = tables;
-    for (const m of old ?? []) m.close();
+    if (previous) this.retiring.push(...previous.tables); // replaced in a reused slot
+    this.slots[slot] = { generation: next, tables };
     this.generation = next;
     return next;
+  }
+
+  /**
+   * Frees every generation but the active one. First waits until no program that
+   * could have read an older generation number is still running (a kernel RCU
+   * grace period: every helm program runs under rcu_read_lock), so no decision
+   * ever finds its generation's slot empty, and no program holds an inner map
+   * whose last reference we drop (6.1 kernels do not defer that free themselves).
+   */
+  async retire(): Promise<void> {
+    const active = this.generation;
+    const stale = this.slots.map((s, slot) => ({ s, slot })).filter(({ s }) => s && s.generation !== active);
+    const closing = this.retiring;
+    this.retiring = [];
+    if (stale.length === 0 && closing.length === 0) return;
+    await waitForRunningPrograms();
+    for (const { s, slot } of stale) {
+      // A later apply may have reused the slot meanwhile; then its tables are in `retiring`.
+      if (this.slots[slot] !== s) continue;
+      for (const outer of this.outer) outer.delete(u32Key(slot));
+      this.slots[slot] = undefined;
+      closing.push(...s!.tables);
+    }
+    for (const m of closing) m.close();
+  }
+
+  /** Generations whose tables are in the kernel now (the active one, and any not yet retired). */
+  get liveGenerations(): number[] {
+    return this.slots.filter((s) => s !== undefined).map((s) => s!.generation).sort((a, b) => a - b);
   }
 
   /** An address the agent's DNS lookups returned for host-name patterns (ids), until `expiresBootNs`. */
@@ -219,12 +279,27 @@ export class KernelEnforcer {
   /**
    * helm's own files (policies, the audit trail and their directories, the control
    * socket): no governed task may open, change or connect to them, whatever the policy.
+   * The set is replaced as a whole (policy files come and go with reloads): new
+   * objects are protected before old ones are let go. A path that no longer exists
+   * is skipped.
    */
-  protect(paths: string[]): void {
+  setProtected(paths: string[]): void {
+    const want = new Map<string, Buffer>();
     for (const p of paths) {
-      const st = fs.statSync(p, { bigint: true });
-      this.protectedInodes.update(encodeProtectedKey(kernelDev(st.dev), st.ino), u32Key(1));
+      let st: fs.BigIntStats;
+      try {
+        st = fs.statSync(p, { bigint: true });
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw e;
+      }
+      const dev = kernelDev(st.dev);
+      want.set(`${dev}:${st.ino}`, encodeProtectedKey(dev, st.ino));
     }
+    for (const [k, key] of want) if (!this.protectedKeys.has(k)) this.protectedInodes.update(key, u32Key(1));
+    for (const [k, key] of this.protectedKeys) if (!want.has(k)) this.protectedInodes.delete(key);
+    this.protectedKeys.clear();
+    for (const [k, key] of want) this.protectedKeys.set(k, key);
   }
 
   govern(cgroupId: bigint, agent: GovernedAgent): void {
@@ -243,8 +318,17 @@ export class KernelEnforcer {
     return new RingReader(this.eventsMap, LAYOUT.helm_event.size);
   }
 
+  realtimeOffsetNs(): bigint {
+    return BigInt(native().helm_realtime_offset_ns());
+  }
+
+  boottimeNs(): bigint {
+    return BigInt(native().helm_boottime_ns());
+  }
+
   close(): void {
-    for (const s of this.slots) for (const m of s ?? []) m.close();
+    for (const s of this.slots) for (const m of s?.tables ?? []) m.close();
+    for (const m of this.retiring) m.close();
     this.obj.close();
   }
 }

@@ -33,6 +33,10 @@ export interface NativeApi {
   helm_num_possible_cpus(): number;
   helm_realtime_offset_ns(): bigint;
   helm_boottime_ns(): bigint;
+  helm_sync_programs: {
+    (): number;
+    async(cb: (err: unknown, rc: number) => void): void;
+  };
   helm_ring_open(mapFd: number, maxRecord: number, err: Buffer, errlen: number): unknown;
   helm_ring_drain: {
     (ring: unknown, buf: Buffer, buflen: number, timeoutMs: number): number;
@@ -66,6 +70,7 @@ export function native(): NativeApi {
     helm_num_possible_cpus: lib.func('int helm_num_possible_cpus(void)'),
     helm_realtime_offset_ns: lib.func('long long helm_realtime_offset_ns(void)'),
     helm_boottime_ns: lib.func('long long helm_boottime_ns(void)'),
+    helm_sync_programs: lib.func('int helm_sync_programs(void)'),
     helm_ring_open: lib.func('helm_ring *helm_ring_open(int map_fd, int max_record, _Out_ uint8_t *err, int errlen)'),
     helm_ring_drain: lib.func('int helm_ring_drain(helm_ring *r, _Out_ uint8_t *buf, int buflen, int timeout_ms)'),
     helm_ring_close: lib.func('void helm_ring_close(helm_ring *r)'),

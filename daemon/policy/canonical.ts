@@ -76,7 +76,10 @@ function resolvePath(components: string[]): string {
 /** A symlink's target; null when `p` exists and is not a symlink; undefined when it cannot be looked at. */
 function symlinkTarget(p: string): string | null | undefined {
   try {
-    if (!fs.lstatSync(p).isSymbolicLink()) return null;
+    // A missing path is common (rules name files that do not exist yet): no exception for it.
+    const st = fs.lstatSync(p, { throwIfNoEntry: false });
+    if (!st) return undefined;
+    if (!st.isSymbolicLink()) return null;
     return fs.readlinkSync(p);
   } catch {
     return undefined;

@@ -123,21 +123,70 @@ export function parsePolicySource(text: string, file: string, opts: ParseOptions
   return parsed.map((p) => p.policy);
 }
 
+/** A policy source: its text and the name its errors are located by. */
+export interface PolicySourceText {
+  file: string;
+  text: string;
+}
+
 /**
  * Loads policies from files and directories (a directory contributes every *.yaml, *.yml and
  * *.json directly in it, in name order). Errors of all files are collected into one PolicyError;
  * policy names must be unique across all of them. Test-case files (NAME.cases.yaml holding a list)
  * are passed over and returned as `skipped`.
  */
-export function loadPolicies(paths: string[], opts: ParseOptions = {}): { policies: Policy[]; files: string[]; skipped: string[] } {
+export function loadPolicies(paths: string[], opts: ParseOptions = {}): { policies: Policy[]; files: string[]; skipped: string[]; sources: PolicySourceText[] } {
+  const { sources, diags } = readPolicySources(paths);
+  const loaded = parseSources(sources, opts, diags);
+  if (paths.length === 0) {
+    error(diags, fileLoc('<none>'), 'no policy files or directories given');
+  } else if (loaded.policies.length === 0 && diags.length === 0) {
+    for (const p of paths) {
+      const why = loaded.skipped.includes(p) ? `${p} holds test cases (for helmctl policy test --cases), not policies` : `no policies found in ${p}`;
+      error(diags, fileLoc(p), why);
+    }
+  }
+  if (diags.length > 0) throw new PolicyError(diags);
+  return { ...loaded, sources: sources.filter((s) => !loaded.skipped.includes(s.file)) };
+}
+
+/**
+ * The same checks as loadPolicies over sources given as text (e.g. over the control API): each
+ * is named by its `file` in errors; a `.json` name means JSON.
+ */
+export function loadPolicySources(sources: PolicySourceText[], opts: ParseOptions = {}): { policies: Policy[]; files: string[]; skipped: string[] } {
+  const diags: PolicyDiagnostic[] = [];
+  const seen = new Set<string>();
+  for (const s of sources) {
+    if (seen.has(s.file)) error(diags, fileLoc(s.file), `${s.file} is given more than once`);
+    seen.add(s.file);
+  }
+  const loaded = parseSources(sources, opts, diags);
+  if (sources.length === 0) error(diags, fileLoc('<none>'), 'no policy sources given');
+  else if (loaded.policies.length === 0 && diags.length === 0) {
+    for (const s of sources) error(diags, fileLoc(s.file), loaded.skipped.includes(s.file) ? `${s.file} holds test cases, not policies` : `no policies found in ${s.file}`);
+  }
+  if (diags.length > 0) throw new PolicyError(diags);
+  return loaded;
+}
+
+/** The texts of the policy files that paths stand for (directories expanded), and why any could not be read. */
+export function readPolicySources(paths: string[]): { sources: PolicySourceText[]; diags: PolicyDiagnostic[] } {
   const diags: PolicyDiagnostic[] = [];
   const files = withoutRepeats(paths.flatMap((p) => policyFilesAt(p, diags)), diags);
+  const sources: PolicySourceText[] = [];
+  for (const file of files) {
+    const text = readPolicyFile(file, diags);
+    if (text !== undefined) sources.push({ file, text });
+  }
+  return { sources, diags };
+}
+
+function parseSources(sources: PolicySourceText[], opts: ParseOptions, diags: PolicyDiagnostic[]): { policies: Policy[]; files: string[]; skipped: string[] } {
   const policies: Policy[] = [];
   const skipped: string[] = [];
   const firstByName = new Map<string, SourceLocation>();
-  for (const file of files) {
-    const text = readPolicyFile(file, diags);
-    if (text === undefined) continue;
+  for (const { file, text } of sources) {
     if (isTestCases(file, text)) {
       skipped.push(file);
       continue;
@@ -157,16 +206,7 @@ export function loadPolicies(paths: string[], opts: ParseOptions = {}): { polici
     }
     for (const [name, loc] of inThisFile) firstByName.set(name, loc);
   }
-  if (paths.length === 0) {
-    error(diags, fileLoc('<none>'), 'no policy files or directories given');
-  } else if (policies.length === 0 && diags.length === 0) {
-    for (const p of paths) {
-      const why = skipped.includes(p) ? `${p} holds test cases (for helmctl policy test --cases), not policies` : `no policies found in ${p}`;
-      error(diags, fileLoc(p), why);
-    }
-  }
-  if (diags.length > 0) throw new PolicyError(diags);
-  return { policies, files: files.filter((f) => !skipped.includes(f)), skipped };
+  return { policies, files: sources.map((s) => s.file).filter((f) => !skipped.includes(f)), skipped };
 }
 
 /**

@@ -44,7 +44,7 @@ async function governed(d: Daemon, role: string, name: string, cases: string[], 
 }
 
 async function lines(d: Daemon, until: (l: NetLine[]) => boolean): Promise<NetLine[]> {
-  return (await auditLines(d.audit, (l) => until(l as unknown as NetLine[]), 15_000)) as unknown as NetLine[];
+  return (await auditLines(d.audit, (l) => until(l as unknown as NetLine[]), 60_000)) as unknown as NetLine[];
 }
 
 async function main(): Promise<void> {

@@ -962,7 +962,9 @@ t.test('explain CLI: --json, text, errors', async (t) => {
     t.same(helmctl(['policy', 'explain', ...args], dir), { status: 1, stdout: '', stderr: `helmctl: ${message}\n` }, message);
   fails(['p.yaml', '--role', 'r', 'raed', '/srv/x'], '"raed" is not a verb: the last two arguments are the verb (read, write, exec, connect, bind) and its target');
   fails(['p.yaml', '--role', 'r', '--uid', 'x', 'read', '/srv/x'], '--uid must be a uid (0-4294967294), got "x"');
-  fails(['--role', 'r', 'read', '/x'], 'usage: helmctl policy explain FILE... --role ROLE VERB TARGET (e.g. read /etc/hostname)');
+  fails(['--role', 'r', '/x'], 'usage: helmctl policy explain [FILE...] --role ROLE VERB TARGET (e.g. read /etc/hostname)');
+  // Without files the running helmd is asked: here there is none.
+  fails(['--role', 'r', '--socket', path.join(dir, 'no.sock'), 'read', '/x'], `cannot reach helmd: no socket at ${path.join(dir, 'no.sock')}; is helmd running? (start it with: helmd --policy POLICY..., or give --socket)`);
 });
 
 // =============================================================================================

@@ -1,0 +1,212 @@
+#!/usr/bin/env node
+// Apply-to-live latency: from the moment a PolicyService.Apply call is made to the
+// first operation the kernel decides by the new generation, for policies of 1, 100
+// and 10,000 rules; p50 and p99. A benchmark, not a test: it asserts nothing.
+//
+// A governed agent can open a probe file. Each sample: the driver applies the
+// version that allows the probe and waits for the answer (the agent is idle: no
+// denials, so helmd is not busy auditing a flood); tells the agent to start
+// opening the probe every --probe-interval-us; applies the version that denies it
+// (same size, otherwise identical); and takes the time from just before that Apply
+// call to the agent's first denied open (CLOCK_MONOTONIC on both sides). So each
+// sample costs exactly one denial. The baseline, measured in the same run over the
+// same connection, is a Status call: the ratio says how much more than one gRPC
+// round trip an apply costs.
+//
+// Needs root and a kernel that runs BPF LSM programs; elsewhere run it in the VM:
+//   bash scripts/vm/run.sh --timeout 3000 -- node dist/bench/apply-latency.js
+// Options: --rules 1,100,10000  --samples 30,30,5  --probe-interval-us 200
+// Prints one JSON object, then a Markdown table (header and one row per size).
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import type * as grpc from '@grpc/grpc-js';
+import { client } from '../daemon/control/client';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const DIR = '/srv/helm-bench-apply';
+const PROBE = `${DIR}/probe`;
+const SOCK = '/run/helm/bench-apply.sock';
+const ROLE = 'bench';
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(name);
+  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1] : fallback;
+}
+const SIZES = arg('--rules', '1,100,10000').split(',').map(Number);
+const SAMPLES = arg('--samples', '30,30,5').split(',').map(Number);
+const INTERVAL_US = Number(arg('--probe-interval-us', '200'));
+const BASELINE_CALLS = 50;
+
+/** A set of `rules` rules: one that lets the agent run (and read the probe when `on`), and fillers. */
+function policy(rules: number, on: boolean): string {
+  const lines = [
+    'apiVersion: helm/v1',
+    'kind: Policy',
+    'metadata: { name: bench }',
+    'spec:',
+    `  roles: [${ROLE}]`,
+    '  allow:',
+    `    - { id: agent, exec: [/usr/bin/, /usr/lib/], read: [/usr/, /etc/ld.so.cache, /dev/null${on ? `, ${PROBE}` : ''}] }`,
+  ];
+  for (let i = 1; i < rules; i++) lines.push(`    - { id: fill${i}, read: [${DIR}/fill/f${i}] }`);
+  return lines.join('\n') + '\n';
+}
+
+// The agent: on each line "go" from stdin, opens the probe until an open is denied,
+// then prints "T <seconds>" (CLOCK_MONOTONIC) and waits for the next line. EOF ends it.
+const AGENT = String.raw`
+use strict; use warnings;
+use Time::HiRes qw(clock_gettime CLOCK_MONOTONIC usleep);
+$| = 1;
+my ($probe, $interval) = @ARGV;
+print "READY\n";
+while (my $cmd = <STDIN>) {
+  while (1) {
+    if (open(my $fh, '<', $probe)) { close $fh; usleep($interval) if $interval; next; }
+    printf "T %.9f\n", clock_gettime(CLOCK_MONOTONIC);
+    last;
+  }
+}
+`;
+
+interface Stats {
+  n: number;
+  p50: number;
+  p99: number;
+  min: number;
+  max: number;
+}
+
+/** Nearest-rank percentiles, in milliseconds. */
+function stats(ms: number[]): Stats {
+  const s = [...ms].sort((a, b) => a - b);
+  const at = (p: number) => s[Math.max(0, Math.ceil((p / 100) * s.length) - 1)];
+  const r = (x: number) => Math.round(x * 1000) / 1000;
+  return { n: s.length, p50: r(at(50)), p99: r(at(99)), min: r(s[0]), max: r(s[s.length - 1]) };
+}
+
+const nowNs = () => Number(process.hrtime.bigint());
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+function unary<Res>(c: any, method: string, req: object): Promise<Res> {
+  return new Promise((resolve, reject) => c[method](req, { deadline: Date.now() + 600_000 }, (err: grpc.ServiceError | null, res: Res) => (err ? reject(new Error(`${method}: ${err.details}`)) : resolve(res))));
+}
+
+async function waitFor(what: string, cond: () => boolean, timeoutMs: number, alive?: ChildProcess): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (alive && alive.exitCode !== null) throw new Error(`${what}: the process exited`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+async function main(): Promise<void> {
+  const lsm = fs.existsSync('/sys/kernel/security/lsm') ? fs.readFileSync('/sys/kernel/security/lsm', 'utf8') : '';
+  if (process.getuid?.() !== 0 || !lsm.split(',').includes('bpf')) {
+    process.stderr.write('apply-latency: needs root and a kernel with BPF LSM; run it in the VM:\n  bash scripts/vm/run.sh --timeout 3000 -- node dist/bench/apply-latency.js\n');
+    process.exit(2);
+  }
+  fs.rmSync(DIR, { recursive: true, force: true });
+  fs.mkdirSync(`${DIR}/policy`, { recursive: true });
+  fs.writeFileSync(PROBE, 'probe\n');
+  fs.writeFileSync(`${DIR}/policy/bench.yaml`, policy(1, true));
+
+  let log = '';
+  const helmd = spawn(path.join(ROOT, 'bin', 'helmd'), ['--policy', `${DIR}/policy`, '--audit-log', `${DIR}/audit.jsonl`, '--socket', SOCK, '--no-watch', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  helmd.stdout!.on('data', (d) => (log += d));
+  helmd.stderr!.on('data', (d) => (log += d));
+  const cleanup: (() => unknown)[] = [() => helmd.kill('SIGTERM')];
+  try {
+    await waitFor('helmd', () => fs.existsSync(SOCK), 180_000, helmd).catch((e) => {
+      throw new Error(`${e.message}\n${log}`);
+    });
+    const sys = client('SystemService', SOCK);
+    const pol = client('PolicyService', SOCK);
+    cleanup.push(() => sys.close(), () => pol.close());
+    await unary(sys, 'Status', {}); // connect once: no call below pays for it
+
+    const agent = spawn(path.join(ROOT, 'bin', 'helmctl'), ['run', '--socket', SOCK, '--role', ROLE, '--name', 'bench', '--', 'perl', '-e', AGENT, PROBE, String(INTERVAL_US)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const agentExited = new Promise((r) => agent.once('exit', r));
+    // The agent goes first, so that helmctl run can still release its cgroup.
+    cleanup.unshift(async () => {
+      agent.stdin!.end();
+      await Promise.race([agentExited, new Promise((r) => setTimeout(r, 30_000))]);
+    });
+    const denials: number[] = [];
+    let ready = false;
+    let buf = '';
+    agent.stdout!.on('data', (d) => {
+      buf += d;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        const m = /^T (\S+)$/.exec(line);
+        if (m) denials.push(Number(m[1]) * 1e9);
+        if (line === 'READY') ready = true;
+      }
+    });
+    await waitFor('the agent', () => ready, 180_000, agent);
+
+    const baseline: number[] = [];
+    for (let i = 0; i < BASELINE_CALLS; i++) {
+      const t0 = nowNs();
+      await unary(sys, 'Status', {});
+      baseline.push((nowNs() - t0) / 1e6);
+    }
+    const base = stats(baseline);
+
+    const results = [];
+    for (let s = 0; s < SIZES.length; s++) {
+      const rules = SIZES[s];
+      const samples = SAMPLES[s] ?? SAMPLES[SAMPLES.length - 1];
+      const sources = { on: policy(rules, true), off: policy(rules, false) };
+      let generation = (await unary<{ generation: number }>(sys, 'Status', {})).generation;
+      const live: number[] = [];
+      const rpc: number[] = [];
+      for (let i = 0; i < samples; i++) {
+        // Allowed, settled: the switch is done when Apply answers.
+        generation = (await unary<{ generation: number }>(pol, 'Apply', { sources: [{ file: 'bench.yaml', content: sources.on }], expected_generation: generation })).generation;
+        const seen = denials.length;
+        agent.stdin!.write('go\n');
+        await new Promise((r) => setTimeout(r, 20)); // let it probe (allowed) first
+        if (denials.length !== seen) throw new Error('the probe was denied before the apply: the policies are wrong');
+        const t0 = nowNs();
+        const r = await unary<{ generation: number }>(pol, 'Apply', { sources: [{ file: 'bench.yaml', content: sources.off }], expected_generation: generation });
+        rpc.push((nowNs() - t0) / 1e6);
+        generation = r.generation;
+        await waitFor('the first denied open', () => denials.length > seen, 600_000, agent);
+        live.push((denials[seen] - t0) / 1e6);
+      }
+      const st = stats(live);
+      results.push({ rules, samples, apply_to_live_ms: st, apply_rpc_ms: stats(rpc), ratio_p50_to_baseline: Math.round((st.p50 / base.p50) * 10) / 10 });
+    }
+
+    const report = {
+      bench: 'apply-latency',
+      kernel: os.release(),
+      cpus: os.cpus().length,
+      node: process.version,
+      probe_interval_us: INTERVAL_US,
+      baseline_status_rpc_ms: base,
+      results,
+    };
+    process.stdout.write(JSON.stringify(report) + '\n\n');
+    process.stdout.write('| rules | apply→live p50 (ms) | apply→live p99 (ms) | Apply RPC p50 (ms) | p50 ÷ Status RPC p50 | samples |\n|---:|---:|---:|---:|---:|---:|\n');
+    for (const r of results) {
+      process.stdout.write(`| ${r.rules} | ${r.apply_to_live_ms.p50} | ${r.apply_to_live_ms.p99} | ${r.apply_rpc_ms.p50} | ${r.ratio_p50_to_baseline}× (${base.p50} ms) | ${r.samples} |\n`);
+    }
+  } finally {
+    for (const c of cleanup) await c();
+    await new Promise((r) => helmd.once('exit', r));
+    fs.rmSync(DIR, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`apply-latency: ${(e as Error).stack ?? e}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,198 @@
+// The half of the benchmark that runs on this machine's own kernel: the
+// operations ungoverned, under strace and under the seccomp supervisor; helm's
+// network hooks where helmd can load them here (helmd --network-only); the
+// reference evaluator; and policy apply-to-live (the same tables and switch
+// whether or not the LSM programs are loaded, so it is measured here, natively).
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { loadPolicies } from '../daemon/policy/parse';
+import { compilePolicy } from '../daemon/policy/compile';
+import { evaluateOperation } from '../daemon/policy/evaluate';
+import { KernelEnforcer } from '../daemon/kernel/enforcer';
+import { figure } from './stats';
+import type { Row } from './model';
+import { FILE_OPS, HELMD, NET_OPS, type Layout, makeLayout, pickPorts, startServers } from './ops';
+import { applyPolicy, benchPolicy, sizes } from './policies';
+import { BenchCgroups, attach, startHelmd, type RunningHelmd } from './helmd-process';
+import { measureOps } from './operations';
+import { UngovernedSession, alternate } from './ungoverned';
+import { networkRulesCompile, probeNetwork } from './network';
+
+export interface NativeResult {
+  rows: Row[];
+  network: string;
+  tmpfs: string;
+}
+
+export async function runNative(smoke: boolean, say: (s: string) => void): Promise<NativeResult> {
+  const rows: Row[] = [];
+  // Scratch on tmpfs when there is one: the VM's /tmp is tmpfs too, and a disk adds its own noise.
+  const shm = fsType('/dev/shm') === 'tmpfs' ? '/dev/shm' : os.tmpdir();
+  const layout = makeLayout(shm, pickPorts(process.pid + 1));
+  const cgroups = new BenchCgroups();
+  const servers = await startServers(layout.ports);
+  let network = '';
+  try {
+    const cg = { base: cgroups.make('base'), g5: cgroups.make('g5'), gLarge: cgroups.make('gLarge'), free: cgroups.make('free') };
+    const helm = await nativeHelmd(layout, smoke);
+    let hooked = false;
+    if (helm.helmd) {
+      try {
+        await attach(helm.helmd.socket, cg.g5, 'bench5');
+        await attach(helm.helmd.socket, cg.gLarge, 'benchlarge');
+        const probe = probeNetwork(layout, cg.g5, networkRulesCompile(layout));
+        hooked = probe.ok;
+        network = probe.text;
+      } catch (e) {
+        network = `helmd started here but could not govern the benchmark's cgroups: ${(e as Error).message}`;
+        await helm.helmd.stop();
+        helm.helmd = undefined;
+      }
+    } else {
+      network = helm.reason;
+    }
+    say(`native network: ${network}`);
+
+    const fileReason = `this kernel refuses BPF LSM programs, so helm's file hooks cannot run here: see the VM rows (helmd: ${helm.lsmReason})`;
+    rows.push(...(await measureOps({ env: 'native', ops: FILE_OPS, layout, cgroups: { base: cg.base, helm: { reason: fileReason } }, netHooked: false, smoke, say })));
+    const netHelm = helm.helmd && hooked ? { g5: cg.g5, gLarge: cg.gLarge } : { reason: network };
+    rows.push(...(await measureOps({ env: 'native', ops: NET_OPS, layout, cgroups: { base: cg.base, helm: netHelm }, netHooked: hooked, smoke, say })));
+    if (helm.helmd) await helm.helmd.stop();
+
+    const ungoverned = new UngovernedSession({ env: 'native', ops: ['connect'], layout, cgroup: cg.free, smoke });
+    try {
+      if (helm.start && hooked) {
+        await ungoverned.warm();
+        await alternate(ungoverned, smoke ? 1 : 6, helm.start, say);
+        rows.push(...(await ungoverned.finish()));
+      } else {
+        rows.push(...(await ungoverned.finish(network)));
+      }
+    } finally {
+      ungoverned.kill();
+    }
+
+    say('reference evaluator');
+    rows.push(...evaluator(layout, smoke));
+    say('apply-to-live');
+    rows.push(...applyToLive(layout, smoke));
+  } finally {
+    servers.kill('SIGKILL');
+    await cgroups.cleanup();
+    fs.rmSync(layout.root, { recursive: true, force: true });
+  }
+  return { rows, network, tmpfs: `${path.dirname(layout.root)} (${fsType(path.dirname(layout.root))})` };
+}
+
+function fsType(dir: string): string {
+  const r = spawnSync('stat', ['-f', '-c', '%T', dir], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : 'unknown';
+}
+
+/**
+ * helmd on this kernel: as a user starts it, which here fails on the LSM
+ * programs (the reason is reported), and, when this helmd has one, in its
+ * network-only mode, which loads only the cgroup network programs.
+ */
+async function nativeHelmd(layout: Layout, smoke: boolean): Promise<{ helmd?: RunningHelmd; start?: () => Promise<RunningHelmd>; reason: string; lsmReason: string }> {
+  const dir = path.join(layout.root, 'helmd');
+  const policy = path.join(dir, 'policies');
+  fs.mkdirSync(policy, { recursive: true });
+  const network = networkRulesCompile(layout);
+  fs.writeFileSync(path.join(policy, 'bench-5.yaml'), benchPolicy('bench-5', 'bench5', 5, layout, network.ok));
+  fs.writeFileSync(path.join(policy, 'bench-large.yaml'), benchPolicy('bench-large', 'benchlarge', sizes(smoke).large, layout, network.ok));
+  const files = { policy, audit: path.join(dir, 'audit.jsonl'), socket: path.join(dir, 'helmd.sock') };
+  let lsmReason = '';
+  try {
+    const full = await startHelmd(files);
+    await full.stop(); // a kernel that runs BPF LSM: the file rows would need it natively too
+    lsmReason = 'started with BPF LSM on this kernel; run the benchmark where it does not to compare with the VM';
+  } catch (e) {
+    lsmReason = (e as Error).message.replace(/^helmd did not start: /, '');
+  }
+  const help = spawnSync(HELMD, ['--help'], { encoding: 'utf8' }).stdout ?? '';
+  if (!help.includes('--network-only')) {
+    return { reason: `helm's network hooks could not be loaded here: this helmd has no network-only mode and the full one does not start (${lsmReason})`, lsmReason };
+  }
+  const start = () => startHelmd({ ...files, extra: ['--network-only'] });
+  try {
+    return { helmd: await start(), start, reason: '', lsmReason };
+  } catch (e) {
+    return { reason: `helmd --network-only could not start here: ${(e as Error).message}`, lsmReason };
+  }
+}
+
+/** The TypeScript reference evaluator deciding the measured read, with 5 rules and the large policy. */
+function evaluator(layout: Layout, smoke: boolean): Row[] {
+  const rows: Row[] = [];
+  for (const [rules, role] of [
+    [5, 'bench5'],
+    [sizes(smoke).large, 'benchlarge'],
+  ] as const) {
+    const file = path.join(layout.root, `eval-${rules}.yaml`);
+    fs.writeFileSync(file, benchPolicy(`eval-${rules}`, role, rules, layout, false));
+    const { policies } = loadPolicies([file]);
+    const op = { role, verb: 'read' as const, path: layout.readFile };
+    if (evaluateOperation(policies, op).decision !== 'allow') throw new Error(`the reference evaluator does not allow ${layout.readFile} under ${file}`);
+    const rounds = smoke ? 2 : rules > 100 ? 10 : 20;
+    const batch = smoke ? 3 : rules > 100 ? 20 : 1000;
+    const samples: number[] = [];
+    for (let r = 0; r < rounds + 1; r++) {
+      for (let i = 0; i < batch; i++) {
+        const t0 = process.hrtime.bigint();
+        evaluateOperation(policies, op);
+        const t1 = process.hrtime.bigint();
+        if (r > 0) samples.push(Number(t1 - t0)); // round 0 warms up
+      }
+    }
+    rows.push({ section: 'evaluator', env: 'native', op: rules === 5 ? 'evaluate-5' : 'evaluate-large', variant: 'reference evaluator', time: figure(samples) });
+  }
+  return rows;
+}
+
+/**
+ * From a parsed policy to the kernel deciding by it: compile, then a new
+ * generation's tables filled and switched in (KernelEnforcer.applyGeneration).
+ * helm's programs are loaded network-only, as this kernel allows: the tables
+ * and the switch are the same with the LSM programs. Parsing the file before
+ * is measured on its own.
+ */
+function applyToLive(layout: Layout, smoke: boolean): Row[] {
+  const rows: Row[] = [];
+  const { apply } = sizes(smoke);
+  let enforcer: KernelEnforcer;
+  try {
+    enforcer = KernelEnforcer.load(undefined, { networkOnly: true });
+  } catch (e) {
+    for (const n of apply) rows.push({ section: 'apply', env: 'native', op: `apply-${n}`, variant: 'total', couldNotRun: `helm's programs could not be loaded here: ${(e as Error).message}` });
+    return rows;
+  }
+  try {
+    for (const n of apply) {
+      const file = path.join(layout.root, `apply-${n}.yaml`);
+      fs.writeFileSync(file, applyPolicy(n, layout.data));
+      const times = { total: [] as number[], parse: [] as number[], compile: [] as number[], tables: [] as number[] };
+      const iterations = smoke ? 2 : n >= 10_000 ? 30 : 100;
+      for (let i = 0; i < iterations + 1; i++) {
+        const t0 = performance.now();
+        const { policies } = loadPolicies([file]);
+        const t1 = performance.now();
+        const compiled = compilePolicy(policies);
+        const t2 = performance.now();
+        enforcer.applyGeneration(compiled);
+        const t3 = performance.now();
+        if (i === 0) continue; // warm-up
+        times.total.push((t3 - t1) * 1e6);
+        times.parse.push((t1 - t0) * 1e6);
+        times.compile.push((t2 - t1) * 1e6);
+        times.tables.push((t3 - t2) * 1e6);
+      }
+      for (const [variant, v] of Object.entries(times)) rows.push({ section: 'apply', env: 'native', op: `apply-${n}`, variant, time: figure(v) });
+    }
+  } finally {
+    enforcer.close();
+  }
+  return rows;
+}

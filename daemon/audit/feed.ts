@@ -1,0 +1,75 @@
+// The audit trail as it is written, for AuditService.Tail: the last records in
+// memory, and subscribers that see every new one. The file stays the record of
+// truth; a subscriber that cannot keep up is told so, never silently skipped.
+export interface FedRecord {
+  /** The record as written (without its chain). */
+  record: Record<string, unknown>;
+  /** The line exactly as in the file, chain included. */
+  line: string;
+}
+
+export type RecordFilter = (r: Record<string, unknown>) => boolean;
+
+interface Subscriber {
+  filter: RecordFilter;
+  deliver: (r: FedRecord) => void;
+}
+
+export class AuditFeed {
+  private readonly recent: FedRecord[] = [];
+  private readonly subscribers = new Set<Subscriber>();
+
+  constructor(private readonly keep = 1000) {}
+
+  publish(records: object[], lines: string[]): void {
+    for (let i = 0; i < records.length; i++) {
+      const fed = { record: records[i] as Record<string, unknown>, line: lines[i] };
+      this.recent.push(fed);
+      for (const s of this.subscribers) if (s.filter(fed.record)) s.deliver(fed);
+    }
+    if (this.recent.length > this.keep) this.recent.splice(0, this.recent.length - this.keep);
+  }
+
+  /** The last `n` records that pass `filter`, oldest first. */
+  last(n: number, filter: RecordFilter): FedRecord[] {
+    const out: FedRecord[] = [];
+    for (let i = this.recent.length - 1; i >= 0 && out.length < n; i--) if (filter(this.recent[i].record)) out.push(this.recent[i]);
+    return out.reverse();
+  }
+
+  subscribe(filter: RecordFilter, deliver: (r: FedRecord) => void): () => void {
+    const s = { filter, deliver };
+    this.subscribers.add(s);
+    return () => this.subscribers.delete(s);
+  }
+
+  get subscriberCount(): number {
+    return this.subscribers.size;
+  }
+}
+
+export interface TailFilter {
+  agent?: string[];
+  role?: string[];
+  decision?: string[];
+  op?: string[];
+  type?: string[];
+}
+
+/** A record passes when each non-empty filter has its value (agents by name: resolve ids first). */
+export function recordFilter(f: TailFilter): RecordFilter {
+  const set = (v?: string[]) => (v && v.length ? new Set(v) : undefined);
+  const agents = set(f.agent);
+  const roles = set(f.role);
+  const decisions = set(f.decision);
+  const ops = set(f.op);
+  const types = set(f.type);
+  return (r) => {
+    if (types && !types.has(String(r.type))) return false;
+    if (decisions && !decisions.has(String(r.decision))) return false;
+    if (ops && !ops.has(String(r.op))) return false;
+    if (roles && !roles.has(String(r.role))) return false;
+    if (agents && !agents.has(String(r.agent))) return false;
+    return true;
+  };
+}

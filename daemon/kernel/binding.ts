@@ -1,0 +1,47 @@
+// What helmd asks of the kernel, as an interface: KernelEnforcer implements it on
+// the real BPF maps; the control plane's unit tests drive helmd through a fake.
+import type { CompiledPolicy } from '../policy/compile';
+
+export interface GovernedAgent {
+  agentId: bigint;
+  roleId: number;
+  dryRun: boolean;
+  /** helmd's DNS forwarder port for this agent on loopback (0: none; DNS is then decided as any traffic). */
+  dnsPort?: number;
+  /** The agent's label pairs as bits (labelBitsOf: bit n-1 for label pair id n), for contextual conditions on labels. */
+  labelBits?: bigint;
+}
+
+/** The event ring buffer as helmd drains it (see RingReader). */
+export interface EventSource {
+  /** Records consumed but not handed over (their handler threw): reported as lost. */
+  readonly undelivered: bigint;
+  start(each: (record: DataView) => void, onError: (e: Error) => void): void;
+  stop(each: (record: DataView) => void): Promise<void>;
+  close(): void;
+}
+
+export interface KernelBinding {
+  readonly activeGeneration: number;
+  /** Generations whose tables are in the kernel now: the active one, and any not yet retired. */
+  readonly liveGenerations: number[];
+  /** Builds a complete generation and switches to it with one map update; throws having changed nothing. */
+  applyGeneration(compiled: CompiledPolicy): number;
+  /** Frees every generation but the active one, once no decision in flight can still use it. */
+  retire(): Promise<void>;
+  setGlobalDryRun(on: boolean): void;
+  /** Replaces the set of helm's own files that governed tasks may not touch. */
+  setProtected(paths: string[]): void;
+  govern(cgroupId: bigint, agent: GovernedAgent): void;
+  /** An address the agent's DNS lookups returned for host-name patterns (ids), until `expiresBootNs`. */
+  learn(agentId: bigint, addr16: Buffer, nameIds: readonly number[], expiresBootNs: bigint): void;
+  forget(agentId: bigint, addr16: Buffer): boolean;
+  release(cgroupId: bigint): boolean;
+  lostEvents(): bigint;
+  openEvents(): EventSource;
+  /** CLOCK_REALTIME − CLOCK_BOOTTIME, to turn event timestamps into wall-clock time. */
+  realtimeOffsetNs(): bigint;
+  /** CLOCK_BOOTTIME now, the clock of learned addresses' expiry. */
+  boottimeNs(): bigint;
+  close(): void;
+}

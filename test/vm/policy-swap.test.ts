@@ -1,0 +1,307 @@
+// Live policy swaps under load, in a kernel with BPF LSM. One governed process
+// opens and executes files that version A allows and B denies, that B allows and
+// A denies, that both allow and that neither allows — over and over — while the
+// test swaps the policy between A and B hundreds of times over gRPC. Every single
+// operation must come out as one of the two versions decides it: never the
+// default deny because of a swap, never an allow that neither version gives. An
+// operation that fell entirely between two swaps must match the version then in
+// force exactly, and every denial in the audit trail must be one that its
+// generation's version makes.
+//
+// Probes are data (kind, target) so that a network probe (connect) slots in once
+// network rules are enforced: a kind in PROBE_KINDS, a branch in the agent's
+// script, and its verb for the reference evaluator.
+import t from 'tap';
+import fs from 'node:fs';
+import { spawn } from 'node:child_process';
+import { requireBpfLsm, startHelmd, auditLines, helmctl, ROOT, RUNTIME_RULE, type Daemon, type AuditLine } from './harness';
+import { call, client, controlError, ControlError } from '../../daemon/control/client';
+import type * as grpc from '@grpc/grpc-js';
+import { parsePolicySource } from '../../daemon/policy/parse';
+import { evaluateOperation } from '../../daemon/policy/evaluate';
+import type { FileVerb, Policy } from '../../daemon/policy/types';
+import { Rng } from '../rng';
+
+t.setTimeout(1_500_000);
+
+const T = '/srv/helm-swap';
+const SOCK = '/run/helm/swap.sock';
+const AUDIT = `${T}/audit/audit.jsonl`;
+const SWAPS = Number(process.env.HELM_SWAPS ?? 200);
+const ROLE = 'swapper';
+
+// Two flavours of each kind of file: in d/ the versions differ by block rules (the
+// inode table swaps too), in e/ by exact allows (the default deny decides the rest).
+const KINDS = ['a-only', 'b-only', 'both', 'none'] as const;
+const FILES = KINDS.flatMap((k) => [`${T}/d/${k}`, `${T}/e/${k}`]);
+
+function version(name: 'A' | 'B'): string {
+  const mine = name === 'A' ? 'a-only' : 'b-only';
+  const theirs = name === 'A' ? 'b-only' : 'a-only';
+  const list = (xs: string[]) => `[${xs.join(', ')}]`;
+  const dAllowed = list([`${T}/d/`]);
+  const dBlocked = list([`${T}/d/${theirs}`, `${T}/d/none`]);
+  const eAllowed = list([`${T}/e/${mine}`, `${T}/e/both`]);
+  return `apiVersion: helm/v1
+kind: Policy
+metadata: { name: swap }
+spec:
+  roles: [${ROLE}]
+  allow:
+${RUNTIME_RULE}
+    - { id: checkout, read: [${ROOT}/, /etc/ssl/], exec: [${ROOT}/] }
+    - { id: d-${name}, read: ${dAllowed}, exec: ${dAllowed} }
+    - { id: e-${name}, read: ${eAllowed}, exec: ${eAllowed} }
+  block:
+    - { id: d-block-${name}, read: ${dBlocked}, exec: ${dBlocked} }
+`;
+}
+const SOURCES = { A: version('A'), B: version('B') };
+
+/** What each probe kind asks the kernel, as the reference evaluator's verb. */
+const PROBE_KINDS: Record<string, FileVerb> = { R: 'read', X: 'exec' };
+
+// The agent: one long-running perl process (a node start-up costs seconds here).
+// For each file: R opens it for reading, X forks and executes it; each prints
+// "KIND FILE T0 T1 STATUS" with CLOCK_MONOTONIC seconds around the operation and
+// 0 for success. Stops at EOF on stdin. First it tries helmd's control socket.
+const AGENT = String.raw`
+use strict; use warnings;
+use Time::HiRes qw(clock_gettime CLOCK_MONOTONIC);
+use POSIX ();
+use IO::Select;
+use IO::Socket::UNIX;
+my ($sock, @files) = @ARGV;
+my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Peer => $sock);
+print "SOCKET ", ($s ? "connected" : ($! + 0)), "\n";
+print "READY\n";
+STDOUT->flush();
+my $stdin = IO::Select->new(\*STDIN);
+my %probe = (
+  R => sub { my $f = shift; open(my $fh, '<', $f) or return $! + 0; close $fh; 0 },
+  X => sub {
+    my $f = shift;
+    my $pid = fork();
+    return 1000 + ($! + 0) unless defined $pid;
+    if ($pid == 0) { no warnings; exec { $f } $f; POSIX::_exit(100 + ($! + 0)); }
+    waitpid($pid, 0);
+    $?
+  },
+  # C (connect) goes here once network rules are enforced.
+);
+while (1) {
+  for my $f (@files) {
+    for my $kind (qw(R X)) {
+      my $t0 = clock_gettime(CLOCK_MONOTONIC);
+      my $st = $probe{$kind}->($f);
+      my $t1 = clock_gettime(CLOCK_MONOTONIC);
+      print "$kind $f $t0 $t1 $st\n";
+    }
+  }
+  if ($stdin->can_read(0)) { my $b; last unless sysread(STDIN, $b, 1); }
+}
+print "DONE\n";
+`;
+
+interface Op {
+  kind: string;
+  file: string;
+  t0: number; // ns, CLOCK_MONOTONIC
+  t1: number;
+  ok: boolean;
+  status: string;
+}
+
+interface Swap {
+  version: 'A' | 'B';
+  generation: number;
+  sent: number; // ns
+  done: number;
+}
+
+const missing = requireBpfLsm();
+if (missing) {
+  t.fail(`VM suite cannot run: ${missing}`);
+} else {
+  t.before(() => {
+    fs.rmSync(T, { recursive: true, force: true });
+    for (const d of ['d', 'e', 'policy', 'audit']) fs.mkdirSync(`${T}/${d}`, { recursive: true });
+    for (const f of FILES) {
+      fs.copyFileSync('/usr/bin/true', f);
+      fs.chmodSync(f, 0o755);
+    }
+    fs.writeFileSync(`${T}/policy/swap.yaml`, SOURCES.A);
+  });
+
+  t.test('every operation during hundreds of swaps is decided by A or by B, never by neither', async (t) => {
+    const policies: Record<'A' | 'B', Policy[]> = { A: parsePolicySource(SOURCES.A, 'a.yaml'), B: parsePolicySource(SOURCES.B, 'b.yaml') };
+    const allows = (v: 'A' | 'B', kind: string, file: string) => evaluateOperation(policies[v], { role: ROLE, verb: PROBE_KINDS[kind], path: file }).decision === 'allow';
+    // The test is only as good as its versions: check they differ where they should.
+    for (const kind of Object.keys(PROBE_KINDS)) {
+      for (const dir of ['d', 'e']) {
+        const at = (k: string) => `${T}/${dir}/${k}`;
+        t.same(
+          KINDS.map((k) => [allows('A', kind, at(k)), allows('B', kind, at(k))]),
+          [
+            [true, false],
+            [false, true],
+            [true, true],
+            [false, false],
+          ],
+          `${kind} in ${dir}/: a-only, b-only, both, none`,
+        );
+      }
+    }
+
+    const d: Daemon = await startHelmd({ policy: [`${T}/policy`], audit: AUDIT, socket: SOCK, extra: ['--no-watch'] });
+    t.teardown(async () => {
+      if (d.proc.exitCode === null) await d.stop();
+    });
+
+    const agent = spawn(ROOT + '/bin/helmctl', ['run', '--socket', SOCK, '--role', ROLE, '--name', 'swapper', '--', 'perl', '-e', AGENT, SOCK, ...FILES], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    agent.stdout.on('data', (b) => (out += b));
+    agent.stderr.on('data', (b) => (err += b));
+    const exited = new Promise<number | null>((r) => agent.on('exit', (code) => r(code)));
+    const deadline = Date.now() + 180_000;
+    while (!out.includes('READY\n')) {
+      if (agent.exitCode !== null || Date.now() > deadline) throw new Error(`the agent did not start: ${out}\n${err}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    t.match(out, /^SOCKET 1$/m, "the governed agent cannot connect to helmd's socket (EPERM)");
+
+    // Swap: A is generation 1; then B, A, B, ... Pauses between some swaps leave
+    // stretches where one version alone is in force.
+    const rng = new Rng(0x5a4b);
+    // One connection for every apply, as a control plane would keep (a new one costs here).
+    const policyClient = client('PolicyService', SOCK);
+    t.teardown(() => policyClient.close());
+    const apply = (req: object) =>
+      new Promise<{ generation: number }>((resolve, reject) =>
+        policyClient.Apply(req, { deadline: Date.now() + 120_000 }, (e: grpc.ServiceError | null, r: { generation: number }) => (e ? reject(controlError(e, { socket: SOCK })) : resolve(r))),
+      );
+    const swaps: Swap[] = [{ version: 'A', generation: 1, sent: 0, done: 0 }];
+    let aborted = 0;
+    const started = Date.now();
+    while (swaps.length <= SWAPS) {
+      const prev = swaps[swaps.length - 1];
+      const next: 'A' | 'B' = prev.version === 'A' ? 'B' : 'A';
+      const sent = Number(process.hrtime.bigint());
+      try {
+        const r = await apply({ sources: [{ file: `${next}.yaml`, content: SOURCES[next] }], expected_generation: prev.generation });
+        swaps.push({ version: next, generation: r.generation, sent, done: Number(process.hrtime.bigint()) });
+      } catch (e) {
+        if (!(e instanceof ControlError)) throw e;
+        aborted++;
+        t.fail(`apply ${swaps.length} failed: ${e.message}`);
+        break;
+      }
+      // Execs take a while here: the pauses must outlast some of them.
+      const pause = rng.chance(1 / 4) ? 200 + rng.int(500) : 0;
+      if (pause) await new Promise((r) => setTimeout(r, pause));
+    }
+    const swapSeconds = (Date.now() - started) / 1000;
+    agent.stdin.end();
+    const code = await exited;
+    t.equal(code, 0, 'the agent ran to the end');
+    if (code !== 0) t.comment(err.slice(-4000));
+    t.equal(aborted, 0, 'every apply went through');
+    const rpcMs = swaps.slice(1).map((x) => (x.done - x.sent) / 1e6).sort((a, b) => a - b);
+    t.equal(swaps.length - 1, SWAPS, `${SWAPS} swaps in ${swapSeconds.toFixed(1)} s (Apply answered in ${rpcMs[rpcMs.length >> 1]?.toFixed(0)} ms at the median)`);
+    t.ok(
+      swaps.every((s, i) => i === 0 || s.generation === swaps[i - 1].generation + 1),
+      'generations are consecutive: nothing else applied in between',
+    );
+
+    const ops: Op[] = [];
+    for (const line of out.split('\n')) {
+      const m = /^([A-Z]) (\S+) (\S+) (\S+) (\d+)$/.exec(line);
+      if (m) ops.push({ kind: m[1], file: m[2], t0: Number(m[3]) * 1e9, t1: Number(m[4]) * 1e9, ok: m[5] === '0', status: m[5] });
+    }
+    t.match(out, /^DONE$/m);
+    const during = ops.filter((o) => o.t1 >= swaps[1].sent && o.t0 <= swaps[swaps.length - 1].done);
+    t.ok(during.length >= 200, `${during.length} operations ran while policies were being swapped (${ops.length} in all)`);
+
+    // Which versions may have been in force at some instant of [t0, t1]: version k from
+    // its apply being sent until the next apply's answer.
+    const versionsDuring = (o: Op): Set<'A' | 'B'> => {
+      const vs = new Set<'A' | 'B'>();
+      for (let k = 0; k < swaps.length; k++) {
+        const from = k === 0 ? -Infinity : swaps[k].sent;
+        const to = k + 1 < swaps.length ? swaps[k + 1].done : Infinity;
+        if (o.t1 >= from && o.t0 <= to) vs.add(swaps[k].version);
+      }
+      return vs;
+    };
+    const wrong: string[] = [];
+    let exact = 0;
+    const exactOutcomes = new Set<string>();
+    for (const o of ops) {
+      const vs = versionsDuring(o);
+      const fits = [...vs].some((v) => allows(v, o.kind, o.file) === o.ok);
+      if (!fits) wrong.push(`${o.kind} ${o.file} status ${o.status} at [${o.t0}, ${o.t1}] (versions in force: ${[...vs].join(',')})`);
+      if (vs.size === 1) {
+        exact++;
+        if (o.file.endsWith('-only')) exactOutcomes.add(`${[...vs][0]} ${o.kind} ${o.file} ${o.ok}`);
+      }
+    }
+    t.same(wrong.slice(0, 20), [], `every operation matches a version in force (${wrong.length} do not)`);
+    const byKind = (kind: string) => ops.filter((o) => o.file.endsWith(`/${kind}`));
+    t.ok(byKind('both').every((o) => o.ok), `files both versions allow were never denied (${byKind('both').length} operations)`);
+    t.ok(byKind('none').every((o) => !o.ok), `files neither version allows were never allowed (${byKind('none').length} operations)`);
+    t.ok(exact >= 100, `${exact} operations fell between two swaps and were checked against that one version`);
+    t.ok(exactOutcomes.size >= 8, `both versions were seen deciding both ways on the files where they differ (${exactOutcomes.size} of 16 combinations)`);
+
+    // The audit trail: every denial of this agent is one its generation's version makes.
+    const versionOf = new Map(swaps.map((s) => [s.generation, s.version]));
+    const failedReads = ops.filter((o) => o.kind === 'R' && !o.ok).length;
+    const lines = await auditLines(AUDIT, (ls) => ls.filter((l) => l.agent === 'swapper' && l.op === 'read' && FILES.includes(l.path ?? '')).length >= failedReads, 60_000);
+    const mine = lines.filter((l) => l.type === 'decision' && l.agent === 'swapper');
+    const lost = lines.filter((l) => l.type === 'lost');
+    const badAudit: string[] = [];
+    for (const l of mine) {
+      if (l.op === 'control') continue; // the socket probe: self-protection, not policy
+      const v = versionOf.get(l.generation);
+      if (!v) {
+        badAudit.push(`generation ${l.generation} is not one the test applied: ${JSON.stringify(l)}`);
+        continue;
+      }
+      if (l.reason === 'no-table' || l.reason === 'no-policy') badAudit.push(`${l.reason}: ${l.path}`);
+      const verb = l.op as FileVerb;
+      if (l.path && ['read', 'write', 'exec'].includes(verb) && evaluateOperation(policies[v], { role: ROLE, verb, path: l.path }).decision === 'allow') {
+        badAudit.push(`generation ${l.generation} (${v}) denied ${verb} ${l.path}, which ${v} allows`);
+      }
+    }
+    t.same(badAudit.slice(0, 20), [], `every audited denial is one its generation's version makes (${mine.length} denials, ${badAudit.length} not)`);
+    const auditedReads = mine.filter((l) => l.op === 'read' && (l as AuditLine & { detail?: string }).detail === 'open' && FILES.includes(l.path ?? '')).length;
+    if (lost.length === 0) t.equal(auditedReads, failedReads, `every denied read is in the trail, once (${failedReads})`);
+    else t.ok(auditedReads <= failedReads, `with events lost, no more denials than failures (${auditedReads} ≤ ${failedReads})`);
+    t.ok(mine.some((l) => l.op === 'control' && l.reason === 'self-protection'), 'the connection to the socket is audited as self-protection');
+    const applied = lines.filter((l) => l.type === 'control' && (l as unknown as { action: string }).action === 'apply');
+    t.equal(applied.length, SWAPS + 1, 'every apply is in the trail (and the start-up)');
+
+    // Only the retired generations are gone: the kernel holds the active one alone.
+    const status = await call<{ generation: number; live_generations: number[] }>(SOCK, 'SystemService', 'Status', {});
+    t.same(status.live_generations, [status.generation], 'superseded generations were freed');
+
+    // SIGHUP re-reads the policy files: a good one is applied, a broken one changes nothing.
+    const hup = async (text: string) => {
+      fs.writeFileSync(`${T}/policy/swap.yaml`, text);
+      const before = (await auditLines(AUDIT)).filter((l) => l.type === 'control').length;
+      d.proc.kill('SIGHUP');
+      await auditLines(AUDIT, (ls) => ls.filter((l) => l.type === 'control').length > before);
+      return call<{ generation: number; last_apply: { ok: boolean; source: string; error: string } }>(SOCK, 'SystemService', 'Status', {});
+    };
+    const last = swaps[swaps.length - 1].generation;
+    const good = await hup(SOURCES.B);
+    t.match(good, { generation: last + 1, last_apply: { ok: true, source: 'sighup' } }, 'SIGHUP applies the policy files');
+    const bad = await hup(SOURCES.A.replace('allow:', 'alow:'));
+    t.match(bad, { generation: last + 1, last_apply: { ok: false, source: 'sighup', error: /swap\.yaml:\d+:\d+: / } }, 'a broken file on SIGHUP is rejected, located, and the running policy stays');
+
+    // The real client, governed: refused by the kernel, and it says so.
+    const inside = helmctl(['run', '--socket', SOCK, '--role', ROLE, '--name', 'ctl-inside', '--', `${ROOT}/bin/helmctl`, 'status', '--socket', SOCK]);
+    t.not(inside.status, 0, 'helmctl run inside a governed agent cannot reach helmd');
+    t.match(inside.stderr, /the kernel refused the connection \(a process governed by helm cannot use helmd's control socket\)/, 'and says the kernel refused it');
+  });
+}
