@@ -40,7 +40,7 @@ export interface Explanation {
   policy?: string;
   rule?: string;
   reason: 'rule' | 'default' | 'no-policy';
-  /** Things worth knowing about this answer (e.g. what the kernel does not enforce yet). */
+  /** Things worth knowing about this answer (e.g. no policy governs the role, no address given, dry-run). */
   notes: string[];
 }
 
