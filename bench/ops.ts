@@ -109,8 +109,8 @@ export function planFor(op: Op, env: 'native' | 'vm', smoke: boolean): Plan {
   if (smoke) return { warmup: 2, rounds: 2, batch: 3 };
   const heavy = op === 'exec';
   const net = op === 'get' || op === 'post';
-  if (env === 'native') return heavy ? { warmup: 50, rounds: 20, batch: 50 } : net ? { warmup: 200, rounds: 20, batch: 250 } : { warmup: 500, rounds: 20, batch: 1000 };
-  return heavy ? { warmup: 10, rounds: 12, batch: 15 } : net ? { warmup: 30, rounds: 12, batch: 60 } : { warmup: 100, rounds: 12, batch: 250 };
+  if (env === 'native') return heavy ? { warmup: 50, rounds: 40, batch: 25 } : net ? { warmup: 200, rounds: 40, batch: 100 } : { warmup: 500, rounds: 40, batch: 500 };
+  return heavy ? { warmup: 10, rounds: 24, batch: 8 } : net ? { warmup: 30, rounds: 30, batch: 20 } : { warmup: 100, rounds: 40, batch: 75 };
 }
 
 /** Is strace here? (a Debian package: scripts/install-deps.sh installs it) */

@@ -118,7 +118,8 @@ function pushHelmd(phase: string, a: ReturnType<typeof procSample>, b: ReturnTyp
 /**
  * Governed workers open a file no rule allows as fast as they can; every
  * denial is an event. Throughput is the decision lines helmd wrote divided by
- * the time from the first denial until the trail stopped growing.
+ * the time from the first denial to the last line, once every denial is in the
+ * trail or counted lost.
  */
 async function auditFlood(layout: Layout, helmd: RunningHelmd, governedDir: string): Promise<void> {
   say('audit: flood of denials');
@@ -135,7 +136,7 @@ async function auditFlood(layout: Layout, helmd: RunningHelmd, governedDir: stri
     const counts = await Promise.all(workers.map((w) => w.runFor(seconds * 1000)));
     made = counts.reduce((x, y) => x + y, 0);
   } catch (e) {
-    rows.push({ section: 'audit', env: 'vm', op: 'events-per-second', variant: 'helmd', couldNotRun: (e as Error).message });
+    auditFailed((e as Error).message);
     return;
   } finally {
     workers.forEach((w) => w.kill());
@@ -156,7 +157,7 @@ async function auditFlood(layout: Layout, helmd: RunningHelmd, governedDir: stri
   const b = procSample(helmd.pid);
   const written = last - before;
   if (written + Number(lost) < made) {
-    rows.push({ section: 'audit', env: 'vm', op: 'events-per-second', variant: 'helmd', couldNotRun: `only ${written} of ${made} denials reached the trail or the lost count within the time allowed` });
+    auditFailed(`only ${written} of ${made} denials reached the trail or the lost count within the time allowed`);
     return;
   }
   const elapsed = (lastAt - t0) / 1000;
@@ -166,6 +167,11 @@ async function auditFlood(layout: Layout, helmd: RunningHelmd, governedDir: stri
   rows.push({ section: 'audit', env: 'vm', op: 'events-lost', variant: 'helmd', quantity: { value: Number(lost), unit: 'events' } });
   rows.push({ section: 'helmd', env: 'vm', op: 'cpu-audit', variant: 'helmd', quantity: { value: cpuPercent(a, b), unit: '% of a CPU' } });
   rows.push({ section: 'helmd', env: 'vm', op: 'rss-audit', variant: 'helmd', quantity: { value: b.hwmKb / 1024, unit: 'MB (peak)' } });
+}
+
+function auditFailed(why: string): void {
+  rows.push({ section: 'audit', env: 'vm', op: 'events-per-second', variant: 'helmd', couldNotRun: why });
+  for (const op of ['cpu-audit', 'rss-audit']) rows.push({ section: 'helmd', env: 'vm', op, variant: 'helmd', couldNotRun: why });
 }
 
 function countLines(file: string): number {
