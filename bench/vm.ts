@@ -1,5 +1,5 @@
 // The half of the benchmark that needs BPF LSM: run inside the QEMU VM
-// (scripts/vm/run.sh -- node dist/bench/vm.js [--smoke]). It prints progress
+// (scripts/vm/run.sh -- node dist/bench/vm.js [--smoke] [--scale F]). It prints progress
 // lines and, last, one line "BENCH-RESULT <json>" with its rows and facts.
 //
 // Loading helm's programs is what takes time here (the verifier, emulated), so
@@ -7,16 +7,18 @@
 // starts and once it runs; then, with the 5-rule and the large (10,000-rule)
 // policy, every operation in every variant, interleaved, and helmd's CPU and
 // memory idle and under that load; the audit trail under a flood of denials;
-// then, in a full run, more rounds of the ungoverned comparison with the
-// programs loaded by this process as helmd loads them.
+// last with that helmd, apply-to-live through its control API
+// (bench/apply-latency.ts, which replaces its policies); then, in a full run, more rounds of the ungoverned
+// comparison with the programs loaded by this process as helmd loads them.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { loadPolicies } from '../daemon/policy/parse';
 import { compilePolicy } from '../daemon/policy/compile';
 import { KernelEnforcer } from '../daemon/kernel/enforcer';
 import type { Row } from './model';
-import { FILE_OPS, NET_OPS, type Layout, makeLayout, pickPorts, startServers, workerArgv } from './ops';
+import { FILE_OPS, NET_OPS, ROOT, scaled, type Layout, makeLayout, pickPorts, startServers, workerArgv } from './ops';
 import { benchPolicy, sizes } from './policies';
 import { BenchCgroups, attach, cpuPercent, procSample, startHelmd, status, type RunningHelmd } from './helmd-process';
 import { Worker } from './worker';
@@ -67,6 +69,44 @@ async function loadPrograms(layout: Layout): Promise<{ stop: () => Promise<void>
   return { stop: async () => enforcer.close() };
 }
 
+/**
+ * Apply-to-live as a user gets it: a PolicyService.Apply call to the first
+ * operation the kernel decides by the new generation, against a Status round
+ * trip of the same run (bench/apply-latency.ts, given this helmd: it
+ * replaces the policies, so it comes last).
+ */
+function applyThroughHelmd(socket: string): void {
+  const { apply } = sizes(smoke);
+  const script = path.join(ROOT, 'dist', 'bench', 'apply-latency.js');
+  const fail = (why: string) => {
+    for (const n of apply) rows.push({ section: 'apply', env: 'vm', op: `apply-${n}`, variant: 'rpc-to-live', couldNotRun: why });
+  };
+  if (!fs.existsSync(script)) return fail('bench/apply-latency.ts is not in this tree');
+  say('apply-to-live through helmd (bench/apply-latency.js)');
+  // Emulated, one apply of 10,000 rules takes minutes (parsing): few samples of the largest.
+  const samples = smoke ? apply.map(() => 1) : apply.map((n) => (n >= 10_000 ? 3 : scaled(20)));
+  const r = spawnSync(process.execPath, [script, '--socket', socket, '--rules', apply.join(','), '--samples', samples.join(',')], { encoding: 'utf8', timeout: 3_600_000, maxBuffer: 16 << 20 });
+  const first = (r.stdout ?? '').split('\n')[0];
+  let report: { baseline_status_rpc_ms: Ms; results: { rules: number; apply_to_live_ms: Ms; apply_rpc_ms: Ms }[] };
+  try {
+    report = JSON.parse(first);
+  } catch {
+    return fail(`bench/apply-latency.js failed (exit ${r.status}): ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ') || 'no output'}`);
+  }
+  const fig = (m: Ms) => ({ median: m.p50 * 1e6, p99: m.p99 * 1e6, n: m.n });
+  for (const res of report.results) {
+    const base = fig(report.baseline_status_rpc_ms);
+    rows.push({ section: 'apply', env: 'vm', op: `apply-${res.rules}`, variant: 'rpc-to-live', time: fig(res.apply_to_live_ms), baseline: base });
+    rows.push({ section: 'apply', env: 'vm', op: `apply-${res.rules}`, variant: 'rpc', time: fig(res.apply_rpc_ms), baseline: base });
+  }
+}
+
+interface Ms {
+  n: number;
+  p50: number;
+  p99: number;
+}
+
 /** helmd's own files: policies, audit trail, socket (helmd protects them from governed tasks). */
 function helmdFiles(layout: Layout, name: string) {
   const dir = path.join(layout.root, name);
@@ -105,6 +145,8 @@ async function governed(layout: Layout, cgroups: BenchCgroups, ungoverned: Ungov
     pushHelmd('operations', loadA, procSample(helmd.pid));
 
     await auditFlood(layout, helmd, cg.g5);
+    // Last: it replaces helmd's policies.
+    applyThroughHelmd(helmd.socket);
   } finally {
     await helmd.stop();
   }
