@@ -124,6 +124,7 @@ function vmPlaceholders(reason: string, have: Row[]): Row[] {
   for (const op of ['read', 'exec', 'connect']) want.push({ section: 'ungoverned', env: 'vm', op, variant: 'helm-loaded' });
   for (const n of sizes(smoke).apply) want.push({ section: 'apply', env: 'vm', op: `apply-${n}`, variant: 'rpc-to-live' });
   want.push({ section: 'audit', env: 'vm', op: 'events-per-second', variant: 'helmd' });
+  want.push({ section: 'audit', env: 'vm', op: 'trail-throughput', variant: 'audit-throughput' });
   for (const phase of ['idle', 'operations', 'audit']) {
     for (const what of ['cpu', 'rss']) want.push({ section: 'helmd', env: 'vm', op: `${what}-${phase}`, variant: 'helmd' });
   }
