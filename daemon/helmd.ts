@@ -18,7 +18,7 @@ import { explain, formatExplanation, operationFromOptions } from './policy/expla
 import { defaultCanonicalize, isVerb } from './policy/cases';
 import { PolicyWatcher } from './policy/watch';
 import { KernelEnforcer } from './kernel/enforcer';
-import type { KernelBinding, EventSource } from './kernel/binding';
+import type { KernelBinding, EventSource, GovernedAgent } from './kernel/binding';
 import { decodeEvent, C } from './kernel/layout';
 import { openAuditWriter, type AuditWriter } from './audit/writer';
 import { AuditFeed } from './audit/feed';
@@ -31,6 +31,7 @@ import { runChecks, type Check } from './doctor';
 import { DnsForwarder, type DnsQueryAudit, type Upstream } from './net/dns-forwarder';
 import { LearnedAddresses } from './net/learned';
 import { nameMatches, type NameEntry } from './policy/compile-net';
+import { labelBitsOf } from './policy/compile-cond';
 
 export const VERSION = '0.1.0';
 
@@ -71,6 +72,8 @@ export interface AgentState {
   cgroupId: bigint;
   dryRun: boolean;
   labels: Record<string, string>;
+  /** Its labels as the kernel sees them (labelBitsOf under the label ids of the generations in force). */
+  labelBits: bigint;
   generation: number;
   denied: bigint;
   wouldDeny: bigint;
@@ -264,12 +267,36 @@ export class Helmd implements ControlPlane {
     const roles = new Set([...this.agents.values()].map((a) => a.role));
     if (extraRole) roles.add(extraRole);
     const withModes = policies.map((p) => (modes.has(p.name) ? { ...p, mode: modes.get(p.name)! } : p));
-    return compilePolicy(withModes, { roleIds: this.compiled?.roles, extraRoles: roles });
+    // Ids that the kernel's other tables hold keep their meaning across generations: role ids
+    // (agent entries), host-name pattern ids (learned addresses) and label pair ids (agents'
+    // label bits), while a superseded generation may still be deciding.
+    const c = this.compiled;
+    return compilePolicy(withModes, { roleIds: c?.roles, nameIds: c?.nameIds, labelIds: c?.labelIds, extraRoles: roles });
   }
 
   /** Switches the kernel to a compiled generation (throws having changed nothing), then names it for the audit trail. */
   private install(compiled: CompiledPolicy): number {
-    const gen = this.kernel!.applyGeneration(compiled);
+    // Agents get the bits of label pairs this generation names before it decides anything.
+    // Pairs keep their ids, so the bits stay true for the generation still running; if the
+    // switch fails, the bits go back to what they were.
+    const before: [AgentState, bigint][] = [];
+    for (const a of this.agents.values()) {
+      const bits = labelBitsOf(a.labels, compiled.labelIds);
+      if (bits === a.labelBits) continue;
+      this.kernel!.govern(a.cgroupId, this.governedAs(a, compiled, { labelBits: bits }));
+      before.push([a, a.labelBits]);
+      a.labelBits = bits;
+    }
+    let gen: number;
+    try {
+      gen = this.kernel!.applyGeneration(compiled);
+    } catch (e) {
+      for (const [a, bits] of before) {
+        this.kernel!.govern(a.cgroupId, this.governedAs(a, compiled, { labelBits: bits }));
+        a.labelBits = bits;
+      }
+      throw e;
+    }
     this.compiled = compiled;
     this.roleNames = new Map([...compiled.roles].map(([name, id]) => [id, name]));
     this.namesByRole = new Map();
@@ -461,6 +488,7 @@ export class Helmd implements ControlPlane {
         cgroupId: cg.id,
         dryRun: req.dryRun,
         labels: req.labels,
+        labelBits: labelBitsOf(req.labels, this.compiled!.labelIds),
         generation: this.generation,
         denied: 0n,
         wouldDeny: 0n,
@@ -469,7 +497,7 @@ export class Helmd implements ControlPlane {
       // Its DNS forwarder first: from the moment the cgroup is governed, its DNS goes there.
       agent.dns = await this.startDns(agent);
       try {
-        this.kernel!.govern(cg.id, { agentId: agent.id, roleId: this.compiled!.roles.get(req.role)!, dryRun: agent.dryRun, dnsPort: agent.dns.port });
+        this.kernel!.govern(cg.id, this.governedAs(agent, this.compiled!));
       } catch (e) {
         agent.dns.close();
         throw e;
@@ -501,6 +529,17 @@ export class Helmd implements ControlPlane {
     });
   }
 
+  /** An agent's kernel entry under a generation's ids (role id; label bits as the agent has them unless given). */
+  private governedAs(a: AgentState, compiled: CompiledPolicy, change: { dryRun?: boolean; labelBits?: bigint } = {}): GovernedAgent {
+    return {
+      agentId: a.id,
+      roleId: compiled.roles.get(a.role)!,
+      dryRun: change.dryRun ?? a.dryRun,
+      dnsPort: a.dns?.port ?? 0,
+      labelBits: change.labelBits ?? a.labelBits,
+    };
+  }
+
   agentList(): AgentState[] {
     return [...this.agents.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
   }
@@ -530,7 +569,7 @@ export class Helmd implements ControlPlane {
       if ('agent' in target) {
         const agent = this.findAgent(target.agent);
         const previous = modeOf(agent.dryRun);
-        this.kernel!.govern(agent.cgroupId, { agentId: agent.id, roleId: this.compiled!.roles.get(agent.role)!, dryRun: mode === 'dry-run', dnsPort: agent.dns?.port ?? 0 });
+        this.kernel!.govern(agent.cgroupId, this.governedAs(agent, this.compiled!, { dryRun: mode === 'dry-run' }));
         agent.dryRun = mode === 'dry-run';
         return this.modeSwitched(`agent ${agent.name}`, { target: 'agent', subject: subjectOf(agent) }, previous, mode, who);
       }
