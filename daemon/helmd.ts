@@ -17,12 +17,13 @@ import { PolicyError, formatDiagnostic, type Mode, type Policy, type PolicyDiagn
 import { explain, formatExplanation, operationFromOptions } from './policy/explain';
 import { defaultCanonicalize, isVerb } from './policy/cases';
 import { PolicyWatcher } from './policy/watch';
-import { KernelEnforcer } from './kernel/enforcer';
-import type { KernelBinding, EventSource, GovernedAgent } from './kernel/binding';
-import { decodeEvent, C } from './kernel/layout';
-import { openAuditWriter, type AuditWriter } from './audit/writer';
+import { KernelEnforcer, type RingSizes } from './kernel/enforcer';
+import type { AuditLevel, GovernedAgent, KernelBinding } from './kernel/binding';
+import { C } from './kernel/layout';
+import type { FsyncPolicy, RotationPolicy } from './audit/writer';
+import { AuditRecorder, policyDigest } from './audit/recorder';
 import { AuditFeed } from './audit/feed';
-import { toAuditRecord, rfc3339Nanos, AUDIT_SCHEMA_VERSION, type GenerationNames, type AuditContext } from './audit/record';
+import { rfc3339Nanos, AUDIT_SCHEMA_VERSION, type AuditRecord, type GenerationNames, type AuditContext } from './audit/record';
 import { inspectCgroup, cgroupHasProcesses, type CgroupInfo } from './control/cgroups';
 import { SerialQueue } from './control/serial';
 import { ControlServer, type ControlPlane, type TlsListener } from './control/server';
@@ -35,9 +36,27 @@ import { labelBitsOf } from './policy/compile-cond';
 
 export const VERSION = '0.1.0';
 
+/** How the audit trail is written (docs/audit-schema.md); defaults in DEFAULT_AUDIT. */
+export interface AuditSettings {
+  level: AuditLevel;
+  rings: RingSizes;
+  fsync: FsyncPolicy;
+  rotation: RotationPolicy;
+  countersIntervalMs: number;
+}
+
+export const DEFAULT_AUDIT: AuditSettings = {
+  level: { allows: 'none', rate: 10, burst: 20 },
+  rings: { deny: C.HELM_DENY_RING_BYTES, allow: C.HELM_ALLOW_RING_BYTES },
+  fsync: { kind: 'every-batch' },
+  rotation: { maxBytes: 64 * 1024 * 1024, maxAgeMs: 24 * 3_600_000, compress: true },
+  countersIntervalMs: 60_000,
+};
+
 export interface HelmdOptions {
   policyPaths: string[];
   auditLog: string;
+  audit?: Partial<AuditSettings>;
   dryRun: boolean;
   socket: string;
   /** Group (name or gid) allowed to use the socket besides root. */
@@ -128,8 +147,9 @@ const AGENT_NAME_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 const LABEL_KEY_RE = /^[A-Za-z0-9_.\/-]{1,63}$/;
 const MAX_LABELS = 64;
 const MAX_LABEL_VALUE = 256;
-const LOST_POLL_MS = 1000;
 const LEARNED_SWEEP_MS = 1000;
+/** How long a detached agent's name stays known, for its events still in the rings. */
+const DETACHED_NAMES_MS = 60_000;
 const DNS_TIMEOUT_MS = 3000;
 /** Names of this many past generations are kept for events drained late. */
 const KEEP_GENERATION_NAMES = 64;
@@ -138,11 +158,9 @@ const AUDITED_ERRORS = 20;
 
 export class Helmd implements ControlPlane {
   private kernel?: KernelBinding;
-  private events?: EventSource;
-  private audit?: AuditWriter;
+  private recorder?: AuditRecorder;
   private server?: ControlServer;
   private watcher?: PolicyWatcher;
-  private lostTimer?: NodeJS.Timeout;
   private sweepTimer?: NodeJS.Timeout;
   private learned?: LearnedAddresses;
   /** role id → its host-name patterns, for the DNS forwarders. */
@@ -160,10 +178,6 @@ export class Helmd implements ControlPlane {
   private readonly agentsById = new Map<bigint, AgentState>();
   private roleNames = new Map<number, string>();
   private nextAgentId = 1n;
-  private seq = 0;
-  private written = 0n;
-  private lostReported = 0n;
-  private lostSince = '';
   private realtimeOffset = 0n;
   private lastApply?: { at: string; ok: boolean; source: string; generation: number; error: string };
   private readonly log: Logger;
@@ -183,7 +197,8 @@ export class Helmd implements ControlPlane {
     this.log.info({ files: loaded.files, policies: loaded.policies.map((p) => p.name) }, 'policy compiled');
 
     // 2. The kernel: load and attach, or fail with the reason.
-    this.kernel = (this.opts.kernel ?? (() => KernelEnforcer.load(this.opts.bpfObject, { networkOnly: this.opts.networkOnly })))();
+    const audit = { ...DEFAULT_AUDIT, ...this.opts.audit };
+    this.kernel = (this.opts.kernel ?? (() => KernelEnforcer.load(this.opts.bpfObject, { networkOnly: this.opts.networkOnly, rings: audit.rings })))();
     if (this.opts.networkOnly) {
       this.log.warn(
         'NETWORK-ONLY MODE: connect and bind rules are enforced; file (read/write/exec) rules and self-protection are NOT — this kernel does not run BPF LSM programs',
@@ -197,18 +212,22 @@ export class Helmd implements ControlPlane {
     this.running = { sources: loaded.sources, policies: loaded.policies, origin: 'files', appliedAt: now() };
     if (this.dryRun) this.kernel.setGlobalDryRun(true);
 
-    // 3. The audit trail, then its source.
-    this.audit = openAuditWriter(
-      this.opts.auditLog,
-      (e) => this.log.error({ err: e, file: this.opts.auditLog }, 'AUDIT WRITE FAILED: decisions are still enforced but not recorded'),
-      () => this.log.warn({ file: this.opts.auditLog }, 'the audit trail ended in a line cut short (crash or power loss); recorded and continued'),
+    // 3. The audit trail, then its sources: what is in force first, then the decisions.
+    this.recorder = await AuditRecorder.start(
+      {
+        file: this.opts.auditLog,
+        ...audit,
+        version: VERSION,
+        logger: this.log,
+        onDecision: (rec, agentId) => this.counted(rec, agentId),
+        onWritten: (records, lines) => this.feed.publish(records, lines),
+      },
+      this.kernel,
+      this.auditContext,
+      this.realtimeOffset,
     );
-    this.control({ action: 'apply', source: 'startup', generation, previous_generation: 0, policies: names(loaded.policies), files: loaded.files, dry_run: this.dryRun });
+    this.control({ action: 'apply', source: 'startup', generation, previous_generation: 0, policies: names(loaded.policies), digest: policyDigest(loaded.policies), files: loaded.files, dry_run: this.dryRun });
     this.lastApply = { at: now(), ok: true, source: 'startup', generation, error: '' };
-    this.events = this.kernel.openEvents();
-    this.events.start((r) => this.onEvent(r), (e) => this.log.error({ err: e }, 'ring buffer drain failed'));
-    this.lostSince = now();
-    this.lostTimer = setInterval(() => this.reportLost(), LOST_POLL_MS);
 
     // 4. The control API; then nothing of helm's own is reachable from a governed agent.
     this.server = new ControlServer(this, {
@@ -313,12 +332,12 @@ export class Helmd implements ControlPlane {
 
   /** PolicyService.Apply: the whole set is replaced, or nothing is. */
   apply(sources: PolicySourceText[], expectedGeneration: number | undefined, who: string): Promise<ApplyResult> {
-    return this.queue.run((hold) => this.applySet(sources, 'api', expectedGeneration, who, hold));
+    return this.recorded(this.queue.run((hold) => this.applySet(sources, 'api', expectedGeneration, who, hold)));
   }
 
   /** Re-reads the policy paths helmd was given and applies them (a file change, or SIGHUP). */
   reload(source: 'files' | 'sighup'): Promise<ApplyResult | undefined> {
-    return this.queue.run((hold) => {
+    return this.recorded(this.queue.run((hold) => {
       let sources: PolicySourceText[];
       try {
         sources = loadPolicies(this.opts.policyPaths).sources;
@@ -334,7 +353,7 @@ export class Helmd implements ControlPlane {
       } finally {
         this.kernel!.setProtected(this.ownFiles());
       }
-    });
+    }));
   }
 
   private applySet(sources: PolicySourceText[], source: ApplySource, expected: number | undefined, who: string, hold: (p: Promise<unknown>) => void): ApplyResult {
@@ -352,7 +371,7 @@ export class Helmd implements ControlPlane {
       this.running = { sources, policies: loaded.policies, origin: source === 'api' ? 'api' : 'files', appliedAt: now() };
       this.retire(hold);
       const files = sources.map((s) => s.file);
-      this.control({ action: 'apply', source, by: who, generation, previous_generation: previous, policies: names(loaded.policies), files, warnings: compiled.warnings.length });
+      this.control({ action: 'apply', source, by: who, generation, previous_generation: previous, policies: names(loaded.policies), digest: policyDigest(loaded.policies), files, warnings: compiled.warnings.length });
       this.lastApply = { at: now(), ok: true, source, generation, error: '' };
       this.log.info({ generation, previous, source, policies: names(loaded.policies), files }, 'policy applied');
       return {
@@ -469,7 +488,7 @@ export class Helmd implements ControlPlane {
     if (!ROLE_RE.test(req.role)) throw invalidArgument(`role must match ${ROLE_RE.source}, got ${JSON.stringify(req.role)}`);
     if (req.name && !AGENT_NAME_RE.test(req.name)) throw invalidArgument(`agent name must match ${AGENT_NAME_RE.source}, got ${JSON.stringify(req.name)}`);
     checkLabels(req.labels);
-    return this.queue.run(async (hold) => {
+    return this.recorded(this.queue.run(async (hold) => {
       const cg = this.cgroups.inspect(req.cgroupPath);
       if (this.agents.has(cg.id)) throw alreadyExists(`${cg.path} is already governed`);
       // A role no generation knows yet gets entries (or none: deny all) before the cgroup is governed.
@@ -477,7 +496,7 @@ export class Helmd implements ControlPlane {
         const previous = this.generation;
         const generation = this.install(this.compileFor(this.running!.policies, this.policyModes, req.role));
         this.retire(hold);
-        this.control({ action: 'apply', source: 'attach', by: who, generation, previous_generation: previous, policies: names(this.running!.policies), new_role: req.role });
+        this.control({ action: 'apply', source: 'attach', by: who, generation, previous_generation: previous, policies: names(this.running!.policies), digest: policyDigest(this.running!.policies), new_role: req.role });
       }
       const name = req.name || path.basename(cg.path);
       const agent: AgentState = {
@@ -504,14 +523,15 @@ export class Helmd implements ControlPlane {
       }
       this.agents.set(cg.id, agent);
       this.agentsById.set(agent.id, agent);
+      this.recorder?.agentAttached({ id: agent.id, name: agent.name, role: agent.role, cgroupPath: agent.cgroupPath, cgroupId: agent.cgroupId, labels: agent.labels });
       this.control({ action: 'attach', by: who, subject: subjectOf(agent), mode: modeOf(agent.dryRun), generation: this.generation });
       this.log.info({ agent: agent.name, role: agent.role, cgroup: agent.cgroupPath, dryRun: agent.dryRun }, 'agent attached');
       return agent;
-    });
+    }));
   }
 
   detach(cgroupPath: string, force: boolean, who: string): Promise<void> {
-    return this.queue.run(() => {
+    return this.recorded(this.queue.run(() => {
       const cg = this.cgroups.inspect(cgroupPath);
       const agent = this.agents.get(cg.id);
       if (!agent) throw notFound(`${cg.path} is not governed by helmd`);
@@ -521,12 +541,16 @@ export class Helmd implements ControlPlane {
       }
       this.kernel!.release(cg.id);
       this.agents.delete(cg.id);
-      this.agentsById.delete(agent.id);
+      // Its last counters, before the detach line; its last events may still be in the rings: keep its name a while.
+      this.recorder?.agentDetached({ id: agent.id, name: agent.name, role: agent.role, cgroupPath: agent.cgroupPath, cgroupId: agent.cgroupId, labels: agent.labels });
+      setTimeout(() => {
+        if (this.agentsById.get(agent.id) === agent) this.agentsById.delete(agent.id);
+      }, DETACHED_NAMES_MS).unref();
       agent.dns?.close();
       this.learned?.forgetAgent(agent.id);
       this.control({ action: 'detach', by: who, subject: subjectOf(agent), forced: force });
       this.log.info({ agent: agent.name, cgroup: agent.cgroupPath, forced: force }, 'agent detached');
-    });
+    }));
   }
 
   /** An agent's kernel entry under a generation's ids (role id; label bits as the agent has them unless given). */
@@ -565,7 +589,7 @@ export class Helmd implements ControlPlane {
   }
 
   setMode(target: ModeTarget, mode: Mode, who: string): Promise<{ target: string; previous: Mode; mode: Mode; generation: number }> {
-    return this.queue.run((hold) => {
+    return this.recorded(this.queue.run((hold) => {
       if ('agent' in target) {
         const agent = this.findAgent(target.agent);
         const previous = modeOf(agent.dryRun);
@@ -597,7 +621,7 @@ export class Helmd implements ControlPlane {
       this.dryRun = mode === 'dry-run';
       if (this.dryRun) this.log.warn('helmd switched to DRY-RUN: denials are audited as would_deny and NOT enforced');
       return this.modeSwitched('helmd', { target: 'helmd' }, previous, mode, who);
-    });
+    }));
   }
 
   private modeSwitched(name: string, fields: object, previous: Mode, mode: Mode, who: string) {
@@ -617,9 +641,10 @@ export class Helmd implements ControlPlane {
       dryRun: this.dryRun,
       networkOnly: !!this.opts.networkOnly,
       auditLog: this.opts.auditLog,
-      eventsWritten: this.written,
-      eventsLost: (this.kernel?.lostEvents() ?? 0n) + (this.events?.undelivered ?? 0n),
+      eventsWritten: this.recorder?.status().decisions ?? 0n,
+      eventsLost: this.recorder?.totalLost() ?? 0n,
       agents: this.agents.size,
+      audit: this.auditStatus(),
       policyOrigin: this.running?.origin ?? 'files',
       policyPaths: this.opts.policyPaths,
       lastApply: this.lastApply,
@@ -673,10 +698,10 @@ export class Helmd implements ControlPlane {
 
   /** DNS lines: a refused name never left the host; an answered one says what was learned. */
   private auditDns(agent: AgentState, a: DnsQueryAudit): void {
-    this.pending.push({
+    this.recorder?.record({
       v: AUDIT_SCHEMA_VERSION,
       ts: now(),
-      seq: ++this.seq,
+      seq: 0,
       type: 'dns',
       decision: a.decision,
       op: 'connect',
@@ -694,78 +719,63 @@ export class Helmd implements ControlPlane {
       mode: a.decision === 'would_deny' ? 'dry-run' : 'enforce',
       generation: this.generation,
     });
-    if (!this.flushQueued) {
-      this.flushQueued = true;
-      queueMicrotask(() => this.flush());
+  }
+
+  /** Per-agent figures for the agent list, from each decision line as it is made. */
+  private counted(rec: AuditRecord, agentId: bigint): void {
+    const agent = this.agentsById.get(agentId);
+    if (!agent) return;
+    if (rec.decision === 'deny') agent.denied++;
+    else if (rec.decision === 'would_deny') agent.wouldDeny++;
+    agent.lastDecisionAt = rec.ts;
+  }
+
+  /** Resolves once every audit line recorded so far is written (or counted lost). */
+  auditWritten(): Promise<void> {
+    return this.recorder?.written() ?? Promise.resolve();
+  }
+
+  /** A change is acknowledged once its control lines are written: a caller that reads the trail after the reply finds them. */
+  private async recorded<T>(p: Promise<T>): Promise<T> {
+    try {
+      return await p;
+    } finally {
+      await this.auditWritten();
     }
   }
 
-  private pending: object[] = [];
-  private flushQueued = false;
-
-  private onEvent(record: DataView): void {
-    const raw = decodeEvent(record);
-    if (raw.type !== C.HELM_EVENT_DECISION) return;
-    const rec = toAuditRecord(raw, ++this.seq, this.realtimeOffset, this.auditContext);
-    const agent = this.agentsById.get(raw.agentId);
-    if (agent) {
-      if (rec.decision === 'deny') agent.denied++;
-      else if (rec.decision === 'would_deny') agent.wouldDeny++;
-      agent.lastDecisionAt = rec.ts;
-    }
-    this.pending.push(rec);
-    // One write per drained batch: the batch's records arrive synchronously.
-    if (!this.flushQueued) {
-      this.flushQueued = true;
-      queueMicrotask(() => this.flush());
-    }
-  }
-
-  /** A line about helmd itself (an apply, a rejection, a mode switch, an agent attached or detached), written at once. */
+  /** A line about helmd itself (an apply, a rejection, a mode switch, an agent attached or detached). */
   private control(fields: Record<string, unknown>): void {
-    if (!this.audit) return;
-    this.pending.push({ v: AUDIT_SCHEMA_VERSION, ts: now(), seq: ++this.seq, type: 'control', ...fields });
-    this.flush();
+    this.recorder?.record({ v: AUDIT_SCHEMA_VERSION, ts: now(), seq: 0, type: 'control', ...fields });
   }
 
-  private flush(): void {
-    this.flushQueued = false;
-    const batch = this.pending;
-    this.pending = [];
-    if (!this.audit || batch.length === 0) return;
-    const lines = this.audit.append(batch);
-    this.written += BigInt(batch.length);
-    this.feed.publish(batch, lines);
-  }
-
-  private reportLost(): void {
-    if (!this.kernel) return;
-    // Lost in the kernel (ring full) or here (a record that could not be decoded): both are counted.
-    const total = this.kernel.lostEvents() + (this.events?.undelivered ?? 0n);
-    if (total === this.lostReported) return;
-    const at = now();
-    const count = total - this.lostReported;
-    this.pending.push({ v: AUDIT_SCHEMA_VERSION, ts: at, seq: ++this.seq, type: 'lost', count: count.toString(), total: total.toString(), since: this.lostSince });
-    this.flush();
-    this.log.error({ count: count.toString(), total: total.toString() }, 'audit events lost: the ring buffer was full');
-    this.lostReported = total;
-    this.lostSince = at;
+  /** The audit trail's state for Status: a failing disk shows here as well as in the log. */
+  private auditStatus() {
+    if (!this.recorder) return undefined;
+    const s = this.recorder.status();
+    return {
+      file: s.trail.file,
+      state: s.trail.state,
+      error: s.trail.error ?? '',
+      failing_since: s.trail.failingSince ?? '',
+      lines_written: String(s.trail.linesWritten),
+      lost_deny_ring: s.lost['deny-ring'].toString(),
+      lost_allow_ring: s.lost['allow-ring'].toString(),
+      lost_decode: s.lost.decode.toString(),
+      lost_disk: s.lost.disk.toString(),
+      allow_log: s.level.allows,
+      fsync: s.fsync,
+      rotations: s.trail.rotations,
+    };
   }
 
   async stop(): Promise<void> {
     this.watcher?.close();
-    if (this.lostTimer) clearInterval(this.lostTimer);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     for (const a of this.agents.values()) a.dns?.close();
     await this.server?.stop();
     await this.queue.idle().catch(() => undefined);
-    if (this.events) {
-      await this.events.stop((r) => this.onEvent(r));
-      this.events.close();
-    }
-    this.flush();
-    this.reportLost();
-    this.audit?.close();
+    await this.recorder?.stop();
     this.kernel?.close();
     if (this.server) this.log.info('helmd stopped; enforcement ended with it (pinning arrives with the production issue)');
   }

@@ -82,8 +82,49 @@ static void set_error(char *err, int errlen, int code, const char *what)
 /* helm_open flags */
 #define HELM_OPEN_NETWORK_ONLY 1 /* leave the LSM programs out: the kernel would refuse them */
 
-/* Opens and loads an object file; nothing is attached yet. */
-struct helm_obj *helm_open(const char *path, int flags, char *err, int errlen)
+/*
+ * Map sizes to set before loading, as "name=max_entries,name=max_entries"
+ * (e.g. the audit rings). Returns 0 or -errno with the reason in err.
+ */
+static int resize_maps(struct bpf_object *obj, const char *spec, char *err, int errlen)
+{
+	char buf[512], *save = NULL, *item;
+
+	if (!spec || !*spec)
+		return 0;
+	if (strlen(spec) >= sizeof(buf)) {
+		set_error(err, errlen, E2BIG, "map sizes: too long");
+		return -E2BIG;
+	}
+	strcpy(buf, spec);
+	for (item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(item, '=');
+		struct bpf_map *m;
+		char what[300];
+
+		if (!eq) {
+			set_error(err, errlen, EINVAL, "map sizes: expected name=size");
+			return -EINVAL;
+		}
+		*eq = 0;
+		m = bpf_object__find_map_by_name(obj, item);
+		if (!m) {
+			snprintf(what, sizeof(what), "map sizes: no map %s", item);
+			set_error(err, errlen, ENOENT, what);
+			return -ENOENT;
+		}
+		if (bpf_map__set_max_entries(m, (unsigned int)strtoul(eq + 1, NULL, 10))) {
+			int code = errno;
+			snprintf(what, sizeof(what), "map sizes: cannot size %s", item);
+			set_error(err, errlen, code, what);
+			return -code;
+		}
+	}
+	return 0;
+}
+
+/* Opens and loads an object file (flags: HELM_OPEN_*), its maps sized per `sizes` (may be NULL); nothing is attached yet. */
+struct helm_obj *helm_open_sized(const char *path, int flags, const char *sizes, char *err, int errlen)
 {
 	struct helm_obj *o;
 	int rc;
@@ -110,14 +151,23 @@ struct helm_obj *helm_open(const char *path, int flags, char *err, int errlen)
 				bpf_program__set_autoload(prog, false);
 		}
 	}
-	rc = bpf_object__load(o->obj);
+	rc = resize_maps(o->obj, sizes, err, errlen);
+	if (!rc) {
+		rc = bpf_object__load(o->obj);
+		if (rc)
+			set_error(err, errlen, -rc, "the kernel refused to load the BPF programs");
+	}
 	if (rc) {
-		set_error(err, errlen, -rc, "the kernel refused to load the BPF programs");
 		bpf_object__close(o->obj);
 		free(o);
 		return NULL;
 	}
 	return o;
+}
+
+struct helm_obj *helm_open(const char *path, int flags, char *err, int errlen)
+{
+	return helm_open_sized(path, flags, NULL, err, errlen);
 }
 
 /*

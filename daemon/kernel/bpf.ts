@@ -4,7 +4,8 @@ import { native, KernelError, messageFrom, errnoName } from './native';
 
 const ERR_LEN = 65536;
 
-export const MAP_TYPE = { HASH: 1, ARRAY: 2, PERCPU_ARRAY: 6, LPM_TRIE: 11 } as const;
+export const MAP_TYPE = { HASH: 1, ARRAY: 2, PERCPU_HASH: 5, PERCPU_ARRAY: 6, LPM_TRIE: 11 } as const;
+const PER_CPU_TYPES = new Set<number>([MAP_TYPE.PERCPU_HASH, MAP_TYPE.PERCPU_ARRAY, 10 /* LRU_PERCPU_HASH */]);
 export const MAP_FLAG = { NO_PREALLOC: 1 } as const;
 export const UPDATE = { ANY: 0n, NOEXIST: 1n, EXIST: 2n } as const;
 
@@ -42,9 +43,14 @@ export class BpfMap {
     return new BpfMap(fd, name, true);
   }
 
+  /** Bytes of one value as the syscall copies it: per-CPU maps take one 8-aligned value per possible CPU. */
+  get valueBytes(): number {
+    return PER_CPU_TYPES.has(this.type) ? ((this.valueSize + 7) & ~7) * native().helm_num_possible_cpus() : this.valueSize;
+  }
+
   update(key: Buffer, value: Buffer, flags: bigint = UPDATE.ANY): void {
     this.checkKey(key);
-    if (value.length !== this.valueSize) throw new KernelError(`map ${this.name}: value of ${value.length} bytes, the map's values are ${this.valueSize}`, 22);
+    if (value.length !== this.valueBytes) throw new KernelError(`map ${this.name}: value of ${value.length} bytes, the map's values are ${this.valueBytes}`, 22);
     check(native().helm_map_update(this.fd, key, value, flags), `cannot update map ${this.name}`);
   }
 
@@ -81,11 +87,16 @@ export class BpfObject {
 
   /**
    * Opens and loads; throws KernelError carrying libbpf's explanation (verifier log included).
-   * `networkOnly` leaves the LSM programs out (kernels that refuse BPF LSM).
+   * `networkOnly` leaves the LSM programs out (kernels that refuse BPF LSM); `sizes` sets
+   * maps' max_entries before loading (the audit rings).
    */
-  static load(path: string, opts: { networkOnly?: boolean } = {}): BpfObject {
+  static load(path: string, opts: { networkOnly?: boolean; sizes?: Record<string, number> } = {}): BpfObject {
     const err = Buffer.alloc(ERR_LEN);
-    const handle = native().helm_open(path, opts.networkOnly ? OPEN_NETWORK_ONLY : 0, err, ERR_LEN);
+    const flags = opts.networkOnly ? OPEN_NETWORK_ONLY : 0;
+    const spec = Object.entries(opts.sizes ?? {})
+      .map(([name, n]) => `${name}=${n}`)
+      .join(',');
+    const handle = spec ? native().helm_open_sized(path, flags, spec, err, ERR_LEN) : native().helm_open(path, flags, err, ERR_LEN);
     if (!handle) {
       const msg = messageFrom(err);
       const m = /errno (\d+)/.exec(msg);
@@ -114,10 +125,12 @@ export class BpfObject {
   }
 }
 
-/** Sum of a per-CPU u64 counter at index 0. */
-export function readPerCpuCounter(map: BpfMap): bigint {
+/** Sum of a per-CPU u64 counter at `index` of a per-CPU array. */
+export function readPerCpuCounter(map: BpfMap, index = 0): bigint {
   const cpus = native().helm_num_possible_cpus();
-  const value = map.lookup(Buffer.alloc(4), 8 * cpus);
+  const key = Buffer.alloc(4);
+  key.writeUInt32LE(index);
+  const value = map.lookup(key, 8 * cpus);
   if (!value) return 0n;
   let sum = 0n;
   for (let i = 0; i < cpus; i++) sum += value.readBigUInt64LE(i * 8);
@@ -186,13 +199,19 @@ export class RingReader {
     });
   }
 
-  /** Drains continuously until stop(); records are handed over in order, batch by batch. */
-  start(each: (record: DataView) => void, onError: (e: Error) => void, pollMs = 100): void {
+  /**
+   * Drains continuously until stop(); records are handed over in order, batch by
+   * batch. `gate`, if given, is awaited before each drain: while the consumer is
+   * behind, records wait in the kernel ring (which counts any that do not fit).
+   */
+  start(each: (record: DataView) => void, onError: (e: Error) => void, opts: { pollMs?: number; gate?: () => Promise<void> } = {}): void {
     if (this.running) return;
+    const pollMs = opts.pollMs ?? 100;
     this.running = true;
     this.stopped = (async () => {
       while (this.running) {
         try {
+          if (opts.gate) await opts.gate();
           const n = await this.drainAsync(pollMs);
           if (n < 0) throw new KernelError(`cannot drain ring buffer: ${errnoName(-n)}`, -n);
           this.walk(n, each);

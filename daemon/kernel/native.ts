@@ -21,6 +21,7 @@ export function buildDir(): string {
 
 export interface NativeApi {
   helm_open(path: string, flags: number, err: Buffer, errlen: number): unknown;
+  helm_open_sized(path: string, flags: number, sizes: string, err: Buffer, errlen: number): unknown;
   helm_attach_all(obj: unknown, cgroupFd: number, err: Buffer, errlen: number): number;
   helm_close(obj: unknown): void;
   helm_map_fd(obj: unknown, name: string): number;
@@ -58,6 +59,7 @@ export function native(): NativeApi {
   koffi.opaque('helm_ring');
   cached = {
     helm_open: lib.func('helm_obj *helm_open(const char *path, int flags, _Out_ uint8_t *err, int errlen)'),
+    helm_open_sized: lib.func('helm_obj *helm_open_sized(const char *path, int flags, const char *sizes, _Out_ uint8_t *err, int errlen)'),
     helm_attach_all: lib.func('int helm_attach_all(helm_obj *o, int cgroup_fd, _Out_ uint8_t *err, int errlen)'),
     helm_close: lib.func('void helm_close(helm_obj *o)'),
     helm_map_fd: lib.func('int helm_map_fd(helm_obj *o, const char *name)'),
