@@ -16,6 +16,8 @@
 // Needs root and a kernel that runs BPF LSM programs; elsewhere run it in the VM:
 //   bash scripts/vm/run.sh --timeout 3000 -- node dist/bench/apply-latency.js
 // Options: --rules 1,100,10000  --samples 30,30,5  --probe-interval-us 200
+//          --socket PATH: apply to the helmd already serving PATH instead of starting
+//          one (its policies are replaced; make bench does this to start one helmd less)
 // Prints one JSON object, then a Markdown table (header and one row per size).
 import fs from 'node:fs';
 import os from 'node:os';
@@ -27,7 +29,8 @@ import { client } from '../daemon/control/client';
 const ROOT = path.resolve(__dirname, '..', '..');
 const DIR = '/srv/helm-bench-apply';
 const PROBE = `${DIR}/probe`;
-const SOCK = '/run/helm/bench-apply.sock';
+const EXISTING = process.argv.includes('--socket') ? process.argv[process.argv.indexOf('--socket') + 1] : undefined;
+const SOCK = EXISTING ?? '/run/helm/bench-apply.sock';
 const ROLE = 'bench';
 
 function arg(name: string, fallback: string): string {
@@ -115,18 +118,27 @@ async function main(): Promise<void> {
   fs.writeFileSync(`${DIR}/policy/bench.yaml`, policy(1, true));
 
   let log = '';
-  const helmd = spawn(path.join(ROOT, 'bin', 'helmd'), ['--policy', `${DIR}/policy`, '--audit-log', `${DIR}/audit.jsonl`, '--socket', SOCK, '--no-watch', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  helmd.stdout!.on('data', (d) => (log += d));
-  helmd.stderr!.on('data', (d) => (log += d));
-  const cleanup: (() => unknown)[] = [() => helmd.kill('SIGTERM')];
+  let helmd: ChildProcess | undefined;
+  const cleanup: (() => unknown)[] = [];
+  if (!EXISTING) {
+    const started = spawn(path.join(ROOT, 'bin', 'helmd'), ['--policy', `${DIR}/policy`, '--audit-log', `${DIR}/audit.jsonl`, '--socket', SOCK, '--no-watch', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    started.stdout!.on('data', (d) => (log += d));
+    started.stderr!.on('data', (d) => (log += d));
+    cleanup.push(() => started.kill('SIGTERM'));
+    helmd = started;
+  }
   try {
-    await waitFor('helmd', () => fs.existsSync(SOCK), 180_000, helmd).catch((e) => {
-      throw new Error(`${e.message}\n${log}`);
-    });
+    if (helmd) {
+      await waitFor('helmd', () => fs.existsSync(SOCK), 180_000, helmd).catch((e) => {
+        throw new Error(`${e.message}\n${log}`);
+      });
+    }
     const sys = client('SystemService', SOCK);
     const pol = client('PolicyService', SOCK);
     cleanup.push(() => sys.close(), () => pol.close());
-    await unary(sys, 'Status', {}); // connect once: no call below pays for it
+    const { generation: current } = await unary<{ generation: number }>(sys, 'Status', {}); // connect once: no call below pays for it
+    // A helmd of someone else's: the agent's policy goes in first (a started one read it from DIR).
+    if (EXISTING) await unary(pol, 'Apply', { sources: [{ file: 'bench.yaml', content: policy(1, true) }], expected_generation: current });
 
     const agent = spawn(path.join(ROOT, 'bin', 'helmctl'), ['run', '--socket', SOCK, '--role', ROLE, '--name', 'bench', '--', 'perl', '-e', AGENT, PROBE, String(INTERVAL_US)], { stdio: ['pipe', 'pipe', 'inherit'] });
     const agentExited = new Promise((r) => agent.once('exit', r));
@@ -201,7 +213,7 @@ async function main(): Promise<void> {
     }
   } finally {
     for (const c of cleanup) await c();
-    await new Promise((r) => helmd.once('exit', r));
+    if (helmd && helmd.exitCode === null) await new Promise((r) => helmd!.once('exit', r));
     fs.rmSync(DIR, { recursive: true, force: true });
   }
 }
