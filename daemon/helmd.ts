@@ -23,7 +23,7 @@ import { C } from './kernel/layout';
 import type { FsyncPolicy, RotationPolicy } from './audit/writer';
 import { AuditRecorder, policyDigest } from './audit/recorder';
 import { AuditFeed } from './audit/feed';
-import { rfc3339Nanos, AUDIT_SCHEMA_VERSION, type AuditRecord, type GenerationNames, type AuditContext } from './audit/record';
+import { rfc3339Nanos, AUDIT_SCHEMA_VERSION, type GenerationNames, type AuditContext } from './audit/record';
 import { inspectCgroup, cgroupHasProcesses, type CgroupInfo } from './control/cgroups';
 import { SerialQueue } from './control/serial';
 import { ControlServer, type ControlPlane, type TlsListener } from './control/server';
@@ -219,8 +219,8 @@ export class Helmd implements ControlPlane {
         ...audit,
         version: VERSION,
         logger: this.log,
-        onDecision: (rec, agentId) => this.counted(rec, agentId),
-        onWritten: (records, lines) => this.feed.publish(records, lines),
+        onDecision: (decision, ts, agentId) => this.counted(decision, ts, agentId),
+        onWritten: (lines) => this.feed.publish(lines),
       },
       this.kernel,
       this.auditContext,
@@ -722,12 +722,12 @@ export class Helmd implements ControlPlane {
   }
 
   /** Per-agent figures for the agent list, from each decision line as it is made. */
-  private counted(rec: AuditRecord, agentId: bigint): void {
+  private counted(decision: string, ts: string, agentId: bigint): void {
     const agent = this.agentsById.get(agentId);
     if (!agent) return;
-    if (rec.decision === 'deny') agent.denied++;
-    else if (rec.decision === 'would_deny') agent.wouldDeny++;
-    agent.lastDecisionAt = rec.ts;
+    if (decision === 'deny') agent.denied++;
+    else if (decision === 'would_deny') agent.wouldDeny++;
+    agent.lastDecisionAt = ts;
   }
 
   /** Resolves once every audit line recorded so far is written (or counted lost). */
@@ -766,6 +766,7 @@ export class Helmd implements ControlPlane {
       allow_log: s.level.allows,
       fsync: s.fsync,
       rotations: s.trail.rotations,
+      backlog: String(s.trail.backlog),
     };
   }
 

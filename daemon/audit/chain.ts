@@ -4,21 +4,24 @@
 // re-serialised JSON), so verification does not depend on key order or spacing.
 // A trail may span rotated files: the first line of each file (type "file")
 // chains from the last line of the one before, so the chain runs through them all.
-import { createHash } from 'node:crypto';
+import crypto from 'node:crypto';
+
+const SUFFIX = /,"chain":"([0-9a-f]{64})"\}$/;
+
+// One call per line on the drain's path: crypto.hash (Node 20.12+) saves the Hash object createHash makes.
+const sha256: (s: string) => string = crypto.hash ? (s) => crypto.hash('sha256', s, 'hex') : (s) => crypto.createHash('sha256').update(s).digest('hex');
 
 /** The chain value before the first line of a trail. */
 export const CHAIN_GENESIS = sha256('helm-audit-v1');
 
-const SUFFIX = /,"chain":"([0-9a-f]{64})"\}$/;
-
-function sha256(s: string): string {
-  return createHash('sha256').update(s).digest('hex');
-}
-
 /** The line to write for `record` (which has no "chain" of its own), and its chain value. */
 export function chainLine(prev: string, record: object): { line: string; chain: string } {
-  const body = JSON.stringify(record);
-  if (!body.startsWith('{') || body === '{}') throw new TypeError('an audit record is a non-empty object');
+  return chainText(prev, JSON.stringify(record));
+}
+
+/** chainLine for a record already serialised: `body` is its JSON object text, without "chain". */
+export function chainText(prev: string, body: string): { line: string; chain: string } {
+  if (body.charCodeAt(0) !== 0x7b || body.charCodeAt(body.length - 1) !== 0x7d || body === '{}') throw new TypeError('an audit record is a non-empty object');
   const chain = sha256(`${prev}\n${body}`);
   return { line: `${body.slice(0, -1)},"chain":"${chain}"}`, chain };
 }

@@ -1,11 +1,21 @@
 // The audit trail as it is written, for AuditService.Tail: the last records in
 // memory, and subscribers that see every new one. The file stays the record of
 // truth; a subscriber that cannot keep up is told so, never silently skipped.
-export interface FedRecord {
-  /** The record as written (without its chain). */
-  record: Record<string, unknown>;
-  /** The line exactly as in the file, chain included. */
-  line: string;
+export class FedRecord {
+  private parsed?: Record<string, unknown>;
+
+  /** `line`: exactly as in the file, chain included. */
+  constructor(readonly line: string) {}
+
+  /** The record as written (without its chain), parsed when first asked for: most lines never are. */
+  get record(): Record<string, unknown> {
+    if (!this.parsed) {
+      const r = JSON.parse(this.line) as Record<string, unknown>;
+      delete r.chain;
+      this.parsed = r;
+    }
+    return this.parsed;
+  }
 }
 
 export type RecordFilter = (r: Record<string, unknown>) => boolean;
@@ -21,9 +31,11 @@ export class AuditFeed {
 
   constructor(private readonly keep = 1000) {}
 
-  publish(records: object[], lines: string[]): void {
-    for (let i = 0; i < records.length; i++) {
-      const fed = { record: records[i] as Record<string, unknown>, line: lines[i] };
+  publish(lines: string[]): void {
+    // Every line goes to the subscribers; only the last `keep` need to be remembered.
+    const from = this.subscribers.size ? 0 : Math.max(0, lines.length - this.keep);
+    for (let i = from; i < lines.length; i++) {
+      const fed = new FedRecord(lines[i]);
       this.recent.push(fed);
       for (const s of this.subscribers) if (s.filter(fed.record)) s.deliver(fed);
     }

@@ -11,7 +11,7 @@ const OPS = ['read', 'write', 'exec', 'bpf', 'signal', 'ptrace', 'mount', 'modul
 /** What a write was, or the object of a self-protection denial, or how a network op was made. */
 const DETAILS = ['open', 'create', 'mkdir', 'unlink', 'rmdir', 'rename-from', 'rename-to', 'link-from', 'link-to', 'symlink', 'chmod', 'chown', 'truncate', 'mmap-exec', 'receive', 'xattr', 'connect', 'sendmsg', 'bind', 'unix', 'raw', 'packet'] as const;
 const PROTOS: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6', 132: 'sctp', 136: 'udplite' };
-const DECISIONS = ['allow', 'deny', 'would_deny'] as const;
+export const DECISIONS = ['allow', 'deny', 'would_deny'] as const;
 const REASONS = ['rule', 'default', 'no-policy', 'path-error', 'no-table', 'inode-rule', 'self-protection'] as const;
 
 /** What every line starts with; `seq` is given by the writer, in file order. */
@@ -99,7 +99,8 @@ export interface AuditContext {
 
 /** 16 address bytes (IPv4 mapped) as text: dotted quad for IPv4, RFC 5952 for IPv6. */
 export function addressText(addr16: Buffer): string {
-  if (addr16.subarray(0, 10).every((b) => b === 0) && addr16[10] === 0xff && addr16[11] === 0xff) return [...addr16.subarray(12)].join('.');
+  const a = addr16;
+  if (a[10] === 0xff && a[11] === 0xff && !(a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9])) return `${a[12]}.${a[13]}.${a[14]}.${a[15]}`;
   const groups: string[] = [];
   for (let i = 0; i < 16; i += 2) groups.push(addr16.readUInt16BE(i).toString(16));
   // net.SocketAddress normalises the text (shortest form, `::` for the longest zero run).
@@ -179,6 +180,107 @@ export function toAuditRecord(e: RawEvent, seq: number, realtimeOffsetNs: bigint
     ...(isNet ? {} : { inode: { dev: e.dev, ino: e.ino.toString() } }),
     ...(e.flags & C.HELM_EVENT_FLAG_SAMPLED ? { sampled: true } : {}),
   };
+}
+
+/**
+ * A line already serialised but for its `seq`, which the writer gives in file
+ * order: the line's JSON is `head + seq + tail` (then the writer adds the chain).
+ */
+export class FormattedLine {
+  /**
+   * `text` is the line's JSON without its seq, which goes at `at`. One flat
+   * string: a line waits in the queue until its batch is written, and a string
+   * built by many concatenations would keep every piece alive meanwhile.
+   */
+  constructor(
+    readonly text: string,
+    readonly at: number,
+  ) {}
+
+  /** The line's `ts`. */
+  get ts(): string {
+    const start = this.text.indexOf('"ts":"') + 6;
+    return this.text.slice(start, this.text.indexOf('"', start));
+  }
+
+  withSeq(seq: number): string {
+    return this.text.slice(0, this.at) + seq + this.text.slice(this.at);
+  }
+}
+
+/** Memo of the last second formatted: decisions come in bursts within the same second. */
+let lastSecond = -1n;
+let lastSecondText = '';
+
+/** rfc3339Nanos, faster: the date and time of day are formatted once per second. */
+function tsText(epochNs: bigint): string {
+  const sec = epochNs / 1_000_000_000n;
+  if (sec !== lastSecond) {
+    lastSecondText = new Date(Number(sec) * 1000).toISOString().slice(0, 19);
+    lastSecond = sec;
+  }
+  const nanos = Number(epochNs - sec * 1_000_000_000n);
+  return `${lastSecondText}.${nanos < 100_000_000 ? String(nanos).padStart(9, '0') : nanos}Z`;
+}
+
+const json = JSON.stringify;
+/** A label set's JSON, by object: agents keep theirs while attached. */
+const labelsJson = new WeakMap<object, string>();
+const EMPTY_LABELS = '{}';
+/** `v ?? null` as JSON. */
+const orNull = (v: string | null | undefined): string => (v === undefined || v === null ? 'null' : json(v));
+
+/**
+ * The decision line of `e`, exactly as JSON.stringify(toAuditRecord(e, seq, ...))
+ * writes it (same fields, same order: test/unit/audit-format.test.ts holds them
+ * to it), built as text without the intermediate object: this is the drain's
+ * hot path, one call per event.
+ */
+export function formatDecision(e: RawEvent, realtimeOffsetNs: bigint, ctx: AuditContext): FormattedLine {
+  const names = ctx.generation(e.generation);
+  const rule = e.ruleId ? names?.rules[e.ruleId - 1] : undefined;
+  const agent = ctx.agent(e.agentId);
+  const isNet = (e.op === C.HELM_OP_CONNECT || e.op === C.HELM_OP_BIND) && e.detail !== C.HELM_DETAIL_UNIX;
+  let path = isNet ? null : e.path ?? null;
+  if (path && e.flags & C.HELM_EVENT_FLAG_DIR && path.length > 1 && path.endsWith('/')) path = path.slice(0, -1);
+  const head = `{"v":${AUDIT_SCHEMA_VERSION},"ts":"${tsText(e.tsBootNs + realtimeOffsetNs)}","seq":`;
+  const t: string[] = [head];
+  t.push(`,"type":"decision","decision":"${DECISIONS[e.decision] ?? 'deny'}","op":${json(opName(e.op))}`);
+  if (e.op < C.HELM_FILE_OPS || e.op === C.HELM_OP_CONTROL || e.op === C.HELM_OP_CONNECT || e.op === C.HELM_OP_BIND) t.push(`,"detail":${json(DETAILS[e.detail] ?? `detail${e.detail}`)}`);
+  else if (e.op === C.HELM_OP_SIGNAL || e.op === C.HELM_OP_PTRACE) t.push(`,"arg":${e.detail},"target_pid":${e.targetPid}`);
+  else t.push(`,"arg":${e.detail}`);
+  t.push(`,"path":${orNull(path)}`);
+  if (e.flags & C.HELM_EVENT_FLAG_DIR) t.push(',"dir":true');
+  if (isNet) {
+    if (e.detail === C.HELM_DETAIL_RAW) t.push(`,"proto":${json(PROTOS[e.proto] ?? String(e.proto))}`);
+    else if (e.detail === C.HELM_DETAIL_PACKET) t.push(`,"ethertype":"0x${e.port.toString(16).padStart(4, '0')}"`);
+    else {
+      const host = ctx.hostOf?.(e.agentId, e.addr);
+      t.push(`,"addr":"${addressText(e.addr)}","port":${e.port},"proto":${json(PROTOS[e.proto] ?? String(e.proto))}`);
+      if (host) t.push(`,"host":${json(host)}`);
+    }
+  }
+  const ops = e.ops & (e.ops - 1) ? opsList(e.ops) : undefined; // more than one bit
+  if (ops) t.push(`,"ops":${json(ops)}`);
+  if (e.argv) t.push(`,"argv":${json(e.argv)}`);
+  if (e.flags & C.HELM_EVENT_FLAG_ARGV_TRUNCATED) t.push(',"argv_truncated":true');
+  const exe = exeOf(e);
+  t.push(`,"pid":${e.pid},"tid":${e.tid},"ppid":${e.ppid},"uid":${e.uid},"gid":${e.gid},"exe":${orNull(exe)}`);
+  t.push(`,"parent_exe":${orNull(e.parentExe)},"comm":${json(e.comm)}`);
+  t.push(`,"cgroup":{"id":"${e.cgroupId}","path":${orNull(agent?.cgroupPath)}},"agent":${orNull(agent?.name)}`);
+  let labels = EMPTY_LABELS;
+  if (agent?.labels) {
+    labels = labelsJson.get(agent.labels) ?? '';
+    if (!labels) labelsJson.set(agent.labels, (labels = json(agent.labels)));
+  }
+  const role = ctx.roleName(e.roleId);
+  const policy = rule?.policy ?? (e.policyId ? `#${e.policyId}` : null);
+  t.push(`,"labels":${labels},"role":${orNull(role)},"policy":${orNull(policy)}`);
+  t.push(`,"rule":${json(rule?.rule ?? (e.ruleId ? `#${e.ruleId}` : 'default'))},"mode":"${e.mode === C.HELM_MODE_DRY_RUN ? 'dry-run' : 'enforce'}","reason":"${REASONS[e.reason] ?? 'rule'}","generation":${e.generation}`);
+  if (!isNet) t.push(`,"inode":{"dev":${e.dev},"ino":"${e.ino}"}`);
+  if (e.flags & C.HELM_EVENT_FLAG_SAMPLED) t.push(',"sampled":true');
+  t.push('}');
+  return new FormattedLine(t.join(''), head.length);
 }
 
 function netFields(e: RawEvent, ctx: AuditContext): Pick<AuditRecord, 'addr' | 'port' | 'proto' | 'host' | 'ethertype'> {

@@ -12,8 +12,8 @@ import { C, LAYOUT, decodeEvent, type AgentCounters } from '../kernel/layout';
 import type { AuditLevel, EventSource, KernelBinding, Ring } from '../kernel/binding';
 import type { RingSizes } from '../kernel/enforcer';
 import type { Policy } from '../policy/types';
-import { AuditTrail, formatFsyncPolicy, type FsyncPolicy, type RotationPolicy, type TrailStatus } from './writer';
-import { AUDIT_SCHEMA_VERSION, rfc3339Nanos, toAuditRecord, type AuditContext, type AuditRecord, type LossSource } from './record';
+import { AuditTrail, MAX_BATCH, formatFsyncPolicy, type FsyncPolicy, type RotationPolicy, type TrailStatus } from './writer';
+import { AUDIT_SCHEMA_VERSION, DECISIONS, FormattedLine, formatDecision, rfc3339Nanos, type AuditContext, type LossSource } from './record';
 
 export interface RecorderOptions {
   file: string;
@@ -26,10 +26,10 @@ export interface RecorderOptions {
   lostPollMs?: number;
   version: string;
   logger: Logger;
-  /** Each decision line as it is made (helmd keeps per-agent figures for its agent list). */
-  onDecision?: (r: AuditRecord, agentId: bigint) => void;
+  /** Each decision as its line is made: what it was, its ts (helmd keeps per-agent figures for its agent list). */
+  onDecision?: (decision: string, ts: string, agentId: bigint) => void;
   /** Lines as written, chain included (the control plane's live tail). */
-  onWritten?: (records: object[], lines: string[]) => void;
+  onWritten?: (lines: string[]) => void;
 }
 
 /** What the recorder needs of the kernel (KernelEnforcer, or a fake in tests). */
@@ -44,8 +44,13 @@ export interface RecordedAgent {
   labels: Record<string, string>;
 }
 
-/** Records waiting in the trail's queue above which draining pauses: the kernel ring holds them meanwhile, and counts what does not fit. */
-const BACKLOG_HIGH = 16_384;
+/**
+ * Records waiting in the trail's queue above which draining pauses (one batch
+ * being written, one more waiting): the kernel ring holds them meanwhile, and
+ * counts what does not fit, rather than helmd's memory. Draining resumes as
+ * soon as a batch is written.
+ */
+const BACKLOG_HIGH = MAX_BATCH;
 /** How long an idle drain waits for the ring before looking again (records wake it at once). */
 const DRAIN_POLL_MS = 500;
 /** Bytes drained per call: about 220 records, so that the control socket gets its turns during a flood. */
@@ -97,7 +102,7 @@ export class AuditRecorder {
   private readers = new Map<Ring, EventSource>();
   private lostTimer?: NodeJS.Timeout;
   private countersTimer?: NodeJS.Timeout;
-  private pending: object[] = [];
+  private pending: (object | FormattedLine)[] = [];
   private flushQueued = false;
   private readonly lostReported = new Map<LossSource, { total: bigint; since: string }>();
   private readonly lastCounters = new Map<bigint, { at: string; counters: AgentCounters }>();
@@ -187,16 +192,16 @@ export class AuditRecorder {
   /** Resolves when the trail's queue is short enough to drain more, after letting other work (the control socket) run. */
   private async room(): Promise<void> {
     await new Promise((r) => setImmediate(r));
-    while (this.trail.backlog > BACKLOG_HIGH) await this.trail.flush();
+    while (this.trail.backlog > BACKLOG_HIGH) if (!(await this.trail.progress())) break;
   }
 
   private onEvent(view: DataView): void {
     const raw = decodeEvent(view);
     if (raw.type !== C.HELM_EVENT_DECISION) return;
     this.decisions++;
-    const rec = toAuditRecord(raw, 0, this.realtimeOffset, this.ctx);
-    this.opts.onDecision?.(rec, raw.agentId);
-    this.pending.push(rec);
+    const line = formatDecision(raw, this.realtimeOffset, this.ctx);
+    this.opts.onDecision?.(DECISIONS[raw.decision] ?? 'deny', line.ts, raw.agentId);
+    this.pending.push(line);
     this.flushSoon();
   }
 

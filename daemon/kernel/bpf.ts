@@ -139,7 +139,8 @@ export function readPerCpuCounter(map: BpfMap, index = 0): bigint {
 
 /**
  * Drains a BPF ring buffer in batches: the native side copies many records into
- * one Buffer per call, off the event loop; `onRecords` sees them as DataViews.
+ * one Buffer per call (waiting for records off the event loop); `each` sees them
+ * as DataViews.
  */
 export class RingReader {
   private ring: unknown;
@@ -209,10 +210,16 @@ export class RingReader {
     const pollMs = opts.pollMs ?? 100;
     this.running = true;
     this.stopped = (async () => {
+      let busy = false;
       while (this.running) {
         try {
           if (opts.gate) await opts.gate();
-          const n = await this.drainAsync(pollMs);
+          // While records keep coming, take what is there without waiting, here: a batch
+          // copied by a call that cannot block costs less than a trip to a worker thread and
+          // back. Once the ring is empty, wait for it on the worker thread.
+          let n: number = busy ? native().helm_ring_drain(this.ring, this.buf, this.buf.length, 0) : 0;
+          if (n === 0) n = await this.drainAsync(pollMs);
+          busy = n > 0;
           if (n < 0) throw new KernelError(`cannot drain ring buffer: ${errnoName(-n)}`, -n);
           this.walk(n, each);
           const handlerError = this.takeError();

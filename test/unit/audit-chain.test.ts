@@ -7,7 +7,9 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { CHAIN_GENESIS, chainLine, verifyChain } from '../../daemon/audit/chain';
 import { AuditTrail } from '../../daemon/audit/writer';
-import { trailOptions } from '../audit-fixtures';
+import { FormattedLine } from '../../daemon/audit/record';
+import { AuditFeed } from '../../daemon/audit/feed';
+import { decisionLine, trailOptions } from '../audit-fixtures';
 
 const HELMCTL = path.resolve(__dirname, '..', '..', '..', 'bin', 'helmctl');
 
@@ -118,4 +120,46 @@ t.test('a write that fails leaves nothing half-written and is counted, then reco
   t.equal(w.status().linesLost, 3, 'every later batch is counted too');
   t.equal(errors.length, 1, 'and not reported again before the reminder interval');
   await w.close().catch(() => undefined);
+});
+
+t.test('lines formatted ahead (all but their seq) and records written together: one chain, seq in order', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'helm-audit-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'audit.jsonl');
+  const written: string[] = [];
+  const w = await AuditTrail.open(trailOptions(file, { maxBatch: 3, onWritten: (lines) => void written.push(...lines) }));
+  const text = (i: number) => `{"v":1,"ts":"2026-11-30T12:00:00.000000000Z","seq":,"type":"decision","path":"/srv/f${i}"}`;
+  const formatted = (i: number) => new FormattedLine(text(i), text(i).indexOf('"seq":') + 6);
+  w.append([formatted(1), decisionLine({ path: '/srv/o2' }), formatted(3)]);
+  w.append([formatted(4), formatted(5), decisionLine({ path: '/srv/o6' }), formatted(7)]);
+  await w.close();
+  const lines = fs.readFileSync(file, 'utf8').trim().split('\n');
+  t.hasStrict(verifyChain(`${lines.join('\n')}\n`), { ok: true, lines: 8 }, 'the file verifies');
+  const records = lines.map((l) => JSON.parse(l));
+  t.same(records.map((r) => r.seq), [1, 2, 3, 4, 5, 6, 7, 8], 'seq rises by one through both kinds');
+  t.same(records.slice(1).map((r) => r.path), ['/srv/f1', '/srv/o2', '/srv/f3', '/srv/f4', '/srv/f5', '/srv/o6', '/srv/f7'], 'in the order appended');
+  t.same(written, lines, 'onWritten sees the lines as in the file');
+  t.equal(new FormattedLine(text(1), text(1).indexOf('"seq":') + 6).ts, '2026-11-30T12:00:00.000000000Z', 'a formatted line knows its ts');
+});
+
+t.test('the live feed keeps the last lines and parses a record only when asked', async (t) => {
+  const feed = new AuditFeed(3);
+  const lines = trail(5);
+  feed.publish(lines.slice(0, 2));
+  feed.publish(lines.slice(2));
+  const last = feed.last(10, () => true);
+  t.same(last.map((r) => r.line), lines.slice(2), 'the last three, oldest first');
+  t.same(last[0].record, { v: 1, seq: 3, type: 'decision', decision: 'deny', path: '/srv/f3' }, 'the record without its chain');
+  const seen: number[] = [];
+  const stop = feed.subscribe((r) => r.seq !== 7, (r) => void seen.push(r.record.seq as number));
+  let prev = lines[4].match(/"chain":"([0-9a-f]{64})"/)![1];
+  const more: string[] = [];
+  for (let i = 6; i <= 9; i++) {
+    const c = chainLine(prev, { v: 1, seq: i, type: 'decision' });
+    more.push(c.line);
+    prev = c.chain;
+  }
+  feed.publish(more);
+  stop();
+  t.same(seen, [6, 8, 9], 'a subscriber gets every line its filter passes, even more than are kept');
 });

@@ -6,7 +6,8 @@ import t from 'tap';
 import * as fs from 'fs';
 import { C, LAYOUT, decodeEvent, kernelDev, type RawEvent } from '../../daemon/kernel/layout';
 import { HELM_PATH_BUF } from '../../daemon/kernel/limits';
-import { rfc3339Nanos, toAuditRecord, type AuditContext } from '../../daemon/audit/record';
+import { formatDecision, rfc3339Nanos, toAuditRecord, type AuditContext } from '../../daemon/audit/record';
+import { Rng } from '../rng';
 
 // ---------------------------------------------------------------------------------------------
 // An encoder for struct helm_event, written from LAYOUT's offsets
@@ -383,6 +384,91 @@ t.test('exe: the kernel\'s answer first, /proc only when the kernel had none', a
   t.equal(gone.exe, null, 'a process that is gone: null');
   const kernel = record(denyEvent({ exe: '/opt/agent/bin/run', exeLen: cLen('/opt/agent/bin/run'), pid: process.pid }));
   t.equal(kernel.exe, '/opt/agent/bin/run', 'the kernel resolved it: /proc is not consulted');
+});
+
+// ---------------------------------------------------------------------------------------------
+// formatDecision: the drain's fast path writes exactly what toAuditRecord describes
+
+/** A random event: every op, decision, detail and flag, odd strings, known and unknown ids. */
+function randomEvent(rng: Rng): RawEvent {
+  const str = (max: number) => {
+    const pool = ['/', 'a', 'é', '"', '\\', '\n', '\u0001', '𝄞', ' ', 'x/'];
+    let out = '';
+    for (let i = rng.int(12); i > 0 && Buffer.byteLength(out) < max - 8; i--) out += rng.pick(pool);
+    return out;
+  };
+  const path = rng.chance(0.85) ? `/${str(200)}${rng.chance(0.3) ? '/' : ''}` : undefined;
+  const exe = rng.chance(0.85) ? `/usr/bin/${str(100)}` : undefined;
+  const parentExe = rng.chance(0.7) ? `/bin/${str(100)}` : undefined;
+  const argv = rng.chance(0.3) ? Array.from({ length: rng.int(4) }, () => str(40)) : undefined;
+  const v4 = rng.chance(0.6);
+  const addr = Buffer.alloc(16);
+  if (v4) addr.set([0xff, 0xff, rng.int(256), rng.int(256), rng.int(256), rng.int(256)], 10);
+  else for (let i = 0; i < 16; i++) addr[i] = rng.chance(0.4) ? 0 : rng.int(256);
+  const flags = rng.int(8);
+  return {
+    ...sampleEvent(),
+    tsBootNs: BigInt(rng.int(2 ** 31)) * BigInt(rng.int(2 ** 31)) + BigInt(rng.int(1000)),
+    cgroupId: BigInt(rng.int(2 ** 31)) << BigInt(rng.int(33)),
+    agentId: rng.pick([42n, 99n]),
+    ino: BigInt(rng.int(2 ** 31)) << BigInt(rng.int(33)),
+    pid: rng.chance(0.5) ? 0xffffffff : rng.int(1 << 22), // mostly gone: exe falls back to null
+    tid: rng.int(1 << 22),
+    ppid: rng.int(1 << 22),
+    uid: rng.pick([0, 1000, 0xffffffff]),
+    gid: rng.int(70000),
+    roleId: rng.pick([7, 8]),
+    generation: rng.pick([3, 4]),
+    dev: rng.int(2 ** 31) * 2,
+    policyId: rng.int(4),
+    ruleId: rng.int(5),
+    op: rng.int(12),
+    decision: rng.int(4),
+    mode: rng.int(2),
+    reason: rng.int(8),
+    flags,
+    detail: rng.int(24),
+    targetPid: rng.int(1 << 22),
+    addr,
+    port: rng.int(65536),
+    proto: rng.pick([6, 17, 1, 58, 132, 136, 99]),
+    family: v4 ? 2 : 10,
+    pathLen: path ? cLen(path) : -rng.int(40),
+    exeLen: exe ? cLen(exe) : -2,
+    comm: str(15).slice(0, 5),
+    path,
+    exe,
+    ops: rng.chance(0.5) ? 1 << rng.int(11) : rng.int(2 ** 31) * 2 + rng.int(2),
+    argc: argv ? argv.length : rng.pick([0, -14]),
+    argv,
+    parentExeLen: parentExe ? cLen(parentExe) : -2,
+    parentExe,
+  };
+}
+
+t.test('formatDecision writes the very text of JSON.stringify(toAuditRecord(...)), for random events', async (t) => {
+  const rng = new Rng(7);
+  const hostCtx: AuditContext = { ...ctx, hostOf: (agentId, addr16) => (agentId === 42n && addr16[15] % 2 ? 'api.example.com' : undefined) };
+  let mismatches = 0;
+  for (let i = 0; i < 3000; i++) {
+    // Through the kernel's bytes and the decoder, as the drain sees them.
+    const e = decodeEvent(view(encodeEvent(randomEvent(rng))));
+    const seq = 1 + rng.int(2 ** 40);
+    const want = JSON.stringify(toAuditRecord(e, seq, REALTIME_OFFSET, hostCtx));
+    const line = formatDecision(e, REALTIME_OFFSET, hostCtx);
+    const got = line.withSeq(seq);
+    if (got !== want && mismatches++ < 3) t.equal(got, want, `event ${i}`);
+    if (line.ts !== JSON.parse(want).ts) t.fail(`event ${i}: ts ${line.ts}`);
+  }
+  t.equal(mismatches, 0, '3000 random events, byte for byte');
+});
+
+t.test('formatDecision: the time of day is formatted once per second, the nanoseconds every time', async (t) => {
+  const at = (ns: bigint) => JSON.parse(formatDecision(denyEvent({ tsBootNs: ns }), REALTIME_OFFSET, ctx).withSeq(1)).ts;
+  t.equal(at(5_000_000_123n), '2023-11-14T22:13:25.000000123Z');
+  t.equal(at(5_999_999_999n), '2023-11-14T22:13:25.999999999Z', 'the same second');
+  t.equal(at(6_000_000_000n), '2023-11-14T22:13:26.000000000Z', 'the next one');
+  t.equal(at(5_000_000_001n), '2023-11-14T22:13:25.000000001Z', 'and back: no stale second');
 });
 
 // ---------------------------------------------------------------------------------------------
