@@ -209,24 +209,57 @@ export class FormattedLine {
 }
 
 /** Memo of the last second formatted: decisions come in bursts within the same second. */
-let lastSecond = -1n;
+let lastSecond = -1;
 let lastSecondText = '';
 
-/** rfc3339Nanos, faster: the date and time of day are formatted once per second. */
-function tsText(epochNs: bigint): string {
-  const sec = epochNs / 1_000_000_000n;
+/** rfc3339Nanos(bootNs + offset), faster: in doubles while exact, the time of day formatted once per second. */
+function tsText(bootNs: bigint, offset: { sec: number; ns: number; big: bigint }): string {
+  const boot = Number(bootNs);
+  if (boot > Number.MAX_SAFE_INTEGER) return rfc3339Nanos(bootNs + offset.big); // after 104 days of uptime
+  const bootSec = Math.floor(boot / 1e9);
+  let ns = boot - bootSec * 1e9 + offset.ns;
+  let sec = bootSec + offset.sec;
+  if (ns >= 1e9) {
+    ns -= 1e9;
+    sec++;
+  }
   if (sec !== lastSecond) {
-    lastSecondText = new Date(Number(sec) * 1000).toISOString().slice(0, 19);
+    lastSecondText = new Date(sec * 1000).toISOString().slice(0, 19);
     lastSecond = sec;
   }
-  const nanos = Number(epochNs - sec * 1_000_000_000n);
-  return `${lastSecondText}.${nanos < 100_000_000 ? String(nanos).padStart(9, '0') : nanos}Z`;
+  return `${lastSecondText}.${ns < 100_000_000 ? String(ns).padStart(9, '0') : ns}Z`;
+}
+
+/** An offset in ns as whole seconds and the nanoseconds left (0 to 1e9 - 1), for tsText. */
+const offsets = new Map<bigint, { sec: number; ns: number; big: bigint }>();
+function splitOffset(big: bigint): { sec: number; ns: number; big: bigint } {
+  let o = offsets.get(big);
+  if (!o) {
+    let sec = big / 1_000_000_000n;
+    let ns = big - sec * 1_000_000_000n;
+    if (ns < 0n) {
+      ns += 1_000_000_000n;
+      sec -= 1n;
+    }
+    o = { sec: Number(sec), ns: Number(ns), big };
+    offsets.set(big, o);
+  }
+  return o;
 }
 
 const json = JSON.stringify;
-/** A label set's JSON, by object: agents keep theirs while attached. */
-const labelsJson = new WeakMap<object, string>();
-const EMPTY_LABELS = '{}';
+type AgentNames = NonNullable<ReturnType<AuditContext['agent']>>;
+/** An agent's part of its lines, by agent object (kept while its names stay the same). */
+const agentTexts = new WeakMap<object, { of: [string, string, object | undefined]; text: string }>();
+
+/** `<cgroup path>},"agent":<name>,"labels":<labels>` as JSON, from the cgroup's path on. */
+function agentText(a: AgentNames): string {
+  const memo = agentTexts.get(a);
+  if (memo && memo.of[0] === a.cgroupPath && memo.of[1] === a.name && memo.of[2] === a.labels) return memo.text;
+  const text = `${orNull(a.cgroupPath)}},"agent":${orNull(a.name)},"labels":${json(a.labels ?? {})}`;
+  agentTexts.set(a, { of: [a.cgroupPath, a.name, a.labels], text });
+  return text;
+}
 /** `v ?? null` as JSON. */
 const orNull = (v: string | null | undefined): string => (v === undefined || v === null ? 'null' : json(v));
 
@@ -243,7 +276,7 @@ export function formatDecision(e: RawEvent, realtimeOffsetNs: bigint, ctx: Audit
   const isNet = (e.op === C.HELM_OP_CONNECT || e.op === C.HELM_OP_BIND) && e.detail !== C.HELM_DETAIL_UNIX;
   let path = isNet ? null : e.path ?? null;
   if (path && e.flags & C.HELM_EVENT_FLAG_DIR && path.length > 1 && path.endsWith('/')) path = path.slice(0, -1);
-  const head = `{"v":${AUDIT_SCHEMA_VERSION},"ts":"${tsText(e.tsBootNs + realtimeOffsetNs)}","seq":`;
+  const head = `{"v":${AUDIT_SCHEMA_VERSION},"ts":"${tsText(e.tsBootNs, splitOffset(realtimeOffsetNs))}","seq":`;
   const t: string[] = [head];
   t.push(`,"type":"decision","decision":"${DECISIONS[e.decision] ?? 'deny'}","op":${json(opName(e.op))}`);
   if (e.op < C.HELM_FILE_OPS || e.op === C.HELM_OP_CONTROL || e.op === C.HELM_OP_CONNECT || e.op === C.HELM_OP_BIND) t.push(`,"detail":${json(DETAILS[e.detail] ?? `detail${e.detail}`)}`);
@@ -267,15 +300,10 @@ export function formatDecision(e: RawEvent, realtimeOffsetNs: bigint, ctx: Audit
   const exe = exeOf(e);
   t.push(`,"pid":${e.pid},"tid":${e.tid},"ppid":${e.ppid},"uid":${e.uid},"gid":${e.gid},"exe":${orNull(exe)}`);
   t.push(`,"parent_exe":${orNull(e.parentExe)},"comm":${json(e.comm)}`);
-  t.push(`,"cgroup":{"id":"${e.cgroupId}","path":${orNull(agent?.cgroupPath)}},"agent":${orNull(agent?.name)}`);
-  let labels = EMPTY_LABELS;
-  if (agent?.labels) {
-    labels = labelsJson.get(agent.labels) ?? '';
-    if (!labels) labelsJson.set(agent.labels, (labels = json(agent.labels)));
-  }
+  t.push(`,"cgroup":{"id":"${e.cgroupId}","path":${agent ? agentText(agent) : 'null},"agent":null,"labels":{}'}`);
   const role = ctx.roleName(e.roleId);
   const policy = rule?.policy ?? (e.policyId ? `#${e.policyId}` : null);
-  t.push(`,"labels":${labels},"role":${orNull(role)},"policy":${orNull(policy)}`);
+  t.push(`,"role":${orNull(role)},"policy":${orNull(policy)}`);
   t.push(`,"rule":${json(rule?.rule ?? (e.ruleId ? `#${e.ruleId}` : 'default'))},"mode":"${e.mode === C.HELM_MODE_DRY_RUN ? 'dry-run' : 'enforce'}","reason":"${REASONS[e.reason] ?? 'rule'}","generation":${e.generation}`);
   if (!isNet) t.push(`,"inode":{"dev":${e.dev},"ino":"${e.ino}"}`);
   if (e.flags & C.HELM_EVENT_FLAG_SAMPLED) t.push(',"sampled":true');
