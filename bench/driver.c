@@ -23,7 +23,9 @@
  * write 1 KB, close), exec (posix_spawn of --exe and wait for it), connect
  * (socket, connect, close with an RST so no TIME_WAIT piles up), get (HTTP
  * GET of 1 KB), post (HTTP POST of 1 KB), denied-open (an open that must
- * fail with EPERM: the audit load).
+ * fail with EPERM: the audit load), denied-connect (a TCP connect to a
+ * loopback port that must fail with EPERM: the audit load where only helm's
+ * network hooks run).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -45,8 +47,8 @@
 
 #define PAYLOAD 1024
 
-enum op { OP_READ, OP_WRITE, OP_EXEC, OP_CONNECT, OP_GET, OP_POST, OP_DENIED_OPEN };
-static const char *const op_names[] = { "read", "write", "exec", "connect", "get", "post", "denied-open" };
+enum op { OP_READ, OP_WRITE, OP_EXEC, OP_CONNECT, OP_GET, OP_POST, OP_DENIED_OPEN, OP_DENIED_CONNECT };
+static const char *const op_names[] = { "read", "write", "exec", "connect", "get", "post", "denied-open", "denied-connect" };
 
 struct config {
 	enum op op;
@@ -219,6 +221,24 @@ static int op_denied_open(const struct config *c)
 	return 0;
 }
 
+/*
+ * A refused connect leaves the socket unconnected, so one socket serves every
+ * attempt: what the load costs is the connect(2) and its decision, not socket(2).
+ */
+static int op_denied_connect(const struct config *c)
+{
+	static int fd = -1;
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)c->port) };
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (fd < 0 && (fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+		return fail("socket", errno);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+		return fail("connect was allowed; the audit load needs a denied one", EEXIST);
+	if (errno != EPERM)
+		return fail("connect", errno);
+	return 0;
+}
+
 static int run_op(const struct config *c)
 {
 	switch (c->op) {
@@ -229,6 +249,7 @@ static int run_op(const struct config *c)
 	case OP_GET: return op_http(c, 0);
 	case OP_POST: return op_http(c, 1);
 	case OP_DENIED_OPEN: return op_denied_open(c);
+	case OP_DENIED_CONNECT: return op_denied_connect(c);
 	}
 	return fail("unknown operation", EINVAL);
 }
@@ -265,7 +286,7 @@ static int parse_config(int argc, char **argv, struct config *c)
 		return -1;
 	}
 	int needs_file = c->op == OP_READ || c->op == OP_WRITE || c->op == OP_DENIED_OPEN;
-	int needs_port = c->op == OP_CONNECT || c->op == OP_GET || c->op == OP_POST;
+	int needs_port = c->op == OP_CONNECT || c->op == OP_GET || c->op == OP_POST || c->op == OP_DENIED_CONNECT;
 	if ((needs_file && !c->file) || (c->op == OP_EXEC && !c->exe) || (needs_port && (c->port <= 0 || c->port > 65535))) {
 		fprintf(stderr, "bench-driver: --op %s needs %s\n", op_names[c->op], needs_file ? "--file" : needs_port ? "--port" : "--exe");
 		return -1;

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { call } from '../daemon/control/client';
 import { cgroup2Mount } from '../daemon/control/cgroups';
-import { HELMD } from './ops';
+import { HELMD, ROOT } from './ops';
 
 export interface RunningHelmd {
   proc: ChildProcess;
@@ -16,9 +16,13 @@ export interface RunningHelmd {
   stop: () => Promise<void>;
 }
 
-export async function startHelmd(args: { policy: string; audit: string; socket: string; extra?: string[] }): Promise<RunningHelmd> {
+/** `nodeArgs`: helmd's bundle run by this node with these options first (e.g. --cpu-prof), instead of bin/helmd. */
+export async function startHelmd(args: { policy: string; audit: string; socket: string; extra?: string[]; nodeArgs?: string[] }): Promise<RunningHelmd> {
   let output = '';
-  const proc = spawn(HELMD, ['--policy', args.policy, '--audit-log', args.audit, '--socket', args.socket, ...(args.extra ?? [])], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const helmdArgs = ['--policy', args.policy, '--audit-log', args.audit, '--socket', args.socket, ...(args.extra ?? [])];
+  const proc = args.nodeArgs
+    ? spawn(process.execPath, [...args.nodeArgs, path.join(ROOT, 'dist', 'bundle', 'helmd.js'), ...helmdArgs], { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(HELMD, helmdArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
   proc.stdout!.on('data', (d) => (output += d));
   proc.stderr!.on('data', (d) => (output += d));
   const exited = new Promise<void>((r) => proc.on('exit', () => r()));

@@ -19,6 +19,7 @@ import { BenchCgroups, attach, startHelmd, type RunningHelmd } from './helmd-pro
 import { measureOps } from './operations';
 import { UngovernedSession, alternate } from './ungoverned';
 import { networkRulesCompile, probeNetwork } from './network';
+import { auditThroughputRows } from './audit-rows';
 
 export interface NativeResult {
   rows: Row[];
@@ -78,6 +79,9 @@ export async function runNative(smoke: boolean, say: (s: string) => void): Promi
     rows.push(...evaluator(layout, smoke));
     say('apply-to-live');
     rows.push(...applyToLive(layout, smoke));
+    // helmd --network-only's own trail, fed by denied connects: the whole audit path natively.
+    say('audit: bench/audit-throughput.js (denied connects, helmd --network-only, fsync every batch)');
+    rows.push(...auditThroughputRows('native', ['--load', 'denied-connect', '--seconds', smoke ? '1' : '10']));
   } finally {
     servers.kill('SIGKILL');
     await cgroups.cleanup();

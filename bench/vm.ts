@@ -25,6 +25,7 @@ import { Worker } from './worker';
 import { networkRulesCompile, probeNetwork } from './network';
 import { measureOps } from './operations';
 import { UngovernedSession, alternate } from './ungoverned';
+import { auditThroughputRows } from './audit-rows';
 
 const smoke = process.argv.includes('--smoke');
 const rows: Row[] = [];
@@ -103,35 +104,14 @@ function applyThroughHelmd(socket: string): void {
 }
 
 /**
- * The audit work's own throughput benchmark (bench/audit-throughput.ts, from
- * the audit branch), when this tree has it: one agent's denials to disk with
- * fsync per batch, against the rate the agent made them and plain appends of
- * the same lines, with helmd's memory. It starts its own helmd (after ours
- * stopped). Without it, the row says where it comes from.
+ * The audit trail's own throughput benchmark (bench/audit-throughput.ts): one
+ * agent's denied opens to disk with fsync per batch, against the rate the agent
+ * made them and plain appends of the same lines, with helmd's CPU and memory.
+ * It starts its own helmd (after ours stopped).
  */
 function auditThroughput(): void {
-  const script = path.join(ROOT, 'dist', 'bench', 'audit-throughput.js');
-  const row = { section: 'audit', env: 'vm', op: 'trail-throughput', variant: 'audit-throughput' } as const;
-  if (!fs.existsSync(script)) {
-    rows.push({ ...row, couldNotRun: 'bench/audit-throughput.ts comes with the audit work (#7, branch wip-audit), not in this tree yet' });
-    return;
-  }
   say('audit: bench/audit-throughput.js (its own helmd, fsync every batch)');
-  const r = spawnSync(process.execPath, [script, '--in-vm', '--seconds', smoke ? '1' : '10'], { encoding: 'utf8', timeout: 1_800_000, maxBuffer: 16 << 20 });
-  let m: Record<string, number | string>;
-  try {
-    m = JSON.parse((r.stdout ?? '').split('\n')[0]);
-  } catch {
-    rows.push({ ...row, couldNotRun: `bench/audit-throughput.js failed (exit ${r.status}): ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ') || 'no output'}` });
-    return;
-  }
-  const q = (op: string, value: unknown, unit: string) => rows.push({ ...row, op, quantity: { value: Number(value), unit } });
-  q('trail-throughput', m.written_per_s, `events/s (fsync ${m.fsync})`);
-  q('trail-produced', m.produced_per_s, 'denials/s');
-  q('trail-raw-append', m.raw_append_per_s, 'lines/s');
-  q('trail-lost', m.lost, 'events');
-  q('trail-rss-idle', Number(m.rss_idle_kb) / 1024, 'MB');
-  q('trail-rss-peak', Number(m.rss_peak_kb) / 1024, 'MB (peak)');
+  rows.push(...auditThroughputRows('vm', ['--in-vm', '--seconds', smoke ? '1' : '10']));
 }
 
 interface Ms {
