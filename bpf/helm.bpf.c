@@ -1164,7 +1164,7 @@ static __always_inline struct helm_path_key *key_buffer(__u32 frame)
  * made, so the operation is refused (fail closed), counted as a denial whose
  * line was lost.
  */
-static __always_inline int no_frame(struct helm_agent *agent)
+static __always_inline void no_frame(struct helm_agent *agent)
 {
 	struct helm_agent_counters *c = counters_of(agent);
 	if (c) {
@@ -1172,19 +1172,30 @@ static __always_inline int no_frame(struct helm_agent *agent)
 		__sync_fetch_and_add(&c->deny_lost, 1);
 	}
 	count_lost(HELM_RING_DENY);
-	return -EPERM;
 }
+
+/*
+ * A governed agent's decision: `held`, an expression that may name `frame`,
+ * evaluated with a scratch frame of this CPU held; `refused` (the hook's
+ * refusal) if there is none free.
+ */
+#define IN_FRAME(agent, refused, held)                                      \
+	({                                                                  \
+		int frame = frame_take();                                   \
+		int rc_ = refused;                                          \
+		if (frame < 0)                                              \
+			no_frame(agent);                                    \
+		else                                                        \
+			rc_ = (held);                                       \
+		frame_put(frame);                                           \
+		rc_;                                                        \
+	})
 
 /* protect() for an operation on no named object, in a frame of its own (the event names executables). */
 static __always_inline int protect_unnamed(struct helm_agent *agent, __u64 cgroup_id, __u8 op,
 					   __u32 detail, __u32 target_pid, struct inode *inode)
 {
-	int frame = frame_take();
-	if (frame < 0)
-		return no_frame(agent);
-	int rc = protect(agent, cgroup_id, frame, op, detail, target_pid, 0, 0, inode);
-	frame_put(frame);
-	return rc;
+	return IN_FRAME(agent, -EPERM, protect(agent, cgroup_id, frame, op, detail, target_pid, 0, 0, inode));
 }
 
 /* ---------------------------------------------------------------- opens */
@@ -1231,12 +1242,7 @@ static __always_inline int decide_file(struct file *file, __u32 ops, __u32 detai
 	struct helm_agent *agent = governing_agent(&cgroup_id);
 	if (!agent)
 		return 0;
-	int frame = frame_take();
-	if (frame < 0)
-		return no_frame(agent);
-	int rc = decide_file_held(agent, cgroup_id, frame, file, ops, detail);
-	frame_put(frame);
-	return rc;
+	return IN_FRAME(agent, -EPERM, decide_file_held(agent, cgroup_id, frame, file, ops, detail));
 }
 
 SEC("lsm/file_open")
@@ -1297,12 +1303,7 @@ static __always_inline int decide_mutation(const struct path *dir, struct dentry
 	struct helm_agent *agent = governing_agent(&cgroup_id);
 	if (!agent)
 		return 0;
-	int frame = frame_take();
-	if (frame < 0)
-		return no_frame(agent);
-	int rc = decide_mutation_held(agent, cgroup_id, frame, dir, dentry, is_dir, detail);
-	frame_put(frame);
-	return rc;
+	return IN_FRAME(agent, -EPERM, decide_mutation_held(agent, cgroup_id, frame, dir, dentry, is_dir, detail));
 }
 
 SEC("lsm/path_mknod")
@@ -1396,12 +1397,7 @@ static __always_inline int decide_attr(const struct path *path, __u32 detail)
 	struct helm_agent *agent = governing_agent(&cgroup_id);
 	if (!agent)
 		return 0;
-	int frame = frame_take();
-	if (frame < 0)
-		return no_frame(agent);
-	int rc = decide_attr_held(agent, cgroup_id, frame, path, detail);
-	frame_put(frame);
-	return rc;
+	return IN_FRAME(agent, -EPERM, decide_attr_held(agent, cgroup_id, frame, path, detail));
 }
 
 SEC("lsm/path_chmod")
@@ -1464,12 +1460,7 @@ static __always_inline int decide_xattr(struct dentry *dentry, __u32 detail)
 	struct helm_agent *agent = governing_agent(&cgroup_id);
 	if (!agent)
 		return 0;
-	int frame = frame_take();
-	if (frame < 0)
-		return no_frame(agent);
-	int rc = decide_xattr_held(agent, cgroup_id, frame, dentry, detail);
-	frame_put(frame);
-	return rc;
+	return IN_FRAME(agent, -EPERM, decide_xattr_held(agent, cgroup_id, frame, dentry, detail));
 }
 
 SEC("lsm/inode_setxattr")
@@ -1799,12 +1790,7 @@ out:
 static __always_inline int decide_net_framed(struct helm_agent *agent, __u64 cgroup_id,
 					     const struct net_subject *sub, __u32 nop, __u32 detail)
 {
-	int frame = frame_take();
-	if (frame < 0)
-		return no_frame(agent) == 0;
-	int rc = decide_net(agent, cgroup_id, frame, sub, nop, detail);
-	frame_put(frame);
-	return rc;
+	return IN_FRAME(agent, 0, decide_net(agent, cgroup_id, frame, sub, nop, detail));
 }
 
 static __always_inline void subject4(struct bpf_sock_addr *ctx, struct net_subject *sub)
@@ -2090,12 +2076,7 @@ static __always_inline int decide_socket(__u32 kind, __u32 protocol)
 	struct helm_agent *agent = governing_agent(&cgroup_id);
 	if (!agent)
 		return 0;
-	int frame = frame_take();
-	if (frame < 0)
-		return no_frame(agent);
-	int rc = decide_socket_held(agent, cgroup_id, frame, kind, protocol);
-	frame_put(frame);
-	return rc;
+	return IN_FRAME(agent, -EPERM, decide_socket_held(agent, cgroup_id, frame, kind, protocol));
 }
 
 SEC("lsm/socket_create")
@@ -2199,12 +2180,7 @@ static __always_inline int decide_unix(struct sock *other)
 	struct inode *inode = BPF_CORE_READ(u, path.dentry, d_inode);
 	if (inode && is_protected(inode))
 		return protect_unnamed(agent, cgroup_id, HELM_OP_CONTROL, 0, 0, inode);
-	int frame = frame_take();
-	if (frame < 0)
-		return no_frame(agent);
-	int rc = decide_unix_held(agent, cgroup_id, frame, other, inode);
-	frame_put(frame);
-	return rc;
+	return IN_FRAME(agent, -EPERM, decide_unix_held(agent, cgroup_id, frame, other, inode));
 }
 
 SEC("lsm/unix_stream_connect")
