@@ -9,6 +9,15 @@ CFLAGS_NATIVE := -O2 -g -Wall -Wextra -Wno-unused-parameter
 BPF_OBJS := $(BUILD)/helm.bpf.o $(BUILD)/selftest.bpf.o
 NATIVE := $(BUILD)/libhelm.so $(BUILD)/helm-enter $(BUILD)/layout_dump $(BUILD)/escape-tools $(BUILD)/net-probe
 BENCH_BIN := $(BUILD)/bench-driver $(BUILD)/bench-noop $(BUILD)/seccomp-notify
+# Objects only the tests load: helm.bpf.o as a next release would build it (a new
+# object with the same layout; a changed layout), and a small fixture of a cgroup
+# program and a tracing program for pinning on kernels without BPF LSM.
+TEST_OBJS := $(BUILD)/test/helm-next-object.bpf.o $(BUILD)/test/helm-next-layout.bpf.o \
+  $(BUILD)/test/pinning-v1.bpf.o $(BUILD)/test/pinning-v2.bpf.o $(BUILD)/test/pinning-v3.bpf.o
+
+# Which helm.h an object was built against is part of its layout id (see daemon/kernel/pins.ts).
+HELM_H_SHA256 = $(shell sha256sum bpf/helm.h | cut -c1-64)
+BPF_CFLAGS = -g -O2 -Wall -target bpf -D__TARGET_ARCH_x86 -I$(BUILD) -Ibpf
 
 .PHONY: all bpf native bench-bin ts deps demo test test-unit test-host test-vm bench bench-smoke clean
 
@@ -17,7 +26,7 @@ all: bpf native bench-bin ts
 deps:
 	bash scripts/install-deps.sh
 
-bpf: $(BPF_OBJS)
+bpf: $(BPF_OBJS) $(TEST_OBJS)
 native: $(NATIVE)
 bench-bin: $(BENCH_BIN)
 ts: node_modules/.package-lock.json
@@ -31,7 +40,19 @@ $(BUILD)/vmlinux.h:
 	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/%.bpf.o: bpf/%.bpf.c bpf/helm.h $(BUILD)/vmlinux.h
-	$(CLANG) -g -O2 -Wall -target bpf -D__TARGET_ARCH_x86 -I$(BUILD) -Ibpf -c $< -o $@
+	$(CLANG) $(BPF_CFLAGS) -DHELM_H_SHA256='"$(HELM_H_SHA256)"' -c $< -o $@
+
+# Same programs and maps, other bytes (DWARF 4 debug info): helmd must replace the programs, keep the maps.
+$(BUILD)/test/helm-next-object.bpf.o: bpf/helm.bpf.c bpf/helm.h $(BUILD)/vmlinux.h
+	@mkdir -p $(@D)
+	$(CLANG) $(BPF_CFLAGS) -gdwarf-4 -DHELM_H_SHA256='"$(HELM_H_SHA256)"' -c $< -o $@
+# As if helm.h had changed: helmd must rebuild every map and move the links over.
+$(BUILD)/test/helm-next-layout.bpf.o: bpf/helm.bpf.c bpf/helm.h $(BUILD)/vmlinux.h
+	@mkdir -p $(@D)
+	$(CLANG) $(BPF_CFLAGS) -DHELM_H_SHA256='"$(HELM_H_SHA256)+next-layout"' -c $< -o $@
+$(BUILD)/test/pinning-v%.bpf.o: test/host/pinning.bpf.c bpf/helm.h $(BUILD)/vmlinux.h
+	@mkdir -p $(@D)
+	$(CLANG) $(BPF_CFLAGS) -DPINNING_VARIANT=$* -c $< -o $@
 
 $(BUILD)/libhelm.so: native/helm_shim.c
 	@mkdir -p $(BUILD)

@@ -8,7 +8,9 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,9 @@
 #include <unistd.h>
 #include <linux/membarrier.h>
 #include <sys/syscall.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
@@ -79,18 +84,22 @@ static void set_error(char *err, int errlen, int code, const char *what)
 		 libbpf_log_len ? "\nlibbpf said:\n" : "", libbpf_log_len ? libbpf_log : "");
 }
 
-/* helm_open flags */
+/* helm_open / helm_obj_open flags */
 #define HELM_OPEN_NETWORK_ONLY 1 /* leave the LSM programs out: the kernel would refuse them */
 
-/* Opens and loads an object file; nothing is attached yet. */
-struct helm_obj *helm_open(const char *path, int flags, char *err, int errlen)
+static void reset_log(void)
 {
-	struct helm_obj *o;
-	int rc;
-
 	libbpf_set_print(capture_libbpf);
 	libbpf_log_len = 0;
 	libbpf_log[0] = 0;
+}
+
+/* Opens an object file without loading it: its maps may first be pointed at pinned ones. */
+struct helm_obj *helm_obj_open(const char *path, int flags, char *err, int errlen)
+{
+	struct helm_obj *o;
+
+	reset_log();
 	o = calloc(1, sizeof(*o));
 	if (!o) {
 		set_error(err, errlen, ENOMEM, "out of memory");
@@ -110,9 +119,31 @@ struct helm_obj *helm_open(const char *path, int flags, char *err, int errlen)
 				bpf_program__set_autoload(prog, false);
 		}
 	}
+	return o;
+}
+
+/* Loads (verifies) every program and creates every map not reused; nothing is attached. */
+int helm_obj_load(struct helm_obj *o, char *err, int errlen)
+{
+	int rc;
+
+	reset_log();
 	rc = bpf_object__load(o->obj);
 	if (rc) {
 		set_error(err, errlen, -rc, "the kernel refused to load the BPF programs");
+		return rc;
+	}
+	return 0;
+}
+
+/* Opens and loads an object file; nothing is attached yet. */
+struct helm_obj *helm_open(const char *path, int flags, char *err, int errlen)
+{
+	struct helm_obj *o = helm_obj_open(path, flags, err, errlen);
+
+	if (!o)
+		return NULL;
+	if (helm_obj_load(o, err, errlen)) {
 		bpf_object__close(o->obj);
 		free(o);
 		return NULL;
@@ -173,6 +204,275 @@ int helm_map_fd(struct helm_obj *o, const char *name)
 		return -ENOENT;
 	return bpf_map__fd(m);
 }
+
+/* ---------------------------------------------------------------- pinning and links */
+
+static int appendf(char *buf, int len, int *used, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf + *used, *used < len ? len - *used : 0, fmt, ap);
+	va_end(ap);
+	if (n < 0 || *used + n >= len)
+		return -E2BIG;
+	*used += n;
+	return 0;
+}
+
+/*
+ * One line per map the object declares (internal .data/.rodata/.bss maps left
+ * out: they belong to their programs and are never shared or pinned):
+ *   map NAME TYPE KEY VALUE MAX_ENTRIES FLAGS [inner TYPE KEY VALUE MAX_ENTRIES FLAGS]
+ * then one line per program that will be loaded:
+ *   prog NAME TYPE EXPECTED_ATTACH_TYPE SECTION
+ * helmd hashes this text (with the header identity) into the layout id of pinned state.
+ */
+int helm_obj_describe(struct helm_obj *o, char *buf, int len)
+{
+	struct bpf_program *prog;
+	struct bpf_map *m;
+	int used = 0;
+
+	if (len > 0)
+		buf[0] = 0;
+	bpf_object__for_each_map(m, o->obj) {
+		struct bpf_map *in = bpf_map__inner_map(m);
+
+		if (bpf_map__is_internal(m))
+			continue;
+		if (appendf(buf, len, &used, "map %s %d %u %u %u %u", bpf_map__name(m), bpf_map__type(m),
+			    bpf_map__key_size(m), bpf_map__value_size(m), bpf_map__max_entries(m),
+			    bpf_map__map_flags(m)))
+			return -E2BIG;
+		if (in && appendf(buf, len, &used, " inner %d %u %u %u %u", bpf_map__type(in),
+				  bpf_map__key_size(in), bpf_map__value_size(in),
+				  bpf_map__max_entries(in), bpf_map__map_flags(in)))
+			return -E2BIG;
+		if (appendf(buf, len, &used, "\n"))
+			return -E2BIG;
+	}
+	bpf_object__for_each_program(prog, o->obj) {
+		if (!bpf_program__autoload(prog))
+			continue; /* left out (network-only): not loaded, not attached */
+		if (appendf(buf, len, &used, "prog %s %d %d %s\n", bpf_program__name(prog),
+			    bpf_program__type(prog), bpf_program__expected_attach_type(prog),
+			    bpf_program__section_name(prog)))
+			return -E2BIG;
+	}
+	return used;
+}
+
+/*
+ * The initial bytes of an internal data map (e.g. ".rodata.helm_layout", where
+ * helm.bpf.c records which helm.h it was built from). Returns the byte count,
+ * -ENOENT when the object has no such section.
+ */
+int helm_obj_section_data(struct helm_obj *o, const char *section, void *out, int len)
+{
+	struct bpf_map *m;
+	const void *data;
+	size_t size = 0;
+
+	bpf_object__for_each_map(m, o->obj) {
+		if (!bpf_map__is_internal(m) || strcmp(bpf_map__name(m), section) != 0)
+			continue;
+		data = bpf_map__initial_value(m, &size);
+		if (!data)
+			return -ENOENT;
+		if ((size_t)len < size)
+			return -E2BIG;
+		memcpy(out, data, size);
+		return (int)size;
+	}
+	return -ENOENT;
+}
+
+/* Points a declared map at an existing one (a pinned map) before loading. */
+int helm_obj_reuse_map(struct helm_obj *o, const char *name, int fd)
+{
+	struct bpf_map *m = bpf_object__find_map_by_name(o->obj, name);
+
+	if (!m)
+		return -ENOENT;
+	return bpf_map__reuse_fd(m, fd);
+}
+
+int helm_prog_fd(struct helm_obj *o, const char *name)
+{
+	struct bpf_program *p = bpf_object__find_program_by_name(o->obj, name);
+
+	if (!p)
+		return -ENOENT;
+	return bpf_program__fd(p);
+}
+
+static int is_cgroup_program(enum bpf_prog_type t)
+{
+	switch (t) {
+	case BPF_PROG_TYPE_CGROUP_SKB:
+	case BPF_PROG_TYPE_CGROUP_SOCK:
+	case BPF_PROG_TYPE_CGROUP_SOCK_ADDR:
+	case BPF_PROG_TYPE_CGROUP_DEVICE:
+	case BPF_PROG_TYPE_CGROUP_SYSCTL:
+	case BPF_PROG_TYPE_CGROUP_SOCKOPT:
+	case BPF_PROG_TYPE_SOCK_OPS:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/*
+ * Attaches one program and returns its link's fd, owned by the caller (who pins
+ * it): cgroup programs to the cgroup at cgroup_path, everything else where its
+ * section name says (lsm/..., raw_tp/...).
+ */
+int helm_prog_attach(struct helm_obj *o, const char *name, const char *cgroup_path, char *err,
+		     int errlen)
+{
+	struct bpf_program *prog = bpf_object__find_program_by_name(o->obj, name);
+	struct bpf_link *link;
+	char what[300];
+	int fd, code;
+
+	reset_log();
+	if (!prog) {
+		set_error(err, errlen, ENOENT, "no such program");
+		return -ENOENT;
+	}
+	if (is_cgroup_program(bpf_program__type(prog))) {
+		int cg = open(cgroup_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+		if (cg < 0) {
+			code = errno;
+			snprintf(what, sizeof(what), "cannot open cgroup %s for program %s", cgroup_path, name);
+			set_error(err, errlen, code, what);
+			return -code;
+		}
+		link = bpf_program__attach_cgroup(prog, cg);
+		code = errno;
+		close(cg);
+	} else {
+		link = bpf_program__attach(prog);
+		code = errno;
+	}
+	if (!link) {
+		snprintf(what, sizeof(what), "cannot attach program %s", name);
+		set_error(err, errlen, code, what);
+		return -code;
+	}
+	/* the fd becomes ours: disconnected, libbpf frees its bookkeeping and leaves the link alone */
+	fd = bpf_link__fd(link);
+	bpf_link__disconnect(link);
+	bpf_link__destroy(link);
+	return fd;
+}
+
+/* Swaps the program behind a link in one step (cgroup links and others that support it). */
+int helm_link_update(int link_fd, int new_prog_fd, int old_prog_fd)
+{
+	LIBBPF_OPTS(bpf_link_update_opts, opts, .flags = old_prog_fd >= 0 ? BPF_F_REPLACE : 0,
+		    .old_prog_fd = old_prog_fd >= 0 ? old_prog_fd : 0);
+
+	return bpf_link_update(link_fd, new_prog_fd, &opts) ? -errno : 0;
+}
+
+/* A link's type, id and program id. */
+int helm_link_info(int fd, unsigned int *out3)
+{
+	struct bpf_link_info info = {};
+	__u32 len = sizeof(info);
+
+	if (bpf_obj_get_info_by_fd(fd, &info, &len))
+		return -errno;
+	out3[0] = info.type;
+	out3[1] = info.id;
+	out3[2] = info.prog_id;
+	return 0;
+}
+
+/* A program's id (to tell which program a link runs). */
+int helm_prog_id(int fd)
+{
+	struct bpf_prog_info info = {};
+	__u32 len = sizeof(info);
+
+	if (bpf_obj_get_info_by_fd(fd, &info, &len))
+		return -errno;
+	return (int)info.id;
+}
+
+int helm_pin(int fd, const char *path)
+{
+	return bpf_obj_pin(fd, path) ? -errno : 0;
+}
+
+/* Opens a pinned map, program or link; the fd is the caller's. */
+int helm_pinned(const char *path)
+{
+	int fd = bpf_obj_get(path);
+
+	return fd < 0 ? -errno : fd;
+}
+
+int helm_map_next_key(int fd, const void *key, void *next)
+{
+	return bpf_map_get_next_key(fd, key, next) ? -errno : 0;
+}
+
+/* ---------------------------------------------------------------- process plumbing */
+
+/*
+ * An exclusive lock on a file, held until the fd is closed or the process ends
+ * (Node has no flock). -EWOULDBLOCK when another process holds it.
+ */
+int helm_lock_file(const char *path)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+
+	if (fd < 0)
+		return -errno;
+	if (flock(fd, LOCK_EX | LOCK_NB)) {
+		int code = errno;
+		close(fd);
+		return -code;
+	}
+	return fd;
+}
+
+/*
+ * sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET (a path, or
+ * "@name" in the abstract namespace). Node cannot send unix datagrams. Returns 0
+ * when there is no socket to tell (not started by systemd).
+ */
+int helm_sd_notify(const char *message)
+{
+	const char *where = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	size_t n, len;
+	int fd, rc = 0;
+
+	if (!where || !where[0])
+		return 0;
+	n = strlen(where);
+	if ((where[0] != '/' && where[0] != '@') || n >= sizeof(sa.sun_path))
+		return -EINVAL;
+	memcpy(sa.sun_path, where, n);
+	if (where[0] == '@')
+		sa.sun_path[0] = 0;
+	len = offsetof(struct sockaddr_un, sun_path) + n;
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (sendto(fd, message, strlen(message), MSG_NOSIGNAL, (struct sockaddr *)&sa, (socklen_t)len) < 0)
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- maps */
 
 int helm_map_create(int type, const char *name, int key_size, int value_size, int max_entries,
 		    int map_flags)

@@ -69,12 +69,80 @@ export class BpfMap {
     return true;
   }
 
+  /** Every key, in the kernel's order (for small maps: agents, protected files). */
+  keys(): Buffer[] {
+    const out: Buffer[] = [];
+    let prev: Buffer | null = null;
+    for (let i = 0; i <= this.maxEntries; i++) {
+      const next = Buffer.alloc(this.keySize);
+      const rc = native().helm_map_next_key(this.fd, prev, next);
+      if (rc === -2) return out;
+      check(rc, `cannot list map ${this.name}`);
+      out.push(next);
+      prev = next;
+    }
+    return out;
+  }
+
+  /** Opens a pinned map; the fd is closed by close(). */
+  static pinned(pinPath: string, name: string): BpfMap {
+    const fd = check(native().helm_pinned(pinPath), `cannot open pinned map ${pinPath}`);
+    return new BpfMap(fd, name, true);
+  }
+
   close(): void {
     if (this.owned) native().helm_close_fd(this.fd);
   }
 }
 
 const OPEN_NETWORK_ONLY = 1; // native/helm_shim.c HELM_OPEN_NETWORK_ONLY
+
+/** Opens a pinned map, program or link by path; undefined when nothing is pinned there. */
+export function openPinned(pinPath: string): number | undefined {
+  const fd = native().helm_pinned(pinPath);
+  if (fd === -2) return undefined;
+  return check(fd, `cannot open ${pinPath}`);
+}
+
+export function pinFd(fd: number, pinPath: string): void {
+  check(native().helm_pin(fd, pinPath), `cannot pin ${pinPath}`);
+}
+
+export function closeFd(fd: number): void {
+  native().helm_close_fd(fd);
+}
+
+/** BPF_LINK_TYPE_*: which kind of attachment a link is. */
+export const LINK_TYPE = { RAW_TRACEPOINT: 1, TRACING: 2, CGROUP: 3 } as const;
+
+export function linkInfo(fd: number): { type: number; id: number; progId: number } {
+  const out = Buffer.alloc(12);
+  check(native().helm_link_info(fd, out), 'cannot inspect link');
+  return { type: out.readUInt32LE(0), id: out.readUInt32LE(4), progId: out.readUInt32LE(8) };
+}
+
+export function progId(fd: number): number {
+  return check(native().helm_prog_id(fd), 'cannot inspect program');
+}
+
+/** Swaps a link's program in one step; returns the errno when the link cannot (tracing links, for one). */
+export function linkUpdate(linkFd: number, newProgFd: number): number {
+  const rc = native().helm_link_update(linkFd, newProgFd, -1);
+  return rc < 0 ? -rc : 0;
+}
+
+/** What an object declares, as libbpf read it (see helm_obj_describe). */
+export interface ObjectDescription {
+  text: string;
+  maps: string[];
+  programs: string[];
+}
+
+function errorFrom(err: Buffer, fallback: string): KernelError {
+  const msg = messageFrom(err);
+  const m = /errno (\d+)/.exec(msg);
+  return new KernelError(msg || fallback, m ? Number(m[1]) : 0);
+}
 
 export class BpfObject {
   private constructor(private handle: unknown, public readonly path: string) {}
@@ -86,12 +154,57 @@ export class BpfObject {
   static load(path: string, opts: { networkOnly?: boolean } = {}): BpfObject {
     const err = Buffer.alloc(ERR_LEN);
     const handle = native().helm_open(path, opts.networkOnly ? OPEN_NETWORK_ONLY : 0, err, ERR_LEN);
-    if (!handle) {
-      const msg = messageFrom(err);
-      const m = /errno (\d+)/.exec(msg);
-      throw new KernelError(msg || `cannot load ${path}`, m ? Number(m[1]) : 0);
-    }
+    if (!handle) throw errorFrom(err, `cannot load ${path}`);
     return new BpfObject(handle, path);
+  }
+
+  /**
+   * Opens without loading: maps can still be pointed at pinned ones (reuseMap),
+   * then load(). `networkOnly` leaves the LSM programs out, as in load().
+   */
+  static open(path: string, opts: { networkOnly?: boolean } = {}): BpfObject {
+    const err = Buffer.alloc(ERR_LEN);
+    const handle = native().helm_obj_open(path, opts.networkOnly ? OPEN_NETWORK_ONLY : 0, err, ERR_LEN);
+    if (!handle) throw errorFrom(err, `cannot open ${path}`);
+    return new BpfObject(handle, path);
+  }
+
+  load(): void {
+    const err = Buffer.alloc(ERR_LEN);
+    if (native().helm_obj_load(this.handle, err, ERR_LEN) < 0) throw errorFrom(err, `cannot load ${this.path}`);
+  }
+
+  describe(): ObjectDescription {
+    const buf = Buffer.alloc(1 << 16);
+    const n = check(native().helm_obj_describe(this.handle, buf, buf.length), `cannot describe ${this.path}`);
+    const text = buf.subarray(0, n).toString('utf8');
+    const lines = text.split('\n').filter(Boolean).map((l) => l.split(' '));
+    return { text, maps: lines.filter((l) => l[0] === 'map').map((l) => l[1]), programs: lines.filter((l) => l[0] === 'prog').map((l) => l[1]) };
+  }
+
+  /** The initial bytes of a data section (".rodata.helm_layout"), or undefined when there is none. */
+  sectionData(section: string): Buffer | undefined {
+    const buf = Buffer.alloc(4096);
+    const n = native().helm_obj_section_data(this.handle, section, buf, buf.length);
+    if (n === -2) return undefined;
+    return buf.subarray(0, check(n, `cannot read section ${section} of ${this.path}`));
+  }
+
+  /** Before load(): the map `name` will be the one behind fd (a pinned map) instead of a new one. */
+  reuseMap(name: string, fd: number): void {
+    check(native().helm_obj_reuse_map(this.handle, name, fd), `cannot reuse map ${name}`);
+  }
+
+  progFd(name: string): number {
+    return check(native().helm_prog_fd(this.handle, name), `program ${name} in ${this.path}`);
+  }
+
+  /** Attaches one program (cgroup programs to `cgroupPath`); returns the link's fd, which is the caller's. */
+  attach(name: string, cgroupPath: string): number {
+    const err = Buffer.alloc(ERR_LEN);
+    const fd = native().helm_prog_attach(this.handle, name, cgroupPath, err, ERR_LEN);
+    if (fd < 0) throw new KernelError(messageFrom(err) || `cannot attach ${name}`, -fd);
+    return fd;
   }
 
   /** Attaches every loaded program; cgroup programs to `cgroupFd` (the root of the cgroup v2 tree). */

@@ -22,6 +22,21 @@ export function buildDir(): string {
 export interface NativeApi {
   helm_open(path: string, flags: number, err: Buffer, errlen: number): unknown;
   helm_attach_all(obj: unknown, cgroupFd: number, err: Buffer, errlen: number): number;
+  helm_obj_open(path: string, flags: number, err: Buffer, errlen: number): unknown;
+  helm_obj_load(obj: unknown, err: Buffer, errlen: number): number;
+  helm_obj_describe(obj: unknown, buf: Buffer, len: number): number;
+  helm_obj_section_data(obj: unknown, section: string, out: Buffer, len: number): number;
+  helm_obj_reuse_map(obj: unknown, name: string, fd: number): number;
+  helm_prog_fd(obj: unknown, name: string): number;
+  helm_prog_attach(obj: unknown, name: string, cgroupPath: string, err: Buffer, errlen: number): number;
+  helm_link_update(linkFd: number, newProgFd: number, oldProgFd: number): number;
+  helm_link_info(fd: number, out: Buffer): number;
+  helm_prog_id(fd: number): number;
+  helm_pin(fd: number, path: string): number;
+  helm_pinned(path: string): number;
+  helm_map_next_key(fd: number, key: Buffer | null, next: Buffer): number;
+  helm_lock_file(path: string): number;
+  helm_sd_notify(message: string): number;
   helm_close(obj: unknown): void;
   helm_map_fd(obj: unknown, name: string): number;
   helm_map_create(type: number, name: string, keySize: number, valueSize: number, maxEntries: number, flags: number): number;
@@ -59,6 +74,21 @@ export function native(): NativeApi {
   cached = {
     helm_open: lib.func('helm_obj *helm_open(const char *path, int flags, _Out_ uint8_t *err, int errlen)'),
     helm_attach_all: lib.func('int helm_attach_all(helm_obj *o, int cgroup_fd, _Out_ uint8_t *err, int errlen)'),
+    helm_obj_open: lib.func('helm_obj *helm_obj_open(const char *path, int flags, _Out_ uint8_t *err, int errlen)'),
+    helm_obj_load: lib.func('int helm_obj_load(helm_obj *o, _Out_ uint8_t *err, int errlen)'),
+    helm_obj_describe: lib.func('int helm_obj_describe(helm_obj *o, _Out_ uint8_t *buf, int len)'),
+    helm_obj_section_data: lib.func('int helm_obj_section_data(helm_obj *o, const char *section, _Out_ uint8_t *out, int len)'),
+    helm_obj_reuse_map: lib.func('int helm_obj_reuse_map(helm_obj *o, const char *name, int fd)'),
+    helm_prog_fd: lib.func('int helm_prog_fd(helm_obj *o, const char *name)'),
+    helm_prog_attach: lib.func('int helm_prog_attach(helm_obj *o, const char *name, const char *cgroup_path, _Out_ uint8_t *err, int errlen)'),
+    helm_link_update: lib.func('int helm_link_update(int link_fd, int new_prog_fd, int old_prog_fd)'),
+    helm_link_info: lib.func('int helm_link_info(int fd, _Out_ uint8_t *out3)'),
+    helm_prog_id: lib.func('int helm_prog_id(int fd)'),
+    helm_pin: lib.func('int helm_pin(int fd, const char *path)'),
+    helm_pinned: lib.func('int helm_pinned(const char *path)'),
+    helm_map_next_key: lib.func('int helm_map_next_key(int fd, const uint8_t *key, _Out_ uint8_t *next)'),
+    helm_lock_file: lib.func('int helm_lock_file(const char *path)'),
+    helm_sd_notify: lib.func('int helm_sd_notify(const char *message)'),
     helm_close: lib.func('void helm_close(helm_obj *o)'),
     helm_map_fd: lib.func('int helm_map_fd(helm_obj *o, const char *name)'),
     helm_map_create: lib.func('int helm_map_create(int type, const char *name, int key_size, int value_size, int max_entries, int flags)'),
@@ -79,7 +109,9 @@ export function native(): NativeApi {
 }
 
 export function errnoName(code: number): string {
-  const names: Record<number, string> = { 1: 'EPERM', 2: 'ENOENT', 7: 'E2BIG', 12: 'ENOMEM', 13: 'EACCES', 17: 'EEXIST', 22: 'EINVAL', 28: 'ENOSPC' };
+  const names: Record<number, string> = {
+    1: 'EPERM', 2: 'ENOENT', 7: 'E2BIG', 9: 'EBADF', 11: 'EWOULDBLOCK', 12: 'ENOMEM', 13: 'EACCES', 16: 'EBUSY', 17: 'EEXIST', 22: 'EINVAL', 28: 'ENOSPC', 95: 'EOPNOTSUPP', 524: 'ENOTSUPP',
+  };
   return names[code] ?? `errno ${code}`;
 }
 
