@@ -18,7 +18,9 @@
 #include <unistd.h>
 #include <linux/membarrier.h>
 #include <sys/syscall.h>
+#include <sys/epoll.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <bpf/bpf.h>
@@ -33,11 +35,23 @@ struct helm_obj {
 	int nlinks;
 };
 
+/*
+ * A ring-buffer consumer of our own rather than libbpf's: libbpf hands the
+ * kernel back each record's space as soon as its callback returns, so records
+ * copied out but not yet written to the audit trail would vanish with a killed
+ * helmd. Here the kernel's consumer position moves only on helm_ring_commit(),
+ * once the records are written: a new helmd reads from there, and nothing the
+ * kernel reported is lost unnoticed (what did not fit in the ring was counted).
+ */
 struct helm_ring {
-	struct ring_buffer *rb;
-	char *out;
-	int cap;
-	int used;
+	int epfd;
+	unsigned long *consumer; /* the kernel-visible consumer position (read-write page) */
+	void *upper;             /* the producer position page, then the data pages mapped twice */
+	size_t upper_len;
+	unsigned long *producer;
+	char *data;
+	unsigned long mask;
+	unsigned long read_pos;  /* where the next drain starts; ahead of *consumer until committed */
 	int max_record;
 };
 
@@ -558,65 +572,136 @@ int helm_sync_programs(void)
 
 /*
  * Records are copied into the caller's buffer as [u32 len][u32 0][data, padded
- * to 8]. libbpf consumes a record before calling us, so a record must never be
- * refused: we stop (by returning an error) only after copying, once the room
- * left could not hold a record of the largest size.
+ * to 8]; a record that does not fit waits for the next drain.
  */
-#define RING_FULL (-ENOSPC)
+void helm_ring_close(struct helm_ring *r);
 
-static int copy_record(void *ctx, void *data, size_t len)
+static unsigned int record_span(unsigned int len)
 {
-	struct helm_ring *r = ctx;
-	size_t padded = (len + 7) & ~7UL;
+	return (len + BPF_RINGBUF_HDR_SZ + 7) / 8 * 8;
+}
 
-	if (r->used + 8 + (int)padded > r->cap)
-		return -E2BIG; /* cannot happen: room was checked after the previous record */
-	*(unsigned int *)(r->out + r->used) = (unsigned int)len;
-	*(unsigned int *)(r->out + r->used + 4) = 0;
-	memcpy(r->out + r->used + 8, data, len);
-	r->used += 8 + (int)padded;
-	return r->cap - r->used < r->max_record + 8 ? RING_FULL : 0;
+static int copy_ready(struct helm_ring *r, char *out, int cap)
+{
+	unsigned long prod = __atomic_load_n(r->producer, __ATOMIC_ACQUIRE);
+	unsigned long pos = r->read_pos;
+	int used = 0;
+
+	while (pos < prod) {
+		unsigned int *hdr = (unsigned int *)(r->data + (pos & r->mask));
+		unsigned int h = __atomic_load_n(hdr, __ATOMIC_ACQUIRE);
+		unsigned int len = h & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+
+		if (h & BPF_RINGBUF_BUSY_BIT)
+			break; /* reserved, not submitted yet: everything after it waits too */
+		if (!(h & BPF_RINGBUF_DISCARD_BIT)) {
+			int padded = (int)((len + 7) & ~7u);
+
+			if (used + 8 + padded > cap)
+				break;
+			*(unsigned int *)(out + used) = len;
+			*(unsigned int *)(out + used + 4) = 0;
+			memcpy(out + used + 8, (char *)hdr + BPF_RINGBUF_HDR_SZ, len);
+			used += 8 + padded;
+		}
+		pos += record_span(len);
+	}
+	r->read_pos = pos;
+	return used;
 }
 
 struct helm_ring *helm_ring_open(int map_fd, int max_record, char *err, int errlen)
 {
-	struct helm_ring *r = calloc(1, sizeof(*r));
+	struct bpf_map_info info = {};
+	__u32 info_len = sizeof(info);
+	struct epoll_event ev = { .events = EPOLLIN };
+	struct helm_ring *r;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
 
+	if (bpf_obj_get_info_by_fd(map_fd, &info, &info_len)) {
+		set_error(err, errlen, errno, "cannot inspect the ring buffer map");
+		return NULL;
+	}
+	if (info.type != BPF_MAP_TYPE_RINGBUF) {
+		set_error(err, errlen, EINVAL, "not a ring buffer map");
+		return NULL;
+	}
+	r = calloc(1, sizeof(*r));
 	if (!r) {
 		set_error(err, errlen, ENOMEM, "out of memory");
 		return NULL;
 	}
 	r->max_record = max_record;
-	r->rb = ring_buffer__new(map_fd, copy_record, r, NULL);
-	if (!r->rb) {
-		set_error(err, errlen, errno, "cannot open ring buffer");
-		free(r);
-		return NULL;
+	r->mask = info.max_entries - 1;
+	r->epfd = -1;
+	r->consumer = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED, map_fd, 0);
+	if (r->consumer == MAP_FAILED) {
+		r->consumer = NULL;
+		set_error(err, errlen, errno, "cannot map the ring buffer's consumer page");
+		goto fail;
 	}
+	r->upper_len = page + 2 * (size_t)info.max_entries;
+	r->upper = mmap(NULL, r->upper_len, PROT_READ, MAP_SHARED, map_fd, (off_t)page);
+	if (r->upper == MAP_FAILED) {
+		r->upper = NULL;
+		set_error(err, errlen, errno, "cannot map the ring buffer's data");
+		goto fail;
+	}
+	r->producer = r->upper;
+	r->data = (char *)r->upper + page;
+	r->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (r->epfd < 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, map_fd, &ev)) {
+		set_error(err, errlen, errno, "cannot wait on the ring buffer");
+		goto fail;
+	}
+	/* a ring another helmd left: start where it last committed */
+	r->read_pos = __atomic_load_n(r->consumer, __ATOMIC_ACQUIRE);
 	return r;
+fail:
+	helm_ring_close(r);
+	return NULL;
 }
 
 /* Waits up to timeout_ms for records, then copies as many as fit. Returns bytes used or -errno. */
 int helm_ring_drain(struct helm_ring *r, void *buf, int buflen, int timeout_ms)
 {
-	int rc;
+	struct epoll_event ev;
+	int used;
 
 	if (buflen < r->max_record + 8)
 		return -EINVAL;
-	r->out = buf;
-	r->cap = buflen;
-	r->used = 0;
-	rc = ring_buffer__poll(r->rb, timeout_ms);
-	r->out = NULL;
-	if (rc < 0 && rc != RING_FULL && rc != -EINTR)
-		return rc;
-	return r->used;
+	used = copy_ready(r, buf, buflen);
+	if (used == 0 && timeout_ms != 0) {
+		if (epoll_wait(r->epfd, &ev, 1, timeout_ms) < 0 && errno != EINTR)
+			return -errno;
+		used = copy_ready(r, buf, buflen);
+	}
+	return used;
+}
+
+/* Gives the space of every record drained so far back to the kernel: call once they are written. */
+void helm_ring_commit(struct helm_ring *r)
+{
+	__atomic_store_n(r->consumer, r->read_pos, __ATOMIC_RELEASE);
+}
+
+/* Records in the ring not yet committed, in bytes (what a killed helmd had not confirmed). */
+long long helm_ring_pending(struct helm_ring *r)
+{
+	return (long long)(__atomic_load_n(r->producer, __ATOMIC_ACQUIRE) - __atomic_load_n(r->consumer, __ATOMIC_ACQUIRE));
 }
 
 void helm_ring_close(struct helm_ring *r)
 {
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+
 	if (!r)
 		return;
-	ring_buffer__free(r->rb);
+	if (r->epfd >= 0)
+		close(r->epfd);
+	if (r->upper)
+		munmap(r->upper, r->upper_len);
+	if (r->consumer)
+		munmap(r->consumer, page);
 	free(r);
 }

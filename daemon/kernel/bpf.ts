@@ -239,7 +239,10 @@ export function readPerCpuCounter(map: BpfMap): bigint {
 
 /**
  * Drains a BPF ring buffer in batches: the native side copies many records into
- * one Buffer per call, off the event loop; `onRecords` sees them as DataViews.
+ * one Buffer per call, off the event loop; `each` sees them as DataViews. The
+ * kernel gets a batch's space back only after `each` (and, in start(), `onBatch`,
+ * which writes them out) has run: records a killed reader had not written are
+ * still in the ring for the next one.
  */
 export class RingReader {
   private ring: unknown;
@@ -254,11 +257,18 @@ export class RingReader {
     this.buf = Buffer.alloc(bufferBytes);
   }
 
-  /** Copies what is there now (waiting up to timeoutMs) and hands each record to `each`. Returns the count. */
+  /** Copies what is there now (waiting up to timeoutMs), hands each record to `each`, then commits. Returns the count. */
   drainOnce(each: (record: DataView) => void, timeoutMs = 0): number {
     const n = native().helm_ring_drain(this.ring, this.buf, this.buf.length, timeoutMs);
     check(n, 'cannot drain ring buffer');
-    return this.walk(n, each);
+    const count = this.walk(n, each);
+    native().helm_ring_commit(this.ring);
+    return count;
+  }
+
+  /** Bytes of records in the ring that no reader has committed yet. */
+  pendingBytes(): bigint {
+    return BigInt(native().helm_ring_pending(this.ring));
   }
 
   /** Records consumed from the ring that `each` could not take (it threw): reported as lost, never dropped silently. */
@@ -299,8 +309,11 @@ export class RingReader {
     });
   }
 
-  /** Drains continuously until stop(); records are handed over in order, batch by batch. */
-  start(each: (record: DataView) => void, onError: (e: Error) => void, pollMs = 100): void {
+  /**
+   * Drains continuously until stop(); records are handed over in order, batch by
+   * batch, and `onBatch` runs after each batch, before the batch is committed.
+   */
+  start(each: (record: DataView) => void, onError: (e: Error) => void, pollMs = 100, onBatch: () => void = () => undefined): void {
     if (this.running) return;
     this.running = true;
     this.stopped = (async () => {
@@ -308,7 +321,11 @@ export class RingReader {
         try {
           const n = await this.drainAsync(pollMs);
           if (n < 0) throw new KernelError(`cannot drain ring buffer: ${errnoName(-n)}`, -n);
-          this.walk(n, each);
+          if (n > 0) {
+            this.walk(n, each);
+            onBatch();
+            native().helm_ring_commit(this.ring);
+          }
           const handlerError = this.takeError();
           if (handlerError) onError(handlerError);
         } catch (e) {
@@ -320,11 +337,16 @@ export class RingReader {
   }
 
   /** Stops the loop after one last drain, so nothing already in the ring is dropped. */
-  async stop(each: (record: DataView) => void): Promise<void> {
+  async stop(each: (record: DataView) => void, onBatch: () => void = () => undefined): Promise<void> {
     this.running = false;
     await this.stopped;
-    while (this.drainOnce(each, 0) > 0) {
-      /* keep draining */
+    for (;;) {
+      const n = native().helm_ring_drain(this.ring, this.buf, this.buf.length, 0);
+      check(n, 'cannot drain ring buffer');
+      if (n === 0) break;
+      this.walk(n, each);
+      onBatch();
+      native().helm_ring_commit(this.ring);
     }
   }
 
