@@ -1,6 +1,9 @@
-// helmd: loads the policy, loads the kernel programs, serves the control API and
-// drains decisions into the audit trail. The order of start() is the contract:
-// nothing is reported as running until the kernel enforces a compiled policy.
+// helmd: loads the policy, takes over the pinned kernel state (or creates it),
+// serves the control API and drains decisions into the audit trail. The order of
+// start() is the contract: nothing is reported as running until the kernel
+// enforces a compiled policy. Enforcement is pinned under bpffs and outlives
+// helmd: stop() (or a crash) leaves every governed agent governed by the last
+// policy; only `helmctl uninstall` removes it.
 //
 // Every change of what the kernel enforces — an apply, a reload of the policy
 // files, a mode switch, an attach that brings a new role — runs through one
@@ -8,6 +11,7 @@
 // update; if anything fails before that update nothing has changed (kernel maps,
 // the policy in memory, modes), and the rejection is audited like the apply.
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -17,17 +21,21 @@ import { PolicyError, formatDiagnostic, type Mode, type Policy, type PolicyDiagn
 import { explain, formatExplanation, operationFromOptions } from './policy/explain';
 import { defaultCanonicalize, isVerb } from './policy/cases';
 import { PolicyWatcher } from './policy/watch';
-import { KernelEnforcer } from './kernel/enforcer';
+import { KernelEnforcer, type GovernedEntry } from './kernel/enforcer';
 import type { KernelBinding, EventSource } from './kernel/binding';
 import { decodeEvent, C } from './kernel/layout';
+import { KernelError, native } from './kernel/native';
+import { RingReader, readPerCpuCounter } from './kernel/bpf';
+import { DEFAULT_PIN_DIR, type CommitReport } from './kernel/pins';
 import { openAuditWriter, type AuditWriter } from './audit/writer';
 import { AuditFeed } from './audit/feed';
 import { toAuditRecord, rfc3339Nanos, AUDIT_SCHEMA_VERSION, type GenerationNames, type AuditContext } from './audit/record';
-import { inspectCgroup, cgroupHasProcesses, type CgroupInfo } from './control/cgroups';
+import { inspectCgroup, cgroupHasProcesses, findCgroupById, type CgroupInfo } from './control/cgroups';
 import { SerialQueue } from './control/serial';
 import { ControlServer, type ControlPlane, type TlsListener } from './control/server';
 import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound } from './control/status';
 import { runChecks, type Check } from './doctor';
+import { loadState, saveState, lockState, lockPath, statePath, type HelmdState, type PersistedAgent } from './state';
 import { DnsForwarder, type DnsQueryAudit, type Upstream } from './net/dns-forwarder';
 import { LearnedAddresses } from './net/learned';
 import { nameMatches, type NameEntry } from './policy/compile-net';
@@ -49,8 +57,18 @@ export interface HelmdOptions {
   watch?: boolean;
   watchDebounceMs?: number;
   bpfObject?: string;
+  /**
+   * helmd's state between runs (names for kernel ids, counters) and its lock.
+   * With the real kernel, enforcement is pinned at pinDir and this is where it is
+   * described (default /var/lib/helm).
+   */
+  stateDir?: string;
+  /** Where enforcement is pinned (bpffs); default /sys/fs/bpf/helm. */
+  pinDir?: string;
+  /** The configuration file these options came from, protected like the policies. */
+  configFile?: string;
   logger: Logger;
-  /** The kernel binding (tests pass a fake). */
+  /** The kernel binding (tests pass a fake: nothing is then pinned, nothing persisted). */
   kernel?: () => KernelBinding;
   /** How cgroups are looked at (tests pass a fake). */
   cgroups?: { inspect(p: string): CgroupInfo; hasProcesses(dir: string): boolean };
@@ -126,6 +144,13 @@ const LABEL_KEY_RE = /^[A-Za-z0-9_.\/-]{1,63}$/;
 const MAX_LABELS = 64;
 const MAX_LABEL_VALUE = 256;
 const LOST_POLL_MS = 1000;
+/** How often agents whose cgroup was removed are released. */
+const RECONCILE_MS = 30_000;
+/** Names of this many past generations go into the state file (events of the downtime name them). */
+const PERSIST_GENERATION_NAMES = 2 * C.HELM_MAX_GENERATIONS;
+/** Role name for governed cgroups whose role no record names: no policy names it, so it may do nothing. */
+const UNKNOWN_ROLE = 'unknown';
+const DEFAULT_STATE_DIR = '/var/lib/helm';
 const LEARNED_SWEEP_MS = 1000;
 const DNS_TIMEOUT_MS = 3000;
 /** Names of this many past generations are kept for events drained late. */
@@ -156,7 +181,19 @@ export class Helmd implements ControlPlane {
   /** Indexes for naming events on the drain path: agent id → agent, role id → role name. */
   private readonly agentsById = new Map<bigint, AgentState>();
   private roleNames = new Map<number, string>();
+  /** Role ids ever handed out (state and kernel): kept stable across generations and restarts. */
+  private roleIds = new Map<string, number>();
   private nextAgentId = 1n;
+  /** The real kernel (pinned); undefined with a fake binding. */
+  private enforcer?: KernelEnforcer;
+  private state?: HelmdState;
+  private lockFd?: number;
+  private createdStateDir = false;
+  private reconcileTimer?: NodeJS.Timeout;
+  /** The lost counter's value when this helmd started (what of it earlier runs reported). */
+  private lostAtStart = 0n;
+  /** Started and serving: stop() then records that it stops. */
+  private serving = false;
   private seq = 0;
   private written = 0n;
   private lostReported = 0n;
@@ -172,15 +209,38 @@ export class Helmd implements ControlPlane {
     this.cgroups = opts.cgroups ?? { inspect: (p) => inspectCgroup(p), hasProcesses: cgroupHasProcesses };
   }
 
+  private get stateDir(): string {
+    return this.opts.stateDir ?? DEFAULT_STATE_DIR;
+  }
+
+  private get pinDir(): string {
+    return this.opts.pinDir ?? DEFAULT_PIN_DIR;
+  }
+
   async start(): Promise<void> {
     // 1. The policy first: a bad file must stop us before we touch the kernel.
     const loaded = loadPolicies(this.opts.policyPaths);
-    const compiled = this.compileFor(loaded.policies, new Map());
+    const pinned = !this.opts.kernel;
+    if (pinned) {
+      // 2. One helmd at a time: from here the state and the pins are ours.
+      if (await socketAnswers(this.opts.socket)) throw new Error(`another helmd is already serving ${this.opts.socket}`);
+      this.createdStateDir = !fs.existsSync(this.stateDir);
+      this.lockFd = lockState(this.stateDir);
+      this.state = loadState(this.stateDir);
+      this.roleIds = new Map(Object.entries(this.state.roles));
+    }
+    const previousRun = !this.state ? 'none' : this.state.running ? 'crashed' : this.state.instance ? 'stopped' : 'none';
+    // Compiled once, with the role ids earlier runs handed out (a compile walks blocked trees: not cheap).
+    let compiled = this.compileFor(loaded.policies, new Map());
     for (const w of compiled.warnings) this.log.warn({ file: w.loc.file, line: w.loc.line }, w.message);
     this.log.info({ files: loaded.files, policies: loaded.policies.map((p) => p.name) }, 'policy compiled');
 
-    // 2. The kernel: load and attach, or fail with the reason.
-    this.kernel = (this.opts.kernel ?? (() => KernelEnforcer.load(this.opts.bpfObject, { networkOnly: this.opts.networkOnly })))();
+    // 3. The kernel: take over what is pinned, or load the programs (attached in 6), or fail with the reason.
+    if (this.opts.kernel) this.kernel = this.opts.kernel();
+    else {
+      this.enforcer = KernelEnforcer.open({ objectPath: this.opts.bpfObject, pinDir: this.pinDir, version: VERSION, networkOnly: this.opts.networkOnly });
+      this.kernel = this.enforcer;
+    }
     if (this.opts.networkOnly) {
       this.log.warn(
         'NETWORK-ONLY MODE: connect and bind rules are enforced; file (read/write/exec) rules and self-protection are NOT — this kernel does not run BPF LSM programs',
@@ -190,35 +250,78 @@ export class Helmd implements ControlPlane {
     const kernel = this.kernel;
     this.learned = new LearnedAddresses(kernel, () => kernel.boottimeNs());
     this.sweepTimer = setInterval(() => this.learned?.sweep(), LEARNED_SWEEP_MS);
-    const generation = this.install(compiled);
-    this.running = { sources: loaded.sources, policies: loaded.policies, origin: 'files', appliedAt: now() };
-    if (this.dryRun) this.kernel.setGlobalDryRun(true);
 
-    // 3. The audit trail, then its source.
+    // 4. Who is governed, and names for every id the kernel may report.
+    const relearned = this.enforcer ? this.relearn() : { vanished: [] };
+    const byId = new Map([...compiled.roles].map(([name, id]) => [id, name]));
+    if ([...this.roleIds].some(([name, id]) => byId.has(id) && byId.get(id) !== name)) {
+      // A role id the kernel holds but no record named went to a new role: compile again around it.
+      compiled = this.compileFor(loaded.policies, new Map());
+    }
+
+    // 5. The audit trail, before anything is drained into it.
     this.audit = openAuditWriter(
       this.opts.auditLog,
       (e) => this.log.error({ err: e, file: this.opts.auditLog }, 'AUDIT WRITE FAILED: decisions are still enforced but not recorded'),
       () => this.log.warn({ file: this.opts.auditLog }, 'the audit trail ended in a line cut short (crash or power loss); recorded and continued'),
     );
-    this.control({ action: 'apply', source: 'startup', generation, previous_generation: 0, policies: names(loaded.policies), files: loaded.files, dry_run: this.dryRun });
-    this.lastApply = { at: now(), ok: true, source: 'startup', generation, error: '' };
-    this.events = this.kernel.openEvents();
-    this.events.start((r) => this.onEvent(r), (e) => this.log.error({ err: e }, 'ring buffer drain failed'));
-    this.lostSince = now();
-    this.lostTimer = setInterval(() => this.reportLost(), LOST_POLL_MS);
 
-    // 4. The control API; then nothing of helm's own is reachable from a governed agent.
+    // 6. This helmd's policy as the next generation; the agents get their DNS forwarders
+    //    (and new maps their entries); then the programs run on these maps.
+    if (this.state) this.enforcer!.continueFrom(this.state.generation);
+    const previousGeneration = this.generation;
+    const generation = this.install(compiled);
+    this.running = { sources: loaded.sources, policies: loaded.policies, origin: 'files', appliedAt: now() };
+    this.kernel.setGlobalDryRun(this.dryRun);
+    for (const a of this.agents.values()) {
+      a.dns = await this.startDns(a);
+      this.kernel.govern(a.cgroupId, { agentId: a.id, roleId: this.roleIds.get(a.role)!, dryRun: a.dryRun, dnsPort: a.dns.port });
+    }
+    // What exists of helm's own files is protected before the programs can change.
+    this.kernel.setProtected(this.ownFiles());
+    let report: CommitReport | undefined;
+    let upgradeLoss: bigint | undefined;
+    if (this.enforcer) {
+      report = this.enforcer.commit();
+      this.state!.instance = this.enforcer.pins!.instance;
+      this.saveState();
+      if (this.enforcer.pins!.previous) upgradeLoss = this.drainPrevious();
+    }
+    this.control({ action: 'apply', source: 'startup', generation, previous_generation: previousGeneration, policies: names(loaded.policies), files: loaded.files, dry_run: this.dryRun });
+    this.lastApply = { at: now(), ok: true, source: 'startup', generation, error: '' };
+
+    // 7. Decisions into the trail: first whatever the ring kept while no helmd ran.
+    const pins = this.enforcer?.pins;
+    const carried = this.state && pins && this.state.instance === pins.pinnedMeta?.instance ? BigInt(this.state.lostReported) : 0n;
+    this.lostAtStart = carried;
+    this.lostReported = carried;
+    this.lostSince = this.state?.lostSince || now();
+    this.events = this.kernel.openEvents();
+    const backlog = this.events instanceof RingReader ? this.events.pendingBytes() : 0n;
+    this.events.start(
+      (r) => this.onEvent(r),
+      (e) => this.log.error({ err: e }, 'ring buffer drain failed'),
+      100,
+      () => this.flush(),
+    );
+    this.reportLost();
+    this.lostTimer = setInterval(() => this.reportLost(), LOST_POLL_MS);
+    if (this.enforcer) this.reconcileTimer = setInterval(() => void this.reconcile().catch((e) => this.log.error({ err: e }, 'reconcile failed')), RECONCILE_MS);
+
+    // 8. The control API; then nothing of helm's own is reachable from a governed agent.
     this.server = new ControlServer(this, {
       socket: this.opts.socket,
       socketGroup: this.opts.socketGroup,
       tls: this.opts.tls,
       maxRequestBytes: this.opts.maxRequestBytes,
       logger: this.log,
+      // Agents may already be governed (re-adopted): the socket is protected before it has its name.
+      beforePublish: (hidden) => this.kernel!.setProtected([...this.ownFiles(), hidden]),
     });
     await this.server.start();
     this.kernel.setProtected(this.ownFiles());
 
-    // 5. Policy files are watched: a change is applied like any other, or rejected and audited.
+    // 9. Policy files are watched: a change is applied like any other, or rejected and audited.
     if (this.opts.watch !== false) {
       this.watcher = new PolicyWatcher(
         this.opts.policyPaths,
@@ -228,10 +331,167 @@ export class Helmd implements ControlPlane {
       );
       this.watcher.start();
     }
+    this.serving = true;
+    if (this.state && pins) {
+      this.state.running = true;
+      this.saveState();
+      this.control({
+        action: 'start',
+        version: VERSION,
+        previous: previousRun,
+        pins: { dir: this.pinDir, set: pins.setName, outcome: pins.outcome, layout: pins.identity.layout, object: pins.identity.object, ...programsChanged(report!) },
+        generation,
+        agents: this.agentList().map((a) => ({ agent: a.name, agent_id: a.id.toString(), role: a.role, cgroup: a.cgroupPath })),
+        ...(relearned.vanished.length ? { vanished: relearned.vanished } : {}),
+        ...(upgradeLoss ? { upgrade_lost: upgradeLoss.toString() } : {}),
+        backlog_bytes: backlog.toString(),
+      });
+      const what = { adopted: 're-adopted the pinned enforcement', replaced: 'replaced the pinned programs', rebuilt: 'rebuilt the pinned maps for a new layout', fresh: 'pinned new enforcement' }[pins.outcome];
+      this.log.info({ pins: `${this.pinDir}/${pins.setName}`, outcome: pins.outcome, agents: this.agents.size, vanished: relearned.vanished.length, ...programsChanged(report!) }, `helmd ${what}`);
+    }
     this.log.info(
       { generation: this.kernel.activeGeneration, socket: this.opts.socket, tls: this.opts.tls?.listen, audit: this.opts.auditLog, dryRun: this.dryRun },
       this.dryRun ? 'helmd running in DRY-RUN: denials are audited as would_deny and NOT enforced' : 'helmd enforcing',
     );
+    notify(`READY=1\nSTATUS=${this.dryRun ? 'dry-run' : 'enforcing'}: generation ${this.generation}, ${this.agents.size} agents`);
+  }
+
+  /**
+   * Rebuilds the agent table from what the kernel governs (the pinned map, or the
+   * replaced set's) with names from the state file, and releases agents whose
+   * cgroup is gone. After a fresh start (a reboot, an uninstall) nothing is governed.
+   */
+  private relearn(): { vanished: string[] } {
+    const st = this.state!;
+    const pins = this.enforcer!.pins!;
+    for (const [g, names] of Object.entries(st.generations)) this.generations.set(Number(g), names);
+    const known = new Map(st.agents.map((a) => [a.cgroupId, a]));
+    let entries: GovernedEntry[] = [];
+    if (pins.outcome === 'adopted' || pins.outcome === 'replaced') {
+      entries = this.enforcer!.governedEntries();
+      const forgotten = this.enforcer!.forgetAllLearned();
+      if (forgotten) this.log.info({ addresses: forgotten }, 'learned addresses forgotten: agents look their names up again');
+    } else if (pins.outcome === 'rebuilt') entries = this.previousAgents(known);
+    else if (st.agents.length) {
+      this.log.warn({ agents: st.agents.map((a) => a.name) }, 'agents of an earlier run are not governed any more (nothing was pinned: a reboot or helmctl uninstall); attach them again');
+    }
+    const idToRole = new Map([...this.roleIds].map(([name, id]) => [id, name]));
+    const vanished: string[] = [];
+    let maxAgent = BigInt(st.nextAgentId) - 1n;
+    for (const e of entries) {
+      const k = known.get(e.cgroupId.toString());
+      if (e.agentId > maxAgent) maxAgent = e.agentId;
+      const cgroupPath = k?.cgroupPath ?? findCgroupById(e.cgroupId);
+      if (!cgroupPath || !cgroupIs(cgroupPath, e.cgroupId)) {
+        vanished.push(k?.name ?? `cgroup-${e.cgroupId}`);
+        if (pins.outcome !== 'rebuilt') this.enforcer!.release(e.cgroupId);
+        continue;
+      }
+      let role = k?.role ?? idToRole.get(e.roleId);
+      if (role === undefined) {
+        // A role id no record names: keep it taken, under a name no policy uses.
+        role = `${UNKNOWN_ROLE}-${e.roleId}`;
+        this.roleIds.set(role, e.roleId);
+      }
+      const agent: AgentState = {
+        id: e.agentId,
+        name: k?.name ?? path.basename(cgroupPath),
+        role,
+        cgroupPath,
+        cgroupId: e.cgroupId,
+        dryRun: e.dryRun,
+        labels: k?.labels ?? {},
+        generation: k?.generation ?? 0,
+        denied: 0n,
+        wouldDeny: 0n,
+        lastDecisionAt: '',
+      };
+      this.agents.set(agent.cgroupId, agent);
+      this.agentsById.set(agent.id, agent);
+    }
+    this.nextAgentId = maxAgent + 1n;
+    this.roleNames = new Map([...this.roleIds].map(([name, id]) => [id, name]));
+    if (vanished.length) this.log.info({ vanished }, 'released agents whose cgroups are gone');
+    return { vanished };
+  }
+
+  /** The agents the replaced set governed, by its map's keys (the values' layout may have changed) and the state. */
+  private previousAgents(known: Map<string, PersistedAgent>): GovernedEntry[] {
+    const old = this.enforcer!.pins!.previous!.map('governed_cgroups');
+    const fromState = (a: PersistedAgent) => ({ cgroupId: BigInt(a.cgroupId), agentId: BigInt(a.id), roleId: this.roleIds.get(a.role) ?? 0, dryRun: a.dryRun });
+    if (!old || old.keySize !== 8) {
+      this.log.warn('the replaced set has no readable governed_cgroups map: agents come from the state file alone');
+      return [...known.values()].map(fromState);
+    }
+    let next = BigInt(this.state!.nextAgentId);
+    return old.keys().map((key) => {
+      const cgroupId = key.readBigUInt64LE(0);
+      const k = known.get(cgroupId.toString());
+      return k ? fromState(k) : { cgroupId, agentId: next++, roleId: 0, dryRun: false };
+    });
+  }
+
+  /**
+   * After a rebuild the old programs are gone; what their ring still holds was
+   * written in a layout this helmd may not read. Counted, and recorded as lost.
+   */
+  private drainPrevious(): bigint {
+    const previous = this.enforcer!.pins!.previous!;
+    let count = 0n;
+    const events = previous.map('events');
+    if (events) {
+      const ring = new RingReader(events, 1 << 16);
+      try {
+        while (ring.drainOnce(() => count++, 0) > 0) {
+          /* count them all */
+        }
+      } finally {
+        ring.close();
+      }
+    }
+    const lost = previous.map('lost_events');
+    if (lost && lost.valueSize === 8) {
+      const total = readPerCpuCounter(lost);
+      const reported = this.state!.instance === previous.meta.instance ? BigInt(this.state!.lostReported) : 0n;
+      if (total > reported) count += total - reported;
+    }
+    previous.close();
+    if (count > 0n) {
+      const at = now();
+      this.pending.push({ v: AUDIT_SCHEMA_VERSION, ts: at, seq: ++this.seq, type: 'lost', count: count.toString(), total: count.toString(), since: this.state!.lostSince || at, reason: "upgrade: the replaced programs' undrained events (another layout)" });
+      this.flush();
+      this.log.warn({ count: count.toString() }, 'events of the replaced programs recorded as lost');
+    }
+    return count;
+  }
+
+  /** Releases agents whose cgroup was removed (a stopped unit, a finished run). */
+  private reconcile(): Promise<void> {
+    return this.queue.run(() => {
+      for (const a of [...this.agents.values()]) {
+        if (cgroupIs(a.cgroupPath, a.cgroupId)) continue;
+        this.kernel!.release(a.cgroupId);
+        this.agents.delete(a.cgroupId);
+        this.agentsById.delete(a.id);
+        a.dns?.close();
+        this.learned?.forgetAgent(a.id);
+        this.saveState();
+        this.control({ action: 'release', subject: subjectOf(a), reason: 'the cgroup was removed' });
+        this.log.info({ agent: a.name, cgroup: a.cgroupPath }, 'agent released: its cgroup was removed');
+      }
+    });
+  }
+
+  /** The state file, before the kernel change it describes (no-op with a fake kernel). */
+  private saveState(): void {
+    const st = this.state;
+    if (!st) return;
+    st.agents = [...this.agents.values()].map(persisted);
+    st.nextAgentId = this.nextAgentId.toString();
+    st.roles = Object.fromEntries(this.roleIds);
+    saveState(this.stateDir, st);
+    // The file was replaced (a new inode): protect the new one.
+    if (this.serving) this.kernel!.setProtected(this.ownFiles());
   }
 
   get generation(): number {
@@ -252,6 +512,11 @@ export class Helmd implements ControlPlane {
       }
     }
     own.push(this.opts.auditLog, path.dirname(this.opts.auditLog), this.opts.socket, path.dirname(this.opts.socket));
+    if (this.state) {
+      // The state names the roles behind kernel ids: rewritten, it would hand an agent another role's policy at the next start.
+      own.push(this.stateDir, statePath(this.stateDir), lockPath(this.stateDir));
+    }
+    if (this.opts.configFile) own.push(this.opts.configFile);
     // With the TCP listener: its key, and what decides who may connect.
     if (this.opts.tls) own.push(this.opts.tls.key, this.opts.tls.cert, this.opts.tls.ca);
     return [...new Set(own.map((p) => path.resolve(p)))];
@@ -264,12 +529,31 @@ export class Helmd implements ControlPlane {
     const roles = new Set([...this.agents.values()].map((a) => a.role));
     if (extraRole) roles.add(extraRole);
     const withModes = policies.map((p) => (modes.has(p.name) ? { ...p, mode: modes.get(p.name)! } : p));
-    return compilePolicy(withModes, { roleIds: this.compiled?.roles, extraRoles: roles });
+    return compilePolicy(withModes, { roleIds: this.roleIds, extraRoles: roles });
   }
 
   /** Switches the kernel to a compiled generation (throws having changed nothing), then names it for the audit trail. */
   private install(compiled: CompiledPolicy): number {
-    const gen = this.kernel!.applyGeneration(compiled);
+    const next = this.kernel!.activeGeneration + 1;
+    const st = this.state;
+    const before = st && { generation: st.generation, roles: st.roles, generations: st.generations };
+    if (st) {
+      // Names first: a helmd killed right after the switch must find them.
+      const names = new Map(Object.entries(st.generations).map(([g, n]) => [Number(g), n]));
+      names.set(next, { policies: compiled.policies, rules: compiled.rules });
+      st.generation = next;
+      st.generations = Object.fromEntries([...names].filter(([g]) => g > next - PERSIST_GENERATION_NAMES).map(([g, n]) => [String(g), n]));
+      for (const [name, id] of compiled.roles) this.roleIds.set(name, id);
+      this.saveState();
+    }
+    let gen: number;
+    try {
+      gen = this.kernel!.applyGeneration(compiled);
+    } catch (e) {
+      if (st && before) Object.assign(st, before);
+      throw e;
+    }
+    for (const [name, id] of compiled.roles) this.roleIds.set(name, id);
     this.compiled = compiled;
     this.roleNames = new Map([...compiled.roles].map(([name, id]) => [id, name]));
     this.namesByRole = new Map();
@@ -468,14 +752,19 @@ export class Helmd implements ControlPlane {
       };
       // Its DNS forwarder first: from the moment the cgroup is governed, its DNS goes there.
       agent.dns = await this.startDns(agent);
+      // Recorded first: a helmd killed right after the kernel update still knows the agent.
+      this.agents.set(cg.id, agent);
+      this.agentsById.set(agent.id, agent);
       try {
+        this.saveState();
         this.kernel!.govern(cg.id, { agentId: agent.id, roleId: this.compiled!.roles.get(req.role)!, dryRun: agent.dryRun, dnsPort: agent.dns.port });
       } catch (e) {
         agent.dns.close();
+        this.agents.delete(cg.id);
+        this.agentsById.delete(agent.id);
+        this.saveState();
         throw e;
       }
-      this.agents.set(cg.id, agent);
-      this.agentsById.set(agent.id, agent);
       this.control({ action: 'attach', by: who, subject: subjectOf(agent), mode: modeOf(agent.dryRun), generation: this.generation });
       this.log.info({ agent: agent.name, role: agent.role, cgroup: agent.cgroupPath, dryRun: agent.dryRun }, 'agent attached');
       return agent;
@@ -494,6 +783,7 @@ export class Helmd implements ControlPlane {
       this.kernel!.release(cg.id);
       this.agents.delete(cg.id);
       this.agentsById.delete(agent.id);
+      this.saveState();
       agent.dns?.close();
       this.learned?.forgetAgent(agent.id);
       this.control({ action: 'detach', by: who, subject: subjectOf(agent), forced: force });
@@ -532,6 +822,7 @@ export class Helmd implements ControlPlane {
         const previous = modeOf(agent.dryRun);
         this.kernel!.govern(agent.cgroupId, { agentId: agent.id, roleId: this.compiled!.roles.get(agent.role)!, dryRun: mode === 'dry-run', dnsPort: agent.dns?.port ?? 0 });
         agent.dryRun = mode === 'dry-run';
+        this.saveState();
         return this.modeSwitched(`agent ${agent.name}`, { target: 'agent', subject: subjectOf(agent) }, previous, mode, who);
       }
       if ('policy' in target) {
@@ -579,7 +870,8 @@ export class Helmd implements ControlPlane {
       networkOnly: !!this.opts.networkOnly,
       auditLog: this.opts.auditLog,
       eventsWritten: this.written,
-      eventsLost: (this.kernel?.lostEvents() ?? 0n) + (this.events?.undelivered ?? 0n),
+      // Since this helmd started (earlier runs reported theirs); the downtime's loss counts here.
+      eventsLost: this.kernel ? this.lostTotal() - this.lostAtStart : 0n,
       agents: this.agents.size,
       policyOrigin: this.running?.origin ?? 'files',
       policyPaths: this.opts.policyPaths,
@@ -699,10 +991,15 @@ export class Helmd implements ControlPlane {
     this.feed.publish(batch, lines);
   }
 
+  /** Everything the pinned counter counted (across helmd runs), and records this helmd could not decode. */
+  private lostTotal(): bigint {
+    return this.kernel!.lostEvents() + (this.events?.undelivered ?? 0n);
+  }
+
   private reportLost(): void {
     if (!this.kernel) return;
     // Lost in the kernel (ring full) or here (a record that could not be decoded): both are counted.
-    const total = this.kernel.lostEvents() + (this.events?.undelivered ?? 0n);
+    const total = this.lostTotal();
     if (total === this.lostReported) return;
     const at = now();
     const count = total - this.lostReported;
@@ -711,25 +1008,95 @@ export class Helmd implements ControlPlane {
     this.log.error({ count: count.toString(), total: total.toString() }, 'audit events lost: the ring buffer was full');
     this.lostReported = total;
     this.lostSince = at;
+    if (this.state) {
+      // Only what is in the trail counts as reported: a helmd killed before this line reports it again.
+      this.state.lostReported = (total - (this.events?.undelivered ?? 0n)).toString();
+      this.state.lostSince = at;
+      this.saveState();
+    }
   }
 
+  /**
+   * Stops helmd, not enforcement: the pinned programs keep deciding with the last
+   * policy, and what they report waits in the ring for the next helmd.
+   */
   async stop(): Promise<void> {
+    if (this.serving) notify('STOPPING=1');
     this.watcher?.close();
     if (this.lostTimer) clearInterval(this.lostTimer);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    if (this.reconcileTimer) clearInterval(this.reconcileTimer);
     for (const a of this.agents.values()) a.dns?.close();
     await this.server?.stop();
     await this.queue.idle().catch(() => undefined);
     if (this.events) {
-      await this.events.stop((r) => this.onEvent(r));
+      await this.events.stop(
+        (r) => this.onEvent(r),
+        () => this.flush(),
+      );
       this.events.close();
     }
     this.flush();
     this.reportLost();
+    if (this.serving && this.state) {
+      this.control({ action: 'stop', generation: this.generation, agents: this.agents.size, enforcement: `continues, pinned at ${this.pinDir}` });
+      this.state.running = false;
+      this.saveState();
+      this.log.info({ pins: this.pinDir, agents: this.agents.size }, 'helmd stopped; enforcement continues (pinned): helmctl uninstall removes it');
+    }
     this.audit?.close();
     this.kernel?.close();
-    if (this.server) this.log.info('helmd stopped; enforcement ended with it (pinning arrives with the production issue)');
+    if (this.lockFd !== undefined) fs.closeSync(this.lockFd);
+    this.lockFd = undefined;
+    if (!this.serving) this.undoStateDir();
+    this.serving = false;
   }
+
+  /** A helmd that failed before pinning anything leaves no state directory it made. */
+  private undoStateDir(): void {
+    if (!this.createdStateDir || this.enforcer?.outcome) return;
+    const left = fs.existsSync(this.stateDir) ? fs.readdirSync(this.stateDir) : [];
+    if (left.every((f) => f === 'helmd.lock')) fs.rmSync(this.stateDir, { recursive: true, force: true });
+  }
+}
+
+/** Does the cgroup at p still have this id (not removed, or removed and made again)? */
+function cgroupIs(p: string, id: bigint): boolean {
+  try {
+    return fs.statSync(p, { bigint: true }).ino === id;
+  } catch {
+    return false;
+  }
+}
+
+function persisted(a: AgentState): PersistedAgent {
+  return { id: a.id.toString(), name: a.name, role: a.role, cgroupPath: a.cgroupPath, cgroupId: a.cgroupId.toString(), dryRun: a.dryRun, labels: a.labels, generation: a.generation };
+}
+
+/** What changed of the programs, for the log and the trail (empty lists left out). */
+function programsChanged(r: CommitReport): Partial<CommitReport> {
+  return Object.fromEntries(Object.entries(r).filter(([, v]) => (v as string[]).length > 0));
+}
+
+/** Tells systemd (Type=notify) how we are; nothing when not started by it. */
+function notify(message: string): void {
+  try {
+    const rc = native().helm_sd_notify(message);
+    if (rc < 0) process.stderr.write(`helmd: cannot notify systemd (errno ${-rc})\n`);
+  } catch (e) {
+    if (!(e instanceof KernelError)) throw e; // no native library (a fake kernel's tests): nobody to tell
+  }
+}
+
+function socketAnswers(socket: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(socket);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
 }
 
 function now(): string {

@@ -14,8 +14,9 @@ export interface GovernedAgent {
 export interface EventSource {
   /** Records consumed but not handed over (their handler threw): reported as lost. */
   readonly undelivered: bigint;
-  start(each: (record: DataView) => void, onError: (e: Error) => void): void;
-  stop(each: (record: DataView) => void): Promise<void>;
+  /** `onBatch` runs after each batch is handed over, before the kernel gets its space back (it writes them out). */
+  start(each: (record: DataView) => void, onError: (e: Error) => void, pollMs?: number, onBatch?: () => void): void;
+  stop(each: (record: DataView) => void, onBatch?: () => void): Promise<void>;
   close(): void;
 }
 
