@@ -34,7 +34,7 @@ import { inspectCgroup, cgroupHasProcesses, findCgroupById, type CgroupInfo } fr
 import { SerialQueue } from './control/serial';
 import { ControlServer, type ControlPlane, type TlsListener } from './control/server';
 import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound } from './control/status';
-import { runChecks, type Check } from './doctor';
+import { pinnedStateCheck, runChecks, type Check } from './doctor';
 import { loadState, saveState, lockState, lockPath, statePath, type HelmdState, type PersistedAgent } from './state';
 import { DnsForwarder, type DnsQueryAudit, type Upstream } from './net/dns-forwarder';
 import { LearnedAddresses } from './net/learned';
@@ -884,6 +884,7 @@ export class Helmd implements ControlPlane {
     // helmd is running, so the programs loaded: what is asked is the rest of the host.
     const checks = runChecks({ tryLoad: false });
     checks.push({ name: 'helmd enforcing', ok: !!this.kernel, detail: `generation ${this.generation} loaded${this.dryRun ? ', helmd-wide DRY-RUN' : ''}` });
+    if (this.enforcer) checks.push(pinnedStateCheck(this.pinDir, this.opts.bpfObject));
     return checks;
   }
 
