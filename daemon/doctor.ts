@@ -163,7 +163,7 @@ interface StatusReply {
 /** helmd over its socket, and the policy it runs. */
 export async function daemonChecks(socket: string): Promise<Check[]> {
   try {
-    const s = await call<StatusReply>(socket, 'SystemService', 'Status', {}, 3000);
+    const s = await call<StatusReply>(socket, 'SystemService', 'Status', {}, 15_000);
     const loaded = s.generation > 0 && s.policies.length > 0;
     return [
       { name: 'helmd reachable', ok: true, detail: `helmd ${s.version} at ${socket}, ${s.agents} agents` },
