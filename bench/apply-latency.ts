@@ -23,6 +23,7 @@ import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import type * as grpc from '@grpc/grpc-js';
 import { client } from '../daemon/control/client';
+import { scratchPins } from '../test/support/scratch-pins';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const DIR = '/srv/helm-bench-apply';
@@ -115,10 +116,19 @@ async function main(): Promise<void> {
   fs.writeFileSync(`${DIR}/policy/bench.yaml`, policy(1, true));
 
   let log = '';
-  const helmd = spawn(path.join(ROOT, 'bin', 'helmd'), ['--policy', `${DIR}/policy`, '--audit-log', `${DIR}/audit.jsonl`, '--socket', SOCK, '--no-watch', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Its own pins, removed once it has stopped: the benchmark leaves no enforcement behind.
+  const pins = scratchPins('bench');
+  const helmd = spawn(path.join(ROOT, 'bin', 'helmd'), ['--policy', `${DIR}/policy`, '--audit-log', `${DIR}/audit.jsonl`, '--socket', SOCK, '--no-watch', '--log-level', 'warn', ...pins.args], { stdio: ['ignore', 'pipe', 'pipe'] });
   helmd.stdout!.on('data', (d) => (log += d));
   helmd.stderr!.on('data', (d) => (log += d));
-  const cleanup: (() => unknown)[] = [() => helmd.kill('SIGTERM')];
+  const helmdExited = new Promise((r) => helmd.once('exit', r));
+  const cleanup: (() => unknown)[] = [
+    async () => {
+      if (helmd.exitCode === null && helmd.signalCode === null) helmd.kill('SIGTERM');
+      await helmdExited;
+      pins.remove(`${DIR}/audit.jsonl`);
+    },
+  ];
   try {
     await waitFor('helmd', () => fs.existsSync(SOCK), 180_000, helmd).catch((e) => {
       throw new Error(`${e.message}\n${log}`);
@@ -201,7 +211,7 @@ async function main(): Promise<void> {
     }
   } finally {
     for (const c of cleanup) await c();
-    await new Promise((r) => helmd.once('exit', r));
+    await helmdExited;
     fs.rmSync(DIR, { recursive: true, force: true });
   }
 }

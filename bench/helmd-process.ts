@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { call } from '../daemon/control/client';
 import { cgroup2Mount } from '../daemon/control/cgroups';
 import { HELMD } from './ops';
+import { scratchPins } from '../test/support/scratch-pins';
 
 export interface RunningHelmd {
   proc: ChildProcess;
@@ -18,7 +19,9 @@ export interface RunningHelmd {
 
 export async function startHelmd(args: { policy: string; audit: string; socket: string; extra?: string[] }): Promise<RunningHelmd> {
   let output = '';
-  const proc = spawn(HELMD, ['--policy', args.policy, '--audit-log', args.audit, '--socket', args.socket, ...(args.extra ?? [])], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Its own pins, removed when it stops: the benchmark leaves no enforcement behind.
+  const pins = scratchPins('bench');
+  const proc = spawn(HELMD, ['--policy', args.policy, '--audit-log', args.audit, '--socket', args.socket, ...pins.args, ...(args.extra ?? [])], { stdio: ['ignore', 'pipe', 'pipe'] });
   proc.stdout!.on('data', (d) => (output += d));
   proc.stderr!.on('data', (d) => (output += d));
   const exited = new Promise<void>((r) => proc.on('exit', () => r()));
@@ -26,6 +29,8 @@ export async function startHelmd(args: { policy: string; audit: string; socket: 
   while (!/helmd enforcing|helmd running in DRY-RUN/.test(output)) {
     if (proc.exitCode !== null || Date.now() > deadline) {
       proc.kill('SIGKILL');
+      await exited;
+      pins.remove(args.audit);
       throw new Error(`helmd did not start: ${whyNotStarted(output)}`);
     }
     await new Promise((r) => setTimeout(r, 50));
@@ -41,6 +46,7 @@ export async function startHelmd(args: { policy: string; audit: string; socket: 
       const t = setTimeout(() => proc.kill('SIGKILL'), 60_000);
       await exited;
       clearTimeout(t);
+      pins.remove(args.audit);
     },
   };
 }

@@ -9,6 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { BpfObject } from '../../daemon/kernel/bpf';
 import { KernelError } from '../../daemon/kernel/native';
 import { BUILD, REPO, ensureKernelMounts, requireRoot, run, scratchDir } from './host';
+import { scratchPins } from '../support/scratch-pins';
 
 const HELMD = path.join(REPO, 'bin/helmd');
 const HELMCTL = path.join(REPO, 'bin/helmctl');
@@ -84,8 +85,12 @@ function main(): void {
       const dir = scratchDir(t, 'accept');
       const audit = path.join(dir, 'audit.jsonl');
       const socket = path.join(dir, 'helmd.sock');
-      const child = spawn(HELMD, ['--policy', POLICY, '--audit-log', audit, '--socket', socket], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
-      t.teardown(() => child.exitCode === null && child.kill('SIGKILL'));
+      const pins = scratchPins('accept');
+      const child = spawn(HELMD, ['--policy', POLICY, '--audit-log', audit, '--socket', socket, ...pins.args], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+      t.teardown(() => {
+        if (child.exitCode === null) child.kill('SIGKILL');
+        pins.remove(audit); // its enforcement outlives it: not on this host
+      });
       let out = '';
       child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
       child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));

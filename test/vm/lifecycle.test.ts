@@ -101,7 +101,7 @@ async function moreRounds(n: number): Promise<number> {
 
 interface Line {
   type: string;
-  event?: string;
+  action?: string;
   decision?: string;
   path?: string | null;
   agent?: string | null;
@@ -127,7 +127,7 @@ function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv): { status: nu
   return { status: r.status, out: `${r.stdout}${r.stderr}` };
 }
 
-const starts = () => trail().filter((l) => l.type === 'daemon' && l.event === 'start');
+const starts = () => trail().filter((l) => l.type === 'control' && l.action === 'start');
 
 const missing = requireBpfLsm();
 if (missing) {
@@ -245,7 +245,7 @@ if (missing) {
     fs.mkdirSync(unit, { recursive: true });
     const r = run(HELMCTL, ['attach', '--unit', 'lc-unit.service', '--role', 'lifecycle']);
     t.equal(r.status, 0, r.out);
-    t.match(r.out, `governing ${unit} as agent lc-unit.service (role lifecycle`, 'without systemd to ask, the system.slice cgroup');
+    t.match(r.out, new RegExp(`governing ${unit} as agent lc-unit\\.service \\(id \\d+, role lifecycle`), 'without systemd to ask, the system.slice cgroup');
     const tryBlocked = (cgroup: string) =>
       spawnSync(HELM_ENTER, [cgroup, '--', 'sh', '-c', `true 2>/dev/null >${D}/blocked/unit-try && echo allowed || echo denied`], { encoding: 'utf8' }).stdout.trim();
     t.equal(tryBlocked(unit), 'denied', 'a process of the unit is governed');
@@ -257,7 +257,7 @@ if (missing) {
     fs.mkdirSync(fake, { recursive: true });
     fs.writeFileSync(`${fake}/systemctl`, `#!/bin/sh\n[ "$*" = "show --property=ControlGroup --value -- lc-unit2.service" ] && echo /system.slice/lc.slice/lc-unit2.service\n`, { mode: 0o755 });
     const r2 = run(HELMCTL, ['attach', '--unit', 'lc-unit2.service', '--role', 'lifecycle'], { ...process.env, PATH: `${fake}:${process.env.PATH}` });
-    t.match(r2.out, `governing ${other} as agent lc-unit2.service`, r2.out);
+    t.match(r2.out, `governing ${other} as agent lc-unit2.service (id`, r2.out);
     t.equal(tryBlocked(other), 'denied', 'governed');
     const bad = run(HELMCTL, ['attach', '--unit', 'no such unit', '--role', 'lifecycle']);
     t.equal(bad.status, 1);
@@ -320,8 +320,8 @@ if (missing) {
     t.equal(helmLinks().size, 0, 'no helm program attached');
     const lines = trail();
     const last = lines[lines.length - 1];
-    t.match(last, { type: 'daemon', event: 'uninstall', by: { uid: 0, command: 'helmctl uninstall' }, released: [{ agent: 'looper', role: 'lifecycle' }] }, 'the last line of the trail');
-    t.match(lines[lines.length - 2], { type: 'daemon', event: 'stop' }, 'after the stopped helmd\'s own last line');
+    t.match(last, { type: 'control', action: 'uninstall', by: { uid: 0, command: 'helmctl uninstall' }, released: [{ agent: 'looper', role: 'lifecycle' }] }, 'the last line of the trail');
+    t.match(lines[lines.length - 2], { type: 'control', action: 'stop' }, 'after the stopped helmd\'s own last line');
     t.equal(run(HELMCTL, ['audit', 'verify', AUDIT]).status, 0, 'one chain to the end');
     await until('the agent to be allowed what was blocked', () => rounds().slice(-1)[0]?.a === 'ok');
     t.pass('the agent runs ungoverned now');
