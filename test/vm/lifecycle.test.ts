@@ -201,10 +201,16 @@ if (missing) {
     t.equal(agent.exitCode, null, `the agent runs\n${agentOut}`);
     const linksBefore = helmLinks();
     t.ok(linksBefore.size >= 20, `${linksBefore.size} helm programs attached`);
+    // A second agent whose cgroup goes away while no helmd runs: the restart must release it.
+    const gone = `${cgroup2Mount()!}/lc-gone`;
+    fs.mkdirSync(gone, { recursive: true });
+    const att = run(HELMCTL, ['attach', '--cgroup', gone, '--role', 'lifecycle', '--name', 'gone']);
+    t.equal(att.status, 0, `attached a second agent: ${att.out}`);
 
     svc!.proc.kill('SIGKILL');
     await svc!.exited;
     const killedAt = rounds().length;
+    fs.rmdirSync(gone);
     const downtime = await moreRounds(10);
     t.ok(fs.existsSync('/sys/fs/bpf/helm/current'), 'the pins outlive helmd');
 
@@ -216,6 +222,9 @@ if (missing) {
     t.match(agents, [{ name: 'looper', role: 'lifecycle' }], 'the agent is re-adopted, with its role');
     const start = starts().pop()!;
     t.match(start, { previous: 'crashed', pins: { outcome: 'adopted', set: 'set-1' }, agents: [{ agent: 'looper', role: 'lifecycle' }] }, 'the trail records the re-adoption');
+    t.equal((start.agents as unknown[]).length, 1, 'only the agent whose cgroup still exists');
+    t.same(start.vanished, ['gone'], 'the agent whose cgroup vanished meanwhile is released, and named');
+    t.same(agents.map((a) => a.name), ['looper'], 'helmctl agents: not the vanished one');
 
     await moreRounds(5);
     const all = rounds();
