@@ -9,7 +9,7 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { loadPolicies } from '../daemon/policy/parse';
 import { compilePolicy } from '../daemon/policy/compile';
-import { evaluate } from '../daemon/policy/evaluate';
+import { evaluateOperation } from '../daemon/policy/evaluate';
 import { KernelEnforcer } from '../daemon/kernel/enforcer';
 import { figure } from './stats';
 import type { Row } from './model';
@@ -135,14 +135,14 @@ function evaluator(layout: Layout, smoke: boolean): Row[] {
     fs.writeFileSync(file, benchPolicy(`eval-${rules}`, role, rules, layout, false));
     const { policies } = loadPolicies([file]);
     const op = { role, verb: 'read' as const, path: layout.readFile };
-    if (evaluate(policies, op).decision !== 'allow') throw new Error(`the reference evaluator does not allow ${layout.readFile} under ${file}`);
+    if (evaluateOperation(policies, op).decision !== 'allow') throw new Error(`the reference evaluator does not allow ${layout.readFile} under ${file}`);
     const rounds = smoke ? 2 : rules > 100 ? 10 : 20;
     const batch = smoke ? 3 : rules > 100 ? 20 : 1000;
     const samples: number[] = [];
     for (let r = 0; r < rounds + 1; r++) {
       for (let i = 0; i < batch; i++) {
         const t0 = process.hrtime.bigint();
-        evaluate(policies, op);
+        evaluateOperation(policies, op);
         const t1 = process.hrtime.bigint();
         if (r > 0) samples.push(Number(t1 - t0)); // round 0 warms up
       }

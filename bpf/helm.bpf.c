@@ -27,6 +27,7 @@ char LICENSE[] SEC("license") = "GPL";
 const char helm_layout[] SEC(".rodata.helm_layout") = HELM_H_SHA256;
 
 #define EPERM 1
+#define ENOENT 2
 #define ENAMETOOLONG 36
 #define S_IFMT 00170000
 #define S_IFDIR 0040000
@@ -87,6 +88,56 @@ struct {
 	__array(values, struct inode_table);
 } inode_tables SEC(".maps");
 
+/*
+ * Contextual conditions on the acting process, per generation (see struct
+ * helm_cond_list): the lists verdicts name, and the executables and uids
+ * conditions name, each keyed by the condition's id.
+ */
+struct cond_list_table {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, HELM_MAX_COND_LISTS);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct helm_cond_list));
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, HELM_MAX_GENERATIONS);
+	__type(key, __u32);
+	__array(values, struct cond_list_table);
+} cond_lists SEC(".maps");
+
+struct cond_exe_table {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, HELM_MAX_COND_EXES);
+	__uint(key_size, sizeof(struct helm_exe_key));
+	__uint(value_size, sizeof(__u32));
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, HELM_MAX_GENERATIONS);
+	__type(key, __u32);
+	__array(values, struct cond_exe_table);
+} cond_exes SEC(".maps");
+
+struct cond_uid_table {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, HELM_MAX_COND_UIDS);
+	__uint(key_size, sizeof(struct helm_uid_key));
+	__uint(value_size, sizeof(__u32));
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, HELM_MAX_GENERATIONS);
+	__type(key, __u32);
+	__array(values, struct cond_uid_table);
+} cond_uids SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, HELM_MAX_PROTECTED);
@@ -124,6 +175,18 @@ struct {
 	__type(key, __u32);
 	__type(value, struct key_scratch);
 } scratch SEC(".maps");
+
+/* The acting task's executable, as the exe table is looked up (named once per decision, if needed). */
+struct exe_scratch {
+	struct helm_exe_key key;
+	char slack[256 - HELM_PATH_BUF];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exe_scratch);
+} exe_scratch SEC(".maps");
 
 /* Where a path is assembled backwards, component by component (see path_of). */
 #define WALK_BUF 768
@@ -403,6 +466,152 @@ static __always_inline int verdict_allows(struct decision *d, const struct helm_
 	return v->action == HELM_ACTION_ALLOW;
 }
 
+/* The generation's tables are missing: nothing can be decided, so deny. */
+static __always_inline void no_table(struct decision *d)
+{
+	d->verdict.action = HELM_ACTION_DENY;
+	d->verdict.mode = HELM_MODE_ENFORCE;
+	d->verdict.policy_id = 0;
+	d->verdict.rule_id = 0;
+	d->reason = HELM_REASON_NO_TABLE;
+}
+
+/* ---------------------------------------------------------------- contextual conditions */
+
+/*
+ * What a decision knows of the acting process for contextual conditions on
+ * exe, label and uid (role is resolved by the compiler: the tables are per
+ * role). Decisions that meet no such condition never touch it beyond its
+ * initialisation; the executable is named only when a condition needs it, and
+ * then once per decision (into exe_scratch, which stays valid meanwhile).
+ */
+struct cond_env {
+	__u64 labels; /* the agent's label bits */
+	__u32 slot;   /* the generation's */
+	__u32 pad;
+	long exe_len; /* 0: not named yet; < 0: cannot be named (no executable, or too long) */
+};
+
+/* The acting task's executable, named as emit() names it for the audit trail. */
+static __always_inline long current_exe_name(char *dst)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	if (!exe)
+		return -ENOENT;
+	return name_of(BPF_CORE_READ(exe, f_path.mnt), BPF_CORE_READ(exe, f_path.dentry), dst);
+}
+
+struct cond_walk {
+	struct helm_cond_list *list;
+	void *exes;
+	void *uids;
+	struct helm_exe_key *exe; /* its path: the executable, once named */
+	__u64 labels;
+	__u32 uid;
+	__u32 next; /* the entry to check */
+	long exe_len;
+	int need_exe; /* stopped at `next`: its condition needs the executable, not named yet */
+	int found;
+	struct helm_verdict hit;
+};
+
+/*
+ * One entry of a condition list: labels (a mask test), then uid (a hash
+ * lookup), then the executable (an LPM lookup of "<exe>\0" under the
+ * condition's id: an exact executable or a directory above it), cheapest first.
+ * The walk resumes at `next` rather than at the loop index, so that it can stop
+ * for the executable to be named (name_of loops itself) and go on after.
+ */
+static long cond_step(__u32 i, struct cond_walk *c)
+{
+	struct helm_cond_list *list = c->list;
+	__u32 k = c->next;
+	if (k >= HELM_COND_LIST_LEN || k >= list->count)
+		return 1;
+	struct helm_cond *e = &list->cond[k];
+	c->next = k + 1;
+	if ((c->labels & e->label_bits) != e->label_bits)
+		return 0;
+	if (e->flags & HELM_COND_UID) {
+		struct helm_uid_key uk = { .cond_id = e->cond_id, .uid = c->uid };
+		if (!bpf_map_lookup_elem(c->uids, &uk))
+			return 0;
+	}
+	if (e->flags & HELM_COND_EXE) {
+		long n = c->exe_len;
+		if (n == 0) {
+			c->next = k;
+			c->need_exe = 1;
+			return 1;
+		}
+		if (n < 1 || n > HELM_PATH_BUF)
+			return 0; /* an executable that cannot be named matches no exe condition */
+		struct helm_exe_key *key = c->exe;
+		key->cond_id = e->cond_id;
+		key->prefixlen = 32 + 8 * (__u32)n;
+		if (!bpf_map_lookup_elem(c->exes, key))
+			return 0;
+	}
+	c->hit = e->verdict;
+	c->found = 1;
+	return 1;
+}
+
+/*
+ * A verdict that names a condition list, made concrete for the acting process:
+ * the allow of the list's first rule whose condition holds (the list is in
+ * POLICY.md's report order), else the verdict itself (the contextual deny, or
+ * the allow of a rule that holds whatever the process). Returns -1 when the
+ * generation's condition tables are missing: the caller denies.
+ *
+ * A global function: the verifier checks it once, not again at each of the
+ * places a verdict may need it (three verbs of a file decision, the address
+ * and every learned name of a network one), which would multiply the states it
+ * explores. Its arguments are plain memory, so everything it needs is in them.
+ */
+__noinline int resolve_conditions(struct cond_env *env, struct helm_verdict *v)
+{
+	if (!env || !v)
+		return -1;
+	__u32 id = v->cond_list;
+	__u32 slot = env->slot;
+	__u32 zero = 0;
+	if (!id)
+		return 0;
+	v->cond_list = 0;
+	void *lists = bpf_map_lookup_elem(&cond_lists, &slot);
+	void *exes = bpf_map_lookup_elem(&cond_exes, &slot);
+	void *uids = bpf_map_lookup_elem(&cond_uids, &slot);
+	struct exe_scratch *x = bpf_map_lookup_elem(&exe_scratch, &zero);
+	if (!lists || !exes || !uids || !x)
+		return -1;
+	struct helm_cond_list *list = bpf_map_lookup_elem(lists, &id);
+	if (!list)
+		return -1;
+	struct cond_walk c = {
+		.list = list,
+		.exes = exes,
+		.uids = uids,
+		.exe = &x->key,
+		.labels = env->labels,
+		/* the uid the audit line reports: the real uid, as the initial namespace sees it */
+		.uid = (__u32)bpf_get_current_uid_gid(),
+		.exe_len = env->exe_len,
+	};
+	bpf_loop(HELM_COND_LIST_LEN, cond_step, &c, 0);
+	if (c.need_exe) {
+		long n = current_exe_name(x->key.path);
+		env->exe_len = n ? n : -ENOENT;
+		c.exe_len = env->exe_len;
+		c.need_exe = 0;
+		bpf_loop(HELM_COND_LIST_LEN, cond_step, &c, 0);
+	}
+	if (c.found)
+		*v = c.hit;
+	return 0;
+}
+
 /* ---------------------------------------------------------------- objects by identity */
 
 static __always_inline const struct helm_verdict *
@@ -525,11 +734,17 @@ static __always_inline int is_dir_inode(struct inode *inode)
 
 /* One verb of a decision: the table's verdict, then the identity check. 0 allows. */
 static __always_inline int verb_allows(struct decision *d, struct helm_path_value *v, void *inodes,
-				       struct helm_agent *agent, __u8 op, struct dentry *dentry,
-				       struct inode *real)
+				       struct helm_agent *agent, struct cond_env *env, __u8 op,
+				       struct dentry *dentry, struct inode *real)
 {
+	struct helm_verdict verdict = v->verdict[op];
+
 	d->op = op;
-	if (!verdict_allows(d, &v->verdict[op], v->default_mode))
+	if (verdict.cond_list && resolve_conditions(env, &verdict)) {
+		no_table(d);
+		return 0;
+	}
+	if (!verdict_allows(d, &verdict, v->default_mode))
 		return 0;
 	if (dentry && inode_block(inodes, dentry, real, agent->role_id, op, d))
 		return 0;
@@ -583,11 +798,12 @@ static __always_inline int decide(struct helm_agent *agent, __u64 cgroup_id, __u
 		d.verdict.mode = HELM_MODE_ENFORCE;
 		goto out;
 	}
-	if ((ops & OP_BIT(HELM_OP_WRITE)) && !verb_allows(&d, v, inodes, agent, HELM_OP_WRITE, dentry, real))
+	struct cond_env env = { .labels = agent->label_bits, .slot = slot };
+	if ((ops & OP_BIT(HELM_OP_WRITE)) && !verb_allows(&d, v, inodes, agent, &env, HELM_OP_WRITE, dentry, real))
 		goto out;
-	if ((ops & OP_BIT(HELM_OP_READ)) && !verb_allows(&d, v, inodes, agent, HELM_OP_READ, dentry, real))
+	if ((ops & OP_BIT(HELM_OP_READ)) && !verb_allows(&d, v, inodes, agent, &env, HELM_OP_READ, dentry, real))
 		goto out;
-	if ((ops & OP_BIT(HELM_OP_EXEC)) && !verb_allows(&d, v, inodes, agent, HELM_OP_EXEC, dentry, real))
+	if ((ops & OP_BIT(HELM_OP_EXEC)) && !verb_allows(&d, v, inodes, agent, &env, HELM_OP_EXEC, dentry, real))
 		goto out;
 	return 0;
 out:
@@ -1067,6 +1283,19 @@ static __always_inline void combine(struct helm_verdict *best, const struct helm
 		*best = *v;
 }
 
+/* combine() for a verdict from the tables, made concrete for the acting process first if it names conditions. */
+static __always_inline int combine_resolved(struct cond_env *env, struct helm_verdict *best,
+					    const struct helm_verdict *v)
+{
+	if (!v)
+		return 0;
+	struct helm_verdict verdict = *v;
+	if (verdict.cond_list && resolve_conditions(env, &verdict))
+		return -1;
+	combine(best, &verdict);
+	return 0;
+}
+
 static __always_inline int is_mapped_v4(const __u8 *a)
 {
 	for (int i = 0; i < 10; i++)
@@ -1116,8 +1345,10 @@ static __always_inline int decide_net(struct helm_agent *agent, __u64 cgroup_id,
 		d.verdict.mode = HELM_MODE_ENFORCE;
 		goto out;
 	}
+	struct cond_env env = { .labels = agent->label_bits, .slot = slot };
 	struct helm_verdict best = {};
-	combine(&best, range_verdict(v, sub->port, nop));
+	if (combine_resolved(&env, &best, range_verdict(v, sub->port, nop)))
+		goto missing;
 
 	/* Names this agent's own DNS lookups resolved to this address, while their TTL lasts. */
 	struct helm_learned_key lk = { .agent_id = agent->agent_id };
@@ -1128,11 +1359,15 @@ static __always_inline int decide_net(struct helm_agent *agent, __u64 cgroup_id,
 			struct helm_name_key nk = { .role_id = agent->role_id, .name_id = lv->name_id[i] };
 			if (!nk.name_id)
 				continue;
-			combine(&best, range_verdict(bpf_map_lookup_elem(names, &nk), sub->port, nop));
+			if (combine_resolved(&env, &best, range_verdict(bpf_map_lookup_elem(names, &nk), sub->port, nop)))
+				goto missing;
 		}
 	}
 	if (verdict_allows(&d, &best, v->default_mode))
 		return 1;
+	goto out;
+missing:
+	no_table(&d);
 out:
 	return deny(agent, cgroup_id, &d, 0, 0) == 0;
 }
@@ -1349,8 +1584,8 @@ struct {
 	__array(values, struct socket_table);
 } socket_tables SEC(".maps");
 
-/* The table of the active generation, or 0 (the caller denies: no table). */
-static __always_inline void *active_table(void *outer, struct decision *d)
+/* The table of the active generation, or 0 (the caller denies: no table); env->slot is the generation's. */
+static __always_inline void *active_table(void *outer, struct decision *d, struct cond_env *env)
 {
 	struct helm_settings *s = current_settings();
 	if (!s)
@@ -1358,10 +1593,12 @@ static __always_inline void *active_table(void *outer, struct decision *d)
 	__u32 generation = READ_ONCE(s->active_generation);
 	__u32 slot = generation & (HELM_MAX_GENERATIONS - 1);
 	d->generation = generation;
+	env->slot = slot;
 	return bpf_map_lookup_elem(outer, &slot);
 }
 
-static __always_inline int socket_value_allows(struct decision *d, struct helm_socket_value *v)
+static __always_inline int socket_value_allows(struct decision *d, struct helm_socket_value *v,
+					       struct cond_env *env)
 {
 	if (!v) {
 		d->reason = HELM_REASON_NO_POLICY;
@@ -1369,7 +1606,12 @@ static __always_inline int socket_value_allows(struct decision *d, struct helm_s
 		d->verdict.mode = HELM_MODE_ENFORCE;
 		return 0;
 	}
-	return verdict_allows(d, &v->verdict, v->default_mode);
+	struct helm_verdict verdict = v->verdict;
+	if (verdict.cond_list && resolve_conditions(env, &verdict)) {
+		no_table(d);
+		return 0;
+	}
+	return verdict_allows(d, &verdict, v->default_mode);
 }
 
 /* Raw and packet sockets, when created. 0 allows. */
@@ -1389,7 +1631,8 @@ static __always_inline int decide_socket(__u32 kind, __u32 protocol)
 		.detail = kind == HELM_SOCKET_PACKET ? HELM_DETAIL_PACKET : HELM_DETAIL_RAW,
 		.net = &sub,
 	};
-	void *table = active_table(&socket_tables, &d);
+	struct cond_env env = { .labels = agent->label_bits };
+	void *table = active_table(&socket_tables, &d, &env);
 	if (!table) {
 		d.reason = HELM_REASON_NO_TABLE;
 		d.verdict.action = HELM_ACTION_DENY;
@@ -1401,7 +1644,7 @@ static __always_inline int decide_socket(__u32 kind, __u32 protocol)
 		k.protocol = HELM_ANY_PROTOCOL;
 		v = bpf_map_lookup_elem(table, &k);
 	}
-	if (socket_value_allows(&d, v))
+	if (socket_value_allows(&d, v, &env))
 		return 0;
 	return deny(agent, cgroup_id, &d, 0, 0);
 }
@@ -1485,7 +1728,8 @@ static __always_inline int decide_unix(struct sock *other)
 	if (n == 0)
 		return 0;
 	d.path_len = n;
-	void *table = active_table(&unix_tables, &d);
+	struct cond_env env = { .labels = agent->label_bits };
+	void *table = active_table(&unix_tables, &d, &env);
 	if (!table) {
 		d.reason = HELM_REASON_NO_TABLE;
 		d.verdict.action = HELM_ACTION_DENY;
@@ -1498,7 +1742,7 @@ static __always_inline int decide_unix(struct sock *other)
 	}
 	key->role_id = agent->role_id;
 	key->prefixlen = 32 + 8 * (__u32)n;
-	if (socket_value_allows(&d, bpf_map_lookup_elem(table, key)))
+	if (socket_value_allows(&d, bpf_map_lookup_elem(table, key), &env))
 		return 0;
 out:
 	return deny(agent, cgroup_id, &d, key, inode);

@@ -34,6 +34,16 @@
 #define HELM_NET_SEGMENTS 16
 /* Host-name patterns one learned address can carry (a CDN address may serve several names). */
 #define HELM_LEARNED_NAMES 4
+/*
+ * Contextual conditions the kernel checks per operation (exe, label, uid; role
+ * is resolved by the compiler): lists per generation, the contextual rules of
+ * one list, the executables and uids named by conditions, distinct label pairs.
+ */
+#define HELM_MAX_COND_LISTS 65536
+#define HELM_COND_LIST_LEN 8
+#define HELM_MAX_COND_EXES 65536
+#define HELM_MAX_COND_UIDS 65536
+#define HELM_MAX_LABEL_PAIRS 64
 
 /* File verbs, as indices into helm_path_value.verdict[]. */
 enum helm_op {
@@ -124,6 +134,12 @@ struct helm_agent {
 	__u32 flags; /* HELM_AGENT_* */
 	__u16 dns_port; /* helmd's DNS forwarder for this agent on loopback; 0: none */
 	__u16 pad[3];
+	/*
+	 * The label pairs (key: value) the agent was attached with, as bits: bit
+	 * n-1 is the pair helmd gave id n. Ids are stable across generations and
+	 * only ever added, so these bits hold for every generation.
+	 */
+	__u64 label_bits;
 };
 #define HELM_AGENT_DRY_RUN 1u
 
@@ -138,7 +154,13 @@ enum helm_rank {
 	HELM_RANK_BLOCK = 3,
 };
 
-/* What one verb's matching rules decided, precomputed by the compiler. */
+/*
+ * What one verb's matching rules decided, precomputed by the compiler. When
+ * contextual rules with exe, label or uid conditions match, the decision also
+ * depends on the acting process: cond_list then names the list of those rules
+ * (struct helm_cond_list) to try first, and this verdict is what holds when
+ * none of their conditions does.
+ */
 struct helm_verdict {
 	__u16 policy_id;
 	__u16 rule_id;
@@ -146,6 +168,44 @@ struct helm_verdict {
 	__u8 mode;   /* enum helm_mode */
 	__u8 rank;   /* enum helm_rank */
 	__u8 pad;
+	__u32 cond_list; /* 0: none */
+};
+
+/* What a condition asks of the acting process besides its agent's labels. */
+#define HELM_COND_EXE 1u /* its executable is in cond_exes under this condition's id */
+#define HELM_COND_UID 2u /* its uid is in cond_uids under this condition's id */
+
+/* One contextual rule of a list: the allow it gives when its condition holds. */
+struct helm_cond {
+	struct helm_verdict verdict;
+	__u32 cond_id;    /* the condition's id in cond_exes and cond_uids */
+	__u64 label_bits; /* label pairs the agent must have (all of them) */
+	__u32 flags;      /* HELM_COND_* */
+	__u32 pad;
+};
+
+/*
+ * Contextual rules whose conditions the kernel checks, in POLICY.md's report
+ * order (enforce before dry-run, then policy, then rule): the first that holds
+ * decides.
+ */
+struct helm_cond_list {
+	__u32 count;
+	__u32 pad;
+	struct helm_cond cond[HELM_COND_LIST_LEN];
+};
+
+/* cond_exes key: an LPM trie over (condition id, executable path), stored as path table keys are. */
+struct helm_exe_key {
+	__u32 prefixlen; /* in bits, counting cond_id */
+	__u32 cond_id;
+	char path[HELM_PATH_BUF];
+};
+
+/* cond_uids key. */
+struct helm_uid_key {
+	__u32 cond_id;
+	__u32 uid;
 };
 
 /*

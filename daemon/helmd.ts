@@ -22,7 +22,7 @@ import { explain, formatExplanation, operationFromOptions } from './policy/expla
 import { defaultCanonicalize, isVerb } from './policy/cases';
 import { PolicyWatcher } from './policy/watch';
 import { KernelEnforcer, type GovernedEntry } from './kernel/enforcer';
-import type { KernelBinding, EventSource } from './kernel/binding';
+import type { KernelBinding, EventSource, GovernedAgent } from './kernel/binding';
 import { decodeEvent, C } from './kernel/layout';
 import { KernelError, native } from './kernel/native';
 import { RingReader, readPerCpuCounter } from './kernel/bpf';
@@ -39,6 +39,7 @@ import { loadState, saveState, lockState, lockPath, statePath, type HelmdState, 
 import { DnsForwarder, type DnsQueryAudit, type Upstream } from './net/dns-forwarder';
 import { LearnedAddresses } from './net/learned';
 import { nameMatches, type NameEntry } from './policy/compile-net';
+import { labelBitsOf } from './policy/compile-cond';
 
 export const VERSION = '0.1.0';
 
@@ -89,6 +90,8 @@ export interface AgentState {
   cgroupId: bigint;
   dryRun: boolean;
   labels: Record<string, string>;
+  /** Its labels as the kernel sees them (labelBitsOf under the label ids of the generations in force). */
+  labelBits: bigint;
   generation: number;
   denied: bigint;
   wouldDeny: bigint;
@@ -183,6 +186,8 @@ export class Helmd implements ControlPlane {
   private roleNames = new Map<number, string>();
   /** Role ids ever handed out (state and kernel): kept stable across generations and restarts. */
   private roleIds = new Map<string, number>();
+  /** Label pair ids, kept like role ids (agents' label bits in the pinned map name them). */
+  private labelIds = new Map<string, number>();
   private nextAgentId = 1n;
   /** The real kernel (pinned); undefined with a fake binding. */
   private enforcer?: KernelEnforcer;
@@ -228,6 +233,7 @@ export class Helmd implements ControlPlane {
       this.lockFd = lockState(this.stateDir);
       this.state = loadState(this.stateDir);
       this.roleIds = new Map(Object.entries(this.state.roles));
+      this.labelIds = new Map(Object.entries(this.state.labels));
     }
     const previousRun = !this.state ? 'none' : this.state.running ? 'crashed' : this.state.instance ? 'stopped' : 'none';
     // Compiled once, with the role ids earlier runs handed out (a compile walks blocked trees: not cheap).
@@ -275,7 +281,7 @@ export class Helmd implements ControlPlane {
     this.kernel.setGlobalDryRun(this.dryRun);
     for (const a of this.agents.values()) {
       a.dns = await this.startDns(a);
-      this.kernel.govern(a.cgroupId, { agentId: a.id, roleId: this.roleIds.get(a.role)!, dryRun: a.dryRun, dnsPort: a.dns.port });
+      this.kernel.govern(a.cgroupId, this.governedAs(a, this.compiled!));
     }
     // What exists of helm's own files is protected before the programs can change.
     this.kernel.setProtected(this.ownFiles());
@@ -401,6 +407,7 @@ export class Helmd implements ControlPlane {
         cgroupId: e.cgroupId,
         dryRun: e.dryRun,
         labels: k?.labels ?? {},
+        labelBits: e.labelBits,
         generation: k?.generation ?? 0,
         denied: 0n,
         wouldDeny: 0n,
@@ -418,7 +425,7 @@ export class Helmd implements ControlPlane {
   /** The agents the replaced set governed, by its map's keys (the values' layout may have changed) and the state. */
   private previousAgents(known: Map<string, PersistedAgent>): GovernedEntry[] {
     const old = this.enforcer!.pins!.previous!.map('governed_cgroups');
-    const fromState = (a: PersistedAgent) => ({ cgroupId: BigInt(a.cgroupId), agentId: BigInt(a.id), roleId: this.roleIds.get(a.role) ?? 0, dryRun: a.dryRun });
+    const fromState = (a: PersistedAgent) => ({ cgroupId: BigInt(a.cgroupId), agentId: BigInt(a.id), roleId: this.roleIds.get(a.role) ?? 0, dryRun: a.dryRun, labelBits: labelBitsOf(a.labels, this.labelIds) });
     if (!old || old.keySize !== 8) {
       this.log.warn('the replaced set has no readable governed_cgroups map: agents come from the state file alone');
       return [...known.values()].map(fromState);
@@ -427,7 +434,7 @@ export class Helmd implements ControlPlane {
     return old.keys().map((key) => {
       const cgroupId = key.readBigUInt64LE(0);
       const k = known.get(cgroupId.toString());
-      return k ? fromState(k) : { cgroupId, agentId: next++, roleId: 0, dryRun: false };
+      return k ? fromState(k) : { cgroupId, agentId: next++, roleId: 0, dryRun: false, labelBits: 0n };
     });
   }
 
@@ -529,14 +536,18 @@ export class Helmd implements ControlPlane {
     const roles = new Set([...this.agents.values()].map((a) => a.role));
     if (extraRole) roles.add(extraRole);
     const withModes = policies.map((p) => (modes.has(p.name) ? { ...p, mode: modes.get(p.name)! } : p));
-    return compilePolicy(withModes, { roleIds: this.roleIds, extraRoles: roles });
+    // Ids that the kernel's other tables hold keep their meaning across generations, and across
+    // helmd runs (the tables are pinned): role ids (agent entries), host-name pattern ids (learned
+    // addresses) and label pair ids (agents' label bits), while a superseded generation may still be deciding.
+    const c = this.compiled;
+    return compilePolicy(withModes, { roleIds: this.roleIds, nameIds: c?.nameIds, labelIds: c?.labelIds ?? this.labelIds, extraRoles: roles });
   }
 
   /** Switches the kernel to a compiled generation (throws having changed nothing), then names it for the audit trail. */
   private install(compiled: CompiledPolicy): number {
     const next = this.kernel!.activeGeneration + 1;
     const st = this.state;
-    const before = st && { generation: st.generation, roles: st.roles, generations: st.generations };
+    const stBefore = st && { generation: st.generation, roles: st.roles, labels: st.labels, generations: st.generations };
     if (st) {
       // Names first: a helmd killed right after the switch must find them.
       const names = new Map(Object.entries(st.generations).map(([g, n]) => [Number(g), n]));
@@ -544,16 +555,33 @@ export class Helmd implements ControlPlane {
       st.generation = next;
       st.generations = Object.fromEntries([...names].filter(([g]) => g > next - PERSIST_GENERATION_NAMES).map(([g, n]) => [String(g), n]));
       for (const [name, id] of compiled.roles) this.roleIds.set(name, id);
+      st.labels = Object.fromEntries(compiled.labelIds);
       this.saveState();
+    }
+    // Agents get the bits of label pairs this generation names before it decides anything.
+    // Pairs keep their ids, so the bits stay true for the generation still running; if the
+    // switch fails, the bits go back to what they were.
+    const before: [AgentState, bigint][] = [];
+    for (const a of this.agents.values()) {
+      const bits = labelBitsOf(a.labels, compiled.labelIds);
+      if (bits === a.labelBits) continue;
+      this.kernel!.govern(a.cgroupId, this.governedAs(a, compiled, { labelBits: bits }));
+      before.push([a, a.labelBits]);
+      a.labelBits = bits;
     }
     let gen: number;
     try {
       gen = this.kernel!.applyGeneration(compiled);
     } catch (e) {
-      if (st && before) Object.assign(st, before);
+      if (st && stBefore) Object.assign(st, stBefore);
+      for (const [a, bits] of before) {
+        this.kernel!.govern(a.cgroupId, this.governedAs(a, compiled, { labelBits: bits }));
+        a.labelBits = bits;
+      }
       throw e;
     }
     for (const [name, id] of compiled.roles) this.roleIds.set(name, id);
+    this.labelIds = new Map(compiled.labelIds);
     this.compiled = compiled;
     this.roleNames = new Map([...compiled.roles].map(([name, id]) => [id, name]));
     this.namesByRole = new Map();
@@ -745,6 +773,7 @@ export class Helmd implements ControlPlane {
         cgroupId: cg.id,
         dryRun: req.dryRun,
         labels: req.labels,
+        labelBits: labelBitsOf(req.labels, this.compiled!.labelIds),
         generation: this.generation,
         denied: 0n,
         wouldDeny: 0n,
@@ -757,7 +786,7 @@ export class Helmd implements ControlPlane {
       this.agentsById.set(agent.id, agent);
       try {
         this.saveState();
-        this.kernel!.govern(cg.id, { agentId: agent.id, roleId: this.compiled!.roles.get(req.role)!, dryRun: agent.dryRun, dnsPort: agent.dns.port });
+        this.kernel!.govern(cg.id, this.governedAs(agent, this.compiled!));
       } catch (e) {
         agent.dns.close();
         this.agents.delete(cg.id);
@@ -791,6 +820,17 @@ export class Helmd implements ControlPlane {
     });
   }
 
+  /** An agent's kernel entry under a generation's ids (role id; label bits as the agent has them unless given). */
+  private governedAs(a: AgentState, compiled: CompiledPolicy, change: { dryRun?: boolean; labelBits?: bigint } = {}): GovernedAgent {
+    return {
+      agentId: a.id,
+      roleId: compiled.roles.get(a.role)!,
+      dryRun: change.dryRun ?? a.dryRun,
+      dnsPort: a.dns?.port ?? 0,
+      labelBits: change.labelBits ?? a.labelBits,
+    };
+  }
+
   agentList(): AgentState[] {
     return [...this.agents.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
   }
@@ -820,7 +860,7 @@ export class Helmd implements ControlPlane {
       if ('agent' in target) {
         const agent = this.findAgent(target.agent);
         const previous = modeOf(agent.dryRun);
-        this.kernel!.govern(agent.cgroupId, { agentId: agent.id, roleId: this.compiled!.roles.get(agent.role)!, dryRun: mode === 'dry-run', dnsPort: agent.dns?.port ?? 0 });
+        this.kernel!.govern(agent.cgroupId, this.governedAs(agent, this.compiled!, { dryRun: mode === 'dry-run' }));
         agent.dryRun = mode === 'dry-run';
         this.saveState();
         return this.modeSwitched(`agent ${agent.name}`, { target: 'agent', subject: subjectOf(agent) }, previous, mode, who);

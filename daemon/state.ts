@@ -31,6 +31,8 @@ export interface HelmdState {
   generation: number;
   /** Role name → kernel role id. Ids are never reused for another name. */
   roles: Record<string, number>;
+  /** Label pair (key=value) → id: the bits of agents' labels in the pinned map. */
+  labels: Record<string, number>;
   nextAgentId: string;
   /** The pinned lost-event counter's value last written to the trail. */
   lostReported: string;
@@ -44,7 +46,7 @@ export interface HelmdState {
 }
 
 export function emptyState(): HelmdState {
-  return { format: STATE_FORMAT, instance: '', generation: 0, roles: {}, nextAgentId: '1', lostReported: '0', lostSince: '', agents: [], generations: {}, running: false };
+  return { format: STATE_FORMAT, instance: '', generation: 0, roles: {}, labels: {}, nextAgentId: '1', lostReported: '0', lostSince: '', agents: [], generations: {}, running: false };
 }
 
 export class StateError extends Error {

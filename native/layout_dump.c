@@ -18,8 +18,12 @@ static int first_struct = 1, first_field;
 int main(void)
 {
 	printf("{");
-	STRUCT(helm_agent); FIELD(helm_agent, agent_id); FIELD(helm_agent, role_id); FIELD(helm_agent, flags); FIELD(helm_agent, dns_port); END();
-	STRUCT(helm_verdict); FIELD(helm_verdict, policy_id); FIELD(helm_verdict, rule_id); FIELD(helm_verdict, action); FIELD(helm_verdict, mode); FIELD(helm_verdict, rank); END();
+	STRUCT(helm_agent); FIELD(helm_agent, agent_id); FIELD(helm_agent, role_id); FIELD(helm_agent, flags); FIELD(helm_agent, dns_port); FIELD(helm_agent, label_bits); END();
+	STRUCT(helm_verdict); FIELD(helm_verdict, policy_id); FIELD(helm_verdict, rule_id); FIELD(helm_verdict, action); FIELD(helm_verdict, mode); FIELD(helm_verdict, rank); FIELD(helm_verdict, cond_list); END();
+	STRUCT(helm_cond); FIELD(helm_cond, verdict); FIELD(helm_cond, cond_id); FIELD(helm_cond, label_bits); FIELD(helm_cond, flags); END();
+	STRUCT(helm_cond_list); FIELD(helm_cond_list, count); FIELD(helm_cond_list, cond); END();
+	STRUCT(helm_exe_key); FIELD(helm_exe_key, prefixlen); FIELD(helm_exe_key, cond_id); FIELD(helm_exe_key, path); END();
+	STRUCT(helm_uid_key); FIELD(helm_uid_key, cond_id); FIELD(helm_uid_key, uid); END();
 	STRUCT(helm_path_key); FIELD(helm_path_key, prefixlen); FIELD(helm_path_key, role_id); FIELD(helm_path_key, path); END();
 	STRUCT(helm_path_value); FIELD(helm_path_value, verdict); FIELD(helm_path_value, default_mode); END();
 	STRUCT(helm_inode_key); FIELD(helm_inode_key, role_id); FIELD(helm_inode_key, dev); FIELD(helm_inode_key, ino); END();
@@ -66,6 +70,8 @@ int main(void)
 	CONST(HELM_AGENT_DRY_RUN); CONST(HELM_SETTINGS_DRY_RUN);
 	CONST(HELM_MAX_NET_ENTRIES); CONST(HELM_MAX_NAME_ENTRIES); CONST(HELM_MAX_LEARNED); CONST(HELM_MAX_DNS_SOCKETS);
 	CONST(HELM_NET_SEGMENTS); CONST(HELM_LEARNED_NAMES);
+	CONST(HELM_MAX_COND_LISTS); CONST(HELM_COND_LIST_LEN); CONST(HELM_MAX_COND_EXES); CONST(HELM_MAX_COND_UIDS);
+	CONST(HELM_MAX_LABEL_PAIRS); CONST(HELM_COND_EXE); CONST(HELM_COND_UID);
 	CONST(HELM_OP_CONNECT); CONST(HELM_OP_BIND); CONST(HELM_NET_CONNECT); CONST(HELM_NET_BIND); CONST(HELM_NET_OPS);
 	CONST(HELM_DETAIL_NET_CONNECT); CONST(HELM_DETAIL_NET_SENDMSG); CONST(HELM_DETAIL_NET_BIND);
 	CONST(HELM_RANK_NONE); CONST(HELM_RANK_ALLOW); CONST(HELM_RANK_CONTEXTUAL); CONST(HELM_RANK_BLOCK);

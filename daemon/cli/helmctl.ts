@@ -16,7 +16,7 @@ import { uninstall } from '../uninstall';
 import { buildDir } from '../kernel/native';
 import { loadPolicies, readPolicySources } from '../policy/parse';
 import { PolicyError, VERBS, formatDiagnostic, type Policy, type PolicyDiagnostic, type Verb } from '../policy/types';
-import { formatNote, lintPolicies, unenforcedRules } from '../policy/lint';
+import { formatNote, lintPolicies } from '../policy/lint';
 import { checkCaseRules, defaultCanonicalize, formatResult, isVerb, readCases, runCases, type TestCase } from '../policy/cases';
 import { explain, formatExplanation, operationFromOptions } from '../policy/explain';
 import { verifyChain } from '../audit/chain';
@@ -64,6 +64,21 @@ function agentName(v: string): string {
   return v;
 }
 
+/** --label KEY=VALUE options as the agent's labels (matched by contextual rules' when.label). */
+function labelsOf(options: string[]): Record<string, string> {
+  const labels: Record<string, string> = {};
+  for (const l of options) {
+    const eq = l.indexOf('=');
+    if (eq <= 0) fail(`--label must be KEY=VALUE, got ${JSON.stringify(l)}`);
+    const key = l.slice(0, eq);
+    if (Object.prototype.hasOwnProperty.call(labels, key)) fail(`--label ${key} is given twice`);
+    labels[key] = l.slice(eq + 1);
+  }
+  return labels;
+}
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
 function defaultCgroupParent(): string {
   const mount = cgroup2Mount();
   if (!mount) fail('no cgroup v2 hierarchy is mounted; run `helmctl doctor`');
@@ -78,11 +93,13 @@ program
   .requiredOption('--role <role>', "the agent's role: which policies govern it")
   .option('--dry-run', 'force this agent into dry-run: denials are audited as would_deny, not enforced', false)
   .option('--name <name>', 'agent name (default: the command name and pid)', agentName)
+  .option('--label <key=value>', "one of the agent's labels, for contextual rules' when.label (repeatable)", collect, [] as string[])
   .option('--cgroup-parent <dir>', 'where to create the cgroup (default: <cgroup2 mount>/helm)')
   .option('--socket <path>', 'helmd control socket', DEFAULT_SOCKET)
   .argument('<cmd...>', 'the command and its arguments (after --)')
   .passThroughOptions()
   .action(async (cmd: string[], o) => {
+    const labels = labelsOf(o.label);
     const parent = o.cgroupParent ?? defaultCgroupParent();
     const name = o.name ?? `${path.basename(cmd[0]).replace(/[^A-Za-z0-9_.-]/g, '_')}-${process.pid}`;
     const cgroup = path.join(parent, name);
@@ -93,7 +110,7 @@ program
       fail(`cannot create cgroup ${cgroup}: ${(e as Error).message}`);
     }
     try {
-      await call<AgentMessage>(o.socket, 'AgentService', 'Attach', { cgroup_path: cgroup, role: o.role, dry_run: o.dryRun, name });
+      await call<AgentMessage>(o.socket, 'AgentService', 'Attach', { cgroup_path: cgroup, role: o.role, dry_run: o.dryRun, name, labels });
     } catch (e) {
       fs.rmdirSync(cgroup);
       fail(`not starting the agent: helmd did not govern it: ${(e as Error).message}`);
@@ -130,15 +147,10 @@ connects(
     .requiredOption('--role <role>', "the agent's role")
     .option('--dry-run', 'force this agent into dry-run', false)
     .option('--name <name>', 'agent name (default: the cgroup or unit name)', agentName)
-    .option('--label <key=value>', 'a label (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[]),
+    .option('--label <key=value>', "one of the agent's labels, for contextual rules' when.label (repeatable)", collect, [] as string[]),
 ).action(async (o) => {
   if (!!o.cgroup === !!o.unit) fail('give one of --cgroup PATH or --unit NAME.service');
-  const labels: Record<string, string> = {};
-  for (const l of o.label as string[]) {
-    const eq = l.indexOf('=');
-    if (eq <= 0) fail(`--label must be KEY=VALUE, got ${JSON.stringify(l)}`);
-    labels[l.slice(0, eq)] = l.slice(eq + 1);
-  }
+  const labels = labelsOf(o.label);
   let cgroup: string = o.cgroup;
   let name: string = o.name ?? '';
   if (o.unit) {
@@ -331,18 +343,11 @@ function loadOrFail(files: string[]): Policy[] {
 
 const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
 
-/** Said by test and explain, which evaluate the whole language: what helmd would refuse to load today. */
-function unenforcedNote(policies: Policy[]): string | undefined {
-  const n = unenforcedRules(policies).length;
-  if (n === 0) return undefined;
-  return `note: ${plural(n, 'rule')} use${n === 1 ? 's' : ''} connect/bind or exe/label/uid conditions, which this helmd refuses to load until the kernel enforces them (helmctl policy lint shows where)`;
-}
-
 policy
   .command('lint')
   .description('check policy files: errors (exit 1) and warnings, each as file:line:col; canonical paths as notes')
   .argument('<files...>', 'policy files or directories')
-  .option('--no-kernel', 'check the language alone: do not compile for this helmd (connect/bind rules and exe/label/uid conditions are then not errors)')
+  .option('--no-kernel', "check the language alone: do not compile for this helmd (what does not fit the kernel's tables is then not an error)")
   .option('--strict', 'exit 1 on warnings too', false)
   .action((files: string[], o: { kernel: boolean; strict: boolean }) => {
     const r = lintPolicies(files, { kernel: o.kernel });
@@ -396,8 +401,6 @@ policy
     const results = runCases(policies, cases);
     for (const r of results) process.stdout.write(formatResult(r) + '\n');
     const failed = results.filter((r) => !r.pass).length;
-    const note = unenforcedNote(policies);
-    if (note) process.stdout.write(note + '\n');
     process.stdout.write(`${results.length - failed} passed, ${failed} failed\n`);
     process.exit(failed ? 1 : 0);
   });

@@ -8,6 +8,8 @@ export interface GovernedAgent {
   dryRun: boolean;
   /** helmd's DNS forwarder port for this agent on loopback (0: none; DNS is then decided as any traffic). */
   dnsPort?: number;
+  /** The agent's label pairs as bits (labelBitsOf: bit n-1 for label pair id n), for contextual conditions on labels. */
+  labelBits?: bigint;
 }
 
 /** The event ring buffer as helmd drains it (see RingReader). */

@@ -10,6 +10,7 @@ import { PinnedKernel, type CommitReport, type PinOutcome } from './pins';
 import {
   C, LAYOUT, kernelDev, encodeProtectedKey, encodeAgent, encodeInodeKey, encodeInodeValue, encodePathKey, encodePathValue,
   encodeSettings, encodeNetKey, encodeNetValue, encodeNameKey, encodeSocketKey, encodeSocketValue, encodeLearnedKey, encodeLearnedValue, u32Key, u64Key,
+  encodeCondList, encodeExeKey, encodeUidKey,
 } from './layout';
 import { cgroup2Mount } from '../control/cgroups';
 import { KernelError, buildDir, native, errnoName } from './native';
@@ -32,6 +33,8 @@ export interface GovernedEntry {
   agentId: bigint;
   roleId: number;
   dryRun: boolean;
+  /** The agent's label bits as the kernel holds them. */
+  labelBits: bigint;
 }
 
 export interface LoadOptions {
@@ -85,6 +88,9 @@ export class KernelEnforcer implements KernelBinding {
   private readonly nameTables: BpfMap;
   private readonly unixTables: BpfMap;
   private readonly socketTables: BpfMap;
+  private readonly condListTables: BpfMap;
+  private readonly condExeTables: BpfMap;
+  private readonly condUidTables: BpfMap;
   private readonly learned: BpfMap;
   private generation = 0;
   private flags = 0;
@@ -115,8 +121,14 @@ export class KernelEnforcer implements KernelBinding {
     this.nameTables = map('name_tables');
     this.unixTables = map('unix_tables');
     this.socketTables = map('socket_tables');
+    this.condListTables = map('cond_lists');
+    this.condExeTables = map('cond_exes');
+    this.condUidTables = map('cond_uids');
     this.learned = map('learned_addrs');
-    this.outer = [this.pathTables, this.inodeTables, this.netTables, this.nameTables, this.unixTables, this.socketTables];
+    this.outer = [
+      this.pathTables, this.inodeTables, this.netTables, this.nameTables, this.unixTables, this.socketTables,
+      this.condListTables, this.condExeTables, this.condUidTables,
+    ];
     if (pins && (pins.outcome === 'adopted' || pins.outcome === 'replaced')) this.takeOver();
   }
 
@@ -195,6 +207,7 @@ export class KernelEnforcer implements KernelBinding {
         agentId: v.readBigUInt64LE(F.agent_id[0]),
         roleId: v.readUInt32LE(F.role_id[0]),
         dryRun: (v.readUInt32LE(F.flags[0]) & C.HELM_AGENT_DRY_RUN) !== 0,
+        labelBits: v.length >= F.label_bits[0] + 8 ? v.readBigUInt64LE(F.label_bits[0]) : 0n,
       });
     }
     return out;
@@ -272,6 +285,12 @@ export class KernelEnforcer implements KernelBinding {
       tables.push(unix);
       const sockets = BpfMap.create(MAP_TYPE.HASH, 'helm_sockets', LAYOUT.helm_socket_key.size, LAYOUT.helm_socket_value.size, C.HELM_MAX_SOCKET_ENTRIES, NO_PREALLOC);
       tables.push(sockets);
+      const condLists = BpfMap.create(MAP_TYPE.HASH, 'helm_cond_lists', 4, LAYOUT.helm_cond_list.size, C.HELM_MAX_COND_LISTS, NO_PREALLOC);
+      tables.push(condLists);
+      const condExes = BpfMap.create(MAP_TYPE.LPM_TRIE, 'helm_cond_exes', LAYOUT.helm_exe_key.size, 4, C.HELM_MAX_COND_EXES, NO_PREALLOC);
+      tables.push(condExes);
+      const condUids = BpfMap.create(MAP_TYPE.HASH, 'helm_cond_uids', LAYOUT.helm_uid_key.size, 4, C.HELM_MAX_COND_UIDS, NO_PREALLOC);
+      tables.push(condUids);
       for (const e of compiled.pathEntries) {
         paths.update(encodePathKey(e.roleId, e.data), encodePathValue(e.verdicts, e.defaultMode));
       }
@@ -286,6 +305,11 @@ export class KernelEnforcer implements KernelBinding {
       }
       for (const e of compiled.unixEntries) unix.update(encodePathKey(e.roleId, e.data), encodeSocketValue(e.verdict, e.defaultMode));
       for (const e of compiled.socketEntries) sockets.update(encodeSocketKey(e.roleId, e.kind, e.protocol), encodeSocketValue(e.verdict, e.defaultMode));
+      for (const l of compiled.condLists) condLists.update(u32Key(l.listId), encodeCondList(l.entries));
+      for (const c of compiled.conds) {
+        for (const exe of c.exes) condExes.update(encodeExeKey(c.condId, exe), u32Key(1));
+        for (const uid of c.uids) condUids.update(encodeUidKey(c.condId, uid), u32Key(1));
+      }
       for (let i = 0; i < this.outer.length; i++) {
         this.outer[i].update(u32Key(slot), u32Key(tables[i].fd));
         placed++;
@@ -383,7 +407,7 @@ export class KernelEnforcer implements KernelBinding {
   }
 
   govern(cgroupId: bigint, agent: GovernedAgent): void {
-    this.governed.update(u64Key(cgroupId), encodeAgent(agent.agentId, agent.roleId, agent.dryRun ? C.HELM_AGENT_DRY_RUN : 0, agent.dnsPort ?? 0));
+    this.governed.update(u64Key(cgroupId), encodeAgent(agent.agentId, agent.roleId, agent.dryRun ? C.HELM_AGENT_DRY_RUN : 0, agent.dnsPort ?? 0, agent.labelBits ?? 0n));
   }
 
   release(cgroupId: bigint): boolean {

@@ -62,6 +62,13 @@ export const C = {
   HELM_MAX_DNS_SOCKETS: 16384,
   HELM_NET_SEGMENTS: 16,
   HELM_LEARNED_NAMES: 4,
+  HELM_MAX_COND_LISTS: 65536,
+  HELM_COND_LIST_LEN: 8,
+  HELM_MAX_COND_EXES: 65536,
+  HELM_MAX_COND_UIDS: 65536,
+  HELM_MAX_LABEL_PAIRS: 64,
+  HELM_COND_EXE: 1,
+  HELM_COND_UID: 2,
   HELM_OP_CONNECT: 9,
   HELM_OP_BIND: 10,
   HELM_NET_CONNECT: 0,
@@ -97,23 +104,27 @@ interface StructLayout {
 }
 
 export const LAYOUT = {
-  helm_agent: { size: 24, fields: { agent_id: [0, 8], role_id: [8, 4], flags: [12, 4], dns_port: [16, 2] } },
-  helm_verdict: { size: 8, fields: { policy_id: [0, 2], rule_id: [2, 2], action: [4, 1], mode: [5, 1], rank: [6, 1] } },
+  helm_agent: { size: 32, fields: { agent_id: [0, 8], role_id: [8, 4], flags: [12, 4], dns_port: [16, 2], label_bits: [24, 8] } },
+  helm_verdict: { size: 12, fields: { policy_id: [0, 2], rule_id: [2, 2], action: [4, 1], mode: [5, 1], rank: [6, 1], cond_list: [8, 4] } },
+  helm_cond: { size: 32, fields: { verdict: [0, 12], cond_id: [12, 4], label_bits: [16, 8], flags: [24, 4] } },
+  helm_cond_list: { size: 264, fields: { count: [0, 4], cond: [8, 256] } },
+  helm_exe_key: { size: 260, fields: { prefixlen: [0, 4], cond_id: [4, 4], path: [8, 252] } },
+  helm_uid_key: { size: 8, fields: { cond_id: [0, 4], uid: [4, 4] } },
   helm_path_key: { size: 260, fields: { prefixlen: [0, 4], role_id: [4, 4], path: [8, 252] } },
-  helm_path_value: { size: 32, fields: { verdict: [0, 24], default_mode: [24, 1] } },
+  helm_path_value: { size: 44, fields: { verdict: [0, 36], default_mode: [36, 1] } },
   helm_inode_key: { size: 16, fields: { role_id: [0, 4], dev: [4, 4], ino: [8, 8] } },
-  helm_inode_value: { size: 48, fields: { self: [0, 24], below: [24, 24] } },
+  helm_inode_value: { size: 72, fields: { self: [0, 36], below: [36, 36] } },
   helm_settings: { size: 16, fields: { active_generation: [0, 4], flags: [4, 4], helmd_tgid: [8, 4] } },
   helm_protected_key: { size: 16, fields: { dev: [0, 4], ino: [8, 8] } },
   helm_net_key: { size: 28, fields: { prefixlen: [0, 4], role_id: [4, 4], family: [8, 1], addr: [9, 16] } },
-  helm_port_range: { size: 20, fields: { from: [0, 2], to: [2, 2], verdict: [4, 16] } },
-  helm_net_value: { size: 324, fields: { default_mode: [0, 1], count: [1, 1], range: [4, 320] } },
+  helm_port_range: { size: 28, fields: { from: [0, 2], to: [2, 2], verdict: [4, 24] } },
+  helm_net_value: { size: 452, fields: { default_mode: [0, 1], count: [1, 1], range: [4, 448] } },
   helm_name_key: { size: 8, fields: { role_id: [0, 4], name_id: [4, 4] } },
   helm_learned_key: { size: 24, fields: { agent_id: [0, 8], addr: [8, 16] } },
   helm_learned_value: { size: 24, fields: { expires_boot_ns: [0, 8], name_id: [8, 16] } },
   helm_dns_origin: { size: 24, fields: { addr: [0, 16], port: [16, 2], family: [18, 2] } },
   helm_socket_key: { size: 12, fields: { role_id: [0, 4], kind: [4, 4], protocol: [8, 4] } },
-  helm_socket_value: { size: 16, fields: { verdict: [0, 8], default_mode: [8, 1] } },
+  helm_socket_value: { size: 20, fields: { verdict: [0, 12], default_mode: [12, 1] } },
   helm_pin_meta: {
     size: 128,
     fields: { format: [0, 4], state: [4, 4], layout: [8, 32], object: [40, 32], instance: [72, 16], created_ns: [88, 8], version: [96, 32] },
@@ -138,21 +149,69 @@ export interface Verdict {
   mode: number;
   /** HELM_RANK_*: the kind of rule that decided (0 when none did). */
   rank: number;
+  /** The list of contextual rules with runtime conditions to try first (0: none); see struct helm_verdict. */
+  condList: number;
 }
 
-export const NO_VERDICT: Verdict = { policyId: 0, ruleId: 0, action: C.HELM_ACTION_NONE, mode: C.HELM_MODE_ENFORCE, rank: C.HELM_RANK_NONE };
+export const NO_VERDICT: Verdict = { policyId: 0, ruleId: 0, action: C.HELM_ACTION_NONE, mode: C.HELM_MODE_ENFORCE, rank: C.HELM_RANK_NONE, condList: 0 };
+
+function writeVerdict(buf: Buffer, o: number, v: Verdict): void {
+  const F = LAYOUT.helm_verdict.fields;
+  buf.writeUInt16LE(v.policyId, o + F.policy_id[0]);
+  buf.writeUInt16LE(v.ruleId, o + F.rule_id[0]);
+  buf.writeUInt8(v.action, o + F.action[0]);
+  buf.writeUInt8(v.mode, o + F.mode[0]);
+  buf.writeUInt8(v.rank, o + F.rank[0]);
+  buf.writeUInt32LE(v.condList, o + F.cond_list[0]);
+}
 
 function writeVerdicts(buf: Buffer, at: number, verdicts: readonly Verdict[], count: number = C.HELM_FILE_OPS): void {
-  const F = LAYOUT.helm_verdict.fields;
-  for (let i = 0; i < count; i++) {
-    const v = verdicts[i] ?? NO_VERDICT;
-    const o = at + i * LAYOUT.helm_verdict.size;
-    buf.writeUInt16LE(v.policyId, o + F.policy_id[0]);
-    buf.writeUInt16LE(v.ruleId, o + F.rule_id[0]);
-    buf.writeUInt8(v.action, o + F.action[0]);
-    buf.writeUInt8(v.mode, o + F.mode[0]);
-    buf.writeUInt8(v.rank, o + F.rank[0]);
-  }
+  for (let i = 0; i < count; i++) writeVerdict(buf, at + i * LAYOUT.helm_verdict.size, verdicts[i] ?? NO_VERDICT);
+}
+
+/** One contextual rule of a condition list: the allow it gives when condition `condId` holds. */
+export interface CondListEntry {
+  verdict: Verdict;
+  condId: number;
+  /** Label pairs the agent must have, as bits (bit n-1 for label id n). */
+  labelBits: bigint;
+  /** HELM_COND_*. */
+  flags: number;
+}
+
+export function encodeCondList(entries: readonly CondListEntry[]): Buffer {
+  const L = LAYOUT.helm_cond_list;
+  const E = LAYOUT.helm_cond;
+  if (entries.length > C.HELM_COND_LIST_LEN) throw new RangeError(`${entries.length} conditions exceed ${C.HELM_COND_LIST_LEN}`);
+  const buf = Buffer.alloc(L.size);
+  buf.writeUInt32LE(entries.length, L.fields.count[0]);
+  entries.forEach((e, i) => {
+    const o = L.fields.cond[0] + i * E.size;
+    writeVerdict(buf, o + E.fields.verdict[0], e.verdict);
+    buf.writeUInt32LE(e.condId, o + E.fields.cond_id[0]);
+    buf.writeBigUInt64LE(e.labelBits, o + E.fields.label_bits[0]);
+    buf.writeUInt32LE(e.flags, o + E.fields.flags[0]);
+  });
+  return buf;
+}
+
+/** cond_exes key: `data` is stored as path keys are (an exact executable ends in NUL, a directory in '/'). */
+export function encodeExeKey(condId: number, data: Buffer): Buffer {
+  const L = LAYOUT.helm_exe_key;
+  if (data.length > C.HELM_PATH_BUF) throw new RangeError(`executable key of ${data.length} bytes exceeds ${C.HELM_PATH_BUF}`);
+  const buf = Buffer.alloc(L.size);
+  buf.writeUInt32LE(32 + 8 * data.length, L.fields.prefixlen[0]);
+  buf.writeUInt32LE(condId, L.fields.cond_id[0]);
+  data.copy(buf, L.fields.path[0]);
+  return buf;
+}
+
+export function encodeUidKey(condId: number, uid: number): Buffer {
+  const L = LAYOUT.helm_uid_key;
+  const buf = Buffer.alloc(L.size);
+  buf.writeUInt32LE(condId, L.fields.cond_id[0]);
+  buf.writeUInt32LE(uid, L.fields.uid[0]);
+  return buf;
 }
 
 /** Network addresses are stored as 16 bytes: IPv6, or IPv4 mapped (::ffff:a.b.c.d). */
@@ -284,13 +343,14 @@ export function encodeInodeValue(self: readonly Verdict[], below: readonly Verdi
   return buf;
 }
 
-export function encodeAgent(agentId: bigint, roleId: number, flags: number, dnsPort = 0): Buffer {
+export function encodeAgent(agentId: bigint, roleId: number, flags: number, dnsPort = 0, labelBits = 0n): Buffer {
   const L = LAYOUT.helm_agent;
   const buf = Buffer.alloc(L.size);
   buf.writeBigUInt64LE(agentId, L.fields.agent_id[0]);
   buf.writeUInt32LE(roleId, L.fields.role_id[0]);
   buf.writeUInt32LE(flags, L.fields.flags[0]);
   buf.writeUInt16LE(dnsPort, L.fields.dns_port[0]);
+  buf.writeBigUInt64LE(labelBits, L.fields.label_bits[0]);
   return buf;
 }
 

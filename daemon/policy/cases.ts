@@ -17,7 +17,7 @@
 //
 // Every problem is reported at once as `file:line:col: message`, like policy errors. Cases run
 // against the reference evaluator (./evaluate.ts: evaluateOperation), i.e. the whole language,
-// including what the kernel does not enforce yet.
+// every verb and every `when` key (the kernel enforces the same decisions; the VM suites check it).
 
 import * as net from 'net';
 import { Document, LineCounter, Pair, YAMLMap, isMap, isScalar, isSeq, parseAllDocuments, visit } from 'yaml';

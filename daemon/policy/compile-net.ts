@@ -29,7 +29,11 @@ export interface NameEntry {
   pattern: string;
   ranges: PortRange[];
   defaultMode: number;
-  /** Could any port of any verb be allowed by this pattern's rules? (If not, its DNS queries are refused.) */
+  /**
+   * Could any port of any verb be allowed by this pattern's rules, for some process of the role?
+   * (If not, its DNS queries are refused. The forwarder cannot tell which process asks, so a
+   * rule whose exe, label or uid condition might hold counts.)
+   */
   allowsSomething: boolean;
 }
 
@@ -60,7 +64,7 @@ export function nameMatches(pattern: string, name: string): boolean {
 }
 
 function sameVerdict(a: Verdict, b: Verdict): boolean {
-  return a.policyId === b.policyId && a.ruleId === b.ruleId && a.action === b.action && a.mode === b.mode && a.rank === b.rank;
+  return a.policyId === b.policyId && a.ruleId === b.ruleId && a.action === b.action && a.mode === b.mode && a.rank === b.rank && a.condList === b.condList;
 }
 
 /**
@@ -178,7 +182,7 @@ export function compileNetwork(
       nameIds.set(pattern, nameId);
     }
     const ranges = fold(byName.get(pattern) as Covering[]);
-    const allowsSomething = ranges.some((r) => r.verdicts.some((v) => v.action === C.HELM_ACTION_ALLOW));
+    const allowsSomething = ranges.some((r) => r.verdicts.some((v) => v.action === C.HELM_ACTION_ALLOW || v.condList !== 0));
     nameEntries.push({ roleId, nameId, pattern, ranges, defaultMode, allowsSomething });
   }
   return { netEntries, nameEntries };

@@ -5,7 +5,9 @@
 // The path table is an LPM trie over (role, path bytes). For every stored key the
 // compiler folds in every rule that covers it, so the kernel's single
 // longest-prefix lookup already carries the full POLICY.md decision: block >
-// contextual > allow > default, independent of rule order and path length.
+// contextual > allow > default, independent of rule order and path length. Contextual
+// conditions on the acting process (exe, label, uid) cannot be folded: such a verdict names a
+// list of rules whose conditions the kernel checks (compile-cond.ts).
 import fs from 'node:fs';
 import path from 'node:path';
 import { C, type Verdict, NO_VERDICT, kernelDev } from '../kernel/layout';
@@ -20,9 +22,10 @@ import {
   type Rule,
   PolicyError,
 } from './types';
-import { defaultMode, governs, whenHoldsForRole } from './evaluate';
+import { defaultMode, governs } from './evaluate';
 import { compileNetwork, type NameEntry, type NetEntry } from './compile-net';
 import { compileSockets, type SocketEntry, type UnixEntry } from './compile-socket';
+import { ConditionTables, hasRuntimeCondition, type CondEntry, type CondListTable } from './compile-cond';
 
 export interface RuleRef {
   policy: string;
@@ -65,6 +68,12 @@ export interface CompiledPolicy {
   socketEntries: SocketEntry[];
   /** Host-name pattern → id in the name tables (stable across generations, like role ids). */
   nameIds: Map<string, number>;
+  /** Conditions on exe and uid (their ids in the kernel's exe and uid tables). */
+  conds: CondEntry[];
+  /** Lists of contextual rules with conditions, named by verdicts' condList. */
+  condLists: CondListTable[];
+  /** Label pair (labelPairKey) → id; bit id-1 of an agent's label bits (stable across generations, only added to). */
+  labelIds: Map<string, number>;
   warnings: PolicyDiagnostic[];
 }
 
@@ -81,6 +90,8 @@ export interface CompileOptions {
   roleIds?: Map<string, number>;
   /** Stable host-name pattern ids: patterns already known keep theirs. */
   nameIds?: Map<string, number>;
+  /** Stable label pair ids: pairs already known keep theirs (and stay known). */
+  labelIds?: Map<string, number>;
   /** Roles to compile for besides those the policies name (e.g. roles of attached agents). */
   extraRoles?: Iterable<string>;
   /** Injected for tests; defaults to fs.statSync with bigint. Returns undefined if absent. */
@@ -151,23 +162,29 @@ function modeRank(c: Candidate): number {
 }
 
 /** Same tie-break as the evaluator: enforce first, then policy name, then rule order. */
+function reportOrder(a: Candidate, b: Candidate): number {
+  return modeRank(a) - modeRank(b) || a.policyIdx - b.policyIdx || a.ruleId - b.ruleId;
+}
+
 function pick(cands: Candidate[]): Candidate {
-  return cands.reduce((best, c) => {
-    const byMode = modeRank(c) - modeRank(best);
-    if (byMode !== 0) return byMode < 0 ? c : best;
-    if (c.policyIdx !== best.policyIdx) return c.policyIdx < best.policyIdx ? c : best;
-    return c.ruleId < best.ruleId ? c : best;
-  });
+  return cands.reduce((best, c) => (reportOrder(c, best) < 0 ? c : best));
 }
 
 const RANK: Record<Rule['kind'], number> = { allow: C.HELM_RANK_ALLOW, contextual: C.HELM_RANK_CONTEXTUAL, block: C.HELM_RANK_BLOCK };
 
 function verdictOf(c: Candidate, action: number, mode: Mode): Verdict {
-  return { policyId: c.policyIdx + 1, ruleId: c.ruleId, action, mode: MODE_CODE[mode], rank: RANK[c.rule.kind] };
+  return { policyId: c.policyIdx + 1, ruleId: c.ruleId, action, mode: MODE_CODE[mode], rank: RANK[c.rule.kind], condList: 0 };
 }
 
-/** POLICY.md's algorithm over the rules that cover a key (already filtered to one role and verb). */
-export function decide(cands: Candidate[], role: string): Verdict {
+/**
+ * POLICY.md's algorithm over the rules that cover a key (already filtered to one role and verb).
+ * A contextual rule whose `when` needs the acting process (exe, label, uid) is decided by the
+ * kernel: the rules whose role condition holds are tried in report order, up to the first one
+ * that holds whatever the process (its `when` is role alone); those before it go into a list
+ * the kernel tries first, and the verdict is that rule's allow, or when there is none, the
+ * contextual deny.
+ */
+export function decide(cands: Candidate[], role: string, conds: ConditionTables): Verdict {
   const blocks = cands.filter((c) => c.rule.kind === 'block');
   if (blocks.length) {
     const c = pick(blocks);
@@ -175,10 +192,15 @@ export function decide(cands: Candidate[], role: string): Verdict {
   }
   const contextual = cands.filter((c) => c.rule.kind === 'contextual');
   if (contextual.length) {
-    const holding = contextual.filter((c) => whenHoldsForRole(c.rule, role));
-    if (holding.length) return verdictOf(pick(holding), C.HELM_ACTION_ALLOW, 'enforce');
-    const c = pick(contextual);
-    return verdictOf(c, C.HELM_ACTION_DENY, c.policy.mode);
+    const reported = pick(contextual);
+    const deny = verdictOf(reported, C.HELM_ACTION_DENY, reported.policy.mode);
+    const byRole = contextual.filter((c) => c.rule.when?.role === undefined || c.rule.when.role.includes(role)).sort(reportOrder);
+    const firstUnconditional = byRole.findIndex((c) => !hasRuntimeCondition(c.rule.when));
+    const conditional = firstUnconditional < 0 ? byRole : byRole.slice(0, firstUnconditional);
+    const fallback = firstUnconditional < 0 ? deny : verdictOf(byRole[firstUnconditional], C.HELM_ACTION_ALLOW, 'enforce');
+    if (conditional.length === 0) return fallback;
+    const list = conds.listOf(conditional.map((c) => ({ rule: c.rule, allow: verdictOf(c, C.HELM_ACTION_ALLOW, 'enforce') })), role);
+    return { ...fallback, condList: list };
   }
   const allows = cands.filter((c) => c.rule.kind === 'allow');
   if (allows.length) return verdictOf(pick(allows), C.HELM_ACTION_ALLOW, 'enforce');
@@ -252,23 +274,6 @@ const byPrefixes: CoverFinder = (governing) => {
   };
 };
 
-function unsupported(policies: Policy[]): PolicyDiagnostic[] {
-  const errors: PolicyDiagnostic[] = [];
-  for (const p of policies) {
-    for (const rule of p.rules) {
-      const when = rule.when;
-      if (when && (when.exe || when.label || when.uid)) {
-        errors.push({
-          severity: 'error',
-          loc: when.loc,
-          message: 'contextual conditions on exe, label or uid are not enforced by this helmd yet; only role is',
-        });
-      }
-    }
-  }
-  return errors;
-}
-
 export function compilePolicy(input: Policy[], opts: CompileOptions = {}): CompiledPolicy {
   return compileWith(input, opts, byPrefixes);
 }
@@ -286,7 +291,7 @@ function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder)
   const stat = opts.stat ?? defaultStat;
   const readdir = opts.readdir ?? defaultReaddir;
   const walkBudget = opts.walkBudget ?? 5000;
-  const errors = unsupported(input);
+  const errors: PolicyDiagnostic[] = [];
   const warnings: PolicyDiagnostic[] = [];
 
   // Policies in name order, so ids do not depend on file order.
@@ -336,6 +341,8 @@ function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder)
   const unixEntries: UnixEntry[] = [];
   const socketEntries: SocketEntry[] = [];
   const nameIds = new Map(opts.nameIds ?? []);
+  const conds = new ConditionTables(new Map(opts.labelIds ?? []), policies.flatMap((p) => p.rules), errors);
+  const decideWith = (cands: Candidate[], r: string) => decide(cands, r, conds);
   const walks: Walker = { stat, readdir, budget: walkBudget, memo: new Map() };
   for (const role of [...roles.keys()].sort()) {
     if (!roleNames.has(role) && !policies.some((p) => governs(p, role))) continue;
@@ -352,7 +359,7 @@ function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder)
     const decided = new Map<Candidate[], Verdict>();
     const decideOnce = (cands: Candidate[]) => {
       let v = decided.get(cands);
-      if (!v) decided.set(cands, (v = decide(cands, role)));
+      if (!v) decided.set(cands, (v = decideWith(cands, role)));
       return v;
     };
     // sort() without a comparator orders strings code unit by code unit: for latin1
@@ -367,10 +374,10 @@ function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder)
 
     inodeEntries.push(...blockInodes(governing, roleId, stat, walks, warnings));
 
-    const net = compileNetwork(governing, role, roleId, dmode, nameIds, decide, errors);
+    const net = compileNetwork(governing, role, roleId, dmode, nameIds, decideWith, errors);
     netEntries.push(...net.netEntries);
     nameEntries.push(...net.nameEntries);
-    const sockets = compileSockets(governing, role, roleId, dmode, decide, errors);
+    const sockets = compileSockets(governing, role, roleId, dmode, decideWith, errors);
     unixEntries.push(...sockets.unixEntries);
     socketEntries.push(...sockets.socketEntries);
   }
@@ -387,6 +394,15 @@ function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder)
   if (inodeEntries.length > C.HELM_MAX_INODE_ENTRIES) {
     throw new PolicyError([{ severity: 'error', loc: policies[0].loc, message: `block rules cover ${inodeEntries.length} inodes; the kernel table holds ${C.HELM_MAX_INODE_ENTRIES}` }]);
   }
+  const exeEntries = conds.conds.reduce((n, c) => n + c.exes.length, 0);
+  const uidEntries = conds.conds.reduce((n, c) => n + c.uids.length, 0);
+  for (const [count, max, what] of [
+    [conds.lists.length, C.HELM_MAX_COND_LISTS, 'lists of conditional contextual rules'],
+    [exeEntries, C.HELM_MAX_COND_EXES, 'executables in conditions'],
+    [uidEntries, C.HELM_MAX_COND_UIDS, 'uids in conditions'],
+  ] as const) {
+    if (count > max) throw new PolicyError([{ severity: 'error', loc: policies[0].loc, message: `the policies need ${count} ${what}; the kernel table holds ${max}` }]);
+  }
 
   return {
     roles,
@@ -399,6 +415,9 @@ function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder)
     unixEntries,
     socketEntries,
     nameIds,
+    conds: conds.conds,
+    condLists: conds.lists,
+    labelIds: conds.labelIds,
     warnings,
   };
 }

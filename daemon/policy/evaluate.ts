@@ -2,12 +2,10 @@
 // possible over the parsed policies. The compiler builds the kernel's tables
 // independently; tests compare the two, so a difference is a bug in one of them.
 //
-// One algorithm, decide() below, serves two entry points:
-//  - evaluate(): file operations, with `when` decided on the role alone, exactly what the
-//    kernel enforces today (the compiler refuses exe/label/uid conditions and network rules);
-//  - evaluateOperation() / traceOperation(): the whole language (every verb, every target form,
-//    every `when` key, given the acting process's context), for `helmctl policy test` and
-//    `helmctl policy explain`. traceOperation() also says which rules matched at each step.
+// One algorithm, decide() below, serves every verb, every target form and every `when` key,
+// given the acting process's context: evaluateOperation() answers with the outcome (the
+// differential tests, `helmctl policy test`), traceOperation() also says which rules matched at
+// each step (`helmctl policy explain`).
 import { addressBytes, type IpBytes } from './ip';
 import type { Conditions, FileVerb, Mode, NetTarget, PathTarget, Policy, Rule, SocketTarget, Target, Verb } from './types';
 
@@ -120,19 +118,6 @@ export function pathMatches(target: PathTarget, path: string, isDir: boolean): b
   return subject === target.canonical || (isDir && subject === `${target.canonical}/`);
 }
 
-/**
- * The conditions a contextual rule can have, evaluated for a role alone. Only
- * `role` can be decided without knowing the acting process; other keys are
- * refused by the compiler until the kernel can see them. (So a `when` with only
- * exe/label/uid "holds" here for every role: only evaluate() and the compiler
- * use this, and neither ever sees such a rule. evaluateOperation() decides them.)
- */
-export function whenHoldsForRole(rule: Rule, role: string): boolean {
-  const when = rule.when;
-  if (!when) return false;
-  return when.role === undefined || when.role.includes(role);
-}
-
 /** Enforce before dry-run, then policy name, then rule order: the report is deterministic. */
 function pickReported<C extends { policy: Policy; rule: Rule }>(cands: C[]): C {
   return [...cands].sort((a, b) => {
@@ -197,16 +182,6 @@ function decide(policies: Policy[], role: string, matchOf: (rule: Rule) => Targe
 /** The first target of the operation's verb in `rule` that covers the operation. */
 function fileMatch(rule: Rule, op: FileOperation): Target | undefined {
   return rule.verbs[op.verb]?.find((t) => t.kind === 'path' && pathMatches(t, op.path, op.isDir ?? false));
-}
-
-/** What the kernel decides today: file verbs, `when` on the role alone. */
-export function evaluate(policies: Policy[], op: FileOperation): Outcome {
-  return decide(
-    policies,
-    op.role,
-    (rule) => fileMatch(rule, op),
-    (rule) => ({ holds: whenHoldsForRole(rule, op.role), checks: [] }),
-  ).outcome;
 }
 
 // ---------------------------------------------------------------------------------------------

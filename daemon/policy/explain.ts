@@ -40,7 +40,7 @@ export interface Explanation {
   policy?: string;
   rule?: string;
   reason: 'rule' | 'default' | 'no-policy';
-  /** Things worth knowing about this answer (e.g. what the kernel does not enforce yet). */
+  /** Things worth knowing about this answer (e.g. no policy governs the role, no address given, dry-run). */
   notes: string[];
 }
 
@@ -63,12 +63,7 @@ export function explainTrace(t: Trace, op: Operation): Explanation {
   });
   const notes: string[] = [];
   if (t.step === 'no-policy') notes.push(`no policy governs role ${JSON.stringify(op.role)}: everything it does is denied`);
-  if (isNetOperation(op)) {
-    notes.push(`${op.verb} is not enforced by this helmd yet (network enforcement is not built): this is what the policies say, not what the kernel does today`);
-    if (op.addr === undefined) notes.push('no address given (--addr): address and CIDR rules cannot match; only "*", host names and domains can');
-  }
-  const usesConditions = [...t.contextual].some((c) => c.rule.when && (c.rule.when.exe || c.rule.when.label || c.rule.when.uid));
-  if (usesConditions) notes.push('conditions on exe, label or uid are not enforced by this helmd yet; only role is');
+  if (isNetOperation(op) && op.addr === undefined) notes.push('no address given (--addr): address and CIDR rules cannot match; only "*", host names and domains can');
   return {
     operation: describeOperation(op),
     governing: t.governing.map((p) => ({ policy: p.name, mode: p.mode, roles: p.roles })),

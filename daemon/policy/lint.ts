@@ -1,7 +1,8 @@
 // `helmctl policy lint`: everything that is wrong with a set of policy files (errors, exit 1) and
 // everything that is probably not what its author meant (warnings), each located
 // `file:line:col`. Errors come from the parser and, unless the kernel is left out (--no-kernel),
-// from the compiler, which refuses what this helmd cannot enforce.
+// from the compiler, which refuses what does not fit the kernel's tables (a path longer than its
+// buffer, more port ranges or conditional contextual rules than one entry holds, ...).
 //
 // Warnings (none of them changes a decision; each points at something that does not do what it
 // reads as):
@@ -334,16 +335,4 @@ function canonicalNotes(policies: Policy[]): LintNote[] {
 
 export function formatNote(n: LintNote): string {
   return `${where(n.loc)}: note: ${n.message}`;
-}
-
-/**
- * Rules that use what this helmd cannot enforce yet (connect/bind targets, exe/label/uid
- * conditions): the compiler refuses them; test and explain evaluate them anyway, and say so.
- */
-export function unenforcedRules(policies: Policy[]): { policy: Policy; rule: Rule }[] {
-  return policies.flatMap((policy) =>
-    policy.rules
-      .filter((rule) => rule.verbs.connect !== undefined || rule.verbs.bind !== undefined || (rule.when !== undefined && (rule.when.exe || rule.when.label || rule.when.uid)))
-      .map((rule) => ({ policy, rule })),
-  );
 }

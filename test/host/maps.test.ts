@@ -8,7 +8,7 @@ import { BpfMap, MAP_FLAG, MAP_TYPE, UPDATE } from '../../daemon/kernel/bpf';
 import { C, LAYOUT, encodePathKey, encodePathValue, u64Key } from '../../daemon/kernel/layout';
 import { KernelError } from '../../daemon/kernel/native';
 import { compilePolicy, type CompiledPolicy } from '../../daemon/policy/compile';
-import { evaluate, type Decision } from '../../daemon/policy/evaluate';
+import { evaluateOperation, type Decision } from '../../daemon/policy/evaluate';
 import { parsePolicySource } from '../../daemon/policy/parse';
 import { FILE_VERBS, type FileVerb, type Policy } from '../../daemon/policy/types';
 import { requireRoot, type Scope } from './host';
@@ -165,7 +165,7 @@ function differences(map: BpfMap, policies: Policy[], compiled: CompiledPolicy, 
   for (const c of cases) {
     const value = map.lookup(encodePathKey(c.roleId, kernelLookupData(c.path, c.isDir)), LAYOUT.helm_path_value.size);
     const kernel = kernelOutcome(value, c.verb, compiled);
-    const ev = evaluate(policies, { role: c.role, verb: c.verb, path: c.path, isDir: c.isDir });
+    const ev = evaluateOperation(policies, { role: c.role, verb: c.verb, path: c.path, isDir: c.isDir });
     const reference: KernelOutcome = { decision: ev.decision, reason: ev.reason, ...(ev.reason === 'rule' ? { policy: ev.policy, rule: ev.rule } : {}) };
     if (JSON.stringify(kernel) !== JSON.stringify(reference)) out.push({ c, kernel, reference });
   }
@@ -262,7 +262,7 @@ function main(): void {
     // The comparison covered every kind of outcome (otherwise agreeing would prove little).
     const seen = new Set<string>();
     for (const c of cases) {
-      const ev = evaluate(policies, { role: c.role, verb: c.verb, path: c.path, isDir: c.isDir });
+      const ev = evaluateOperation(policies, { role: c.role, verb: c.verb, path: c.path, isDir: c.isDir });
       seen.add(`${ev.decision}/${ev.reason}`);
     }
     for (const k of ['allow/rule', 'deny/rule', 'would_deny/rule', 'deny/default', 'would_deny/default', 'deny/no-policy']) {
@@ -286,7 +286,7 @@ function main(): void {
 
   t.test('path table: the role id separates roles sharing a path', async (t) => {
     const map = createPathTable(t);
-    const allowRead = encodePathValue([{ policyId: 1, ruleId: 1, action: C.HELM_ACTION_ALLOW, mode: C.HELM_MODE_ENFORCE, rank: C.HELM_RANK_ALLOW }], C.HELM_MODE_ENFORCE);
+    const allowRead = encodePathValue([{ policyId: 1, ruleId: 1, action: C.HELM_ACTION_ALLOW, mode: C.HELM_MODE_ENFORCE, rank: C.HELM_RANK_ALLOW, condList: 0 }], C.HELM_MODE_ENFORCE);
     map.update(encodePathKey(1, Buffer.from('/shared/')), allowRead);
     t.ok(map.lookup(encodePathKey(1, Buffer.from('/shared/x\0')), LAYOUT.helm_path_value.size), 'role 1 matches its subtree');
     t.equal(map.lookup(encodePathKey(2, Buffer.from('/shared/x\0')), LAYOUT.helm_path_value.size), undefined, 'role 2 does not');

@@ -3,6 +3,7 @@
 // two policies with random modes. The kernel's outcome of each operation must be the reference
 // evaluator's, with the same deciding rule.
 import { Rng } from '../rng';
+import { randomWhen } from './conditions';
 
 export const ROLES = ['r1', 'r2'] as const;
 const BASE_PORT = 20000;
@@ -41,16 +42,20 @@ function target(rng: Rng): string {
   return JSON.stringify(`${a}:${randomPorts(rng)}`);
 }
 
-function rule(rng: Rng, kind: 'allow' | 'block' | 'contextual', i: number, roles: readonly string[]): string {
+function rule(rng: Rng, kind: 'allow' | 'block' | 'contextual', i: number, roles: readonly string[], conditions: boolean): string {
   const verbs: string[] = [];
   if (rng.chance(0.8)) verbs.push(`connect: [${Array.from({ length: 1 + rng.int(3) }, () => target(rng)).join(', ')}]`);
   if (rng.chance(0.4) || verbs.length === 0) verbs.push(`bind: [${target(rng)}]`);
-  const when = kind === 'contextual' ? `, when: { role: ${rng.pick(roles)} }` : '';
+  const condition = () => (conditions && rng.chance(0.7) ? JSON.stringify(randomWhen(rng, roles)) : `{ role: ${rng.pick(roles)} }`);
+  const when = kind === 'contextual' ? `, when: ${condition()}` : '';
   return `    - { id: ${kind}-${i}, ${verbs.join(', ')}${when} }\n`;
 }
 
-/** Two policies (YAML, several documents); `extraAllow` lines are added to the first's allow list. */
-export function randomNetworkPolicy(rng: Rng, extraAllow = ''): string {
+/**
+ * Two policies (YAML, several documents); `extraAllow` lines are added to the first's allow list.
+ * With `conditions`, contextual rules also have exe, label and uid conditions (see conditions.ts).
+ */
+export function randomNetworkPolicy(rng: Rng, extraAllow = '', opts: { conditions?: boolean } = {}): string {
   const doc = (name: string, roles: readonly string[], mode: string, first: boolean) => {
     let s = `apiVersion: helm/v1\nkind: Policy\nmetadata: { name: ${name} }\nspec:\n  roles: ${JSON.stringify(roles)}\n  mode: ${mode}\n`;
     const whenRoles = roles.includes('*') ? ROLES : roles;
@@ -59,7 +64,7 @@ export function randomNetworkPolicy(rng: Rng, extraAllow = ''): string {
       if (n === 0 && !(first && kind === 'allow' && extraAllow)) continue;
       s += `  ${kind}:\n`;
       if (first && kind === 'allow') s += extraAllow;
-      for (let i = 0; i < n; i++) s += rule(rng, kind, i, whenRoles);
+      for (let i = 0; i < n; i++) s += rule(rng, kind, i, whenRoles, opts.conditions ?? false);
     }
     return s;
   };

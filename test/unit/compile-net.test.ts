@@ -11,6 +11,7 @@ import { C, NO_VERDICT, encodeNetKey, encodeNetValue, type Verdict } from '../..
 import { PolicyError, type Policy } from '../../daemon/policy/types';
 import { Rng } from '../rng';
 import { ROLES, randomNetworkOps, randomNetworkPolicy } from '../support/network-differential';
+import { randomContext, resolveModel, showContext, type ProcessContext } from '../support/conditions';
 
 const noStat = () => undefined;
 
@@ -25,8 +26,11 @@ function compile(text: string, opts: Parameters<typeof compilePolicy>[1] = {}): 
 const doc = (name: string, roles: string, body: string, mode = 'enforce') =>
   `apiVersion: helm/v1\nkind: Policy\nmetadata: { name: ${name} }\nspec:\n  roles: ${roles}\n  mode: ${mode}\n${body}`;
 
-/** The kernel's decision, modelled: helm.bpf.c decide_net() over the compiled entries. */
-function kernelModel(c: CompiledPolicy, role: string, verb: 'connect' | 'bind', addr: string, port: number, learnedNames: string[] = []): { action: 'allow' | 'deny'; v?: Verdict } {
+/**
+ * The kernel's decision, modelled: helm.bpf.c decide_net() over the compiled entries, each verdict
+ * made concrete for the acting process (its condition list) before the join.
+ */
+function kernelModel(c: CompiledPolicy, role: string, verb: 'connect' | 'bind', addr: string, port: number, learnedNames: string[] = [], ctx: ProcessContext = {}): { action: 'allow' | 'deny'; v?: Verdict } {
   const roleId = c.roles.get(role);
   const nop = verb === 'connect' ? C.HELM_NET_CONNECT : C.HELM_NET_BIND;
   const bytes = ipBytes(addr)!;
@@ -39,7 +43,10 @@ function kernelModel(c: CompiledPolicy, role: string, verb: 'connect' | 'bind', 
     const bestLen = best?.bytes === undefined ? -1 : best.prefix;
     if (!best || len > bestLen) best = e;
   }
-  const inRange = (ranges: typeof mine[number]['ranges']) => ranges.find((r) => port >= r.from && port <= r.to)?.verdicts[nop];
+  const inRange = (ranges: typeof mine[number]['ranges']) => {
+    const v = ranges.find((r) => port >= r.from && port <= r.to)?.verdicts[nop];
+    return v && resolveModel(c, v, ctx);
+  };
   let v: Verdict = NO_VERDICT;
   v = combine(v, inRange(best!.ranges));
   for (const name of learnedNames) {
@@ -224,4 +231,107 @@ t.test('unix, raw and packet targets: parsed, refused when malformed, matched an
     bindErr = e;
   }
   t.match((bindErr as Error)?.message, /unix sockets go under connect/);
+});
+
+t.test('with exe, label and uid conditions: model of the kernel = the reference evaluator (random policies)', async (t) => {
+  const seed = Number(process.env.HELM_SEED ?? 0xc0de);
+  const rng = new Rng(seed);
+  let checked = 0;
+  let conditional = 0;
+  for (let round = 0; round < 150; round++) {
+    const text = randomNetworkPolicy(rng, '', { conditions: true });
+    const ps = policies(text);
+    const c = compilePolicy(ps, { stat: noStat });
+    conditional += c.condLists.length;
+    for (const role of ROLES) {
+      for (const op of randomNetworkOps(rng, role, 40)) {
+        const ctx = randomContext(rng);
+        const want = evaluateOperation(ps, { role, verb: op.verb, addr: op.addr, port: op.port, ...ctx });
+        const got = kernelModel(c, role, op.verb, op.addr, op.port, [], ctx);
+        const rule = got.v ? c.rules[got.v.ruleId - 1] : undefined;
+        if (got.action !== want.action || (rule?.rule ?? 'default') !== (want.rule ?? 'default')) {
+          t.fail(`seed ${seed} round ${round}: ${op.verb} ${op.addr}:${op.port} by ${role} [${showContext(ctx)}]: evaluator ${want.action} ${want.rule}, model ${got.action} ${rule?.rule}\n${text}`);
+          return;
+        }
+        checked++;
+      }
+    }
+  }
+  t.ok(conditional > 100, `${conditional} condition lists`);
+  t.pass(`${checked} operations agree`);
+});
+
+t.test('a host-name rule with conditions: the name and the address join after each is made concrete', async (t) => {
+  const text = doc(
+    'n',
+    '[r]',
+    '  allow:\n    - id: any-443\n      connect: ["*:443"]\n  contextual:\n' +
+      '    - id: git-only\n      connect: ["*.github.com:443"]\n      when: { exe: /usr/lib/git-core/ }\n' +
+      '    - id: ops-team\n      connect: ["10.0.0.0/8:443"]\n      when: { label: { team: ops }, uid: [1000] }\n',
+  );
+  const ps = policies(text);
+  const c = compilePolicy(ps, { stat: noStat });
+  const gh = c.nameEntries.find((e) => e.pattern === '*.github.com')!;
+  t.equal(gh.allowsSomething, true, "the name's DNS queries are answered: some process may connect");
+  const cases: [string, string[], ProcessContext, 'allow' | 'deny', string][] = [
+    ['1.2.3.4', ['api.github.com'], { exe: '/usr/lib/git-core/git-remote-https', uid: 0 }, 'allow', 'git-only'],
+    ['1.2.3.4', ['api.github.com'], { exe: '/usr/bin/curl', uid: 0 }, 'deny', 'git-only'],
+    ['1.2.3.4', [], { exe: '/usr/bin/curl', uid: 0 }, 'allow', 'any-443'],
+    ['10.1.1.1', ['api.github.com'], { exe: '/usr/bin/curl', uid: 1000, labels: { team: 'ops' } }, 'allow', 'ops-team'],
+    ['10.1.1.1', ['api.github.com'], { exe: '/usr/lib/git-core/git', uid: 0, labels: { team: 'ops' } }, 'allow', 'git-only'],
+    ['10.1.1.1', [], { exe: '/usr/bin/curl', uid: 0, labels: { team: 'ops' } }, 'deny', 'ops-team'],
+  ];
+  for (const [addr, learned, ctx, action, rule] of cases) {
+    const host = learned[0];
+    const want = evaluateOperation(ps, { role: 'r', verb: 'connect', addr, port: 443, ...(host ? { host } : {}), ...ctx });
+    const got = kernelModel(c, 'r', 'connect', addr, 443, learned, ctx);
+    const what = `${addr}${host ? ` (${host})` : ''} [${showContext(ctx)}]`;
+    t.same([want.action, want.rule], [action, rule], `evaluator: ${what}`);
+    t.same([got.action, got.v && c.rules[got.v.ruleId - 1].rule], [action, rule], `model: ${what}`);
+  }
+});
+
+t.test('unix and raw socket rules with conditions: the entries name condition lists the kernel resolves', async (t) => {
+  const text = doc(
+    's',
+    '[r]',
+    '  allow:\n    - id: app\n      connect: ["unix:/run/app/", "raw:*"]\n  contextual:\n' +
+      '    - id: admin-by-exe\n      connect: ["unix:/run/app/admin.sock"]\n      when: { exe: /usr/sbin/appctl }\n' +
+      '    - id: ping-as-root\n      connect: ["raw:icmp"]\n      when: { uid: 0, label: { net: diag } }\n',
+  );
+  const ps = policies(text);
+  const c = compile(text);
+  const roleId = c.roles.get('r');
+  // The kernel's lookups (decide_unix, decide_socket), then the verdict made concrete for the process.
+  const unixModel = (path: string, ctx: ProcessContext) => {
+    const key = Buffer.from(`${path}\0`, 'latin1');
+    const e = c.unixEntries
+      .filter((x) => x.roleId === roleId && x.data.length <= key.length && key.subarray(0, x.data.length).equals(x.data))
+      .sort((a, b) => b.data.length - a.data.length)[0];
+    return resolveModel(c, e.verdict, ctx);
+  };
+  const rawModel = (protocol: number, ctx: ProcessContext) => {
+    const find = (p: number) => c.socketEntries.find((x) => x.roleId === roleId && x.kind === C.HELM_SOCKET_RAW && x.protocol === p);
+    const e = find(protocol)?.verdict.action ? find(protocol)! : find(C.HELM_ANY_PROTOCOL)!;
+    return resolveModel(c, e.verdict, ctx);
+  };
+  const name = (v: Verdict) => (v.action === C.HELM_ACTION_ALLOW ? 'allow' : 'deny') + (v.ruleId ? ` ${c.rules[v.ruleId - 1].rule}` : '');
+  const cases: [string, Parameters<typeof evaluateOperation>[1], () => Verdict][] = [];
+  for (const ctx of [{ exe: '/usr/sbin/appctl', uid: 0 }, { exe: '/usr/bin/python3', uid: 0 }, { exe: '/usr/sbin/appctl', uid: 1000, labels: { net: 'diag' } }] as ProcessContext[]) {
+    for (const p of ['/run/app/admin.sock', '/run/app/api.sock']) {
+      cases.push([`unix ${p} [${showContext(ctx)}]`, { role: 'r', verb: 'connect', port: 0, socket: { family: 'unix', path: p }, ...ctx }, () => unixModel(p, ctx)]);
+    }
+    for (const labels of [{}, { net: 'diag' }] as Record<string, string>[]) {
+      const withLabels = { ...ctx, labels };
+      cases.push([`raw icmp [${showContext(withLabels)}]`, { role: 'r', verb: 'connect', port: 0, socket: { family: 'raw', protocol: 1 }, ...withLabels }, () => rawModel(1, withLabels)]);
+    }
+  }
+  const seen = new Set<string>();
+  for (const [what, op, model] of cases) {
+    const want = evaluateOperation(ps, op);
+    const got = name(model());
+    t.equal(got, `${want.action}${want.rule ? ` ${want.rule}` : ''}`, what);
+    seen.add(got);
+  }
+  t.same([...seen].sort(), ['allow admin-by-exe', 'allow app', 'allow ping-as-root', 'deny admin-by-exe', 'deny ping-as-root'], 'each rule allowed and denied');
 });

@@ -10,12 +10,13 @@ import t from 'tap';
 import { Rng } from '../rng';
 import * as path from 'path';
 import { stringify } from 'yaml';
-import { C, encodeInodeKey, encodeInodeValue, encodePathKey, encodePathValue, type Verdict } from '../../daemon/kernel/layout';
+import { C, encodeCondList, encodeExeKey, encodeInodeKey, encodeInodeValue, encodePathKey, encodePathValue, encodeUidKey, type Verdict } from '../../daemon/kernel/layout';
 import { HELM_PATH_BUF, MAX_RULE_PATH_BYTES } from '../../daemon/kernel/limits';
 import { compilePolicy, compilePolicyByScan, type CompiledPolicy, type CompileOptions, type PathEntry, type StatInfo } from '../../daemon/policy/compile';
-import { evaluate, type FileOperation } from '../../daemon/policy/evaluate';
+import { evaluateOperation, type FileOperation, type OperationContext } from '../../daemon/policy/evaluate';
 import { parsePolicySource } from '../../daemon/policy/parse';
 import { FILE_VERBS, PolicyError, type FileVerb, type Mode, type Policy } from '../../daemon/policy/types';
+import { randomContext, randomWhen, resolveModel, showContext, type ProcessContext } from '../support/conditions';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -52,8 +53,11 @@ const modeName = (m: number): Mode => (m === C.HELM_MODE_DRY_RUN ? 'dry-run' : '
 const decisionOf = (action: 'allow' | 'deny', mode: Mode): Result['decision'] =>
   action === 'allow' ? 'allow' : mode === 'dry-run' ? 'would_deny' : 'deny';
 
-function fromEvaluator(policies: Policy[], op: FileOperation): Result {
-  const o = evaluate(policies, op);
+/** A file operation and what is known of the process doing it (for exe, label and uid conditions). */
+type FileOp = FileOperation & OperationContext;
+
+function fromEvaluator(policies: Policy[], op: FileOp): Result {
+  const o = evaluateOperation(policies, op);
   return { decision: o.decision, action: o.action, mode: o.mode, reason: o.reason, policy: o.policy ?? '-', rule: o.rule ?? '-' };
 }
 
@@ -95,13 +99,16 @@ function longestPrefix(compiled: CompiledPolicy, roleId: number | undefined, key
   return best;
 }
 
-/** bpf/helm.bpf.c's path decision for one verb (no agent or global dry-run). */
-function simulateKernel(compiled: CompiledPolicy, op: FileOperation): Result {
+/**
+ * bpf/helm.bpf.c's path decision for one verb (no agent or global dry-run): the lookup, then the
+ * verdict's condition list for the acting process (its labels as helmd writes them at attach).
+ */
+function simulateKernel(compiled: CompiledPolicy, op: FileOp): Result {
   const key = lookupKey(op.path, op.isDir ?? false);
   if (!key) return { decision: 'deny', action: 'deny', mode: 'enforce', reason: 'path-error', policy: '-', rule: '-' };
   const entry = longestPrefix(compiled, compiled.roles.get(op.role), key);
   if (!entry) return { decision: 'deny', action: 'deny', mode: 'enforce', reason: 'no-policy', policy: '-', rule: '-' };
-  const v = entry.verdicts[OP_INDEX[op.verb]];
+  const v = resolveModel(compiled, entry.verdicts[OP_INDEX[op.verb]], op);
   if (v.action === C.HELM_ACTION_NONE) {
     const mode = modeName(entry.defaultMode);
     return { decision: decisionOf('deny', mode), action: 'deny', mode, reason: 'default', policy: '-', rule: '-' };
@@ -148,7 +155,7 @@ function fakeFs(tree: Record<string, FakeNode>): Required<Pick<CompileOptions, '
  * then (for an allowed path) the inode table, for the object and, through subtree entries, for
  * the directories above it on the same filesystem (inode_block() in bpf/helm.bpf.c).
  */
-function simulateKernelWithInodes(compiled: CompiledPolicy, fs: ReturnType<typeof fakeFs>, op: FileOperation): Result {
+function simulateKernelWithInodes(compiled: CompiledPolicy, fs: ReturnType<typeof fakeFs>, op: FileOp): Result {
   const byPath = simulateKernel(compiled, op);
   if (byPath.action !== 'allow') return byPath;
   const roleId = compiled.roles.get(op.role);
@@ -179,8 +186,8 @@ function kernelDevOf(stDev: bigint): number {
 function differences(
   compiled: CompiledPolicy,
   policies: Policy[],
-  ops: FileOperation[],
-  kernel: (op: FileOperation) => Result = (op) => simulateKernel(compiled, op),
+  ops: FileOp[],
+  kernel: (op: FileOp) => Result = (op) => simulateKernel(compiled, op),
   max = 10,
 ): string[] {
   const out: string[] = [];
@@ -188,7 +195,8 @@ function differences(
     const k = kernel(op);
     const e = fromEvaluator(policies, op);
     if (show(k) !== show(e)) {
-      out.push(`${op.role} ${op.verb} ${op.path}${op.isDir ? ' (dir)' : ''}: kernel ${show(k)}, evaluator ${show(e)}`);
+      const ctx = op.exe !== undefined || op.uid !== undefined || op.labels !== undefined ? ` [${showContext(op)}]` : '';
+      out.push(`${op.role} ${op.verb} ${op.path}${op.isDir ? ' (dir)' : ''}${ctx}: kernel ${show(k)}, evaluator ${show(e)}`);
       if (out.length >= max) break;
     }
   }
@@ -216,6 +224,9 @@ function image(c: CompiledPolicy): string[] {
     ...c.rules.map((r, i) => `rule ${i + 1}=${r.policy}/${r.rule}:${r.kind}`),
     ...c.pathEntries.map((e) => `path ${encodePathKey(e.roleId, e.data).toString('hex')} ${encodePathValue(e.verdicts, e.defaultMode).toString('hex')}`),
     ...c.inodeEntries.map((e) => `inode ${encodeInodeKey(e.roleId, e.dev, e.ino).toString('hex')} ${encodeInodeValue(e.self, e.below).toString('hex')}`),
+    ...c.condLists.map((l) => `list ${l.listId} ${encodeCondList(l.entries).toString('hex')}`),
+    ...c.conds.flatMap((k) => [...k.exes.map((x) => `exe ${encodeExeKey(k.condId, x).toString('hex')}`), ...k.uids.map((u) => `uid ${encodeUidKey(k.condId, u).toString('hex')}`)]),
+    ...[...c.labelIds].map(([pair, id]) => `label ${pair}=${id}`),
   ];
 }
 
@@ -363,6 +374,60 @@ t.test('random policies: simulated kernel equals the evaluator (seeded)', async 
   t.same([...outcomes].sort(), ['allow', 'deny', 'would_deny'], 'all three decisions occurred');
 });
 
+/** As randomPolicyYaml, with contextual conditions on exe, label and uid (and role, sometimes). */
+function randomConditionalPolicyYaml(rng: Rng, name: string): string {
+  const roles = rng.chance(0.25) ? ['*'] : rng.subset(RANDOM_ROLES);
+  const spec: Record<string, unknown> = { roles, mode: rng.chance(0.4) ? 'dry-run' : 'enforce' };
+  for (const kind of ['allow', 'block', 'contextual'] as const) {
+    const n = kind === 'contextual' ? 1 + rng.int(2) : rng.int(kind === 'allow' ? 4 : 2);
+    if (n === 0) continue;
+    spec[kind] = Array.from({ length: n }, (_, i) => {
+      const rule: Record<string, unknown> = rng.chance(0.7) ? { id: `${kind}-${i}` } : {};
+      for (const verb of rng.subset(FILE_VERBS)) rule[verb] = Array.from({ length: 1 + rng.int(3) }, () => randomTarget(rng));
+      if (kind === 'contextual') rule.when = rng.chance(0.2) ? { role: rng.subset(roles[0] === '*' ? EVAL_ROLES : roles) } : randomWhen(rng, roles[0] === '*' ? EVAL_ROLES : roles);
+      return rule;
+    });
+  }
+  return stringify({ apiVersion: 'helm/v1', kind: 'Policy', metadata: { name }, spec });
+}
+
+t.test('random policies with exe, label and uid conditions: simulated kernel equals the evaluator (seeded)', async (t) => {
+  const seed = Number(process.env.HELM_SEED ?? 0xc0d5);
+  const rng = new Rng(seed);
+  let compared = 0;
+  let conditional = 0;
+  const outcomes = new Set<string>();
+  const listLengths = new Set<number>();
+  for (let set = 0; set < 120; set++) {
+    const names = rng.shuffle(['p0', 'p1', 'p2', 'p3']).slice(0, 1 + rng.int(4));
+    const text = names.map((n) => randomConditionalPolicyYaml(rng, n)).join('---\n');
+    const policies = parse(text);
+    const compiled = compile(rng.shuffle(policies), { extraRoles: EVAL_ROLES });
+    for (const l of compiled.condLists) listLengths.add(l.entries.length);
+    const ops: FileOp[] = [];
+    for (let i = 0; i < 300; i++) {
+      ops.push({ role: rng.pick(EVAL_ROLES), verb: rng.pick(FILE_VERBS), path: randomPath(rng, 4), isDir: rng.chance(0.4), ...randomContext(rng) });
+    }
+    const diffs = differences(compiled, policies, ops);
+    if (diffs.length) {
+      t.same(diffs, [], `seed ${seed}, policy set ${set}:\n${text}`);
+      return;
+    }
+    compared += ops.length;
+    for (const op of ops) {
+      const r = simulateKernel(compiled, op);
+      outcomes.add(`${r.decision}/${compiled.rules.find((x) => x.rule === r.rule)?.kind ?? r.reason}`);
+      const key = lookupKey(op.path, op.isDir ?? false);
+      const entry = key && longestPrefix(compiled, compiled.roles.get(op.role), key);
+      if (entry && entry.verdicts[OP_INDEX[op.verb]].condList !== 0) conditional++;
+    }
+  }
+  t.equal(compared, 120 * 300, `${compared} random operations agree (replay with HELM_SEED=${seed})`);
+  t.ok(conditional > 2000, `${conditional} of them went through a condition list`);
+  t.ok([...listLengths].some((n) => n >= 3), `lists of up to ${Math.max(...listLengths)} rules`);
+  for (const o of ['allow/contextual', 'deny/contextual', 'would_deny/contextual', 'allow/allow', 'deny/block', 'deny/default']) t.ok(outcomes.has(o), `${o} occurred`);
+});
+
 /** Names whose bytes sort around '/' (0x2f): '-' and '.' below it, '0' above, and a non-ASCII one. */
 const INDEX_SEGMENTS = ['a', 'ab', 'a-b', 'a.b', 'a0', 'é', 'x y'];
 
@@ -377,6 +442,8 @@ t.test('the indexed compiler gives byte-identical tables to the scan of every ru
   const rng = new Rng(0x1dea);
   const kinds = new Set<string>();
   let entries = 0;
+  let lists = 0;
+  let refused = 0;
   for (let set = 0; set < 150; set++) {
     const docs = Array.from({ length: 1 + rng.int(3) }, (_, d) => {
       const roles = rng.chance(0.25) ? ['*'] : rng.subset(RANDOM_ROLES);
@@ -388,7 +455,8 @@ t.test('the indexed compiler gives byte-identical tables to the scan of every ru
         spec[kind] = Array.from({ length: n }, () => {
           const rule: Record<string, unknown> = {};
           for (const verb of rng.subset(FILE_VERBS)) rule[verb] = Array.from({ length: 1 + rng.int(3) }, () => indexTarget(rng));
-          if (kind === 'contextual') rule.when = { role: rng.subset(roles[0] === '*' ? EVAL_ROLES : roles) };
+          // Conditions the kernel checks, on a few rules (more than 8 on one target is an error).
+          if (kind === 'contextual') rule.when = rng.chance(0.7) ? { role: rng.subset(roles[0] === '*' ? EVAL_ROLES : roles) } : randomWhen(rng, roles[0] === '*' ? EVAL_ROLES : roles);
           return rule;
         });
       }
@@ -396,18 +464,30 @@ t.test('the indexed compiler gives byte-identical tables to the scan of every ru
     });
     const text = docs.join('---\n');
     const policies = parse(text);
-    const indexed = compile(policies, { extraRoles: EVAL_ROLES });
-    const scanned = compilePolicyByScan(policies, { ...NO_FS, extraRoles: EVAL_ROLES });
-    const a = image(indexed);
-    const b = image(scanned);
-    if (a.join('\n') !== b.join('\n')) {
-      t.same(a, b, `policy set ${set}:\n${text}`);
+    // Both compile, or both refuse with the same errors.
+    const attempt = (f: () => CompiledPolicy): { image: string[]; lists: number } => {
+      try {
+        const c = f();
+        return { image: image(c), lists: c.condLists.length };
+      } catch (e) {
+        if (!(e instanceof PolicyError)) throw e;
+        return { image: [`error ${e.message}`], lists: 0 };
+      }
+    };
+    const indexed = attempt(() => compile(policies, { extraRoles: EVAL_ROLES }));
+    const scanned = attempt(() => compilePolicyByScan(policies, { ...NO_FS, extraRoles: EVAL_ROLES }));
+    if (indexed.image.join('\n') !== scanned.image.join('\n')) {
+      t.same(indexed.image, scanned.image, `policy set ${set}:\n${text}`);
       return;
     }
-    entries += indexed.pathEntries.length;
+    if (indexed.image[0].startsWith('error ')) refused++;
+    entries += indexed.image.filter((l) => l.startsWith('path ')).length;
+    lists += indexed.lists;
   }
   t.same([...kinds].sort(), ['allow', 'block', 'contextual'], 'every kind of rule occurred');
   t.ok(entries > 150 * 20, `${entries} path entries compared`);
+  t.ok(lists > 50, `${lists} condition lists compared`);
+  t.ok(refused < 15, `${refused} sets refused alike (too many conditional rules on one target)`);
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -451,7 +531,7 @@ t.test('role ids are stable across generations', async (t) => {
 // (c) Precedence, from POLICY.md
 
 /** Decides `op` on both sides, checks they agree, and returns the result. */
-function decide(t: tap.Test, policies: Policy[], op: FileOperation, extraRoles: string[] = []): Result {
+function decide(t: tap.Test, policies: Policy[], op: FileOp, extraRoles: string[] = []): Result {
   const k = simulateKernel(compile(policies, { extraRoles }), op);
   t.equal(show(k), show(fromEvaluator(policies, op)), `kernel and evaluator agree on ${op.role} ${op.verb} ${op.path}`);
   return k;
@@ -552,27 +632,83 @@ function compileErrors(policies: Policy[]): string[] {
   return [];
 }
 
-t.test('conditions other than role are refused with their location', async (t) => {
-  const p = parse(`apiVersion: helm/v1
-kind: Policy
-metadata: { name: cond }
-spec:
-  roles: [r]
-  contextual:
-    - { id: by-role, read: [/a/], when: { role: r } }
-    - { id: by-exe, read: [/b/], when: { exe: /usr/bin/python3 } }
-    - { id: by-label, read: [/c/], when: { role: r, label: { team: x } } }
-    - id: by-uid
-      read: [/d/]
-      when:
-        uid: 1000
-`);
-  const errors = compileErrors(p);
-  t.equal(errors.length, 3, errors.join('\n'));
-  t.match(errors[0], /^x\.yaml:8:40: contextual conditions on exe, label or uid are not enforced/);
-  t.match(errors[1], /^x\.yaml:9:42: contextual conditions/);
-  t.match(errors[2], /^x\.yaml:13:9: contextual conditions/);
-  t.same(compileErrors(parse(doc('ok', '  roles: [r]\n  contextual: [{ read: [/a/], when: { role: r } }]'))), [], 'role alone is accepted');
+t.test('conditions on exe, label and uid: the kernel tries them in report order', async (t) => {
+  const p = parse(
+    doc(
+      'p-enforce',
+      '  roles: [r, q]\n  allow: [{ id: all, read: [/a/] }]\n  contextual:\n' +
+        '    - { id: by-exe, read: [/a/s/], when: { exe: [/usr/bin/cat, /opt/t/] } }\n' +
+        '    - { id: by-uid, read: [/a/s/], when: { uid: [1000, 1001] } }\n' +
+        '    - { id: q-only, read: [/a/s/], when: { role: q } }\n' +
+        '    - { id: q-and-exe, read: [/a/s/], when: { role: q, exe: /usr/bin/cat } }',
+    ) + doc('q-dry', '  roles: [r]\n  mode: dry-run\n  contextual:\n    - { id: dry-label, read: [/a/s/x], when: { label: { team: a, env: prod } } }'),
+  );
+  const c = compile(p);
+  const r = (path: string, ctx: ProcessContext, role = 'r') => decide(t, p, { role, verb: 'read', path, ...ctx });
+  t.hasStrict(r('/a/s/y', { exe: '/usr/bin/cat', uid: 0 }), { decision: 'allow', rule: 'by-exe' }, 'an exact executable');
+  t.hasStrict(r('/a/s/y', { exe: '/opt/t/bin/x', uid: 0 }), { decision: 'allow', rule: 'by-exe' }, 'an executable under a directory');
+  t.hasStrict(r('/a/s/y', { exe: '/opt/tx', uid: 1001 }), { decision: 'allow', rule: 'by-uid' }, 'the next rule in report order');
+  t.hasStrict(r('/a/s/y', { exe: '/usr/bin/catx', uid: 0 }), { decision: 'deny', rule: 'by-exe', mode: 'enforce' }, 'none holds: the contextual deny');
+  t.hasStrict(r('/a/s/y', { uid: 0 }), { decision: 'deny', rule: 'by-exe' }, 'an executable that cannot be named holds no exe condition');
+  t.hasStrict(r('/a/t', { uid: 0 }), { decision: 'allow', rule: 'all' }, 'no contextual rule covers it: the allow rule');
+  t.hasStrict(r('/a/s/y', { uid: 0 }, 'q'), { decision: 'allow', rule: 'q-only' }, 'role q: a rule that holds whatever the process');
+  t.hasStrict(r('/a/s/y', { exe: '/usr/bin/cat', uid: 0 }, 'q'), { decision: 'allow', rule: 'by-exe' }, 'but an earlier rule whose condition holds is the one reported');
+  t.hasStrict(r('/a/s/x', { uid: 0, labels: { team: 'a', env: 'prod', other: 'x' } }), { decision: 'allow', policy: 'q-dry', rule: 'dry-label', mode: 'enforce' }, 'labels: every pair given');
+  t.hasStrict(r('/a/s/x', { uid: 0, labels: { team: 'a' } }), { decision: 'deny', policy: 'p-enforce', rule: 'by-exe' }, 'one pair missing');
+
+  // What the kernel gets: for r, a list of the three conditional rules (the dry-run policy's last)
+  // and the contextual deny; for q, the two before q-only, and q-only's allow.
+  const verdictAt = (role: string, data: string) => c.pathEntries.find((e) => e.roleId === c.roles.get(role) && e.data.toString('latin1') === data)!.verdicts[C.HELM_OP_READ];
+  const listOf = (v: Verdict) => c.condLists.find((l) => l.listId === v.condList)!.entries.map((e) => names(c, e.verdict).rule);
+  const forR = verdictAt('r', '/a/s/x\0');
+  t.same([forR.action, names(c, forR).rule, listOf(forR)], [C.HELM_ACTION_DENY, 'by-exe', ['by-exe', 'by-uid', 'dry-label']]);
+  const forQ = verdictAt('q', '/a/s/');
+  t.same([forQ.action, names(c, forQ).rule, listOf(forQ)], [C.HELM_ACTION_ALLOW, 'q-only', ['by-exe', 'by-uid']], 'q-and-exe comes after q-only: never needed');
+  t.equal(verdictAt('r', '/a/').condList, 0, 'no contextual rule: no list');
+  t.same(
+    c.conds.map((k) => [k.exes.map((b) => b.toString('latin1')), k.uids, k.labelBits, k.flags]),
+    [
+      [['/opt/t/', '/usr/bin/cat\0'], [], 0n, C.HELM_COND_EXE],
+      [[], [1000, 1001], 0n, C.HELM_COND_UID],
+      [[], [], 0b11n, 0],
+    ],
+    'an exact executable is stored NUL-terminated, a directory with its "/"; labels are bits',
+  );
+  t.same([...c.labelIds], [[JSON.stringify(['team', 'a']), 1], [JSON.stringify(['env', 'prod']), 2]]);
+});
+
+t.test('more conditional contextual rules on one target than the kernel tries is a located error', async (t) => {
+  const rules = (n: number, first = '') => first + Array.from({ length: n }, (_, i) => `    - { id: c${i}, read: [/x/], when: { uid: ${i} } }\n`).join('');
+  const errors = compileErrors(parse(doc('many', `  roles: [r]\n  contextual:\n${rules(10)}`)));
+  t.same(errors, [`x.yaml:${7 + 8}:36: for role "r", 10 contextual rules with exe, label or uid conditions cover the same target (c0, c1, c2, c3, c4, c5, c6, c7, c8, c9); the kernel tries at most 8 for one target`], 'at the first rule that does not fit');
+  t.same(compileErrors(parse(doc('eight', `  roles: [r]\n  contextual:\n${rules(8)}`))), [], '8 fit');
+  // Only the rules before one that holds whatever the process are tried.
+  const early = parse(doc('early', `  roles: [r]\n  contextual:\n${rules(10, '    - { id: first, read: [/x/], when: { role: r } }\n')}`));
+  t.same(compileErrors(early), [], 'a role-only rule first: no list at all');
+  t.hasStrict(decide(t, early, { role: 'r', verb: 'read', path: '/x/y', uid: 3 }), { decision: 'allow', rule: 'first' });
+  // Another role, for which the rules' role conditions fail, needs no list either.
+  const byRole = parse(doc('byrole', `  roles: [r, s]\n  contextual:\n${Array.from({ length: 10 }, (_, i) => `    - { id: c${i}, read: [/x/], when: { role: s, uid: ${i} } }\n`).join('')}`));
+  const e2 = compileErrors(byRole);
+  t.equal(e2.length, 1, e2.join('\n'));
+  t.match(e2[0], /for role "s", 10 contextual rules/, 'only role s has too many');
+});
+
+t.test('label pairs: stable ids, only added, at most 64', async (t) => {
+  const withLabels = (pairs: [string, string][]) =>
+    parse(doc('l', `  roles: [r]\n  contextual:\n${pairs.map(([k, v], i) => `    - { id: c${i}, read: [/x${i}], when: { label: { ${k}: "${v}" } } }\n`).join('')}`));
+  const gen1 = compile(withLabels([['team', 'a'], ['env', 'prod']]));
+  t.same([...gen1.labelIds.values()], [1, 2]);
+  const gen2 = compile(withLabels([['tier', 'x'], ['team', 'a']]), { labelIds: gen1.labelIds });
+  t.same([...gen2.labelIds].map(([k, v]) => `${JSON.parse(k).join('=')}:${v}`), ['team=a:1', 'env=prod:2', 'tier=x:3'], 'old pairs keep their ids (and stay known); a new one gets the next');
+  t.same([...gen1.labelIds.values()], [1, 2], "the previous generation's map is not changed");
+  const c = gen2.conds.find((k) => k.labelBits === 0b100n);
+  t.ok(c, 'tier=x is bit 2');
+
+  const many = Array.from({ length: 65 }, (_, i) => ['k', `v${i}`] as [string, string]);
+  const errors = compileErrors(withLabels(many));
+  t.equal(errors.length, 1, errors.join('\n'));
+  t.match(errors[0], /^x\.yaml:71:\d+: label k: v64 would be the 65th distinct label pair in conditions; the kernel tells at most 64 apart/);
+  t.same(compileErrors(withLabels(many.slice(0, 64))), [], '64 fit');
 });
 
 /** A path of exactly `bytes` UTF-8 bytes under /t/ (with a two-byte character in it). */

@@ -16,6 +16,7 @@ import { helmProto, socketAddress } from '../../daemon/control/proto';
 import { CgroupError } from '../../daemon/control/cgroups';
 import { C } from '../../daemon/kernel/layout';
 import { FakeKernel } from '../fake-kernel';
+import { labelPairKey } from '../../daemon/policy/compile-cond';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const HELMCTL = path.join(ROOT, 'bin', 'helmctl');
@@ -371,6 +372,60 @@ t.test('agents: attach, list with mode and counters, unknown agents are NOT_FOUN
     auditLines(env).some((l) => l.type === 'control' && 'agent' in l),
     'control lines name agents under subject, never as a decision line would',
   );
+});
+
+/** A policy with contextual rules on label pairs (`team: pay` first) and connect rules on host names. */
+const labelled = (pairs: [string, string][], hosts: string[]) =>
+  policy(
+    'base',
+    ['worker'],
+    '/srv/a/',
+    `  contextual:\n${pairs.map(([k, v], i) => `    - { id: c${i}, read: [/srv/p${i}/], when: { label: { ${k}: ${v} } } }`).join('\n')}\n` +
+      `    - { id: net, connect: [${hosts.map((h) => `"${h}:443"`).join(', ')}], when: { role: worker } }\n`,
+  );
+
+t.test('agents: label bits in the kernel — at attach, through mode switches, before each new generation, restored when a switch fails', async (t) => {
+  const env = await startHelmd(t, { policyText: labelled([['team', 'pay']], ['api.example.com']) });
+  // The order of kernel writes: an agent's new bits must be in place before the generation that needs them.
+  const govern = env.kernel.govern.bind(env.kernel);
+  env.kernel.govern = (cg, agent) => {
+    env.kernel.journal.push(`govern ${cg} ${agent.labelBits}`);
+    govern(cg, agent);
+  };
+  const bit = (k: string, v: string) => 1n << BigInt(env.kernel.active!.labelIds.get(labelPairKey(k, v))! - 1);
+  const pay = await call<{ id: string }>(env.socket, 'AgentService', 'Attach', { cgroup_path: '/sys/fs/cgroup/helm/pay', role: 'worker', name: 'pay', labels: { team: 'pay', env: 'prod' } });
+  await call(env.socket, 'AgentService', 'Attach', { cgroup_path: '/sys/fs/cgroup/helm/ops', role: 'worker', name: 'ops', labels: { team: 'ops' } });
+  const payCg = 1000n;
+  const opsCg = 1001n;
+  t.equal(env.kernel.governed.get(payCg)?.labelBits, bit('team', 'pay'), 'attach: the pairs the policies name, as bits (env: prod is named by none)');
+  t.equal(env.kernel.governed.get(opsCg)?.labelBits, 0n, 'an agent without those pairs has no bits');
+  const payId = env.kernel.active!.labelIds.get(labelPairKey('team', 'pay'));
+  const hostId = env.kernel.active!.nameIds.get('api.example.com');
+
+  await call(env.socket, 'AgentService', 'SetMode', { agent: pay.id, mode: 'MODE_DRY_RUN' });
+  t.match(env.kernel.governed.get(payCg), { dryRun: true, labelBits: bit('team', 'pay') }, 'a mode switch keeps the bits');
+
+  // A new generation naming env: prod (and a host name that sorts first): ids already given are kept.
+  env.kernel.journal.length = 0;
+  await call(env.socket, 'PolicyService', 'Apply', { sources: [src('b.yaml', labelled([['env', 'prod'], ['team', 'pay']], ['aaa.example.com', 'api.example.com']))] });
+  t.equal(env.kernel.active!.labelIds.get(labelPairKey('team', 'pay')), payId, 'team: pay keeps its id');
+  t.equal(env.kernel.active!.nameIds.get('api.example.com'), hostId, 'a host-name pattern keeps its id (learned addresses name it)');
+  const both = bit('team', 'pay') | bit('env', 'prod');
+  t.equal(env.kernel.governed.get(payCg)?.labelBits, both, 'the agent gets the bit of the newly named pair');
+  t.same(env.kernel.journal.slice(0, 2), [`govern ${payCg} ${both}`, 'apply 2'], 'written before the generation that needs it is switched in');
+  t.equal(env.kernel.governed.get(opsCg)?.labelBits, 0n);
+
+  // A switch that fails puts the bits back.
+  env.kernel.failNextApply = new Error('cannot create map helm_paths: ENOMEM');
+  const e = await rpcError(call(env.socket, 'PolicyService', 'Apply', { sources: [src('c.yaml', labelled([['team', 'ops']], ['api.example.com']))] }));
+  t.equal(e.code, grpc.status.INTERNAL);
+  t.equal(env.kernel.governed.get(opsCg)?.labelBits, 0n, 'a rejected generation leaves no bits behind');
+  t.equal(env.kernel.governed.get(payCg)?.labelBits, both);
+  t.match(env.kernel.journal, [String, 'apply 2', /^retire/, /^govern 1001 \d+$/, 'fail', 'govern 1001 0'], 'set for the generation, then restored');
+
+  // An agent attached with a role no generation knows yet: its bits under the generation it gets.
+  await call(env.socket, 'AgentService', 'Attach', { cgroup_path: '/sys/fs/cgroup/helm/new', role: 'stranger', name: 'new', labels: { env: 'prod' } });
+  t.equal(env.kernel.governed.get(1002n)?.labelBits, bit('env', 'prod'));
 });
 
 t.test('modes: an agent, a policy, and all of helmd; each audited', async (t) => {

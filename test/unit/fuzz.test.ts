@@ -270,7 +270,7 @@ interface Stats {
 }
 
 const seeds: { file: string; text: string }[] = [
-  ...['full.yaml', 'object.json', 'array.json'].map((f) => path.join(ROOT, 'test/unit/fixtures/policies/valid', f)),
+  ...['full.yaml', 'object.json', 'array.json', 'over-kernel-limits.yaml'].map((f) => path.join(ROOT, 'test/unit/fixtures/policies/valid', f)),
   path.join(ROOT, 'policies/default.yaml'),
   ...fs
     .readdirSync(path.join(ROOT, 'policies/examples'))

@@ -7,17 +7,16 @@
 // temporary directory).
 
 import t from 'tap';
-import { Rng } from '../rng';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
 import { checkCaseRules, formatResult, parseCases, runCases, type TestCase } from '../../daemon/policy/cases';
-import { evaluate, evaluateOperation, traceOperation, type Operation, type Outcome } from '../../daemon/policy/evaluate';
+import { evaluateOperation, traceOperation, type Operation, type Outcome } from '../../daemon/policy/evaluate';
 import { explain, formatExplanation, operationFromOptions, type ExplainOptions } from '../../daemon/policy/explain';
 import { lintPolicies, type LintOptions } from '../../daemon/policy/lint';
 import { parsePolicySource } from '../../daemon/policy/parse';
-import { FILE_VERBS, PolicyError, formatDiagnostic, type Policy } from '../../daemon/policy/types';
+import { PolicyError, formatDiagnostic, type Policy } from '../../daemon/policy/types';
 
 // Tests run from dist/test/unit.
 const ROOT = path.resolve(__dirname, '../../..');
@@ -319,55 +318,6 @@ t.test('when: keys are ANDed, and any of several matching contextual rules will 
   });
 });
 
-t.test('evaluate() is unchanged: role-only when, and the same answers as evaluateOperation (seeded)', async (t) => {
-  // evaluate() decides `when` on the role alone (what the kernel enforces); evaluateOperation on
-  // every key. They differ only where a condition is on exe/label/uid, which the compiler refuses.
-  const p = parse(doc('x', '[r]', '  contextual:\n    - id: c\n      read: /a\n      when: { uid: 0 }\n'));
-  t.equal(show(evaluate(p, { role: 'r', verb: 'read', path: '/a' })), 'allow by x/c');
-  t.equal(decide(p, { role: 'r', verb: 'read', path: '/a' }), 'deny by x/c');
-  t.equal(decide(p, { role: 'r', verb: 'read', path: '/a', uid: 0 }), 'allow by x/c');
-
-  const rng = new Rng(0x5eed);
-  const dirs = ['/a/', '/a/b/', '/a/b/c', '/a/bc', '/d/', '/d/e', '/'];
-  const roles = ['r', 's', 'u'];
-  let compared = 0;
-  for (let round = 0; round < 60; round++) {
-    const docs: string[] = [];
-    for (let i = 0; i < 1 + rng.int(3); i++) {
-      const rs = rng.chance(0.2) ? '["*"]' : `[${rng.subset(roles).join(', ')}]`;
-      const rules = (kind: string): string[] =>
-        Array.from({ length: rng.int(3) }, () => {
-          const verbs = rng.subset(FILE_VERBS).map((v) => `      ${v}: [${rng.subset(dirs).join(', ')}]`).join('\n');
-          const roleList = rs === '["*"]' ? roles : rs.slice(1, -1).split(', ');
-          const when = kind === 'contextual' ? `\n      when: { role: [${rng.subset(roleList).join(', ')}] }` : '';
-          return `    - ${verbs.trimStart()}${when}`;
-        });
-      const body = ['allow', 'block', 'contextual']
-        .map((k) => ({ k, rs: rules(k) }))
-        .filter((x) => x.rs.length)
-        .map((x) => `  ${x.k}:\n${x.rs.join('\n')}\n`)
-        .join('');
-      docs.push(doc(`p${i}`, rs, body, rng.chance(0.3) ? 'dry-run' : 'enforce'));
-    }
-    const policies = parse(docs.join('---\n'));
-    for (const role of [...roles, 'nobody']) {
-      for (const verb of FILE_VERBS) {
-        for (const p of ['/', '/a', '/a/b', '/a/b/c', '/a/bc', '/a/b/cd', '/d/e', '/d/f', '/x']) {
-          for (const isDir of [false, true]) {
-            const op = { role, verb, path: p, isDir };
-            const a = evaluate(policies, op);
-            const b = evaluateOperation(policies, op);
-            if (JSON.stringify(a) !== JSON.stringify(b)) t.fail(`${role} ${verb} ${p}${isDir ? '/' : ''}: ${show(a)} vs ${show(b)}\n${docs.join('---\n')}`);
-            compared++;
-          }
-        }
-      }
-    }
-  }
-  t.equal(compared, 60 * 4 * 3 * 9 * 2);
-});
-
-
 // =============================================================================================
 // lint
 
@@ -576,11 +526,16 @@ t.test('lint: a when.role that no policy names', async (t) => {
   t.equal(w[0], `${j}:1:${col}: warning: when.role "opz" of contextual rule "contextual[0]" is a role no policy names in spec.roles (only "*" policies govern it); did you mean "ops"? (at /1/spec/contextual/0/when/role/1)`);
 });
 
+/** Nine contextual rules with uid conditions on one target: one more than the kernel tries for it. */
+const NINE_CONDITIONS = Array.from({ length: 9 }, (_, i) => `    - { id: c${i}, read: /etc/hostname, when: { uid: ${i} } }\n`).join('');
+/** Where the ninth rule's `when` is: the first that does not fit, and where the error points. */
+const NINTH_WHEN_COL = NINE_CONDITIONS.split('\n')[8].indexOf('{ uid') + 1;
+
 t.test('lint: kernel errors stay errors; --no-kernel checks the language alone', async (t) => {
-  const f = write(doc('n', '[r]', '  allow:\n    - connect: [api.example.com:443]\n  contextual:\n    - read: /a\n      when: { role: r, uid: 0 }\n'));
+  const f = write(doc('n', '[r]', `  allow:\n    - connect: [api.example.com:443]\n  contextual:\n${NINE_CONDITIONS}`));
   const withKernel = lintPolicies([f], lintOpts(ALL_FILES, true));
   t.same(withKernel.errors.map(formatDiagnostic), [
-    `${f}:11:13: contextual conditions on exe, label or uid are not enforced by this helmd yet; only role is`,
+    `${f}:18:${NINTH_WHEN_COL}: for role "r", 9 contextual rules with exe, label or uid conditions cover the same target (c0, c1, c2, c3, c4, c5, c6, c7, c8); the kernel tries at most 8 for one target`,
   ]);
   t.equal(withKernel.compiled, undefined);
   const languageOnly = lintPolicies([f], lintOpts(ALL_FILES, false));
@@ -613,17 +568,20 @@ t.test('lint CLI: output, exit codes, --strict, --no-kernel, cases files passed 
   t.equal(strict.stdout, 'warn.yaml:8:29: warning: read /etc/hostname repeats read /etc/hostname at warn.yaml:8:14, earlier in this rule\n');
   t.equal(strict.stderr, 'helmctl: 1 warning (--strict)\n');
 
-  fs.writeFileSync(path.join(dir, 'net.yaml'), doc('net', '[r]', '  contextual:\n    - connect: ["*:443"]\n      when: { uid: 0 }\n'));
+  fs.writeFileSync(path.join(dir, 'net.yaml'), doc('net', '[r]', `  contextual:\n${NINE_CONDITIONS}`));
   const refused = helmctl(['policy', 'lint', 'net.yaml'], dir);
   t.equal(refused.status, 1);
   t.equal(refused.stdout, '');
   // Errors are `file:line:col: message` from the first line on (no prefix), then a count.
   t.equal(
     refused.stderr,
-    'net.yaml:9:13: contextual conditions on exe, label or uid are not enforced by this helmd yet; only role is\nhelmctl: 1 error\n',
+    `net.yaml:16:${NINTH_WHEN_COL}: for role "r", 9 contextual rules with exe, label or uid conditions cover the same target (c0, c1, c2, c3, c4, c5, c6, c7, c8); the kernel tries at most 8 for one target\nhelmctl: 1 error\n`,
   );
   const language = helmctl(['policy', 'lint', '--no-kernel', 'net.yaml'], dir);
-  t.same(language, { status: 0, stdout: 'ok: 1 policies, 1 rules (language only: not compiled for the kernel)\n', stderr: '' });
+  t.same(language, { status: 0, stdout: 'ok: 1 policies, 9 rules (language only: not compiled for the kernel)\n', stderr: '' });
+  fs.writeFileSync(path.join(dir, 'cond.yaml'), doc('cond', '[r]', '  contextual:\n    - { read: /etc/hostname, when: { uid: 0, exe: /usr/bin/cat, label: { team: a } } }\n    - { connect: ["*:443"], when: { uid: 0 } }\n'));
+  t.same(helmctl(['policy', 'lint', 'cond.yaml'], dir), { status: 0, stdout: 'ok: 1 policies, 2 rules, 3 kernel path entries\n', stderr: '' }, 'exe, label and uid conditions load');
+  fs.rmSync(path.join(dir, 'cond.yaml'));
 
   fs.writeFileSync(path.join(dir, 'x.cases.yaml'), '- { role: r, verb: read, target: /etc/hostname, expect: allow }\n');
   fs.rmSync(path.join(dir, 'net.yaml'));
@@ -834,7 +792,7 @@ t.test('test CLI: exit codes, output, located errors', async (t) => {
   fs.writeFileSync(path.join(dir, 'good.cases.yaml'), '- { name: reads, role: analyst, verb: read, target: /srv/reports/a.csv, expect: allow, rule: reports }\n- { role: payer, verb: connect, target: "api.stripe.com:443", expect: allow }\n');
   t.same(helmctl(['policy', 'test', 'p.yaml', '--cases', 'good.cases.yaml'], dir), {
     status: 0,
-    stdout: 'PASS  reads\nPASS  payer: connect api.stripe.com:443\nnote: 1 rule uses connect/bind or exe/label/uid conditions, which this helmd refuses to load until the kernel enforces them (helmctl policy lint shows where)\n2 passed, 0 failed\n',
+    stdout: 'PASS  reads\nPASS  payer: connect api.stripe.com:443\n2 passed, 0 failed\n',
     stderr: '',
   });
   fs.writeFileSync(path.join(dir, 'bad.cases.yaml'), '- { role: analyst, verb: write, target: /srv/reports/a.csv, expect: allow }\n');
@@ -842,7 +800,7 @@ t.test('test CLI: exit codes, output, located errors', async (t) => {
     status: 1,
     stdout:
       'PASS  reads\nPASS  payer: connect api.stripe.com:443\nFAIL  analyst: write /srv/reports/a.csv (bad.cases.yaml:1:3): expected allow, got deny by the default (no rule matches)\n' +
-      'note: 1 rule uses connect/bind or exe/label/uid conditions, which this helmd refuses to load until the kernel enforces them (helmctl policy lint shows where)\n2 passed, 1 failed\n',
+      '2 passed, 1 failed\n',
     stderr: '',
   });
   fs.writeFileSync(path.join(dir, 'broken.cases.yaml'), '- { role: analyst, verb: read, target: /x, expect: maybe }\n- { role: analyst, verb: read, target: /x, expect: deny, rule: nope }\n');
@@ -904,7 +862,7 @@ t.test('explain: the chain, step by step (JSON)', async (t) => {
   t.same(ctx.chain[1].matches[0].when, { holds: false, conditions: [{ key: 'role', holds: false, detail: 'role "analyst" is not one of [payer]' }] });
   t.same([ctx.decision, ctx.policy, ctx.rule, ctx.decidedBy], ['deny', 'pay', 'stripe', 'contextual']);
   t.same(ctx.operation, { role: 'analyst', verb: 'connect', host: 'api.stripe.com', addr: '192.0.2.1', port: 443 });
-  t.same(ctx.notes, ['connect is not enforced by this helmd yet (network enforcement is not built): this is what the policies say, not what the kernel does today']);
+  t.same(ctx.notes, [], 'an address was given: nothing to add');
   // Nothing matches: the default, in dry-run when every governing policy is.
   const dflt = explain(policies, { role: 'trial', verb: 'write', path: '/srv', isDir: true });
   t.same(dflt.chain.map((s) => [s.step, s.status]), [['block', 'passed'], ['contextual', 'passed'], ['allow', 'passed'], ['default', 'decided']]);
@@ -932,7 +890,6 @@ t.test('explain: the text form', async (t) => {
       '3. allow       no rule matches (not reached)',
       '4. default     not reached',
       'decision:   deny by pay/stripe (contextual rule), mode enforce',
-      'note: connect is not enforced by this helmd yet (network enforcement is not built): this is what the policies say, not what the kernel does today',
       'note: no address given (--addr): address and CIDR rules cannot match; only "*", host names and domains can',
     ].join('\n'),
   );
@@ -978,7 +935,7 @@ t.test('explain CLI: --json, text, errors', async (t) => {
   const held = JSON.parse(r.stdout);
   t.same([held.decision, held.rule, held.operation], ['allow', 'c', { role: 'r', verb: 'read', path: '/srv/x', isDir: false, exe: '/opt/t/bin/x', uid: 7, labels: { team: 'a', env: 'prod' } }]);
   t.same(held.chain[1].matches[0].when.conditions.map((c: { key: string; holds: boolean }) => [c.key, c.holds]), [['exe', true], ['label', true], ['uid', true]]);
-  t.same(held.notes, ['conditions on exe, label or uid are not enforced by this helmd yet; only role is']);
+  t.same(held.notes, []);
 
   const text = helmctl(['policy', 'explain', 'p.yaml', '--role', 'r', '--uid', '8', 'read', '/srv/x'], dir);
   t.equal(text.status, 0);
@@ -998,7 +955,6 @@ t.test('explain CLI: --json, text, errors', async (t) => {
       '3. allow       no rule matches (not reached)',
       '4. default     not reached',
       'decision:   deny by p/c (contextual rule), mode enforce',
-      'note: conditions on exe, label or uid are not enforced by this helmd yet; only role is',
       '',
     ].join('\n'),
   );
@@ -1032,30 +988,24 @@ t.test('every example has cases, and they all pass (the real CLI)', async (t) =>
   }
 });
 
-t.test('the examples lint: the language always, the kernel where it can enforce them', async (t) => {
+t.test('the examples lint, for the language and for the kernel', async (t) => {
   const language = helmctl(['policy', 'lint', '--no-kernel', 'policies/examples/']);
   t.equal(language.status, 0, language.stderr);
   t.match(language.stdout, /^ok: 4 policies, \d+ rules \(language only: not compiled for the kernel\)/m);
   // Only warnings about deployment paths absent from this host; no shadowing, no repeats.
   const kinds = language.stdout.split('\n').filter((l) => l.includes(': warning: '));
   t.same(kinds.filter((l) => !/ does not exist on this host$/.test(l)), []);
-  // helmd refuses the policies with connect rules and exe conditions, and says where.
+  // All of them load: connect rules and exe conditions included.
   const kernel = helmctl(['policy', 'lint', 'policies/examples/']);
-  t.equal(kernel.status, 1);
-  const errors = kernel.stderr.trimEnd().split('\n');
-  t.equal(errors.pop(), `helmctl: ${errors.length} errors, ${kernel.stdout.split('\n').filter((l) => l.includes(': warning: ')).length} warnings`);
-  t.ok(errors.length > 0);
-  for (const e of errors) t.match(e, /^policies\/examples\/(coding-agent|payment-agent)\.yaml:\d+:\d+: (connect rules|contextual conditions on exe, label or uid) are not enforced by this helmd yet/);
-  // Those without them load today.
-  const today = helmctl(['policy', 'lint', 'policies/examples/base-runtime.yaml', 'policies/examples/medical-summariser.yaml']);
-  t.equal(today.status, 0, today.stderr);
-  t.match(today.stdout, /^ok: 2 policies, \d+ rules, \d+ kernel path entries/m);
-  // The note at the top of each example that uses connect.
+  t.equal(kernel.status, 0, kernel.stderr);
+  t.equal(kernel.stderr, '');
+  t.match(kernel.stdout, /^ok: 4 policies, \d+ rules, \d+ kernel path entries/m);
+  // No example still says that helmd refuses it.
   for (const name of EXAMPLE_NAMES) {
     const text = fs.readFileSync(path.join(EXAMPLES, `${name}.yaml`), 'utf8');
-    const head = text.slice(0, text.indexOf('apiVersion:'));
-    t.equal(/^\s+connect:/m.test(text), /helmd refuses to load this policy until network enforcement/.test(head.replace(/\n# ?/g, ' ')), `${name}: the note is there exactly when connect is used`);
+    t.notMatch(text, /refuse|not enforce/, `${name}: no stale note`);
   }
+  t.notMatch(fs.readFileSync(path.join(EXAMPLES, 'README.md'), 'utf8'), /refuses to load|does not enforce yet/, 'nor the README');
 });
 
 // =============================================================================================

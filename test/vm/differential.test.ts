@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { requireBpfLsm, startHelmd, probe, auditLines, type Daemon, RUNTIME_RULE } from './harness';
 import { parsePolicySource } from '../../daemon/policy/parse';
-import { evaluate, type FileOperation } from '../../daemon/policy/evaluate';
+import { evaluateOperation, type FileOperation } from '../../daemon/policy/evaluate';
 
 t.setTimeout(900_000);
 
@@ -106,7 +106,7 @@ if (missing) {
     const r = probe(d, { role: 'differ', name: 'differ' }, ops.map((o) => `${o.name}:${o.probeOp}:${o.path}`));
     t.equal(r.raw.status, 0, `the probe ran: ${r.raw.stderr}`);
 
-    const expected = ops.map((o) => ({ op: o, out: evaluate(policies, o) }));
+    const expected = ops.map((o) => ({ op: o, out: evaluateOperation(policies, o) }));
     const denials = expected.filter((e) => e.out.decision !== 'allow');
     const lines = await auditLines(AUDIT, (ls) => ls.filter((l) => l.agent === 'differ').length >= denials.length);
     const mine = lines.filter((l) => l.agent === 'differ');

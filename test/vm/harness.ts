@@ -46,7 +46,8 @@ export async function startHelmd(args: { policy: string[]; audit: string; socket
   proc.stdout!.on('data', (d) => (output += d));
   proc.stderr!.on('data', (d) => (output += d));
   const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
-  const deadline = Date.now() + 180_000;
+  // Loading and verifying the programs takes minutes in a TCG VM on a loaded machine.
+  const deadline = Date.now() + 600_000;
   while (!/helmd enforcing|helmd running in DRY-RUN/.test(output)) {
     if (proc.exitCode !== null || Date.now() > deadline) {
       proc.kill('SIGKILL');

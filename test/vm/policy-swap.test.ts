@@ -19,7 +19,7 @@ import { requireBpfLsm, startHelmd, auditLines, helmctl, ROOT, RUNTIME_RULE, typ
 import { call, client, controlError, ControlError } from '../../daemon/control/client';
 import type * as grpc from '@grpc/grpc-js';
 import { parsePolicySource } from '../../daemon/policy/parse';
-import { evaluate, evaluateOperation } from '../../daemon/policy/evaluate';
+import { evaluateOperation } from '../../daemon/policy/evaluate';
 import net from 'node:net';
 import type { FileVerb, Policy } from '../../daemon/policy/types';
 import { Rng } from '../rng';
@@ -158,7 +158,7 @@ if (missing) {
   t.test('every operation during hundreds of swaps is decided by A or by B, never by neither', async (t) => {
     const policies: Record<'A' | 'B', Policy[]> = { A: parsePolicySource(SOURCES.A, 'a.yaml'), B: parsePolicySource(SOURCES.B, 'b.yaml') };
     const allows = (v: 'A' | 'B', kind: string, target: string) => {
-      if (kind !== 'C') return evaluate(policies[v], { role: ROLE, verb: FILE_VERBS[kind], path: target }).decision === 'allow';
+      if (kind !== 'C') return evaluateOperation(policies[v], { role: ROLE, verb: FILE_VERBS[kind], path: target }).decision === 'allow';
       const [addr, port] = target.split(':');
       return evaluateOperation(policies[v], { role: ROLE, verb: 'connect', addr, port: Number(port) }).decision === 'allow';
     };
@@ -328,7 +328,7 @@ if (missing) {
         badAudit.push(`generation ${l.generation} (${v}) denied connect ${l.addr}:${l.port}, which ${v} allows`);
       }
       const verb = l.op as FileVerb;
-      if (l.path && ['read', 'write', 'exec'].includes(verb) && evaluate(policies[v], { role: ROLE, verb, path: l.path }).decision === 'allow') {
+      if (l.path && ['read', 'write', 'exec'].includes(verb) && evaluateOperation(policies[v], { role: ROLE, verb, path: l.path }).decision === 'allow') {
         badAudit.push(`generation ${l.generation} (${v}) denied ${verb} ${l.path}, which ${v} allows`);
       }
     }
