@@ -74,6 +74,17 @@ const MAX_UID = 0xfffffffe;
 
 /** Policy files in a directory; no recursion. */
 const POLICY_FILE_EXTENSIONS = ['.yaml', '.yml', '.json'];
+/**
+ * Files that live next to policies but are not policies: the JSON Schema and test-case tables
+ * (`helmctl policy test --cases`). A directory given as a policy source skips them, so that
+ * `policies/` and `policies/examples/` load as they ship; named on their own they are read.
+ */
+const NOT_POLICY_FILES = /(\.schema\.json|\.cases\.(ya?ml|json))$/;
+
+/** Whether a directory entry's name is a policy file. */
+export function isPolicyFileName(name: string): boolean {
+  return POLICY_FILE_EXTENSIONS.some((ext) => name.endsWith(ext)) && !NOT_POLICY_FILES.test(name);
+}
 
 /**
  * Keys users plausibly put at the wrong level, with where they belong. Shown instead of an
@@ -246,7 +257,7 @@ function policyFilesAt(p: string, diags: PolicyDiagnostic[]): string[] {
     return [];
   }
   // Plain code-unit order: the same on every host, whatever the locale.
-  const matching = names.filter((n) => POLICY_FILE_EXTENSIONS.some((ext) => n.endsWith(ext))).sort();
+  const matching = names.filter(isPolicyFileName).sort();
   const files: string[] = [];
   for (const name of matching) {
     const file = path.join(p, name);
