@@ -82,7 +82,8 @@ async function governed(layout: Layout, cgroups: BenchCgroups, ungoverned: Ungov
   fs.writeFileSync(path.join(files.policy, 'bench-5.yaml'), benchPolicy('bench-5', 'bench5', 5, layout, network.ok));
   fs.writeFileSync(path.join(files.policy, 'bench-large.yaml'), benchPolicy('bench-large', 'benchlarge', sizes(smoke).large, layout, network.ok));
   const t0 = performance.now();
-  const helmd = await startHelmd(files);
+  // One trail file (no rotation): the audit flood counts its decision lines in it (a long run would otherwise rotate and compress).
+  const helmd = await startHelmd({ ...files, extra: ['--audit-rotate-size', '0'] });
   say(`helmd with the 5- and ${sizes(smoke).large}-rule policies started in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   say('ungoverned: helm loaded');
   await ungoverned.batch('loaded');

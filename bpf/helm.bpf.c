@@ -145,19 +145,56 @@ struct {
 	__type(value, __u32);
 } protected_inodes SEC(".maps");
 
-/* Decisions for the audit trail. */
+/* Denials and would-denials for the audit trail: never shared with allows. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, HELM_EVENTS_BYTES);
-} events SEC(".maps");
+	__uint(max_entries, HELM_DENY_RING_BYTES);
+} deny_events SEC(".maps");
 
-/* Events that did not fit in the ring buffer; helmd reports every change. */
+/* Logged allows (per the allow-log level). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, HELM_ALLOW_RING_BYTES);
+} allow_events SEC(".maps");
+
+/* Events that did not fit, per ring (enum helm_ring) and per CPU; helmd reports every change. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, HELM_RINGS);
 	__type(key, __u32);
 	__type(value, __u64);
 } lost_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct helm_audit_settings);
+} audit_settings SEC(".maps");
+
+/* Every decision per agent, logged or not, so that unlogged allows are accounted for. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, HELM_MAX_AGENTS);
+	__type(key, __u64); /* agent id */
+	__type(value, struct helm_agent_counters);
+} agent_counters SEC(".maps");
+
+/* The allow sampler's token bucket per agent, kept as nanoseconds of credit. */
+struct sample_bucket {
+	struct bpf_spin_lock lock;
+	__u32 pad;
+	__u64 credit_ns;
+	__u64 last_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, HELM_MAX_AGENTS);
+	__type(key, __u64); /* agent id */
+	__type(value, struct sample_bucket);
+} sample_buckets SEC(".maps");
+
 
 /*
  * The lookup key is too large for the BPF stack next to everything else. The
@@ -344,24 +381,141 @@ struct decision {
 	struct helm_verdict verdict;
 	__u8 op;
 	__u8 reason;
+	__u8 decision; /* enum helm_decision, set by deny() or allow() */
+	__u32 ops;     /* OP_BIT()s the operation needed */
 	__u32 generation;
 	__u32 detail;
 	__u32 flags;
 	__u32 target_pid;
 	long path_len;
 	const struct net_subject *net; /* network ops only */
+	__u64 ino; /* the object's identity, for the event (set by emit) */
+	__u32 dev;
 };
 
-static __always_inline void emit(struct helm_agent *agent, __u64 cgroup_id, struct decision *d,
-				 struct helm_path_key *key, struct inode *inode)
+#define OP_BIT(op) (1u << (op))
+#define ENOENT 2
+#define EOPNOTSUPP 95
+
+static __always_inline struct helm_agent_counters *counters_of(struct helm_agent *agent)
 {
-	struct helm_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&lost_events, &zero);
-		if (lost)
-			__sync_fetch_and_add(lost, 1);
+	__u64 id = agent->agent_id;
+	struct helm_agent_counters *c = bpf_map_lookup_elem(&agent_counters, &id);
+	if (c)
+		return c;
+	/* helmd creates the entry when it attaches; an adopted agent gets one here */
+	struct helm_agent_counters zero = {};
+	bpf_map_update_elem(&agent_counters, &id, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&agent_counters, &id);
+}
+
+static __always_inline void count_lost(__u32 ring)
+{
+	__u64 *lost = bpf_map_lookup_elem(&lost_events, &ring);
+	if (lost)
+		__sync_fetch_and_add(lost, 1);
+}
+
+/* Where an exec's arguments are read from: the caller's memory (see read_argv). */
+struct argv_walk {
+	const char *const *argv;
+	struct walk_buf *w;
+	__u32 off;
+	int argc;
+	int truncated;
+	long error;
+};
+
+static long argv_step(__u32 i, struct argv_walk *c)
+{
+	const char *arg = 0;
+	long rc = bpf_probe_read_user(&arg, sizeof(arg), &c->argv[i]);
+	if (rc) {
+		c->error = rc;
+		return 1;
+	}
+	if (!arg)
+		return 1; /* the end of argv */
+	__u32 off = c->off;
+	if (off >= HELM_ARGV_BUF) {
+		c->truncated = 1;
+		return 1;
+	}
+	/* walk_buf is larger than HELM_ARGV_BUF * 2: a whole argument fits after any offset */
+	long n = bpf_probe_read_user_str(&c->w->b[off & (HELM_ARGV_BUF - 1)], HELM_ARGV_BUF, arg);
+	if (n <= 0) {
+		c->error = n ? n : -ENOENT;
+		return 1;
+	}
+	c->argc++;
+	off += n;
+	if (off > HELM_ARGV_BUF) {
+		off = HELM_ARGV_BUF;
+		c->truncated = 1;
+	}
+	c->off = off;
+	return 0;
+}
+
+/*
+ * An exec's arguments. The decision is made when the kernel opens the binary,
+ * before it copies argv into the new program: here they are still only in the
+ * caller's memory, at the address the execve/execveat system call was given.
+ * They are read from there now, bounded; a second thread of the caller could
+ * change that memory meanwhile, so they are evidence of what was asked, never
+ * an input to the decision.
+ */
+static __always_inline void read_argv(struct task_struct *task, struct helm_event *e)
+{
+	e->argc = -EOPNOTSUPP;
+	e->argv_len = 0;
+#ifdef __TARGET_ARCH_x86
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
 		return;
+	long nr = BPF_CORE_READ(regs, orig_ax);
+	const char *const *argv;
+	if (nr == 59) /* execve(path, argv, envp) */
+		argv = (const char *const *)BPF_CORE_READ(regs, si);
+	else if (nr == 322) /* execveat(dirfd, path, argv, envp, flags) */
+		argv = (const char *const *)BPF_CORE_READ(regs, dx);
+	else {
+		e->argc = -ENOENT; /* not an execve: e.g. a 32-bit compat call */
+		return;
+	}
+	__u32 zero = 0;
+	struct walk_buf *w = bpf_map_lookup_elem(&walk_scratch, &zero);
+	if (!w)
+		return;
+	struct argv_walk c = { .argv = argv, .w = w };
+	bpf_loop(HELM_MAX_ARGS, argv_step, &c, 0);
+	if (c.argc == HELM_MAX_ARGS && !c.error) {
+		const char *more = 0;
+		if (!bpf_probe_read_user(&more, sizeof(more), &argv[HELM_MAX_ARGS]) && more)
+			c.truncated = 1;
+	}
+	e->argc = c.argc ? c.argc : (c.error ? (int)c.error : 0);
+	e->argv_len = c.off;
+	if (c.truncated)
+		e->flags |= HELM_EVENT_FLAG_ARGV_TRUNCATED;
+	bpf_probe_read_kernel(e->argv, HELM_ARGV_BUF, w->b);
+#endif
+}
+
+/* The event for a decision, on the ring of its kind. Returns 0 if the ring was full. */
+static __always_inline int emit_event(struct helm_agent *agent, __u64 cgroup_id, struct decision *d,
+				      struct helm_path_key *key, const struct net_subject *net,
+				      int with_argv)
+{
+	int is_allow = d->decision == HELM_DECISION_ALLOW;
+	struct helm_event *e;
+	if (is_allow)
+		e = bpf_ringbuf_reserve(&allow_events, sizeof(*e), 0);
+	else
+		e = bpf_ringbuf_reserve(&deny_events, sizeof(*e), 0);
+	if (!e) {
+		count_lost(is_allow ? HELM_RING_ALLOW : HELM_RING_DENY);
+		return 0;
 	}
 	struct task_struct *task = bpf_get_current_task_btf();
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -370,8 +524,8 @@ static __always_inline void emit(struct helm_agent *agent, __u64 cgroup_id, stru
 	e->ts_boot_ns = bpf_ktime_get_boot_ns();
 	e->cgroup_id = cgroup_id;
 	e->agent_id = agent->agent_id;
-	e->ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
-	e->dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
+	e->ino = d->ino;
+	e->dev = d->dev;
 	e->type = HELM_EVENT_DECISION;
 	e->pid = pid_tgid >> 32;
 	e->tid = (__u32)pid_tgid;
@@ -383,19 +537,18 @@ static __always_inline void emit(struct helm_agent *agent, __u64 cgroup_id, stru
 	e->policy_id = d->verdict.policy_id;
 	e->rule_id = d->verdict.rule_id;
 	e->op = d->op;
-	e->decision = d->verdict.mode == HELM_MODE_ENFORCE ? HELM_DECISION_DENY
-							   : HELM_DECISION_WOULD_DENY;
+	e->decision = d->decision;
 	e->mode = d->verdict.mode;
 	e->reason = d->reason;
 	e->flags = d->flags;
 	e->detail = d->detail;
 	e->target_pid = d->target_pid;
 	e->path_len = d->path_len;
-	if (d->net) {
-		__builtin_memcpy(e->addr, d->net->addr, sizeof(e->addr));
-		e->port = d->net->port;
-		e->proto = d->net->proto;
-		e->family = d->net->family;
+	if (net) {
+		__builtin_memcpy(e->addr, net->addr, sizeof(e->addr));
+		e->port = net->port;
+		e->proto = net->proto;
+		e->family = net->family;
 	} else {
 		__builtin_memset(e->addr, 0, sizeof(e->addr));
 		e->port = 0;
@@ -416,12 +569,64 @@ static __always_inline void emit(struct helm_agent *agent, __u64 cgroup_id, stru
 	e->exe[0] = 0;
 	if (exe)
 		e->exe_len = name_of(BPF_CORE_READ(exe, f_path.mnt), BPF_CORE_READ(exe, f_path.dentry), e->exe);
+	/* The parent's, best effort: it may be exiting (then its name is what could be read). */
+	struct file *parent_exe = BPF_CORE_READ(task, real_parent, mm, exe_file);
+	e->parent_exe_len = -ENOENT;
+	e->parent_exe[0] = 0;
+	if (parent_exe)
+		e->parent_exe_len = name_of(BPF_CORE_READ(parent_exe, f_path.mnt),
+					    BPF_CORE_READ(parent_exe, f_path.dentry), e->parent_exe);
+	e->ops = d->ops ? d->ops : OP_BIT(d->op);
+	e->argc = 0;
+	e->argv_len = 0;
+	e->argv[0] = 0;
+	/* the binary itself, the ELF interpreter, a script's interpreter: all opened within execve */
+	if (with_argv && d->op == HELM_OP_EXEC && d->detail == HELM_DETAIL_OPEN)
+		read_argv(task, e);
 	bpf_ringbuf_submit(e, 0);
+	return 1;
 }
 
-/* Applies dry-run (agent or global), reports, and gives the hook's return value. */
-static __always_inline int deny(struct helm_agent *agent, __u64 cgroup_id, struct decision *d,
-				struct helm_path_key *key, struct inode *inode)
+/*
+ * The reporting functions are global: the verifier checks each once per program
+ * rather than at every call site (an event names two executables and may read
+ * argv, all loops), which keeps loading fast. Their pointer arguments may be
+ * NULL to the verifier, and kernel objects are passed as plain numbers. File
+ * decisions (LSM hooks) may read an exec's argv; the other one, linked into the
+ * cgroup programs too, uses no helper those cannot call. `net` is not const:
+ * clang 14 emits a struct reached only through const pointers in struct
+ * members as a forward declaration, and the verifier refuses a global
+ * function whose argument's size it cannot determine.
+ */
+__noinline int helm_emit(struct helm_agent *agent, __u64 cgroup_id, struct decision *d,
+			 struct helm_path_key *key, struct net_subject *net)
+{
+	if (!agent || !d)
+		return 0;
+	return emit_event(agent, cgroup_id, d, key, net, 0);
+}
+
+__noinline int helm_emit_file(struct helm_agent *agent, __u64 cgroup_id, struct decision *d,
+			      struct helm_path_key *key)
+{
+	if (!agent || !d)
+		return 0;
+	return emit_event(agent, cgroup_id, d, key, 0, 1);
+}
+
+static __always_inline int emit(struct helm_agent *agent, __u64 cgroup_id, struct decision *d,
+				struct helm_path_key *key, struct inode *inode, int file)
+{
+	d->ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
+	d->dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
+	if (file)
+		return helm_emit_file(agent, cgroup_id, d, key);
+	return helm_emit(agent, cgroup_id, d, key, (struct net_subject *)d->net);
+}
+
+/* Applies dry-run (agent or global), counts, reports, and gives the hook's return value. */
+static __always_inline int deny_as(struct helm_agent *agent, __u64 cgroup_id, struct decision *d,
+				   struct helm_path_key *key, struct inode *inode, int file)
 {
 	struct helm_settings *s = current_settings();
 	__u32 mode_flags = s ? READ_ONCE(s->flags) : 0;
@@ -429,8 +634,86 @@ static __always_inline int deny(struct helm_agent *agent, __u64 cgroup_id, struc
 	if (d->reason != HELM_REASON_SELF_PROTECT &&
 	    ((agent->flags & HELM_AGENT_DRY_RUN) || (mode_flags & HELM_SETTINGS_DRY_RUN)))
 		d->verdict.mode = HELM_MODE_DRY_RUN;
-	emit(agent, cgroup_id, d, key, inode);
-	return d->verdict.mode == HELM_MODE_DRY_RUN ? 0 : -EPERM;
+	int enforced = d->verdict.mode != HELM_MODE_DRY_RUN;
+	d->decision = enforced ? HELM_DECISION_DENY : HELM_DECISION_WOULD_DENY;
+	struct helm_agent_counters *c = counters_of(agent);
+	if (c)
+		__sync_fetch_and_add(enforced ? &c->denied : &c->would_deny, 1);
+	if (!emit(agent, cgroup_id, d, key, inode, file) && c)
+		__sync_fetch_and_add(&c->deny_lost, 1);
+	return enforced ? -EPERM : 0;
+}
+
+static __always_inline int deny(struct helm_agent *agent, __u64 cgroup_id, struct decision *d,
+				struct helm_path_key *key, struct inode *inode)
+{
+	return deny_as(agent, cgroup_id, d, key, inode, 0);
+}
+
+/* Takes one sample's credit from the agent's bucket, if it has it. */
+static __always_inline int sample_allow(struct helm_agent *agent, struct helm_audit_settings *as)
+{
+	__u64 id = agent->agent_id;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 cost = as->sample_cost_ns;
+	__u64 burst = as->sample_burst_ns;
+	struct sample_bucket *b = bpf_map_lookup_elem(&sample_buckets, &id);
+	if (!b) {
+		struct sample_bucket fresh = { .credit_ns = burst, .last_ns = now };
+		bpf_map_update_elem(&sample_buckets, &id, &fresh, BPF_NOEXIST);
+		b = bpf_map_lookup_elem(&sample_buckets, &id);
+		if (!b)
+			return 0;
+	}
+	int take = 0;
+	bpf_spin_lock(&b->lock);
+	__u64 credit = b->credit_ns;
+	if (now > b->last_ns) {
+		credit += now - b->last_ns;
+		b->last_ns = now;
+	}
+	if (credit > burst)
+		credit = burst;
+	if (cost && credit >= cost) {
+		credit -= cost;
+		take = 1;
+	}
+	b->credit_ns = credit;
+	bpf_spin_unlock(&b->lock);
+	return take;
+}
+
+/* An allowed operation: counted always, reported per the allow-log level. Returns 0 (allow). */
+static __always_inline int allow_as(struct helm_agent *agent, __u64 cgroup_id, struct decision *d,
+				    struct helm_path_key *key, struct inode *inode, int file)
+{
+	__u32 zero = 0;
+	struct helm_audit_settings *as = bpf_map_lookup_elem(&audit_settings, &zero);
+	__u32 level = as ? READ_ONCE(as->allow_log) : HELM_ALLOW_LOG_NONE;
+	struct helm_agent_counters *c = counters_of(agent);
+
+	if (c)
+		__sync_fetch_and_add(&c->allowed, 1);
+	int send = level == HELM_ALLOW_LOG_ALL;
+	if (level == HELM_ALLOW_LOG_SAMPLED && as && sample_allow(agent, as)) {
+		send = 1;
+		d->flags |= HELM_EVENT_FLAG_SAMPLED;
+	}
+	if (!send) {
+		if (c)
+			__sync_fetch_and_add(&c->allow_unlogged, 1);
+		return 0;
+	}
+	d->decision = HELM_DECISION_ALLOW;
+	if (!emit(agent, cgroup_id, d, key, inode, file) && c)
+		__sync_fetch_and_add(&c->allow_lost, 1);
+	return 0;
+}
+
+static __always_inline int allow(struct helm_agent *agent, __u64 cgroup_id, struct decision *d,
+				 struct helm_path_key *key, struct inode *inode)
+{
+	return allow_as(agent, cgroup_id, d, key, inode, 0);
 }
 
 /* Self-protection: always enforced, whatever the modes. */
@@ -703,6 +986,20 @@ static __always_inline int is_helm_object(struct inode *inode)
 	       is_protected(inode);
 }
 
+/*
+ * Everything directly in helm's own directories (the audit trail's, the control
+ * socket's, a policy directory) is helm's too: files helmd creates later, such
+ * as rotated audit files, are covered without being listed one by one.
+ */
+static __always_inline int in_helm_dir(struct dentry *dentry)
+{
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+	if (!parent || parent == dentry)
+		return 0;
+	struct inode *dir = BPF_CORE_READ(parent, d_inode);
+	return dir && is_protected(dir);
+}
+
 /* The key for a directory is "<dir>/\0", so that a subtree rule covers the directory itself. */
 static __always_inline long as_directory(struct helm_path_key *key, long n)
 {
@@ -729,8 +1026,6 @@ static __always_inline int is_dir_inode(struct inode *inode)
 {
 	return inode && (BPF_CORE_READ(inode, i_mode) & S_IFMT) == S_IFDIR;
 }
-
-#define OP_BIT(op) (1u << (op))
 
 /* One verb of a decision: the table's verdict, then the identity check. 0 allows. */
 static __always_inline int verb_allows(struct decision *d, struct helm_path_value *v, void *inodes,
@@ -761,7 +1056,7 @@ static __always_inline int decide(struct helm_agent *agent, __u64 cgroup_id, __u
 				  struct helm_path_key *key, long n, int is_dir, struct dentry *dentry,
 				  struct inode *real)
 {
-	struct decision d = { .detail = detail };
+	struct decision d = { .detail = detail, .ops = ops };
 	d.op = ops & OP_BIT(HELM_OP_WRITE) ? HELM_OP_WRITE : ops & OP_BIT(HELM_OP_EXEC) ? HELM_OP_EXEC : HELM_OP_READ;
 	struct helm_settings *s = current_settings();
 	if (!s)
@@ -805,9 +1100,21 @@ static __always_inline int decide(struct helm_agent *agent, __u64 cgroup_id, __u
 		goto out;
 	if ((ops & OP_BIT(HELM_OP_EXEC)) && !verb_allows(&d, v, inodes, agent, &env, HELM_OP_EXEC, dentry, real))
 		goto out;
-	return 0;
+	/* every verb allowed: reported as the weightiest one, with its rule */
+	if (ops & OP_BIT(HELM_OP_WRITE)) {
+		d.op = HELM_OP_WRITE;
+		d.verdict = v->verdict[HELM_OP_WRITE];
+	} else if (ops & OP_BIT(HELM_OP_EXEC)) {
+		d.op = HELM_OP_EXEC;
+		d.verdict = v->verdict[HELM_OP_EXEC];
+	} else {
+		d.op = HELM_OP_READ;
+		d.verdict = v->verdict[HELM_OP_READ];
+	}
+	d.reason = HELM_REASON_RULE;
+	return allow_as(agent, cgroup_id, &d, key, real, 1);
 out:
-	return deny(agent, cgroup_id, &d, key, real);
+	return deny_as(agent, cgroup_id, &d, key, real, 1);
 }
 
 static __always_inline struct helm_path_key *key_buffer(void)
@@ -832,7 +1139,7 @@ static __always_inline int decide_file(struct file *file, __u32 ops, __u32 detai
 
 	struct inode *real = BPF_CORE_READ(file, f_inode);
 	long n = bpf_d_path((struct path *)&file->f_path, key->path, HELM_PATH_BUF);
-	if (is_helm_object(real))
+	if (is_helm_object(real) || in_helm_dir(BPF_CORE_READ(file, f_path.dentry)))
 		return protect(agent, cgroup_id, HELM_OP_CONTROL, detail, 0, key, n, real);
 
 	if (!ops) {
@@ -906,7 +1213,7 @@ static __always_inline int decide_mutation(const struct path *dir, struct dentry
 	struct inode *inode = BPF_CORE_READ(dentry, d_inode); /* NULL for what is being created */
 	struct inode *dir_inode = BPF_CORE_READ(dir, dentry, d_inode);
 	long n = path_of(BPF_CORE_READ(dir, mnt), dentry, key);
-	if (is_helm_object(inode) || is_helm_object(dir_inode))
+	if (is_helm_object(inode) || is_helm_object(dir_inode) || in_helm_dir(dentry))
 		return protect(agent, cgroup_id, HELM_OP_CONTROL, detail, 0, key, n, inode);
 	/* a new name's identity is its directory's: the inode walk starts above the negative dentry */
 	return decide(agent, cgroup_id, OP_BIT(HELM_OP_WRITE), detail, key, n, is_dir, dentry, inode);
@@ -994,7 +1301,7 @@ static __always_inline int decide_attr(const struct path *path, __u32 detail)
 	struct dentry *dentry = BPF_CORE_READ(path, dentry);
 	struct inode *inode = BPF_CORE_READ(dentry, d_inode);
 	long n = path_of(BPF_CORE_READ(path, mnt), dentry, key);
-	if (is_helm_object(inode))
+	if (is_helm_object(inode) || in_helm_dir(dentry))
 		return protect(agent, cgroup_id, HELM_OP_CONTROL, detail, 0, key, n, inode);
 	return decide(agent, cgroup_id, OP_BIT(HELM_OP_WRITE), detail, key, n, is_dir_inode(inode), dentry, inode);
 }
@@ -1050,7 +1357,7 @@ static __always_inline int decide_xattr(struct dentry *dentry, __u32 detail)
 	long n = -ENAMETOOLONG;
 	if (root && BPF_CORE_READ(dentry, d_sb) == BPF_CORE_READ(root, mnt_sb))
 		n = path_of(root, dentry, key);
-	if (is_helm_object(inode))
+	if (is_helm_object(inode) || in_helm_dir(dentry))
 		return protect(agent, cgroup_id, HELM_OP_CONTROL, detail, 0, key, n, inode);
 	return decide(agent, cgroup_id, OP_BIT(HELM_OP_WRITE), detail, key, n, is_dir_inode(inode), dentry, inode);
 }
@@ -1363,8 +1670,10 @@ static __always_inline int decide_net(struct helm_agent *agent, __u64 cgroup_id,
 				goto missing;
 		}
 	}
-	if (verdict_allows(&d, &best, v->default_mode))
+	if (verdict_allows(&d, &best, v->default_mode)) {
+		allow(agent, cgroup_id, &d, 0, 0); /* counted, and logged per the allow level */
 		return 1;
+	}
 	goto out;
 missing:
 	no_table(&d);
@@ -1403,7 +1712,7 @@ static __always_inline void subject6(struct bpf_sock_addr *ctx, struct net_subje
  * socket cookie so that replies appear to come from it (recvmsg below).
  */
 static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, struct helm_agent *agent,
-					const struct net_subject *sub)
+					const struct net_subject *sub, int v6)
 {
 	if (!agent->dns_port || sub->port != DNS_PORT)
 		return 0;
@@ -1413,7 +1722,9 @@ static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, struct helm_a
 	struct helm_dns_origin origin = { .port = bpf_htons(DNS_PORT), .family = sub->family };
 	__builtin_memcpy(origin.addr, sub->addr, 16);
 	bpf_map_update_elem(&dns_origins, &cookie, &origin, BPF_ANY);
-	if (sub->family == AF_INET) {
+	/* v6, not sub->family: a constant per program (sub is in memory a global function saw, so
+	 * the compiler reloads it, and connect4 must not even appear to write user_ip6) */
+	if (!v6) {
 		ctx->user_ip4 = bpf_htonl(LOOPBACK4);
 	} else {
 		ctx->user_ip6[0] = 0;
@@ -1436,7 +1747,7 @@ static __always_inline int outbound(struct bpf_sock_addr *ctx, int v6, __u32 det
 		subject6(ctx, &sub);
 	else
 		subject4(ctx, &sub);
-	if (redirect_dns(ctx, agent, &sub))
+	if (redirect_dns(ctx, agent, &sub, v6))
 		return 1;
 	return decide_net(agent, cgroup_id, &sub, HELM_NET_CONNECT, detail);
 }
@@ -1645,7 +1956,7 @@ static __always_inline int decide_socket(__u32 kind, __u32 protocol)
 		v = bpf_map_lookup_elem(table, &k);
 	}
 	if (socket_value_allows(&d, v, &env))
-		return 0;
+		return allow(agent, cgroup_id, &d, 0, 0);
 	return deny(agent, cgroup_id, &d, 0, 0);
 }
 
@@ -1743,7 +2054,7 @@ static __always_inline int decide_unix(struct sock *other)
 	key->role_id = agent->role_id;
 	key->prefixlen = 32 + 8 * (__u32)n;
 	if (socket_value_allows(&d, bpf_map_lookup_elem(table, key), &env))
-		return 0;
+		return allow(agent, cgroup_id, &d, key, inode);
 out:
 	return deny(agent, cgroup_id, &d, key, inode);
 }

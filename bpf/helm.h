@@ -19,7 +19,16 @@
 #define HELM_MAX_AGENTS 4096
 #define HELM_MAX_CGROUP_DEPTH 32
 #define HELM_MAX_GENERATIONS 4
-#define HELM_EVENTS_BYTES (4 * 1024 * 1024)
+/*
+ * Two rings, so that allows can never crowd out a denial: denials and
+ * would-denials on one, logged allows on the other. docs/audit-schema.md
+ * ("Loss") gives the sizing: records are HELM_EVENT_SLOT bytes in the ring.
+ */
+#define HELM_DENY_RING_BYTES (32 * 1024 * 1024)
+#define HELM_ALLOW_RING_BYTES (8 * 1024 * 1024)
+/* An exec's arguments, NUL-separated, as many as fit (the rest is flagged as truncated). */
+#define HELM_ARGV_BUF 256
+#define HELM_MAX_ARGS 32
 /* How many directory levels above a file are checked against the inode table. */
 #define HELM_MAX_ANCESTORS 32
 /* Path components the kernel walks to name a file in mutation hooks (bpf_d_path is not allowed there). */
@@ -362,6 +371,40 @@ struct helm_pin_meta {
 #define HELM_EVENT_DECISION 1
 #define HELM_EVENT_SELFTEST 2
 #define HELM_EVENT_FLAG_DIR 1u
+#define HELM_EVENT_FLAG_ARGV_TRUNCATED 2u /* more arguments or bytes than the event holds */
+#define HELM_EVENT_FLAG_SAMPLED 4u        /* an allow logged by the per-agent sampler */
+
+/* The rings events travel on; also the index of each ring's counter in lost_events. */
+enum helm_ring {
+	HELM_RING_DENY = 0,
+	HELM_RING_ALLOW = 1,
+	HELM_RINGS = 2,
+};
+
+/* Which allows reach the audit trail (every decision is counted whatever the level). */
+enum helm_allow_log {
+	HELM_ALLOW_LOG_NONE = 0,
+	HELM_ALLOW_LOG_SAMPLED = 1, /* per agent, at most a token bucket's worth */
+	HELM_ALLOW_LOG_ALL = 2,
+};
+
+/* audit_settings: one entry, written by helmd. */
+struct helm_audit_settings {
+	__u32 allow_log;       /* enum helm_allow_log */
+	__u32 pad;
+	__u64 sample_cost_ns;  /* credit one sampled allow spends: 1e9 / rate per second */
+	__u64 sample_burst_ns; /* most credit a bucket holds: burst * cost */
+};
+
+/* agent_counters (per CPU, by agent id): every decision, whether it reached the trail or not. */
+struct helm_agent_counters {
+	__u64 allowed;
+	__u64 allow_unlogged; /* not sent, by the allow-log level or the sampler */
+	__u64 allow_lost;     /* sent, but the allow ring was full */
+	__u64 denied;         /* enforced denials, self-protection included */
+	__u64 would_deny;
+	__u64 deny_lost;      /* denials or would-denials that did not fit in the deny ring */
+};
 
 /* One decision, as the ring buffer carries it. */
 struct helm_event {
@@ -396,6 +439,13 @@ struct helm_event {
 	char comm[16];
 	char path[HELM_PATH_BUF];
 	char exe[HELM_PATH_BUF]; /* the acting task's executable, resolved by the kernel */
+	/* audit fields: kept at the end so that other additions merge textually */
+	__u32 ops;            /* bits (1 << enum helm_op) of every verb the operation needed */
+	__s32 argc;           /* exec: arguments in argv, or a negative errno; 0 for other ops */
+	__u32 argv_len;       /* bytes of argv used */
+	__s32 parent_exe_len; /* as exe_len, for the parent's executable */
+	char parent_exe[HELM_PATH_BUF];
+	char argv[HELM_ARGV_BUF]; /* exec: the caller's argv strings, each NUL-terminated */
 };
 
 #endif /* HELM_H */

@@ -12,13 +12,13 @@ import { DEFAULT_PIN_DIR } from './kernel/pins';
 export const DEFAULT_CONFIG = '/etc/helm/helmd.yaml';
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
-/** Allow logging levels of the configuration language; this helmd logs none (its kernel programs report denials only). */
+/** Allow logging levels of the configuration language (audit.allows; --audit-allows overrides it). */
 export const ALLOW_LEVELS = ['none', 'sampled', 'all'] as const;
 
 export interface HelmdConfig {
   /** Policy files or directories. */
   policy: string[];
-  audit: { log: string; allows: 'none' };
+  audit: { log: string; allows: (typeof ALLOW_LEVELS)[number] };
   socket: { path: string; group?: string };
   log: { level: LogLevel };
   dryRun: boolean;
@@ -161,9 +161,7 @@ export function parseConfig(text: string, file: string): HelmdConfig {
       const allows = a?.get('allows');
       if (allows) {
         const level = oneOf(ctx, allows, 'audit.allows', ALLOW_LEVELS);
-        if (level && level !== 'none') {
-          err(ctx, where(ctx, allows), `audit.allows: ${level} is not available in this helmd: its kernel programs report denials only (use none)`);
-        }
+        if (level) cfg.audit.allows = level;
       }
     }
 

@@ -21,15 +21,16 @@ import { PolicyError, formatDiagnostic, type Mode, type Policy, type PolicyDiagn
 import { explain, formatExplanation, operationFromOptions } from './policy/explain';
 import { defaultCanonicalize, isVerb } from './policy/cases';
 import { PolicyWatcher } from './policy/watch';
-import { KernelEnforcer, type GovernedEntry } from './kernel/enforcer';
-import type { KernelBinding, EventSource, GovernedAgent } from './kernel/binding';
-import { decodeEvent, C } from './kernel/layout';
+import { KernelEnforcer, type GovernedEntry, type RingSizes } from './kernel/enforcer';
+import type { AuditLevel, GovernedAgent, KernelBinding } from './kernel/binding';
+import { C } from './kernel/layout';
 import { KernelError, native } from './kernel/native';
 import { RingReader, readPerCpuCounter } from './kernel/bpf';
 import { DEFAULT_PIN_DIR, type CommitReport } from './kernel/pins';
-import { openAuditWriter, type AuditWriter } from './audit/writer';
+import type { FsyncPolicy, RotationPolicy } from './audit/writer';
+import { AuditRecorder, policyDigest, type RecordedAgent } from './audit/recorder';
 import { AuditFeed } from './audit/feed';
-import { toAuditRecord, rfc3339Nanos, AUDIT_SCHEMA_VERSION, type GenerationNames, type AuditContext } from './audit/record';
+import { rfc3339Nanos, AUDIT_SCHEMA_VERSION, type AuditRecord, type GenerationNames, type AuditContext } from './audit/record';
 import { inspectCgroup, cgroupHasProcesses, findCgroupById, type CgroupInfo } from './control/cgroups';
 import { SerialQueue } from './control/serial';
 import { ControlServer, type ControlPlane, type TlsListener } from './control/server';
@@ -43,9 +44,27 @@ import { labelBitsOf } from './policy/compile-cond';
 
 export const VERSION = '0.1.0';
 
+/** How the audit trail is written (docs/audit-schema.md); defaults in DEFAULT_AUDIT. */
+export interface AuditSettings {
+  level: AuditLevel;
+  rings: RingSizes;
+  fsync: FsyncPolicy;
+  rotation: RotationPolicy;
+  countersIntervalMs: number;
+}
+
+export const DEFAULT_AUDIT: AuditSettings = {
+  level: { allows: 'none', rate: 10, burst: 20 },
+  rings: { deny: C.HELM_DENY_RING_BYTES, allow: C.HELM_ALLOW_RING_BYTES },
+  fsync: { kind: 'every-batch' },
+  rotation: { maxBytes: 64 * 1024 * 1024, maxAgeMs: 24 * 3_600_000, compress: true },
+  countersIntervalMs: 60_000,
+};
+
 export interface HelmdOptions {
   policyPaths: string[];
   auditLog: string;
+  audit?: Partial<AuditSettings>;
   dryRun: boolean;
   socket: string;
   /** Group (name or gid) allowed to use the socket besides root. */
@@ -146,7 +165,6 @@ const AGENT_NAME_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 const LABEL_KEY_RE = /^[A-Za-z0-9_.\/-]{1,63}$/;
 const MAX_LABELS = 64;
 const MAX_LABEL_VALUE = 256;
-const LOST_POLL_MS = 1000;
 /** How often agents whose cgroup was removed are released. */
 const RECONCILE_MS = 30_000;
 /** Names of this many past generations go into the state file (events of the downtime name them). */
@@ -155,6 +173,8 @@ const PERSIST_GENERATION_NAMES = 2 * C.HELM_MAX_GENERATIONS;
 const UNKNOWN_ROLE = 'unknown';
 const DEFAULT_STATE_DIR = '/var/lib/helm';
 const LEARNED_SWEEP_MS = 1000;
+/** How long a detached agent's name stays known, for its events still in the rings. */
+const DETACHED_NAMES_MS = 60_000;
 const DNS_TIMEOUT_MS = 3000;
 /** Names of this many past generations are kept for events drained late. */
 const KEEP_GENERATION_NAMES = 64;
@@ -163,11 +183,9 @@ const AUDITED_ERRORS = 20;
 
 export class Helmd implements ControlPlane {
   private kernel?: KernelBinding;
-  private events?: EventSource;
-  private audit?: AuditWriter;
+  private recorder?: AuditRecorder;
   private server?: ControlServer;
   private watcher?: PolicyWatcher;
-  private lostTimer?: NodeJS.Timeout;
   private sweepTimer?: NodeJS.Timeout;
   private learned?: LearnedAddresses;
   /** role id → its host-name patterns, for the DNS forwarders. */
@@ -195,14 +213,8 @@ export class Helmd implements ControlPlane {
   private lockFd?: number;
   private createdStateDir = false;
   private reconcileTimer?: NodeJS.Timeout;
-  /** The lost counter's value when this helmd started (what of it earlier runs reported). */
-  private lostAtStart = 0n;
   /** Started and serving: stop() then records that it stops. */
   private serving = false;
-  private seq = 0;
-  private written = 0n;
-  private lostReported = 0n;
-  private lostSince = '';
   private realtimeOffset = 0n;
   private lastApply?: { at: string; ok: boolean; source: string; generation: number; error: string };
   private readonly log: Logger;
@@ -242,9 +254,10 @@ export class Helmd implements ControlPlane {
     this.log.info({ files: loaded.files, policies: loaded.policies.map((p) => p.name) }, 'policy compiled');
 
     // 3. The kernel: take over what is pinned, or load the programs (attached in 6), or fail with the reason.
+    const audit = { ...DEFAULT_AUDIT, ...this.opts.audit };
     if (this.opts.kernel) this.kernel = this.opts.kernel();
     else {
-      this.enforcer = KernelEnforcer.open({ objectPath: this.opts.bpfObject, pinDir: this.pinDir, version: VERSION, networkOnly: this.opts.networkOnly });
+      this.enforcer = KernelEnforcer.open({ objectPath: this.opts.bpfObject, pinDir: this.pinDir, version: VERSION, networkOnly: this.opts.networkOnly, rings: audit.rings });
       this.kernel = this.enforcer;
     }
     if (this.opts.networkOnly) {
@@ -265,12 +278,41 @@ export class Helmd implements ControlPlane {
       compiled = this.compileFor(loaded.policies, new Map());
     }
 
-    // 5. The audit trail, before anything is drained into it.
-    this.audit = openAuditWriter(
-      this.opts.auditLog,
-      (e) => this.log.error({ err: e, file: this.opts.auditLog }, 'AUDIT WRITE FAILED: decisions are still enforced but not recorded'),
-      () => this.log.warn({ file: this.opts.auditLog }, 'the audit trail ended in a line cut short (crash or power loss); recorded and continued'),
+    // 5. The audit trail, and the rings drained into it: first whatever they kept while no helmd ran.
+    const pins = this.enforcer?.pins;
+    const samePins = !!(this.state && pins && this.state.instance === pins.pinnedMeta?.instance);
+    let backlog = 0n;
+    if (this.enforcer) {
+      for (const ring of ['deny', 'allow'] as const) {
+        const r = this.enforcer.openEvents(ring);
+        backlog += r.pendingBytes();
+        r.close();
+      }
+    }
+    this.recorder = await AuditRecorder.start(
+      {
+        file: this.opts.auditLog,
+        ...audit,
+        version: VERSION,
+        logger: this.log,
+        onDecision: (rec, agentId) => this.counted(rec, agentId),
+        onWritten: (records, lines) => this.feed.publish(records, lines),
+        // The pinned loss counters outlive helmd: what earlier runs wrote is not reported again.
+        lostBaseline: samePins ? { deny: BigInt(this.state!.lostReported), allow: BigInt(this.state!.lostReportedAllow), since: this.state!.lostSince } : undefined,
+        onLostReported: this.state
+          ? (ring, total, since) => {
+              if (ring === 'deny') this.state!.lostReported = total.toString();
+              else this.state!.lostReportedAllow = total.toString();
+              this.state!.lostSince = since;
+              this.saveState();
+            }
+          : undefined,
+      },
+      this.kernel,
+      this.auditContext,
+      this.realtimeOffset,
     );
+    for (const a of this.agents.values()) this.recorder.agentAttached(recordedAgent(a), { adopted: true });
 
     // 6. This helmd's policy as the next generation; the agents get their DNS forwarders
     //    (and new maps their entries); then the programs run on these maps.
@@ -290,28 +332,17 @@ export class Helmd implements ControlPlane {
     if (this.enforcer) {
       report = this.enforcer.commit();
       this.state!.instance = this.enforcer.pins!.instance;
+      if (!samePins) {
+        // Another set's counters: nothing of them is in the trail yet.
+        this.state!.lostReported = '0';
+        this.state!.lostReportedAllow = '0';
+      }
       this.saveState();
       if (this.enforcer.pins!.previous) upgradeLoss = this.drainPrevious();
     }
-    this.control({ action: 'apply', source: 'startup', generation, previous_generation: previousGeneration, policies: names(loaded.policies), files: loaded.files, dry_run: this.dryRun });
+    this.control({ action: 'apply', source: 'startup', generation, previous_generation: previousGeneration, policies: names(loaded.policies), digest: policyDigest(loaded.policies), files: loaded.files, dry_run: this.dryRun });
     this.lastApply = { at: now(), ok: true, source: 'startup', generation, error: '' };
-
-    // 7. Decisions into the trail: first whatever the ring kept while no helmd ran.
-    const pins = this.enforcer?.pins;
-    const carried = this.state && pins && this.state.instance === pins.pinnedMeta?.instance ? BigInt(this.state.lostReported) : 0n;
-    this.lostAtStart = carried;
-    this.lostReported = carried;
-    this.lostSince = this.state?.lostSince || now();
-    this.events = this.kernel.openEvents();
-    const backlog = this.events instanceof RingReader ? this.events.pendingBytes() : 0n;
-    this.events.start(
-      (r) => this.onEvent(r),
-      (e) => this.log.error({ err: e }, 'ring buffer drain failed'),
-      100,
-      () => this.flush(),
-    );
-    this.reportLost();
-    this.lostTimer = setInterval(() => this.reportLost(), LOST_POLL_MS);
+    this.recorder.reportLost();
     if (this.enforcer) this.reconcileTimer = setInterval(() => void this.reconcile().catch((e) => this.log.error({ err: e }, 'reconcile failed')), RECONCILE_MS);
 
     // 8. The control API; then nothing of helm's own is reachable from a governed agent.
@@ -390,7 +421,10 @@ export class Helmd implements ControlPlane {
       const cgroupPath = k?.cgroupPath ?? findCgroupById(e.cgroupId);
       if (!cgroupPath || !cgroupIs(cgroupPath, e.cgroupId)) {
         vanished.push(k?.name ?? `cgroup-${e.cgroupId}`);
-        if (pins.outcome !== 'rebuilt') this.enforcer!.release(e.cgroupId);
+        if (pins.outcome !== 'rebuilt') {
+          this.enforcer!.release(e.cgroupId);
+          this.enforcer!.forgetAgent(e.agentId); // its decision counters
+        }
         continue;
       }
       let role = k?.role ?? idToRole.get(e.roleId);
@@ -439,14 +473,15 @@ export class Helmd implements ControlPlane {
   }
 
   /**
-   * After a rebuild the old programs are gone; what their ring still holds was
+   * After a rebuild the old programs are gone; what their rings still hold was
    * written in a layout this helmd may not read. Counted, and recorded as lost.
    */
   private drainPrevious(): bigint {
     const previous = this.enforcer!.pins!.previous!;
     let count = 0n;
-    const events = previous.map('events');
-    if (events) {
+    for (const name of ['events', 'deny_events', 'allow_events']) {
+      const events = previous.map(name);
+      if (!events) continue;
       const ring = new RingReader(events, 1 << 16);
       try {
         while (ring.drainOnce(() => count++, 0) > 0) {
@@ -458,15 +493,17 @@ export class Helmd implements ControlPlane {
     }
     const lost = previous.map('lost_events');
     if (lost && lost.valueSize === 8) {
-      const total = readPerCpuCounter(lost);
-      const reported = this.state!.instance === previous.meta.instance ? BigInt(this.state!.lostReported) : 0n;
+      // One per-CPU counter per ring (one ring before the deny/allow split).
+      let total = 0n;
+      for (let i = 0; i < lost.maxEntries; i++) total += readPerCpuCounter(lost, i);
+      const same = this.state!.instance === previous.meta.instance;
+      const reported = same ? BigInt(this.state!.lostReported) + BigInt(this.state!.lostReportedAllow) : 0n;
       if (total > reported) count += total - reported;
     }
     previous.close();
     if (count > 0n) {
       const at = now();
-      this.pending.push({ v: AUDIT_SCHEMA_VERSION, ts: at, seq: ++this.seq, type: 'lost', count: count.toString(), total: count.toString(), since: this.state!.lostSince || at, reason: "upgrade: the replaced programs' undrained events (another layout)" });
-      this.flush();
+      this.recorder!.record({ v: AUDIT_SCHEMA_VERSION, ts: at, seq: 0, type: 'lost', source: 'upgrade', count: count.toString(), total: count.toString(), since: this.state!.lostSince || at, reason: "the replaced programs' undrained events (another layout)" });
       this.log.warn({ count: count.toString() }, 'events of the replaced programs recorded as lost');
     }
     return count;
@@ -483,6 +520,7 @@ export class Helmd implements ControlPlane {
         a.dns?.close();
         this.learned?.forgetAgent(a.id);
         this.saveState();
+        this.recorder?.agentDetached(recordedAgent(a));
         this.control({ action: 'release', subject: subjectOf(a), reason: 'the cgroup was removed' });
         this.log.info({ agent: a.name, cgroup: a.cgroupPath }, 'agent released: its cgroup was removed');
       }
@@ -598,12 +636,12 @@ export class Helmd implements ControlPlane {
 
   /** PolicyService.Apply: the whole set is replaced, or nothing is. */
   apply(sources: PolicySourceText[], expectedGeneration: number | undefined, who: string): Promise<ApplyResult> {
-    return this.queue.run((hold) => this.applySet(sources, 'api', expectedGeneration, who, hold));
+    return this.recorded(this.queue.run((hold) => this.applySet(sources, 'api', expectedGeneration, who, hold)));
   }
 
   /** Re-reads the policy paths helmd was given and applies them (a file change, or SIGHUP). */
   reload(source: 'files' | 'sighup'): Promise<ApplyResult | undefined> {
-    return this.queue.run((hold) => {
+    return this.recorded(this.queue.run((hold) => {
       let sources: PolicySourceText[];
       try {
         sources = loadPolicies(this.opts.policyPaths).sources;
@@ -619,7 +657,7 @@ export class Helmd implements ControlPlane {
       } finally {
         this.kernel!.setProtected(this.ownFiles());
       }
-    });
+    }));
   }
 
   private applySet(sources: PolicySourceText[], source: ApplySource, expected: number | undefined, who: string, hold: (p: Promise<unknown>) => void): ApplyResult {
@@ -637,7 +675,7 @@ export class Helmd implements ControlPlane {
       this.running = { sources, policies: loaded.policies, origin: source === 'api' ? 'api' : 'files', appliedAt: now() };
       this.retire(hold);
       const files = sources.map((s) => s.file);
-      this.control({ action: 'apply', source, by: who, generation, previous_generation: previous, policies: names(loaded.policies), files, warnings: compiled.warnings.length });
+      this.control({ action: 'apply', source, by: who, generation, previous_generation: previous, policies: names(loaded.policies), digest: policyDigest(loaded.policies), files, warnings: compiled.warnings.length });
       this.lastApply = { at: now(), ok: true, source, generation, error: '' };
       this.log.info({ generation, previous, source, policies: names(loaded.policies), files }, 'policy applied');
       return {
@@ -754,7 +792,7 @@ export class Helmd implements ControlPlane {
     if (!ROLE_RE.test(req.role)) throw invalidArgument(`role must match ${ROLE_RE.source}, got ${JSON.stringify(req.role)}`);
     if (req.name && !AGENT_NAME_RE.test(req.name)) throw invalidArgument(`agent name must match ${AGENT_NAME_RE.source}, got ${JSON.stringify(req.name)}`);
     checkLabels(req.labels);
-    return this.queue.run(async (hold) => {
+    return this.recorded(this.queue.run(async (hold) => {
       const cg = this.cgroups.inspect(req.cgroupPath);
       if (this.agents.has(cg.id)) throw alreadyExists(`${cg.path} is already governed`);
       // A role no generation knows yet gets entries (or none: deny all) before the cgroup is governed.
@@ -762,7 +800,7 @@ export class Helmd implements ControlPlane {
         const previous = this.generation;
         const generation = this.install(this.compileFor(this.running!.policies, this.policyModes, req.role));
         this.retire(hold);
-        this.control({ action: 'apply', source: 'attach', by: who, generation, previous_generation: previous, policies: names(this.running!.policies), new_role: req.role });
+        this.control({ action: 'apply', source: 'attach', by: who, generation, previous_generation: previous, policies: names(this.running!.policies), digest: policyDigest(this.running!.policies), new_role: req.role });
       }
       const name = req.name || path.basename(cg.path);
       const agent: AgentState = {
@@ -794,14 +832,15 @@ export class Helmd implements ControlPlane {
         this.saveState();
         throw e;
       }
+      this.recorder?.agentAttached(recordedAgent(agent));
       this.control({ action: 'attach', by: who, subject: subjectOf(agent), mode: modeOf(agent.dryRun), generation: this.generation });
       this.log.info({ agent: agent.name, role: agent.role, cgroup: agent.cgroupPath, dryRun: agent.dryRun }, 'agent attached');
       return agent;
-    });
+    }));
   }
 
   detach(cgroupPath: string, force: boolean, who: string): Promise<void> {
-    return this.queue.run(() => {
+    return this.recorded(this.queue.run(() => {
       const cg = this.cgroups.inspect(cgroupPath);
       const agent = this.agents.get(cg.id);
       if (!agent) throw notFound(`${cg.path} is not governed by helmd`);
@@ -811,13 +850,17 @@ export class Helmd implements ControlPlane {
       }
       this.kernel!.release(cg.id);
       this.agents.delete(cg.id);
-      this.agentsById.delete(agent.id);
+      // Its last counters, before the detach line; its last events may still be in the rings: keep its name a while.
+      this.recorder?.agentDetached(recordedAgent(agent));
+      setTimeout(() => {
+        if (this.agentsById.get(agent.id) === agent) this.agentsById.delete(agent.id);
+      }, DETACHED_NAMES_MS).unref();
       this.saveState();
       agent.dns?.close();
       this.learned?.forgetAgent(agent.id);
       this.control({ action: 'detach', by: who, subject: subjectOf(agent), forced: force });
       this.log.info({ agent: agent.name, cgroup: agent.cgroupPath, forced: force }, 'agent detached');
-    });
+    }));
   }
 
   /** An agent's kernel entry under a generation's ids (role id; label bits as the agent has them unless given). */
@@ -856,7 +899,7 @@ export class Helmd implements ControlPlane {
   }
 
   setMode(target: ModeTarget, mode: Mode, who: string): Promise<{ target: string; previous: Mode; mode: Mode; generation: number }> {
-    return this.queue.run((hold) => {
+    return this.recorded(this.queue.run((hold) => {
       if ('agent' in target) {
         const agent = this.findAgent(target.agent);
         const previous = modeOf(agent.dryRun);
@@ -889,7 +932,7 @@ export class Helmd implements ControlPlane {
       this.dryRun = mode === 'dry-run';
       if (this.dryRun) this.log.warn('helmd switched to DRY-RUN: denials are audited as would_deny and NOT enforced');
       return this.modeSwitched('helmd', { target: 'helmd' }, previous, mode, who);
-    });
+    }));
   }
 
   private modeSwitched(name: string, fields: object, previous: Mode, mode: Mode, who: string) {
@@ -909,10 +952,11 @@ export class Helmd implements ControlPlane {
       dryRun: this.dryRun,
       networkOnly: !!this.opts.networkOnly,
       auditLog: this.opts.auditLog,
-      eventsWritten: this.written,
+      eventsWritten: this.recorder?.status().decisions ?? 0n,
       // Since this helmd started (earlier runs reported theirs); the downtime's loss counts here.
-      eventsLost: this.kernel ? this.lostTotal() - this.lostAtStart : 0n,
+      eventsLost: this.recorder?.totalLost() ?? 0n,
       agents: this.agents.size,
+      audit: this.auditStatus(),
       policyOrigin: this.running?.origin ?? 'files',
       policyPaths: this.opts.policyPaths,
       lastApply: this.lastApply,
@@ -967,10 +1011,10 @@ export class Helmd implements ControlPlane {
 
   /** DNS lines: a refused name never left the host; an answered one says what was learned. */
   private auditDns(agent: AgentState, a: DnsQueryAudit): void {
-    this.pending.push({
+    this.recorder?.record({
       v: AUDIT_SCHEMA_VERSION,
       ts: now(),
-      seq: ++this.seq,
+      seq: 0,
       type: 'dns',
       decision: a.decision,
       op: 'connect',
@@ -988,73 +1032,54 @@ export class Helmd implements ControlPlane {
       mode: a.decision === 'would_deny' ? 'dry-run' : 'enforce',
       generation: this.generation,
     });
-    if (!this.flushQueued) {
-      this.flushQueued = true;
-      queueMicrotask(() => this.flush());
+  }
+
+  /** Per-agent figures for the agent list, from each decision line as it is made. */
+  private counted(rec: AuditRecord, agentId: bigint): void {
+    const agent = this.agentsById.get(agentId);
+    if (!agent) return;
+    if (rec.decision === 'deny') agent.denied++;
+    else if (rec.decision === 'would_deny') agent.wouldDeny++;
+    agent.lastDecisionAt = rec.ts;
+  }
+
+  /** Resolves once every audit line recorded so far is written (or counted lost). */
+  auditWritten(): Promise<void> {
+    return this.recorder?.written() ?? Promise.resolve();
+  }
+
+  /** A change is acknowledged once its control lines are written: a caller that reads the trail after the reply finds them. */
+  private async recorded<T>(p: Promise<T>): Promise<T> {
+    try {
+      return await p;
+    } finally {
+      await this.auditWritten();
     }
   }
 
-  private pending: object[] = [];
-  private flushQueued = false;
-
-  private onEvent(record: DataView): void {
-    const raw = decodeEvent(record);
-    if (raw.type !== C.HELM_EVENT_DECISION) return;
-    const rec = toAuditRecord(raw, ++this.seq, this.realtimeOffset, this.auditContext);
-    const agent = this.agentsById.get(raw.agentId);
-    if (agent) {
-      if (rec.decision === 'deny') agent.denied++;
-      else if (rec.decision === 'would_deny') agent.wouldDeny++;
-      agent.lastDecisionAt = rec.ts;
-    }
-    this.pending.push(rec);
-    // One write per drained batch: the batch's records arrive synchronously.
-    if (!this.flushQueued) {
-      this.flushQueued = true;
-      queueMicrotask(() => this.flush());
-    }
-  }
-
-  /** A line about helmd itself (an apply, a rejection, a mode switch, an agent attached or detached), written at once. */
+  /** A line about helmd itself (an apply, a rejection, a mode switch, an agent attached or detached). */
   private control(fields: Record<string, unknown>): void {
-    if (!this.audit) return;
-    this.pending.push({ v: AUDIT_SCHEMA_VERSION, ts: now(), seq: ++this.seq, type: 'control', ...fields });
-    this.flush();
+    this.recorder?.record({ v: AUDIT_SCHEMA_VERSION, ts: now(), seq: 0, type: 'control', ...fields });
   }
 
-  private flush(): void {
-    this.flushQueued = false;
-    const batch = this.pending;
-    this.pending = [];
-    if (!this.audit || batch.length === 0) return;
-    const lines = this.audit.append(batch);
-    this.written += BigInt(batch.length);
-    this.feed.publish(batch, lines);
-  }
-
-  /** Everything the pinned counter counted (across helmd runs), and records this helmd could not decode. */
-  private lostTotal(): bigint {
-    return this.kernel!.lostEvents() + (this.events?.undelivered ?? 0n);
-  }
-
-  private reportLost(): void {
-    if (!this.kernel) return;
-    // Lost in the kernel (ring full) or here (a record that could not be decoded): both are counted.
-    const total = this.lostTotal();
-    if (total === this.lostReported) return;
-    const at = now();
-    const count = total - this.lostReported;
-    this.pending.push({ v: AUDIT_SCHEMA_VERSION, ts: at, seq: ++this.seq, type: 'lost', count: count.toString(), total: total.toString(), since: this.lostSince });
-    this.flush();
-    this.log.error({ count: count.toString(), total: total.toString() }, 'audit events lost: the ring buffer was full');
-    this.lostReported = total;
-    this.lostSince = at;
-    if (this.state) {
-      // Only what is in the trail counts as reported: a helmd killed before this line reports it again.
-      this.state.lostReported = (total - (this.events?.undelivered ?? 0n)).toString();
-      this.state.lostSince = at;
-      this.saveState();
-    }
+  /** The audit trail's state for Status: a failing disk shows here as well as in the log. */
+  private auditStatus() {
+    if (!this.recorder) return undefined;
+    const s = this.recorder.status();
+    return {
+      file: s.trail.file,
+      state: s.trail.state,
+      error: s.trail.error ?? '',
+      failing_since: s.trail.failingSince ?? '',
+      lines_written: String(s.trail.linesWritten),
+      lost_deny_ring: s.lost['deny-ring'].toString(),
+      lost_allow_ring: s.lost['allow-ring'].toString(),
+      lost_decode: s.lost.decode.toString(),
+      lost_disk: s.lost.disk.toString(),
+      allow_log: s.level.allows,
+      fsync: s.fsync,
+      rotations: s.trail.rotations,
+    };
   }
 
   /**
@@ -1064,28 +1089,21 @@ export class Helmd implements ControlPlane {
   async stop(): Promise<void> {
     if (this.serving) notify('STOPPING=1');
     this.watcher?.close();
-    if (this.lostTimer) clearInterval(this.lostTimer);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     if (this.reconcileTimer) clearInterval(this.reconcileTimer);
     for (const a of this.agents.values()) a.dns?.close();
     await this.server?.stop();
     await this.queue.idle().catch(() => undefined);
-    if (this.events) {
-      await this.events.stop(
-        (r) => this.onEvent(r),
-        () => this.flush(),
-      );
-      this.events.close();
-    }
-    this.flush();
-    this.reportLost();
-    if (this.serving && this.state) {
-      this.control({ action: 'stop', generation: this.generation, agents: this.agents.size, enforcement: `continues, pinned at ${this.pinDir}` });
-      this.state.running = false;
-      this.saveState();
-      this.log.info({ pins: this.pinDir, agents: this.agents.size }, 'helmd stopped; enforcement continues (pinned): helmctl uninstall removes it');
-    }
-    this.audit?.close();
+    await this.recorder?.stop({
+      before: () => {
+        if (this.serving && this.state) {
+          this.control({ action: 'stop', generation: this.generation, agents: this.agents.size, enforcement: `continues, pinned at ${this.pinDir}` });
+          this.state.running = false;
+          this.saveState();
+          this.log.info({ pins: this.pinDir, agents: this.agents.size }, 'helmd stopped; enforcement continues (pinned): helmctl uninstall removes it');
+        }
+      },
+    });
     this.kernel?.close();
     if (this.lockFd !== undefined) fs.closeSync(this.lockFd);
     this.lockFd = undefined;
@@ -1173,3 +1191,6 @@ function checkLabels(labels: Record<string, string>): void {
   }
 }
 
+function recordedAgent(a: AgentState): RecordedAgent {
+  return { id: a.id, name: a.name, role: a.role, cgroupPath: a.cgroupPath, cgroupId: a.cgroupId, labels: a.labels };
+}

@@ -34,8 +34,10 @@ export interface HelmdState {
   /** Label pair (key=value) → id: the bits of agents' labels in the pinned map. */
   labels: Record<string, number>;
   nextAgentId: string;
-  /** The pinned lost-event counter's value last written to the trail. */
+  /** The pinned lost-event counter's value last written to the trail (the deny ring's). */
   lostReported: string;
+  /** The same for the allow ring. */
+  lostReportedAllow: string;
   /** When that was: the start of the interval the next `lost` line covers. */
   lostSince: string;
   agents: PersistedAgent[];
@@ -46,7 +48,7 @@ export interface HelmdState {
 }
 
 export function emptyState(): HelmdState {
-  return { format: STATE_FORMAT, instance: '', generation: 0, roles: {}, labels: {}, nextAgentId: '1', lostReported: '0', lostSince: '', agents: [], generations: {}, running: false };
+  return { format: STATE_FORMAT, instance: '', generation: 0, roles: {}, labels: {}, nextAgentId: '1', lostReported: '0', lostReportedAllow: '0', lostSince: '', agents: [], generations: {}, running: false };
 }
 
 export class StateError extends Error {
@@ -82,7 +84,7 @@ export function loadState(stateDir: string): HelmdState {
   const problems: string[] = [];
   if (!Number.isInteger(s.generation) || s.generation < 0) problems.push('generation');
   if (typeof s.roles !== 'object' || Object.values(s.roles).some((v) => !Number.isInteger(v) || v <= 0)) problems.push('roles');
-  if (!/^\d+$/.test(s.nextAgentId) || !/^\d+$/.test(s.lostReported)) problems.push('counters');
+  if (!/^\d+$/.test(s.nextAgentId) || !/^\d+$/.test(s.lostReported) || !/^\d+$/.test(s.lostReportedAllow)) problems.push('counters');
   if (!Array.isArray(s.agents) || s.agents.some((a) => !/^\d+$/.test(a?.id ?? '') || !/^\d+$/.test(a?.cgroupId ?? '') || typeof a.role !== 'string')) problems.push('agents');
   if (problems.length) throw new StateError(`${file} has invalid ${problems.join(', ')}; move it aside to start without it`);
   return s;

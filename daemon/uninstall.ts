@@ -4,7 +4,8 @@
 // removed. If the trail cannot be written nothing is removed.
 import fs from 'node:fs';
 import path from 'node:path';
-import { openAuditWriter } from './audit/writer';
+import os from 'node:os';
+import { AuditTrail } from './audit/writer';
 import { AUDIT_SCHEMA_VERSION, rfc3339Nanos } from './audit/record';
 import { BpfMap, openPinned } from './kernel/bpf';
 import { readPins, removePins } from './kernel/pins';
@@ -14,6 +15,8 @@ export interface UninstallOptions {
   pinDir: string;
   stateDir: string;
   auditLog: string;
+  /** Recorded in the trail file's first line if uninstall starts a new file. */
+  version?: string;
   /** How long to wait for a running helmd to stop. */
   stopTimeoutMs?: number;
   say?: (line: string) => void;
@@ -82,12 +85,20 @@ export async function uninstall(o: UninstallOptions): Promise<UninstallResult> {
     const released = status.current ? governedNow(o.pinDir, status.current, state) : [];
     // The record first: if it cannot be written, enforcement stays.
     let failure: Error | undefined;
-    const audit = openAuditWriter(o.auditLog, (e) => (failure = e));
+    const audit = await AuditTrail.open({
+      file: o.auditLog,
+      fsync: { kind: 'every-batch' },
+      // Never rotated from here: helmd rotates the trail it writes.
+      rotation: { maxBytes: 0, maxAgeMs: 0, compress: false },
+      origin: { host: os.hostname(), version: o.version ?? 'helmctl' },
+      onError: (e) => (failure ??= e),
+    });
     try {
       audit.append([
         {
           v: AUDIT_SCHEMA_VERSION,
           ts: rfc3339Nanos(BigInt(Date.now()) * 1_000_000n),
+          seq: 0,
           type: 'control',
           action: 'uninstall',
           by: { uid: process.getuid?.() ?? -1, pid: process.pid, ppid: process.ppid, command: 'helmctl uninstall' },
@@ -96,8 +107,10 @@ export async function uninstall(o: UninstallOptions): Promise<UninstallResult> {
           released,
         },
       ]);
+      await audit.written();
+      if (audit.status().linesLost > 0) failure ??= new Error('the line was not written');
     } finally {
-      audit.close();
+      await audit.close();
     }
     if (failure) throw new Error(`cannot write the audit trail ${o.auditLog} (${failure.message}): enforcement was left in place`);
     removePins(o.pinDir);
@@ -106,6 +119,7 @@ export async function uninstall(o: UninstallOptions): Promise<UninstallResult> {
       state.running = false;
       state.instance = '';
       state.lostReported = '0';
+      state.lostReportedAllow = '0';
       saveState(o.stateDir, state);
     }
     return { removed: true, stoppedHelmd: stopped, released, set: status.current };

@@ -101,6 +101,47 @@ static void set_error(char *err, int errlen, int code, const char *what)
 /* helm_open / helm_obj_open flags */
 #define HELM_OPEN_NETWORK_ONLY 1 /* leave the LSM programs out: the kernel would refuse them */
 
+/*
+ * Map sizes to set before loading, as "name=max_entries,name=max_entries"
+ * (e.g. the audit rings). Returns 0 or -errno with the reason in err.
+ */
+static int resize_maps(struct bpf_object *obj, const char *spec, char *err, int errlen)
+{
+	char buf[512], *save = NULL, *item;
+
+	if (!spec || !*spec)
+		return 0;
+	if (strlen(spec) >= sizeof(buf)) {
+		set_error(err, errlen, E2BIG, "map sizes: too long");
+		return -E2BIG;
+	}
+	strcpy(buf, spec);
+	for (item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(item, '=');
+		struct bpf_map *m;
+		char what[300];
+
+		if (!eq) {
+			set_error(err, errlen, EINVAL, "map sizes: expected name=size");
+			return -EINVAL;
+		}
+		*eq = 0;
+		m = bpf_object__find_map_by_name(obj, item);
+		if (!m) {
+			snprintf(what, sizeof(what), "map sizes: no map %s", item);
+			set_error(err, errlen, ENOENT, what);
+			return -ENOENT;
+		}
+		if (bpf_map__set_max_entries(m, (unsigned int)strtoul(eq + 1, NULL, 10))) {
+			int code = errno;
+			snprintf(what, sizeof(what), "map sizes: cannot size %s", item);
+			set_error(err, errlen, code, what);
+			return -code;
+		}
+	}
+	return 0;
+}
+
 static void reset_log(void)
 {
 	libbpf_set_print(capture_libbpf);
@@ -150,19 +191,31 @@ int helm_obj_load(struct helm_obj *o, char *err, int errlen)
 	return 0;
 }
 
-/* Opens and loads an object file; nothing is attached yet. */
-struct helm_obj *helm_open(const char *path, int flags, char *err, int errlen)
+/* Sets maps' sizes on an opened object, before it is loaded: "name=max_entries,..." (e.g. the audit rings). */
+int helm_obj_resize(struct helm_obj *o, const char *sizes, char *err, int errlen)
+{
+	reset_log();
+	return resize_maps(o->obj, sizes, err, errlen);
+}
+
+/* Opens and loads an object file (flags: HELM_OPEN_*), its maps sized per `sizes` (may be NULL); nothing is attached yet. */
+struct helm_obj *helm_open_sized(const char *path, int flags, const char *sizes, char *err, int errlen)
 {
 	struct helm_obj *o = helm_obj_open(path, flags, err, errlen);
 
 	if (!o)
 		return NULL;
-	if (helm_obj_load(o, err, errlen)) {
+	if (resize_maps(o->obj, sizes, err, errlen) || helm_obj_load(o, err, errlen)) {
 		bpf_object__close(o->obj);
 		free(o);
 		return NULL;
 	}
 	return o;
+}
+
+struct helm_obj *helm_open(const char *path, int flags, char *err, int errlen)
+{
+	return helm_open_sized(path, flags, NULL, err, errlen);
 }
 
 /*

@@ -50,11 +50,17 @@ int main(void)
 	FIELD(helm_event, detail); FIELD(helm_event, target_pid);
 	FIELD(helm_event, addr); FIELD(helm_event, port); FIELD(helm_event, proto); FIELD(helm_event, family);
 	FIELD(helm_event, path_len); FIELD(helm_event, exe_len); FIELD(helm_event, comm); FIELD(helm_event, path);
-	FIELD(helm_event, exe);
+	FIELD(helm_event, exe); FIELD(helm_event, ops); FIELD(helm_event, argc); FIELD(helm_event, argv_len);
+	FIELD(helm_event, parent_exe_len); FIELD(helm_event, parent_exe); FIELD(helm_event, argv);
 	END();
+	STRUCT(helm_audit_settings); FIELD(helm_audit_settings, allow_log); FIELD(helm_audit_settings, sample_cost_ns);
+	FIELD(helm_audit_settings, sample_burst_ns); END();
+	STRUCT(helm_agent_counters); FIELD(helm_agent_counters, allowed); FIELD(helm_agent_counters, allow_unlogged);
+	FIELD(helm_agent_counters, allow_lost); FIELD(helm_agent_counters, denied); FIELD(helm_agent_counters, would_deny);
+	FIELD(helm_agent_counters, deny_lost); END();
 	printf(",\n  \"constants\": {\"_\": 0");
 	CONST(HELM_PATH_BUF); CONST(HELM_MAX_PATH_ENTRIES); CONST(HELM_MAX_INODE_ENTRIES); CONST(HELM_MAX_AGENTS);
-	CONST(HELM_MAX_CGROUP_DEPTH); CONST(HELM_MAX_GENERATIONS); CONST(HELM_EVENTS_BYTES); CONST(HELM_MAX_ANCESTORS);
+	CONST(HELM_MAX_CGROUP_DEPTH); CONST(HELM_MAX_GENERATIONS); CONST(HELM_DENY_RING_BYTES); CONST(HELM_ALLOW_RING_BYTES); CONST(HELM_MAX_ANCESTORS);
 	CONST(HELM_OP_READ); CONST(HELM_OP_WRITE); CONST(HELM_OP_EXEC); CONST(HELM_FILE_OPS);
 	CONST(HELM_OP_BPF); CONST(HELM_OP_SIGNAL); CONST(HELM_OP_PTRACE); CONST(HELM_OP_MOUNT); CONST(HELM_OP_MODULE); CONST(HELM_OP_CONTROL);
 	CONST(HELM_MAX_COMPONENTS); CONST(HELM_MAX_PROTECTED);
@@ -79,6 +85,9 @@ int main(void)
 	CONST(HELM_SOCKET_RAW); CONST(HELM_SOCKET_PACKET); CONST(HELM_ANY_PROTOCOL); CONST(HELM_MAX_SOCKET_ENTRIES); CONST(HELM_MAX_UNIX_ENTRIES);
 	CONST(HELM_PIN_FORMAT); CONST(HELM_PIN_READY); CONST(HELM_PIN_CHANGING);
 	CONST(HELM_EVENT_DECISION); CONST(HELM_EVENT_SELFTEST); CONST(HELM_EVENT_FLAG_DIR);
+	CONST(HELM_EVENT_FLAG_ARGV_TRUNCATED); CONST(HELM_EVENT_FLAG_SAMPLED); CONST(HELM_ARGV_BUF); CONST(HELM_MAX_ARGS);
+	CONST(HELM_RING_DENY); CONST(HELM_RING_ALLOW); CONST(HELM_RINGS);
+	CONST(HELM_ALLOW_LOG_NONE); CONST(HELM_ALLOW_LOG_SAMPLED); CONST(HELM_ALLOW_LOG_ALL);
 	printf("}\n}\n");
 	return 0;
 }

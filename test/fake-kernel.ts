@@ -3,8 +3,8 @@
 // failing apply throws having switched nothing; a generation stays live until
 // retire), and lets a test inject decision events as the ring buffer would.
 import type { CompiledPolicy } from '../daemon/policy/compile';
-import type { EventSource, GovernedAgent, KernelBinding } from '../daemon/kernel/binding';
-import { C, LAYOUT } from '../daemon/kernel/layout';
+import type { AuditLevel, EventSource, GovernedAgent, KernelBinding, Ring } from '../daemon/kernel/binding';
+import { C, LAYOUT, type AgentCounters } from '../daemon/kernel/layout';
 
 export interface FakeEvent {
   agentId: bigint;
@@ -27,6 +27,10 @@ export class FakeKernel implements KernelBinding {
   globalDryRun = false;
   protectedPaths: string[] = [];
   lost = 0n;
+  lostAllows = 0n;
+  auditLevel?: AuditLevel;
+  /** Per-agent decision counters, as the kernel would keep them. */
+  readonly counters = new Map<bigint, AgentCounters>();
   /** Thrown by the next applyGeneration (once). */
   failNextApply?: Error;
   /** How long retire() takes (the real one waits for a kernel grace period). */
@@ -34,6 +38,7 @@ export class FakeKernel implements KernelBinding {
   /** What happened, in order: "apply N", "retire N..M", "fail". */
   readonly journal: string[] = [];
   readonly events = new FakeEvents();
+  readonly allowEvents = new FakeEvents();
   closed = false;
 
   get liveGenerations(): number[] {
@@ -98,12 +103,24 @@ export class FakeKernel implements KernelBinding {
     return process.hrtime.bigint();
   }
 
-  lostEvents(): bigint {
-    return this.lost;
+  lostEvents(ring: Ring): bigint {
+    return ring === 'deny' ? this.lost : this.lostAllows;
   }
 
-  openEvents(): EventSource {
-    return this.events;
+  openEvents(ring: Ring): EventSource {
+    return ring === 'deny' ? this.events : this.allowEvents;
+  }
+
+  setAuditLevel(level: AuditLevel): void {
+    this.auditLevel = level;
+  }
+
+  agentCounters(agentId: bigint): AgentCounters | undefined {
+    return this.counters.get(agentId);
+  }
+
+  forgetAgent(agentId: bigint): void {
+    this.counters.delete(agentId);
   }
 
   realtimeOffsetNs(): bigint {

@@ -1,5 +1,6 @@
 // Turns a raw kernel event into an audit record: names for ids, wall-clock time,
-// the acting executable. The JSON-lines field names follow POLICY.md.
+// the acting executable. The JSON-lines field names follow POLICY.md; every line
+// type and field is documented in docs/audit-schema.md (same version number).
 import fs from 'node:fs';
 import net from 'node:net';
 import { C, type RawEvent } from '../kernel/layout';
@@ -13,10 +14,15 @@ const PROTOS: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'ic
 const DECISIONS = ['allow', 'deny', 'would_deny'] as const;
 const REASONS = ['rule', 'default', 'no-policy', 'path-error', 'no-table', 'inode-rule', 'self-protection'] as const;
 
-export interface AuditRecord {
+/** What every line starts with; `seq` is given by the writer, in file order. */
+export interface LineHead {
   v: number;
   ts: string;
   seq: number;
+  type: string;
+}
+
+export interface AuditRecord extends LineHead {
   type: 'decision';
   decision: (typeof DECISIONS)[number];
   op: string;
@@ -36,15 +42,22 @@ export interface AuditRecord {
   host?: string;
   /** A packet socket's EtherType (0x0003: every protocol). */
   ethertype?: string;
+  /** Every verb the operation needed, when more than `op` (an open for reading and writing). */
+  ops?: string[];
+  /** exec: the caller's arguments as the kernel read them at the decision (bounded). */
+  argv?: string[];
+  argv_truncated?: boolean;
   pid: number;
   tid: number;
   ppid: number;
   uid: number;
   gid: number;
   exe: string | null;
+  parent_exe: string | null;
   comm: string;
   cgroup: { id: string; path: string | null };
   agent: string | null;
+  labels: Record<string, string>;
   role: string | null;
   policy: string | null;
   rule: string;
@@ -52,16 +65,22 @@ export interface AuditRecord {
   reason: (typeof REASONS)[number];
   generation: number;
   inode?: { dev: number; ino: string };
+  /** An allow logged by the per-agent sampler (allow-log level `sampled`). */
+  sampled?: boolean;
 }
 
-export interface LostRecord {
-  v: number;
-  ts: string;
-  seq: number;
+/** Where lost events were lost. */
+export type LossSource = 'deny-ring' | 'allow-ring' | 'decode' | 'disk';
+
+export interface LostRecord extends LineHead {
   type: 'lost';
+  source: LossSource;
+  /** Lost in [since, ts]. */
   count: string;
+  /** Lost from this source since helmd started. */
   total: string;
   since: string;
+  error?: string;
 }
 
 /** Names for the ids of one compiled generation. */
@@ -72,7 +91,7 @@ export interface GenerationNames {
 
 export interface AuditContext {
   roleName(id: number): string | null;
-  agent(agentId: bigint): { name: string; cgroupPath: string } | undefined;
+  agent(agentId: bigint): { name: string; cgroupPath: string; labels?: Record<string, string> } | undefined;
   generation(gen: number): GenerationNames | undefined;
   /** The name(s) an agent's DNS lookups learned for an address (16 bytes, IPv4 mapped). */
   hostOf?(agentId: bigint, addr16: Buffer): string | undefined;
@@ -105,6 +124,17 @@ function exeOf(e: RawEvent): string | null {
   }
 }
 
+function opName(op: number): string {
+  return OPS[op] ?? `op${op}`;
+}
+
+/** The verbs in an ops bit set, when there is more than one. */
+function opsList(bits: number): string[] | undefined {
+  const ops: string[] = [];
+  for (let i = 0; i < 32; i++) if (bits & (1 << i)) ops.push(opName(i));
+  return ops.length > 1 ? ops : undefined;
+}
+
 export function toAuditRecord(e: RawEvent, seq: number, realtimeOffsetNs: bigint, ctx: AuditContext): AuditRecord {
   const names = ctx.generation(e.generation);
   const rule = e.ruleId ? names?.rules[e.ruleId - 1] : undefined;
@@ -120,20 +150,25 @@ export function toAuditRecord(e: RawEvent, seq: number, realtimeOffsetNs: bigint
     seq,
     type: 'decision',
     decision: DECISIONS[e.decision] ?? 'deny',
-    op: OPS[e.op] ?? `op${e.op}`,
+    op: opName(e.op),
     ...detailFields(e),
     path,
     ...(e.flags & C.HELM_EVENT_FLAG_DIR ? { dir: true } : {}),
     ...(isNet ? netFields(e, ctx) : {}),
+    ...(opsList(e.ops) ? { ops: opsList(e.ops) } : {}),
+    ...(e.argv ? { argv: e.argv } : {}),
+    ...(e.flags & C.HELM_EVENT_FLAG_ARGV_TRUNCATED ? { argv_truncated: true } : {}),
     pid: e.pid,
     tid: e.tid,
     ppid: e.ppid,
     uid: e.uid,
     gid: e.gid,
     exe: exeOf(e),
+    parent_exe: e.parentExe ?? null,
     comm: e.comm,
     cgroup: { id: e.cgroupId.toString(), path: agent?.cgroupPath ?? null },
     agent: agent?.name ?? null,
+    labels: agent?.labels ?? {},
     role: ctx.roleName(e.roleId),
     // A rule decided but its names are gone (a very old generation): say so rather than claim the default.
     policy: rule?.policy ?? (e.policyId ? `#${e.policyId}` : null),
@@ -142,6 +177,7 @@ export function toAuditRecord(e: RawEvent, seq: number, realtimeOffsetNs: bigint
     reason: REASONS[e.reason] ?? 'rule',
     generation: e.generation,
     ...(isNet ? {} : { inode: { dev: e.dev, ino: e.ino.toString() } }),
+    ...(e.flags & C.HELM_EVENT_FLAG_SAMPLED ? { sampled: true } : {}),
   };
 }
 

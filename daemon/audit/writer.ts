@@ -1,72 +1,576 @@
-// auditWriter: appends hash-chained JSON lines to the audit file. A batch is
-// written with one write(2) to an O_APPEND fd, so lines are never interleaved; a
-// write error is reported loudly and never stops enforcement (the kernel keeps
-// deciding). On open it continues the chain of what is there, and a last line cut
-// short by a crash is closed and recorded.
+// AuditTrail: appends hash-chained JSON lines to the audit file, durably.
+//
+// - Batched: records queue up while a write is in flight; the next write takes
+//   all of them (one write(2) of whole lines to an O_APPEND fd), so lines are
+//   never interleaved and the kernel ring keeps draining during a slow fsync.
+// - fsync per policy: after every batch, on an interval, or never.
+// - Rotation by size and age: the file is renamed to audit.NNNNNN.<UTC>.jsonl
+//   (then gzip-compressed in the background if asked) and a new file begins with
+//   a "file" line chained to the last line of the old one.
+// - Nothing torn: a batch that cannot be written whole (disk full, I/O error) is
+//   cut back off the file, its lines are counted as lost and said so in a `lost`
+//   line (source "disk") as soon as writing works again; the error is reported
+//   loudly and enforcement is never stopped. A last line cut short by a crash is
+//   closed and recorded on open.
 import fs from 'node:fs';
+import fsp from 'node:fs/promises';
 import path from 'node:path';
+import zlib from 'node:zlib';
+import { pipeline } from 'node:stream/promises';
 import { CHAIN_GENESIS, chainLine, chainOf } from './chain';
+import { lastCompleteLine, lastCompleteLineSync, rotatedFiles, rotatedName } from './files';
+import { AUDIT_SCHEMA_VERSION } from './record';
 
-/** The chain to continue from, and whether the file ends in a line cut short. */
-function tailOf(fd: number): { prev: string; torn: boolean } {
-  const size = fs.fstatSync(fd).size;
-  if (size === 0) return { prev: CHAIN_GENESIS, torn: false };
-  const len = Math.min(size, 1 << 20);
-  const buf = Buffer.alloc(len);
-  fs.readSync(fd, buf, 0, len, size - len);
-  const text = buf.toString('utf8');
-  const torn = !text.endsWith('\n');
-  const lines = text.split('\n').filter(Boolean);
-  if (torn) lines.pop();
-  const last = lines.length ? chainOf(lines[lines.length - 1]) : undefined;
-  // A file whose last complete line is not chained (or that is all one torn line) starts a new chain.
-  return { prev: last ?? CHAIN_GENESIS, torn };
+export type FsyncPolicy = { kind: 'every-batch' } | { kind: 'interval'; ms: number } | { kind: 'none' };
+
+/** `every-batch`, `interval:MS` or `none`. */
+export function parseFsyncPolicy(text: string): FsyncPolicy {
+  if (text === 'every-batch' || text === 'none') return { kind: text };
+  const m = /^interval:(\d+)$/.exec(text);
+  if (m && Number(m[1]) > 0) return { kind: 'interval', ms: Number(m[1]) };
+  throw new Error(`fsync policy ${JSON.stringify(text)}: expected every-batch, interval:MS (MS > 0) or none`);
 }
 
-export interface AuditWriter {
-  readonly path: string;
-  /** Appends records; returns their lines as written (chain included). */
-  append(records: object[]): string[];
-  close(): void;
+export function formatFsyncPolicy(p: FsyncPolicy): string {
+  return p.kind === 'interval' ? `interval:${p.ms}` : p.kind;
 }
 
-export function openAuditWriter(file: string, onError: (e: Error) => void, onTorn?: () => void): AuditWriter {
-  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o750 });
-  const fd = fs.openSync(file, 'a+', 0o640);
-  let { prev, torn } = tailOf(fd);
-  let failing = false;
-  const write = (records: object[], prefix = ''): string[] => {
-    if (records.length === 0) return [];
-    let chain = prev;
+/** `0` (never), or a size like 64M, 512K, 1G, 1048576. */
+export function parseSize(text: string): number {
+  const m = /^(\d+)([KMG]?)$/i.exec(text);
+  if (!m) throw new Error(`size ${JSON.stringify(text)}: expected a number of bytes with an optional K, M or G`);
+  return Number(m[1]) * { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[m[2].toUpperCase() as '' | 'K' | 'M' | 'G'];
+}
+
+/** `0` (never), or a duration like 90s, 30m, 24h, 7d, 500ms. */
+export function parseDuration(text: string): number {
+  const m = /^(\d+)(ms|s|m|h|d)?$/.exec(text);
+  if (!m) throw new Error(`duration ${JSON.stringify(text)}: expected a number with ms, s, m, h or d`);
+  return Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? 'ms') as 'ms' | 's' | 'm' | 'h' | 'd'];
+}
+
+export interface RotationPolicy {
+  /** Rotate once the file holds this many bytes (0: never). */
+  maxBytes: number;
+  /** Rotate at the first write after the file is this old (0: never). */
+  maxAgeMs: number;
+  /** gzip rotated files. */
+  compress: boolean;
+}
+
+export interface TrailOptions {
+  file: string;
+  fsync: FsyncPolicy;
+  rotation: RotationPolicy;
+  /** Written into each file's first line: who wrote it. */
+  origin: { host: string; version: string };
+  /** A write, fsync, rotation or compression failed. Called at once, then at most every `reminderMs` while it lasts. */
+  onError: (e: Error, what: string) => void;
+  /** Writing works again after a failure; `lost` lines were not written meanwhile. */
+  onRecovered?: (lost: number) => void;
+  /** The file ended in a line cut short by a crash; it has been closed and recorded. */
+  onTorn?: () => void;
+  /** Lines that reached the file, with their records (seq set), in order. */
+  onWritten?: (records: object[], lines: string[]) => void;
+  /** Most records taken into one write (bounds a batch's size and the rotation overshoot). */
+  maxBatch?: number;
+  reminderMs?: number;
+  now?: () => Date;
+}
+
+export interface TrailStatus {
+  file: string;
+  state: 'ok' | 'failing';
+  error?: string;
+  failingSince?: string;
+  linesWritten: number;
+  /** Records that could not be written (disk full, I/O errors), since open. */
+  linesLost: number;
+  backlog: number;
+  bytes: number;
+  rotations: number;
+  seq: number;
+}
+
+interface DiskLoss {
+  count: number;
+  since: string;
+  error: string;
+}
+
+const DIR_MODE = 0o750;
+const FILE_MODE = 0o640;
+const ROTATE_RETRY_MS = 60_000;
+/** While writes fail, how often to try again when nothing new arrives (to record the loss once the disk has room). */
+const RETRY_MS = 2_000;
+
+function nowIso(d: Date): string {
+  return d.toISOString().replace(/(\.\d{3})Z$/, '$1000000Z');
+}
+
+async function writeFully(fd: number, buf: Buffer): Promise<void> {
+  for (let off = 0; off < buf.length; ) {
+    const { bytesWritten } = await new Promise<{ bytesWritten: number }>((resolve, reject) =>
+      fs.write(fd, buf, off, buf.length - off, null, (err, bytesWritten) => (err ? reject(err) : resolve({ bytesWritten }))),
+    );
+    if (bytesWritten <= 0) throw Object.assign(new Error('write wrote nothing'), { code: 'EIO' });
+    off += bytesWritten;
+  }
+}
+
+function fdatasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+function ftruncate(fd: number, len: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.ftruncate(fd, len, (err) => (err ? reject(err) : resolve())));
+}
+
+/** Makes a rename or unlink in `dir` durable. */
+async function syncDir(dir: string): Promise<void> {
+  const h = await fsp.open(dir, 'r');
+  try {
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+}
+
+function parseLine(text: string | undefined): Record<string, unknown> | undefined {
+  if (!text) return undefined;
+  try {
+    return JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The first line of a plain file, if it is complete within the first 64 KiB. */
+function firstLineSync(file: string): string | undefined {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(1 << 16);
+    const n = fs.readSync(fd, buf, 0, buf.length, 0);
+    const nl = buf.subarray(0, n).indexOf(0x0a);
+    return nl < 0 ? undefined : buf.subarray(0, nl).toString('utf8');
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+export class AuditTrail {
+  private fd: number;
+  private size: number;
+  private createdAt: number;
+  private linesInFile: number;
+  private prev: string;
+  private seq: number;
+  private lastIndex: number;
+  private queue: Record<string, unknown>[] = [];
+  /** Lines that must start the next write: the file header, a recovery note. */
+  private head: Record<string, unknown>[] = [];
+  /** Bytes before the next write's lines: a newline that closes a line cut short. */
+  private prefix = '';
+  private running: Promise<void> | undefined;
+  private diskLoss: DiskLoss | undefined;
+  private lossTotal = 0;
+  private failing: { error: string; since: string; lastReport: number } | undefined;
+  private linesWritten = 0;
+  private rotations = 0;
+  private rotateRetryAt = 0;
+  private dirty = false;
+  private syncTimer: NodeJS.Timeout | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private compressing: Promise<void> = Promise.resolve();
+  private closed = false;
+  /** Records appended, and records written or counted lost: written() waits for the second to reach the first. */
+  private appended = 0;
+  private settled = 0;
+  private waiters: { upTo: number; resolve: () => void }[] = [];
+  private readonly now: () => Date;
+  private readonly maxBatch: number;
+  private readonly reminderMs: number;
+
+  private constructor(private readonly opts: TrailOptions, state: { fd: number; size: number; createdAt: number; linesInFile: number; prev: string; seq: number; lastIndex: number }) {
+    this.fd = state.fd;
+    this.size = state.size;
+    this.createdAt = state.createdAt;
+    this.linesInFile = state.linesInFile;
+    this.prev = state.prev;
+    this.seq = state.seq;
+    this.lastIndex = state.lastIndex;
+    this.now = opts.now ?? (() => new Date());
+    this.maxBatch = opts.maxBatch ?? 1024;
+    this.reminderMs = opts.reminderMs ?? 60_000;
+    if (opts.fsync.kind === 'interval') {
+      this.syncTimer = setInterval(() => void this.syncIfDirty(), opts.fsync.ms);
+      this.syncTimer.unref();
+    }
+  }
+
+  get file(): string {
+    return this.opts.file;
+  }
+
+  /**
+   * Opens (or creates) the trail: continues the chain and seq of what is there —
+   * the active file, or the last rotated one if the active file is missing or
+   * empty — closes a line cut short by a crash, finishes what a crash
+   * interrupted (compression), and starts a new file with its "file" line.
+   */
+  static async open(opts: TrailOptions): Promise<AuditTrail> {
+    const file = opts.file;
+    fs.mkdirSync(path.dirname(file), { recursive: true, mode: DIR_MODE });
+    const rotated = rotatedFiles(file);
+    const fd = fs.openSync(file, 'a', FILE_MODE);
+    const size = fs.fstatSync(fd).size;
+    const now = (opts.now ?? (() => new Date()))();
+    let prev = CHAIN_GENESIS;
+    let seq = 0;
+    let torn = false;
+    let createdAt = now.getTime();
+    let linesInFile = 0;
+    const head: Record<string, unknown>[] = [];
+    let chained = false;
+    if (size > 0) {
+      const last = lastCompleteLineSync(file);
+      torn = !(await endsWithNewline(file, size));
+      const c = last && chainOf(last);
+      if (c) {
+        chained = true;
+        prev = c;
+        const r = parseLine(last);
+        seq = typeof r?.seq === 'number' ? r.seq : 0;
+      }
+      const first = parseLine(firstLineSync(file));
+      if (typeof first?.ts === 'string' && !Number.isNaN(Date.parse(first.ts))) createdAt = Date.parse(first.ts);
+      linesInFile = 2; // not just a header: a restart may rotate an old file
+    }
+    let prevFile: string | null = null;
+    const lastRotated = rotated[rotated.length - 1];
+    if (!chained && lastRotated) {
+      // A new file (or one whose only line was cut short): it continues the last rotated one.
+      const last = await lastCompleteLine(lastRotated.path);
+      const c = last && chainOf(last);
+      if (c) {
+        prev = c;
+        const r = parseLine(last);
+        seq = typeof r?.seq === 'number' ? r.seq : 0;
+        prevFile = path.basename(lastRotated.path);
+      }
+    }
+    if (size === 0) {
+      head.push(fileHeader(opts, now, path.basename(file), prevFile, prevFile ? prev : null, prevFile ? seq : null));
+    }
+    const trail = new AuditTrail(opts, { fd, size, createdAt, linesInFile, prev, seq, lastIndex: rotated.length ? rotated[rotated.length - 1].index : 0 });
+    if (torn) {
+      // Close the cut line and say so, chained from the last good line.
+      trail.prefix = '\n';
+      head.push({ v: AUDIT_SCHEMA_VERSION, ts: nowIso(now), seq: 0, type: 'recovered', note: 'the line above was cut short by a crash or power loss' });
+      opts.onTorn?.();
+    }
+    trail.head = head;
+    trail.finishInterrupted(rotated);
+    if (head.length) trail.kick();
+    return trail;
+  }
+
+  /** Queues records; each gets its seq and chain when written. Never blocks, never throws. */
+  append(records: object[]): void {
+    if (this.closed || records.length === 0) return;
+    for (const r of records) this.queue.push(r as Record<string, unknown>);
+    this.appended += records.length;
+    this.kick();
+  }
+
+  /** Resolves once every record appended so far is written (or counted lost); later appends do not hold it up. */
+  written(): Promise<void> {
+    const upTo = this.appended;
+    if (this.settled >= upTo || this.closed) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push({ upTo, resolve }));
+  }
+
+  private settle(n: number): void {
+    this.settled += n;
+    if (!this.waiters.length) return;
+    const still: typeof this.waiters = [];
+    for (const w of this.waiters) (this.settled >= w.upTo ? w.resolve() : still.push(w));
+    this.waiters = still;
+  }
+
+  /** Records queued and not yet written. */
+  get backlog(): number {
+    return this.queue.length;
+  }
+
+  /** Resolves once everything queued so far has been written (or counted lost). */
+  async flush(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  status(): TrailStatus {
+    return {
+      file: this.opts.file,
+      state: this.failing ? 'failing' : 'ok',
+      ...(this.failing ? { error: this.failing.error, failingSince: this.failing.since } : {}),
+      linesWritten: this.linesWritten,
+      linesLost: this.lossTotal,
+      backlog: this.queue.length,
+      bytes: this.size,
+      rotations: this.rotations,
+      seq: this.seq,
+    };
+  }
+
+  /** Writes what is queued, syncs (unless the policy is none), waits for compression, closes. */
+  async close(): Promise<void> {
+    await this.flush();
+    this.closed = true;
+    if (this.syncTimer) clearInterval(this.syncTimer);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.opts.fsync.kind !== 'none') await fdatasync(this.fd).catch((e) => this.report(e as Error, 'fsync'));
+    await this.compressing;
+    fs.closeSync(this.fd);
+    for (const w of this.waiters) w.resolve();
+    this.waiters = [];
+  }
+
+  private kick(): void {
+    if (this.running) return;
+    this.running = this.pump().finally(() => {
+      this.running = undefined;
+      if (this.queue.length && !this.failing) this.kick();
+    });
+  }
+
+  /** Writes until the queue is empty, or until a write fails (then a timer, or the next append, tries again). */
+  private async pump(): Promise<void> {
+    while (this.queue.length || this.head.length || this.diskLoss) {
+      // Hashing and serialising a batch is synchronous work: let other callbacks (the control socket) in between.
+      await new Promise((r) => setImmediate(r));
+      const batch = this.queue.splice(0, this.maxBatch);
+      if (this.rotationDue()) await this.rotate();
+      const ok = await this.writeBatch(batch);
+      this.settle(batch.length);
+      if (!ok) {
+        // What is queued meanwhile is tried once, then counted too: memory stays bounded while the disk is full.
+        if (this.queue.length) continue;
+        this.retryLater();
+        return;
+      }
+    }
+  }
+
+  private retryLater(): void {
+    if (this.retryTimer || this.closed) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.kick();
+    }, RETRY_MS);
+    this.retryTimer.unref();
+  }
+
+  private rotationDue(): boolean {
+    const r = this.opts.rotation;
+    if (this.linesInFile < 2 || this.now().getTime() < this.rotateRetryAt) return false;
+    return (r.maxBytes > 0 && this.size >= r.maxBytes) || (r.maxAgeMs > 0 && this.now().getTime() - this.createdAt >= r.maxAgeMs);
+  }
+
+  /** One write of whole lines; false if it failed (then nothing of it is in the file, and the batch is counted lost). */
+  private async writeBatch(batch: Record<string, unknown>[]): Promise<boolean> {
+    const now = this.now();
+    const records = [...this.head];
+    if (this.diskLoss) {
+      records.push({
+        v: AUDIT_SCHEMA_VERSION,
+        ts: nowIso(now),
+        seq: 0,
+        type: 'lost',
+        source: 'disk',
+        count: String(this.diskLoss.count),
+        total: String(this.lossTotal),
+        since: this.diskLoss.since,
+        error: this.diskLoss.error,
+      });
+    }
+    records.push(...batch);
+    let chain = this.prev;
+    let seq = this.seq;
     const lines = records.map((r) => {
+      r.seq = ++seq;
       const c = chainLine(chain, r);
       chain = c.chain;
       return c.line;
     });
-    const bytes = Buffer.from(prefix + lines.join('\n') + '\n');
+    const buf = Buffer.from(this.prefix + lines.join('\n') + '\n');
+    const at = this.size;
     try {
-      for (let off = 0; off < bytes.length; ) off += fs.writeSync(fd, bytes, off);
-      prev = chain; // only what reached the file moves the chain on
-      failing = false;
+      await writeFully(this.fd, buf);
     } catch (e) {
-      if (!failing) onError(e as Error);
-      failing = true;
+      // Nothing half-written stays in the file: cut it back to where this batch began.
+      let grown = true;
+      try {
+        grown = fs.fstatSync(this.fd).size > at;
+      } catch {
+        /* unknown: truncate to be sure */
+      }
+      if (grown) await ftruncate(this.fd, at).catch((e2) => this.report(e2 as Error, 'truncating a failed write'));
+      this.lossTotal += batch.length;
+      this.diskLoss = { count: (this.diskLoss?.count ?? 0) + batch.length, since: this.diskLoss?.since ?? nowIso(now), error: (e as Error).message };
+      this.fail(e as Error, 'write');
+      return false;
     }
-    return lines;
-  };
-  if (torn) {
-    // Close the cut line and say so, chained from the last good line.
-    write([{ v: 1, ts: new Date().toISOString(), type: 'recovered', note: 'the line above was cut short by a crash or power loss' }], '\n');
-    torn = false;
-    onTorn?.();
+    this.size += buf.length;
+    this.prev = chain;
+    this.seq = seq;
+    try {
+      this.opts.onWritten?.(records, lines);
+    } catch (e) {
+      this.report(e as Error, 'handing written lines on');
+    }
+    this.linesWritten += lines.length;
+    this.linesInFile += lines.length;
+    this.head = [];
+    this.prefix = '';
+    const recovered = this.diskLoss?.count;
+    this.diskLoss = undefined;
+    if (this.opts.fsync.kind === 'every-batch') {
+      try {
+        await fdatasync(this.fd);
+      } catch (e) {
+        // The lines are written (the page cache has them) but may not be durable: reported, not counted lost.
+        this.fail(e as Error, 'fsync');
+        return true;
+      }
+    } else this.dirty = true;
+    if (this.failing) {
+      this.failing = undefined;
+      this.opts.onRecovered?.(recovered ?? 0);
+    }
+    return true;
   }
+
+  private fail(e: Error, what: string): void {
+    const t = this.now().getTime();
+    if (!this.failing) {
+      this.failing = { error: `${what}: ${e.message}`, since: nowIso(this.now()), lastReport: t };
+      this.opts.onError(e, what);
+    } else if (t - this.failing.lastReport >= this.reminderMs) {
+      this.failing.lastReport = t;
+      this.failing.error = `${what}: ${e.message}`;
+      this.opts.onError(e, `${what} (still failing; ${this.lossTotal} lines lost so far)`);
+    }
+  }
+
+  private report(e: Error, what: string): void {
+    this.opts.onError(e, what);
+  }
+
+  private async syncIfDirty(): Promise<void> {
+    if (!this.dirty || this.closed) return;
+    this.dirty = false;
+    await fdatasync(this.fd).catch((e) => this.fail(e as Error, 'fsync'));
+  }
+
+  private async rotate(): Promise<void> {
+    const now = this.now();
+    const index = this.lastIndex + 1;
+    const to = rotatedName(this.opts.file, index, now);
+    if (this.opts.fsync.kind !== 'none') {
+      try {
+        await fdatasync(this.fd);
+      } catch (e) {
+        this.fail(e as Error, 'fsync before rotation');
+      }
+    }
+    try {
+      await fsp.rename(this.opts.file, to);
+    } catch (e) {
+      this.rotateRetryAt = now.getTime() + ROTATE_RETRY_MS;
+      this.report(e as Error, `rotating to ${to} (writing on in the same file)`);
+      return;
+    }
+    let fd: number;
+    try {
+      fd = fs.openSync(this.opts.file, 'a', FILE_MODE);
+    } catch (e) {
+      await fsp.rename(to, this.opts.file).catch(() => undefined);
+      this.rotateRetryAt = now.getTime() + ROTATE_RETRY_MS;
+      this.report(e as Error, `opening a new ${this.opts.file} (writing on in the same file)`);
+      return;
+    }
+    fs.closeSync(this.fd);
+    this.fd = fd;
+    this.size = 0;
+    this.linesInFile = 0;
+    this.createdAt = now.getTime();
+    this.lastIndex = index;
+    this.rotations++;
+    this.head.unshift(fileHeader(this.opts, now, path.basename(this.opts.file), path.basename(to), this.prev, this.seq));
+    await syncDir(path.dirname(this.opts.file)).catch((e) => this.report(e as Error, 'syncing the directory after rotation'));
+    if (this.opts.rotation.compress) this.compressLater(to);
+  }
+
+  private compressLater(file: string): void {
+    this.compressing = this.compressing.then(async () => void (await compressFile(file))).catch((e) => this.report(e as Error, `compressing ${file} (left uncompressed)`));
+  }
+
+  /** After a crash: remove half-written compressed copies, compress what was left plain. */
+  private finishInterrupted(rotated: ReturnType<typeof rotatedFiles>): void {
+    for (const f of rotated) {
+      for (const leftover of [`${f.path}.tmp`, `${f.path.replace(/\.gz$/, '')}.gz.tmp`]) fs.rmSync(leftover, { force: true });
+      if (f.compressed) {
+        // The compressed copy is complete (it is renamed into place only then): the plain one can go.
+        fs.rmSync(f.path.replace(/\.gz$/, ''), { force: true });
+      } else if (this.opts.rotation.compress) this.compressLater(f.path);
+    }
+  }
+}
+
+async function endsWithNewline(file: string, size: number): Promise<boolean> {
+  const h = await fsp.open(file, 'r');
+  try {
+    const b = Buffer.alloc(1);
+    await h.read(b, 0, 1, size - 1);
+    return b[0] === 0x0a;
+  } finally {
+    await h.close();
+  }
+}
+
+function fileHeader(opts: TrailOptions, now: Date, file: string, prevFile: string | null, prevChain: string | null, prevSeq: number | null): Record<string, unknown> {
   return {
-    path: file,
-    append(records) {
-      return write(records);
-    },
-    close() {
-      fs.closeSync(fd);
-    },
+    v: AUDIT_SCHEMA_VERSION,
+    ts: nowIso(now),
+    seq: 0,
+    type: 'file',
+    file,
+    prev_file: prevFile,
+    prev_chain: prevChain,
+    prev_seq: prevSeq,
+    host: opts.origin.host,
+    version: opts.origin.version,
   };
+}
+
+/** file → file.gz, atomically: the .gz appears complete or not at all; then the plain file goes. */
+export async function compressFile(file: string): Promise<string> {
+  const gz = `${file}.gz`;
+  const tmp = `${gz}.tmp`;
+  try {
+    await pipeline(fs.createReadStream(file), zlib.createGzip(), fs.createWriteStream(tmp, { mode: FILE_MODE }));
+    const h = await fsp.open(tmp, 'r');
+    try {
+      await h.sync();
+    } finally {
+      await h.close();
+    }
+    await fsp.rename(tmp, gz);
+  } catch (e) {
+    await fsp.rm(tmp, { force: true });
+    throw e;
+  }
+  await syncDir(path.dirname(file));
+  await fsp.rm(file);
+  return gz;
 }

@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { VERSION } from '../helmd';
 import { DEFAULT_SOCKET } from '../control/proto';
 import { call, ControlError, type Endpoint } from '../control/client';
@@ -14,12 +14,19 @@ import { ConfigError, DEFAULT_CONFIG, DEFAULTS, loadConfig, type HelmdConfig } f
 import { unitCgroup } from '../control/units';
 import { uninstall } from '../uninstall';
 import { buildDir } from '../kernel/native';
-import { loadPolicies, readPolicySources } from '../policy/parse';
+import { loadPolicies, parsePolicySource, readPolicySources } from '../policy/parse';
 import { PolicyError, VERBS, formatDiagnostic, type Policy, type PolicyDiagnostic, type Verb } from '../policy/types';
 import { formatNote, lintPolicies } from '../policy/lint';
 import { checkCaseRules, defaultCanonicalize, formatResult, isVerb, readCases, runCases, type TestCase } from '../policy/cases';
 import { explain, formatExplanation, operationFromOptions } from '../policy/explain';
-import { verifyChain } from '../audit/chain';
+import { verifyTrails } from '../audit/verify';
+import { parseTime, type AuditLineData, type LineFilter } from '../audit/filter';
+import { followTrail } from '../audit/follow';
+import { formatTable, queryTrail, tableRow } from '../audit/query';
+import { buildReport, reportMarkdown, type Period } from '../audit/report';
+import { readLines, trailFiles } from '../audit/files';
+import { suggestPolicy } from '../policy/suggest';
+import { evaluateOperation } from '../policy/evaluate';
 
 interface AgentMessage {
   id: string;
@@ -271,39 +278,85 @@ program
     if (r.stoppedHelmd) process.stdout.write('helmd was stopped; under systemd, also: systemctl disable helmd (or make uninstall)\n');
   });
 
-const audit = program.command('audit').description('the audit trail');
+const audit = program.command('audit').description('the audit trail: verify, tail, query, report (files, rotated and compressed ones included)');
+
+/** Collects a repeatable option into a list; commas separate several values in one. */
+const list = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), ...v.split(',').filter(Boolean)];
+
+/** Options that select lines, shared by tail, query and report. */
+function withFilters(c: Command, what: { types: boolean }): Command {
+  c.option('--since <time>', 'from this time: RFC 3339, a date, or a span ago (15m, 2h, 7d)')
+    .option('--until <time>', 'up to (not including) this time')
+    .option('--agent <name>', 'this agent (repeatable)', list)
+    .option('--role <role>', 'this role (repeatable)', list)
+    .option('--decision <d>', 'allow, deny or would_deny (repeatable)', list)
+    .option('--op <verb>', 'read, write, exec, connect, bind, ... (repeatable)', list)
+    .option('--prefix <p>', 'paths starting with this, or addresses in this address/CIDR, or host names starting with this (repeatable)', list);
+  if (what.types) c.option('--type <t>', 'line types: decision, dns, control, lost, counters, start, stop, file, recovered, or all (repeatable; default: decision)', list);
+  return c;
+}
+
+interface FilterFlags {
+  since?: string;
+  until?: string;
+  agent?: string[];
+  role?: string[];
+  decision?: string[];
+  op?: string[];
+  prefix?: string[];
+  type?: string[];
+}
+
+const DECISIONS = ['allow', 'deny', 'would_deny'];
+
+const nonEmpty = (v: string[] | undefined): string[] | undefined => (v && v.length ? v : undefined);
+
+function filterFrom(o: FilterFlags, defaultTypes: string[] | undefined): LineFilter {
+  const f: LineFilter = {};
+  try {
+    if (o.since) f.since = parseTime(o.since);
+    if (o.until) f.until = parseTime(o.until);
+  } catch (e) {
+    fail((e as Error).message);
+  }
+  if (f.since !== undefined && f.until !== undefined && f.until <= f.since) fail('--until must be later than --since');
+  for (const d of o.decision ?? []) if (!DECISIONS.includes(d)) fail(`--decision ${JSON.stringify(d)}: expected one of ${DECISIONS.join(', ')}`);
+  Object.assign(f, { agent: o.agent, role: o.role, decision: o.decision, op: o.op, prefix: o.prefix });
+  const types = o.type ?? defaultTypes;
+  if (types && !types.includes('all')) f.type = types;
+  return f;
+}
+
 audit
   .command('verify')
-  .description('check the hash chain of audit files; names the first line deleted, moved or edited')
-  .argument('<files...>')
-  .action((files: string[]) => {
+  .description('check the hash chain through audit files in trail order (rotated, compressed, then active); names the first line deleted, moved or edited')
+  .argument('<files...>', 'audit files, or directories (every trail file in them)')
+  .action(async (files: string[]) => {
+    let verdicts;
+    try {
+      verdicts = await verifyTrails(files);
+    } catch (e) {
+      fail((e as Error).message);
+    }
     let bad = 0;
-    for (const f of files) {
-      let text: string;
-      try {
-        text = fs.readFileSync(f, 'utf8');
-      } catch (e) {
-        process.stderr.write(`${f}: cannot read: ${(e as Error).message}\n`);
-        bad++;
-        continue;
-      }
-      const v = verifyChain(text);
-      for (const n of v.notes) process.stdout.write(`${f}: note: ${n}\n`);
-      if (v.ok) process.stdout.write(`${f}: ok, ${v.lines} lines chained\n`);
+    for (const v of verdicts) {
+      const name = v.files.length === 1 ? v.files[0] : `${v.trail} (${v.files.length} files)`;
+      for (const n of v.notes) process.stdout.write(`${name}: note: ${n}\n`);
+      if (v.ok) process.stdout.write(`${name}: ok, ${v.lines} lines chained\n`);
       else {
-        process.stderr.write(`${f}:${v.line}: ${v.reason}\n`);
+        process.stderr.write(`${v.broken!.file}:${v.broken!.line}: ${v.broken!.reason}\n`);
         bad++;
       }
     }
     process.exit(bad ? 1 : 0);
   });
 
-const repeatable = (v: string, prev: string[]) => [...prev, v];
+const repeatable = (v: string, prev: string[] | undefined) => [...(prev ?? []), v];
 connects(
   audit
     .command('tail')
-    .description("helmd's audit records as they are written (from its stream): the last few, then with --follow every new one")
-    .argument('[file]', 'an audit file instead of the running helmd')
+    .description("audit records as they are written: from helmd's stream, or from an audit file (across rotations): the last few, then with --follow every new one")
+    .argument('[file]', 'an audit file (or its directory) instead of the running helmd')
     .option('-n, --last <n>', 'recent records to show first', (v: string) => {
       if (!/^(0|[1-9][0-9]*)$/.test(v)) throw new InvalidArgumentError('must be a number');
       return Number(v);
@@ -314,13 +367,84 @@ connects(
     .option('--decision <d>', 'only deny or would_deny (repeatable)', repeatable, [] as string[])
     .option('--op <op>', 'only this operation: read, write, exec, ... (repeatable)', repeatable, [] as string[])
     .option('--type <type>', 'only this line type: decision, control, lost, recovered (repeatable)', repeatable, [] as string[])
+    .option('--since <time>', 'with a file: from this time (RFC 3339, a date, or a span ago: 15m, 2h)')
+    .option('--until <time>', 'with a file: up to this time')
+    .option('--prefix <p>', 'with a file: paths starting with this, addresses in this CIDR, host names starting with this (repeatable)', repeatable)
     .option('--json', 'the lines exactly as in the audit file (chain included)', false),
 ).action(async (file: string | undefined, o) => {
-  if (file !== undefined) fail(`reading ${file}: the file-based audit tools are not in this build; without a file, helmctl audit tail streams from helmd`);
   const stop = new AbortController();
   process.on('SIGINT', () => stop.abort());
   process.on('SIGTERM', () => stop.abort());
+  if (file !== undefined) {
+    // A file (or its directory): read it, and follow it across rotations (daemon/audit/follow.ts).
+    const filter = filterFrom({ ...o, agent: nonEmpty(o.agent), role: nonEmpty(o.role), decision: nonEmpty(o.decision), op: nonEmpty(o.op), type: nonEmpty(o.type) }, undefined);
+    try {
+      await followTrail(file, {
+        backlog: o.last,
+        follow: o.follow,
+        filter,
+        signal: stop.signal,
+        // One line as it comes (no column widths to wait for): the table's non-empty cells.
+        each: (l, text) => process.stdout.write((o.json ? text : tableRow(l).filter(Boolean).join('  ')) + '\n'),
+        onNote: (m) => process.stderr.write(`helmctl: ${m}\n`),
+      });
+    } catch (e) {
+      fail((e as Error).message);
+    }
+    return;
+  }
+  if (o.since || o.until || o.prefix) fail('--since, --until and --prefix read files: give the audit file (or use helmctl audit query)');
   await tailAudit(endpoint(o), { last: o.last, follow: o.follow, agent: o.agent, role: o.role, decision: o.decision, op: o.op, type: o.type }, (r) => process.stdout.write((o.json ? r.line : formatStreamed(r)) + '\n'), stop.signal);
+});
+
+withFilters(
+  audit
+    .command('query')
+    .description('the lines of audit files (rotated and compressed ones too) that match every filter given')
+    .argument('<files...>', 'audit files, or directories (every trail file in them)')
+    .option('--json', 'JSON lines, exactly as in the trail (default: a table)', false)
+    .option('--limit <n>', 'stop after this many lines', (v: string) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('a whole number above 0');
+      return n;
+    }),
+  { types: true },
+).action(async (files: string[], o: FilterFlags & { json: boolean; limit?: number }) => {
+  const filter = filterFrom(o, ['decision']);
+  const rows: string[][] = [];
+  let r;
+  try {
+    r = await queryTrail(files, filter, (l, text) => (o.json ? process.stdout.write(text + '\n') : rows.push(tableRow(l))), o.limit);
+  } catch (e) {
+    fail((e as Error).message);
+  }
+  if (!o.json) process.stdout.write(formatTable(rows));
+  process.stderr.write(`${r.matched} of ${r.read} lines matched${r.unreadable ? `; ${r.unreadable} lines are not JSON (run helmctl audit verify)` : ''}\n`);
+});
+
+withFilters(
+  audit
+    .command('report')
+    .description('a compliance summary per period: decisions by agent, role, rule and op; most denied targets; dry-run would-denials; kernel counters; losses; policy generations in force')
+    .argument('<files...>', 'audit files, or directories (every trail file in them)')
+    .addOption(new Option('--period <p>', 'one section per').choices(['day', 'week', 'month', 'all']).default('day'))
+    .addOption(new Option('--format <f>', 'output').choices(['markdown', 'json']).default('markdown'))
+    .option('--top <n>', 'targets listed in the "most denied" tables', (v: string) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('a whole number above 0');
+      return n;
+    }, 10),
+  { types: false },
+).action(async (files: string[], o: FilterFlags & { period: Period; format: 'markdown' | 'json'; top: number }) => {
+  if (o.decision || o.op || o.prefix) fail('report summarises every decision: --decision, --op and --prefix are for audit query');
+  const filter = filterFrom(o, undefined);
+  let r;
+  try {
+    r = await buildReport(files, { period: o.period, filter, top: o.top });
+  } catch (e) {
+    fail((e as Error).message);
+  }
+  process.stdout.write(o.format === 'json' ? JSON.stringify(r, null, 2) + '\n' : reportMarkdown(r));
 });
 
 const policy = program.command('policy').description('policy files (lint, test, explain) and the policy running in helmd (apply, validate, get, list, explain)');
@@ -519,6 +643,57 @@ connects(policy.command('list').description('the policies running in helmd: role
   for (const p of r.policies) rows.push([p.name, p.roles.join(','), word(p.mode) + (p.mode !== p.source_mode ? ` (switched; source: ${word(p.source_mode)})` : ''), String(p.rules), `${p.file}:${p.line}`]);
   process.stdout.write(`generation ${r.generation}\n` + table(rows));
 });
+
+policy
+  .command('suggest')
+  .description('draft allow rules that would admit what a dry-run agent did (its would_deny lines), for review')
+  .requiredOption('--from <audit...>', 'audit files or directories (rotated and compressed ones too)')
+  .requiredOption('--role <role>', 'the role to draft rules for')
+  .option('--threshold <n>', 'paths directly in one directory from which the directory is suggested as a subtree (dir/)', (v: string) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 2) throw new InvalidArgumentError('a whole number of at least 2');
+    return n;
+  }, 5)
+  .option('--name <name>', 'metadata.name of the drafted policy (default: suggested-ROLE)')
+  .option('--policy <files...>', 'the policies in force: say which suggested operations they would still not admit')
+  .action(async (o: { from: string[]; role: string; threshold: number; name?: string; policy?: string[] }) => {
+    const lines: AuditLineData[] = [];
+    try {
+      for (const g of trailFiles(o.from)) {
+        for (const f of g.files) {
+          await readLines(f, ({ text }) => {
+            try {
+              lines.push(JSON.parse(text) as AuditLineData);
+            } catch {
+              /* a line cut short: not an operation */
+            }
+          });
+        }
+      }
+    } catch (e) {
+      fail((e as Error).message);
+    }
+    const s = suggestPolicy(lines, { role: o.role, threshold: o.threshold, name: o.name, sources: o.from });
+    process.stdout.write(s.yaml);
+    if (s.lines === 0) process.stderr.write(`helmctl: no would_deny lines for role ${o.role} in ${o.from.join(', ')}\n`);
+    if (o.policy) {
+      const current = loadOrFail(o.policy);
+      const draft = loadDraft(s.yaml);
+      const still = s.rules.flatMap((r) => r.targets.flatMap((t) => t.covers)).filter((c) => evaluateOperation([...current, ...draft], c.operation).decision !== 'allow');
+      for (const c of still) process.stderr.write(`helmctl: with ${o.policy.join(', ')}, still not admitted: ${JSON.stringify(c.operation)}\n`);
+      if (still.length) process.exit(1);
+    }
+  });
+
+/** The drafted policy, parsed as helmd would parse it. */
+function loadDraft(yaml: string): Policy[] {
+  try {
+    return parsePolicySource(yaml, '<suggested>');
+  } catch (e) {
+    if (e instanceof PolicyError) failWithDiagnostics(e.diagnostics, 'the drafted policy does not parse (a bug in helmctl)');
+    throw e;
+  }
+}
 
 program.parseAsync().catch((e) => {
   if (e instanceof ControlError) {

@@ -4,7 +4,9 @@
 // any option given on the command line overrides the file.
 import { Command, InvalidArgumentError, Option } from 'commander';
 import pino from 'pino';
-import { Helmd, VERSION } from '../helmd';
+import { DEFAULT_AUDIT, Helmd, VERSION, type AuditSettings } from '../helmd';
+import { parseDuration, parseFsyncPolicy, parseSize } from '../audit/writer';
+import { ringSizeProblem } from '../kernel/enforcer';
 import { DEFAULT_SOCKET } from '../control/proto';
 import { DEFAULT_MAX_REQUEST_BYTES } from '../control/server';
 import { PolicyError } from '../policy/types';
@@ -36,6 +38,16 @@ const program = new Command()
   .option('--config <file>', 'configuration file (e.g. /etc/helm/helmd.yaml); options given here override it')
   .option('--policy <path...>', 'policy file(s) or directories of *.yaml / *.yml / *.json')
   .option('--audit-log <path>', 'JSON-lines audit trail', DEFAULTS.audit.log)
+  .addOption(new Option('--audit-allows <level>', 'which allowed operations get a line (all are counted)').choices(['none', 'sampled', 'all']).default(DEFAULT_AUDIT.level.allows))
+  .option('--audit-sample-rate <n>', 'sampled: allow lines per second per agent', (v) => positiveInt('--audit-sample-rate', v), DEFAULT_AUDIT.level.rate)
+  .option('--audit-sample-burst <n>', 'sampled: allow lines an agent may log at once', (v) => positiveInt('--audit-sample-burst', v), DEFAULT_AUDIT.level.burst)
+  .option('--audit-fsync <policy>', 'every-batch | interval:MS | none', wrap(parseFsyncPolicy), DEFAULT_AUDIT.fsync)
+  .option('--audit-rotate-size <size>', 'rotate the trail at this size (e.g. 64M; 0: never)', wrap(parseSize), DEFAULT_AUDIT.rotation.maxBytes)
+  .option('--audit-rotate-age <duration>', 'rotate the trail at this age (e.g. 24h; 0: never)', wrap(parseDuration), DEFAULT_AUDIT.rotation.maxAgeMs)
+  .option('--no-audit-compress', 'keep rotated files uncompressed (default: gzip)')
+  .option('--audit-deny-ring <size>', 'the ring denials and would-denials travel on: a power of two (how many it holds: docs/audit-schema.md)', wrap(ringSize), DEFAULT_AUDIT.rings.deny)
+  .option('--audit-allow-ring <size>', 'the ring logged allows travel on: a power of two', wrap(ringSize), DEFAULT_AUDIT.rings.allow)
+  .option('--audit-counters-interval <duration>', "how often each agent's decision counters are written", wrap(parseDuration), DEFAULT_AUDIT.countersIntervalMs)
   .option('--dry-run', 'decide everything but enforce nothing: denials are audited as would_deny', false)
   .option('--socket <path>', 'control socket (gRPC), mode 0660, owner root', DEFAULT_SOCKET)
   .option('--socket-group <group>', 'group (name or gid) that may use the control socket besides root')
@@ -76,6 +88,24 @@ function positiveInt(flag: string, v: string): number {
   return Number(v);
 }
 
+/** A commander argument parser from a function that throws with a message. */
+function wrap<T>(parse: (v: string) => T): (v: string) => T {
+  return (v) => {
+    try {
+      return parse(v);
+    } catch (e) {
+      throw new InvalidArgumentError((e as Error).message);
+    }
+  };
+}
+
+function ringSize(v: string): number {
+  const n = parseSize(v);
+  const problem = ringSizeProblem(n);
+  if (problem) throw new Error(problem);
+  return n;
+}
+
 async function main(): Promise<void> {
   program.parse();
   const o = program.opts();
@@ -105,6 +135,18 @@ async function main(): Promise<void> {
   let dnsUpstreams: Upstream[];
   let dnsTtlMinSec: number;
   let dnsTtlMaxSec: number;
+  if (o.auditCountersInterval < 1000) {
+    process.stderr.write('helmd: --audit-counters-interval must be at least 1s\n');
+    process.exit(1);
+  }
+  const audit: AuditSettings = {
+    // The configuration's audit.allows, unless --audit-allows was given.
+    level: { allows: program.getOptionValueSource('auditAllows') === 'cli' || !o.config ? o.auditAllows : cfg.audit.allows, rate: o.auditSampleRate, burst: o.auditSampleBurst },
+    rings: { deny: o.auditDenyRing, allow: o.auditAllowRing },
+    fsync: o.auditFsync,
+    rotation: { maxBytes: o.auditRotateSize, maxAgeMs: o.auditRotateAge, compress: o.auditCompress },
+    countersIntervalMs: o.auditCountersInterval,
+  };
   try {
     dnsUpstreams = o.dnsUpstream ? (o.dnsUpstream as string[]).map(parseUpstream) : upstreamsFromResolvConf(readOrEmpty('/etc/resolv.conf'));
     dnsTtlMinSec = seconds('--dns-ttl-min', o.dnsTtlMin);
@@ -118,6 +160,7 @@ async function main(): Promise<void> {
   const helmd = new Helmd({
     policyPaths: cfg.policy,
     auditLog: cfg.audit.log,
+    audit,
     dryRun: cfg.dryRun,
     socket: cfg.socket.path,
     socketGroup: cfg.socket.group,

@@ -20,7 +20,7 @@ import { invalidArgument, resourceExhausted, toServiceError, wireDiagnostic } fr
 /** What the server asks of helmd. */
 export type ControlPlane = Pick<
   Helmd,
-  'apply' | 'validate' | 'policies' | 'explain' | 'attach' | 'detach' | 'agentList' | 'agentNames' | 'setMode' | 'status' | 'doctor' | 'version' | 'feed'
+  'apply' | 'validate' | 'policies' | 'explain' | 'attach' | 'detach' | 'agentList' | 'agentNames' | 'setMode' | 'status' | 'doctor' | 'version' | 'feed' | 'auditWritten'
 >;
 
 export interface TlsListener {
@@ -168,6 +168,7 @@ export class ControlServer {
           policy_paths: s.policyPaths,
           last_apply: s.lastApply ?? null,
           live_generations: s.liveGenerations,
+          audit: s.audit ?? null,
         };
       }),
       Doctor: unary(() => {
@@ -232,6 +233,15 @@ export class ControlServer {
     if (MALFORMED in req) return void call.emit('error', toServiceError(invalidArgument(`malformed request: ${req[MALFORMED]}`)));
     if (req.last > MAX_TAIL_LAST) return void call.emit('error', toServiceError(invalidArgument(`last is at most ${MAX_TAIL_LAST}`)));
     const filter = recordFilter({ agent: this.plane.agentNames(req.agent), role: req.role, decision: req.decision, op: req.op, type: req.type });
+    // The recent records include every one helmd had when the call came in: wait for those to be written.
+    this.plane.auditWritten().then(
+      () => this.stream(call, req, filter),
+      (e) => call.emit('error', toServiceError(e)),
+    );
+  }
+
+  private stream(call: grpc.ServerWritableStream<WireTail, object>, req: WireTail, filter: ReturnType<typeof recordFilter>): void {
+    if (call.cancelled) return;
     const feed = this.plane.feed;
     for (const r of feed.last(req.last, filter)) call.write(auditMessage(r.record, r.line));
     if (!req.follow) return void call.end();

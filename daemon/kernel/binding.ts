@@ -1,6 +1,17 @@
 // What helmd asks of the kernel, as an interface: KernelEnforcer implements it on
 // the real BPF maps; the control plane's unit tests drive helmd through a fake.
 import type { CompiledPolicy } from '../policy/compile';
+import type { AgentCounters } from './layout';
+
+/** The audit rings: denials and would-denials on one, logged allows on the other. */
+export type Ring = 'deny' | 'allow';
+
+/** Which allows reach the trail; `rate` and `burst` bound the kernel's sampler, per agent. */
+export interface AuditLevel {
+  allows: 'none' | 'sampled' | 'all';
+  rate: number;
+  burst: number;
+}
 
 export interface GovernedAgent {
   agentId: bigint;
@@ -12,13 +23,14 @@ export interface GovernedAgent {
   labelBits?: bigint;
 }
 
-/** The event ring buffer as helmd drains it (see RingReader). */
+/** An event ring buffer as helmd drains it (see RingReader). */
 export interface EventSource {
   /** Records consumed but not handed over (their handler threw): reported as lost. */
   readonly undelivered: bigint;
-  /** `onBatch` runs after each batch is handed over, before the kernel gets its space back (it writes them out). */
-  start(each: (record: DataView) => void, onError: (e: Error) => void, pollMs?: number, onBatch?: () => void): void;
-  stop(each: (record: DataView) => void, onBatch?: () => void): Promise<void>;
+  /** `gate` is awaited before each drain (while it waits, events stay in the ring); `onBatch` after each batch is
+   *  handed over, and awaited before the kernel gets its space back (it writes them out). */
+  start(each: (record: DataView) => void, onError: (e: Error) => void, opts?: { pollMs?: number; gate?: () => Promise<void>; onBatch?: () => void | Promise<void> }): void;
+  stop(each: (record: DataView) => void, onBatch?: () => void | Promise<void>): Promise<void>;
   close(): void;
 }
 
@@ -38,8 +50,15 @@ export interface KernelBinding {
   learn(agentId: bigint, addr16: Buffer, nameIds: readonly number[], expiresBootNs: bigint): void;
   forget(agentId: bigint, addr16: Buffer): boolean;
   release(cgroupId: bigint): boolean;
-  lostEvents(): bigint;
-  openEvents(): EventSource;
+  /** Events that did not fit in a ring, since load (counted per CPU in the kernel). */
+  lostEvents(ring: Ring): bigint;
+  openEvents(ring: Ring, bufferBytes?: number): EventSource;
+  /** Which allows the kernel sends to the allow ring. */
+  setAuditLevel(level: AuditLevel): void;
+  /** Every decision for an agent so far (allowed, unlogged, lost, denied, would-deny); undefined if none. */
+  agentCounters(agentId: bigint): AgentCounters | undefined;
+  /** Drops an agent's counters and sampler state. */
+  forgetAgent(agentId: bigint): void;
   /** CLOCK_REALTIME − CLOCK_BOOTTIME, to turn event timestamps into wall-clock time. */
   realtimeOffsetNs(): bigint;
   /** CLOCK_BOOTTIME now, the clock of learned addresses' expiry. */

@@ -4,7 +4,8 @@ import { native, KernelError, messageFrom, errnoName } from './native';
 
 const ERR_LEN = 65536;
 
-export const MAP_TYPE = { HASH: 1, ARRAY: 2, PERCPU_ARRAY: 6, LPM_TRIE: 11 } as const;
+export const MAP_TYPE = { HASH: 1, ARRAY: 2, PERCPU_HASH: 5, PERCPU_ARRAY: 6, LPM_TRIE: 11 } as const;
+const PER_CPU_TYPES = new Set<number>([MAP_TYPE.PERCPU_HASH, MAP_TYPE.PERCPU_ARRAY, 10 /* LRU_PERCPU_HASH */]);
 export const MAP_FLAG = { NO_PREALLOC: 1 } as const;
 export const UPDATE = { ANY: 0n, NOEXIST: 1n, EXIST: 2n } as const;
 
@@ -42,9 +43,14 @@ export class BpfMap {
     return new BpfMap(fd, name, true);
   }
 
+  /** Bytes of one value as the syscall copies it: per-CPU maps take one 8-aligned value per possible CPU. */
+  get valueBytes(): number {
+    return PER_CPU_TYPES.has(this.type) ? ((this.valueSize + 7) & ~7) * native().helm_num_possible_cpus() : this.valueSize;
+  }
+
   update(key: Buffer, value: Buffer, flags: bigint = UPDATE.ANY): void {
     this.checkKey(key);
-    if (value.length !== this.valueSize) throw new KernelError(`map ${this.name}: value of ${value.length} bytes, the map's values are ${this.valueSize}`, 22);
+    if (value.length !== this.valueBytes) throw new KernelError(`map ${this.name}: value of ${value.length} bytes, the map's values are ${this.valueBytes}`, 22);
     check(native().helm_map_update(this.fd, key, value, flags), `cannot update map ${this.name}`);
   }
 
@@ -138,6 +144,13 @@ export interface ObjectDescription {
   programs: string[];
 }
 
+/** Map sizes for the shim: "name=max_entries,...". */
+function sizeSpec(sizes: Record<string, number> | undefined): string {
+  return Object.entries(sizes ?? {})
+    .map(([name, n]) => `${name}=${n}`)
+    .join(',');
+}
+
 function errorFrom(err: Buffer, fallback: string): KernelError {
   const msg = messageFrom(err);
   const m = /errno (\d+)/.exec(msg);
@@ -149,24 +162,34 @@ export class BpfObject {
 
   /**
    * Opens and loads; throws KernelError carrying libbpf's explanation (verifier log included).
-   * `networkOnly` leaves the LSM programs out (kernels that refuse BPF LSM).
+   * `networkOnly` leaves the LSM programs out (kernels that refuse BPF LSM); `sizes` sets
+   * maps' max_entries before loading (the audit rings).
    */
-  static load(path: string, opts: { networkOnly?: boolean } = {}): BpfObject {
+  static load(path: string, opts: { networkOnly?: boolean; sizes?: Record<string, number> } = {}): BpfObject {
     const err = Buffer.alloc(ERR_LEN);
-    const handle = native().helm_open(path, opts.networkOnly ? OPEN_NETWORK_ONLY : 0, err, ERR_LEN);
+    const flags = opts.networkOnly ? OPEN_NETWORK_ONLY : 0;
+    const spec = sizeSpec(opts.sizes);
+    const handle = spec ? native().helm_open_sized(path, flags, spec, err, ERR_LEN) : native().helm_open(path, flags, err, ERR_LEN);
     if (!handle) throw errorFrom(err, `cannot load ${path}`);
     return new BpfObject(handle, path);
   }
 
   /**
    * Opens without loading: maps can still be pointed at pinned ones (reuseMap),
-   * then load(). `networkOnly` leaves the LSM programs out, as in load().
+   * then load(). `networkOnly` leaves the LSM programs out, and `sizes` sets maps'
+   * max_entries, as in load() (a map's size is part of the layout id: pins.ts).
    */
-  static open(path: string, opts: { networkOnly?: boolean } = {}): BpfObject {
+  static open(path: string, opts: { networkOnly?: boolean; sizes?: Record<string, number> } = {}): BpfObject {
     const err = Buffer.alloc(ERR_LEN);
     const handle = native().helm_obj_open(path, opts.networkOnly ? OPEN_NETWORK_ONLY : 0, err, ERR_LEN);
     if (!handle) throw errorFrom(err, `cannot open ${path}`);
-    return new BpfObject(handle, path);
+    const obj = new BpfObject(handle, path);
+    const spec = sizeSpec(opts.sizes);
+    if (spec && native().helm_obj_resize(handle, spec, err, ERR_LEN) < 0) {
+      obj.close();
+      throw errorFrom(err, `cannot size the maps of ${path}`);
+    }
+    return obj;
   }
 
   load(): void {
@@ -227,10 +250,12 @@ export class BpfObject {
   }
 }
 
-/** Sum of a per-CPU u64 counter at index 0. */
-export function readPerCpuCounter(map: BpfMap): bigint {
+/** Sum of a per-CPU u64 counter at `index` of a per-CPU array. */
+export function readPerCpuCounter(map: BpfMap, index = 0): bigint {
   const cpus = native().helm_num_possible_cpus();
-  const value = map.lookup(Buffer.alloc(4), 8 * cpus);
+  const key = Buffer.alloc(4);
+  key.writeUInt32LE(index);
+  const value = map.lookup(key, 8 * cpus);
   if (!value) return 0n;
   let sum = 0n;
   for (let i = 0; i < cpus; i++) sum += value.readBigUInt64LE(i * 8);
@@ -311,19 +336,29 @@ export class RingReader {
 
   /**
    * Drains continuously until stop(); records are handed over in order, batch by
-   * batch, and `onBatch` runs after each batch, before the batch is committed.
+   * batch. `gate`, if given, is awaited before each drain: while the consumer is
+   * behind, records wait in the kernel ring (which counts any that do not fit).
+   * `onBatch` runs after each batch is handed over and is awaited before the
+   * batch is committed: it writes them out, so a killed reader leaves what it had
+   * not written to the next one.
    */
-  start(each: (record: DataView) => void, onError: (e: Error) => void, pollMs = 100, onBatch: () => void = () => undefined): void {
+  start(
+    each: (record: DataView) => void,
+    onError: (e: Error) => void,
+    opts: { pollMs?: number; gate?: () => Promise<void>; onBatch?: () => void | Promise<void> } = {},
+  ): void {
     if (this.running) return;
+    const pollMs = opts.pollMs ?? 100;
     this.running = true;
     this.stopped = (async () => {
       while (this.running) {
         try {
+          if (opts.gate) await opts.gate();
           const n = await this.drainAsync(pollMs);
           if (n < 0) throw new KernelError(`cannot drain ring buffer: ${errnoName(-n)}`, -n);
           if (n > 0) {
             this.walk(n, each);
-            onBatch();
+            if (opts.onBatch) await opts.onBatch();
             native().helm_ring_commit(this.ring);
           }
           const handlerError = this.takeError();
@@ -337,7 +372,7 @@ export class RingReader {
   }
 
   /** Stops the loop after one last drain, so nothing already in the ring is dropped. */
-  async stop(each: (record: DataView) => void, onBatch: () => void = () => undefined): Promise<void> {
+  async stop(each: (record: DataView) => void, onBatch: () => void | Promise<void> = () => undefined): Promise<void> {
     this.running = false;
     await this.stopped;
     for (;;) {
@@ -345,7 +380,7 @@ export class RingReader {
       check(n, 'cannot drain ring buffer');
       if (n === 0) break;
       this.walk(n, each);
-      onBatch();
+      await onBatch();
       native().helm_ring_commit(this.ring);
     }
   }

@@ -5,17 +5,17 @@
 // of the calling process only (benchmarks).
 import path from 'node:path';
 import fs from 'node:fs';
-import { BpfMap, BpfObject, MAP_FLAG, MAP_TYPE, RingReader, readPerCpuCounter } from './bpf';
+import { BpfMap, BpfObject, MAP_FLAG, MAP_TYPE, RingReader, UPDATE, readPerCpuCounter } from './bpf';
 import { PinnedKernel, type CommitReport, type PinOutcome } from './pins';
 import {
   C, LAYOUT, kernelDev, encodeProtectedKey, encodeAgent, encodeInodeKey, encodeInodeValue, encodePathKey, encodePathValue,
-  encodeSettings, encodeNetKey, encodeNetValue, encodeNameKey, encodeSocketKey, encodeSocketValue, encodeLearnedKey, encodeLearnedValue, u32Key, u64Key,
+  encodeSettings, decodeAgentCounters, encodeAuditSettings, type AgentCounters, encodeNetKey, encodeNetValue, encodeNameKey, encodeSocketKey, encodeSocketValue, encodeLearnedKey, encodeLearnedValue, u32Key, u64Key,
   encodeCondList, encodeExeKey, encodeUidKey,
 } from './layout';
 import { cgroup2Mount } from '../control/cgroups';
 import { KernelError, buildDir, native, errnoName } from './native';
 import type { CompiledPolicy } from '../policy/compile';
-import type { GovernedAgent, KernelBinding } from './binding';
+import type { AuditLevel, GovernedAgent, KernelBinding, Ring } from './binding';
 
 export type { GovernedAgent } from './binding';
 
@@ -25,6 +25,8 @@ export interface EnforcerOptions {
   /** Recorded with what this helmd pins. */
   version: string;
   networkOnly?: boolean;
+  /** Sizes of the audit rings (default: bpf/helm.h's). A change of size is a new layout: the maps are rebuilt. */
+  rings?: RingSizes;
 }
 
 /** A governed cgroup as the kernel holds it. */
@@ -43,6 +45,8 @@ export interface LoadOptions {
    * network rules are enforced, file and exec rules are not.
    */
   networkOnly?: boolean;
+  /** Sizes of the audit rings (default: bpf/helm.h's). */
+  rings?: RingSizes;
 }
 
 /** Falls back to a generous wait where the kernel cannot tell us (membarrier refused, e.g. nohz_full). */
@@ -60,6 +64,23 @@ export function waitForRunningPrograms(): Promise<void> {
     });
   });
 }
+
+export type { AuditLevel, Ring } from './binding';
+
+/** Bytes of each ring: a power of two, at least a page. */
+export interface RingSizes {
+  deny: number;
+  allow: number;
+}
+
+/** Why `bytes` cannot be a ring's size, or undefined if it can. */
+export function ringSizeProblem(bytes: number): string | undefined {
+  if (!Number.isSafeInteger(bytes) || bytes < 4096 || bytes > 2 ** 31 || (bytes & (bytes - 1)) !== 0) {
+    return `a ring's size is a power of two from 4K to 2G (e.g. 32M), got ${bytes}`;
+  }
+  return undefined;
+}
+const RING_INDEX: Record<Ring, number> = { deny: C.HELM_RING_DENY, allow: C.HELM_RING_ALLOW };
 
 export function defaultBpfObject(): string {
   return path.join(buildDir(), 'helm.bpf.o');
@@ -82,7 +103,7 @@ export class KernelEnforcer implements KernelBinding {
   private readonly pathTables: BpfMap;
   private readonly inodeTables: BpfMap;
   private readonly lost: BpfMap;
-  private readonly eventsMap: BpfMap;
+  private readonly rings: Record<Ring, BpfMap>;
   private readonly protectedInodes: BpfMap;
   private readonly netTables: BpfMap;
   private readonly nameTables: BpfMap;
@@ -92,6 +113,9 @@ export class KernelEnforcer implements KernelBinding {
   private readonly condExeTables: BpfMap;
   private readonly condUidTables: BpfMap;
   private readonly learned: BpfMap;
+  private readonly auditSettings: BpfMap;
+  private readonly counters: BpfMap;
+  private readonly sampleBuckets: BpfMap;
   private generation = 0;
   private flags = 0;
   /** The outer ARRAY_OF_MAPS, in the order a generation's tables are kept. */
@@ -115,7 +139,7 @@ export class KernelEnforcer implements KernelBinding {
     this.pathTables = map('path_tables');
     this.inodeTables = map('inode_tables');
     this.lost = map('lost_events');
-    this.eventsMap = map('events');
+    this.rings = { deny: map('deny_events'), allow: map('allow_events') };
     this.protectedInodes = map('protected_inodes');
     this.netTables = map('net_tables');
     this.nameTables = map('name_tables');
@@ -129,6 +153,9 @@ export class KernelEnforcer implements KernelBinding {
       this.pathTables, this.inodeTables, this.netTables, this.nameTables, this.unixTables, this.socketTables,
       this.condListTables, this.condExeTables, this.condUidTables,
     ];
+    this.auditSettings = map('audit_settings');
+    this.counters = map('agent_counters');
+    this.sampleBuckets = map('sample_buckets');
     if (pins && (pins.outcome === 'adopted' || pins.outcome === 'replaced')) this.takeOver();
   }
 
@@ -168,7 +195,7 @@ export class KernelEnforcer implements KernelBinding {
     if (!mount) throw new KernelError('no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup): helm governs agents by cgroup', 2);
     let pins: PinnedKernel;
     try {
-      pins = PinnedKernel.open({ objectPath, pinDir: o.pinDir, cgroupRoot: mount, version: o.version, networkOnly });
+      pins = PinnedKernel.open({ objectPath, pinDir: o.pinDir, cgroupRoot: mount, version: o.version, networkOnly, sizes: ringSizes(o.rings) });
     } catch (e) {
       if (!(e instanceof KernelError)) throw e;
       throw new KernelError(`cannot load ${objectPath}: ${e.message}${loadHint(e.errno)}`, e.errno);
@@ -235,7 +262,7 @@ export class KernelEnforcer implements KernelBinding {
     if (!mount) throw new KernelError('no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup): helm governs agents by cgroup', 2);
     let obj: BpfObject;
     try {
-      obj = BpfObject.load(objectPath, { networkOnly });
+      obj = BpfObject.load(objectPath, { networkOnly, sizes: ringSizes(opts.rings) });
     } catch (e) {
       const err = e as KernelError;
       throw new KernelError(`cannot load ${objectPath}: ${err.message}${loadHint(err.errno)}`, err.errno);
@@ -406,7 +433,32 @@ export class KernelEnforcer implements KernelBinding {
     for (const [k, key] of want) this.protectedKeys.set(k, key);
   }
 
+  setAuditLevel(level: AuditLevel): void {
+    const code = { none: C.HELM_ALLOW_LOG_NONE, sampled: C.HELM_ALLOW_LOG_SAMPLED, all: C.HELM_ALLOW_LOG_ALL }[level.allows];
+    this.auditSettings.update(u32Key(0), encodeAuditSettings(code, level.rate, level.burst));
+  }
+
+  /** Every decision for this agent so far, summed over CPUs; undefined if the kernel holds none. */
+  agentCounters(agentId: bigint): AgentCounters | undefined {
+    const cpus = native().helm_num_possible_cpus();
+    const v = this.counters.lookup(u64Key(agentId), LAYOUT.helm_agent_counters.size * cpus);
+    return v && decodeAgentCounters(v, cpus);
+  }
+
+  /** Drops an agent's counters and sampler once its last counts have been read. */
+  forgetAgent(agentId: bigint): void {
+    this.counters.delete(u64Key(agentId));
+    this.sampleBuckets.delete(u64Key(agentId));
+  }
+
   govern(cgroupId: bigint, agent: GovernedAgent): void {
+    // Counted from zero from the first decision on; a mode switch re-governs the agent and keeps its counts.
+    const cpus = native().helm_num_possible_cpus();
+    try {
+      this.counters.update(u64Key(agent.agentId), Buffer.alloc(LAYOUT.helm_agent_counters.size * cpus), UPDATE.NOEXIST);
+    } catch (e) {
+      if ((e as KernelError).errno !== 17 /* EEXIST */) throw e;
+    }
     this.governed.update(u64Key(cgroupId), encodeAgent(agent.agentId, agent.roleId, agent.dryRun ? C.HELM_AGENT_DRY_RUN : 0, agent.dnsPort ?? 0, agent.labelBits ?? 0n));
   }
 
@@ -414,12 +466,13 @@ export class KernelEnforcer implements KernelBinding {
     return this.governed.delete(u64Key(cgroupId));
   }
 
-  lostEvents(): bigint {
-    return readPerCpuCounter(this.lost);
+  /** Events that did not fit in a ring, since load. */
+  lostEvents(ring: Ring): bigint {
+    return readPerCpuCounter(this.lost, RING_INDEX[ring]);
   }
 
-  openEvents(): RingReader {
-    return new RingReader(this.eventsMap, LAYOUT.helm_event.size);
+  openEvents(ring: Ring, bufferBytes?: number): RingReader {
+    return new RingReader(this.rings[ring], LAYOUT.helm_event.size, bufferBytes);
   }
 
   realtimeOffsetNs(): bigint {
@@ -457,4 +510,9 @@ function loadHint(errno: number): string {
         'file rules here; run it on a kernel that permits BPF LSM, or in the bundled VM: make demo ' +
         '(or enforce network rules alone: helmd --network-only).'
     : '';
+}
+
+/** max_entries of the ring maps, for BpfObject.load/open. */
+function ringSizes(rings: RingSizes | undefined): Record<string, number> | undefined {
+  return rings ? { deny_events: rings.deny, allow_events: rings.allow } : undefined;
 }

@@ -9,7 +9,10 @@ export const C = {
   HELM_MAX_AGENTS: 4096,
   HELM_MAX_CGROUP_DEPTH,
   HELM_MAX_GENERATIONS: 4,
-  HELM_EVENTS_BYTES: 4 * 1024 * 1024,
+  HELM_DENY_RING_BYTES: 32 * 1024 * 1024,
+  HELM_ALLOW_RING_BYTES: 8 * 1024 * 1024,
+  HELM_ARGV_BUF: 256,
+  HELM_MAX_ARGS: 32,
   HELM_MAX_ANCESTORS: 32,
   HELM_OP_READ: 0,
   HELM_OP_WRITE: 1,
@@ -95,6 +98,14 @@ export const C = {
   HELM_EVENT_DECISION: 1,
   HELM_EVENT_SELFTEST: 2,
   HELM_EVENT_FLAG_DIR: 1,
+  HELM_EVENT_FLAG_ARGV_TRUNCATED: 2,
+  HELM_EVENT_FLAG_SAMPLED: 4,
+  HELM_RING_DENY: 0,
+  HELM_RING_ALLOW: 1,
+  HELM_RINGS: 2,
+  HELM_ALLOW_LOG_NONE: 0,
+  HELM_ALLOW_LOG_SAMPLED: 1,
+  HELM_ALLOW_LOG_ALL: 2,
 } as const;
 
 type Field = readonly [offset: number, size: number];
@@ -129,8 +140,13 @@ export const LAYOUT = {
     size: 128,
     fields: { format: [0, 4], state: [4, 4], layout: [8, 32], object: [40, 32], instance: [72, 16], created_ns: [88, 8], version: [96, 32] },
   },
+  helm_audit_settings: { size: 24, fields: { allow_log: [0, 4], sample_cost_ns: [8, 8], sample_burst_ns: [16, 8] } },
+  helm_agent_counters: {
+    size: 48,
+    fields: { allowed: [0, 8], allow_unlogged: [8, 8], allow_lost: [16, 8], denied: [24, 8], would_deny: [32, 8], deny_lost: [40, 8] },
+  },
   helm_event: {
-    size: 640,
+    size: 1160,
     fields: {
       ts_boot_ns: [0, 8], cgroup_id: [8, 8], agent_id: [16, 8], ino: [24, 8],
       type: [32, 4], pid: [36, 4], tid: [40, 4], ppid: [44, 4], uid: [48, 4], gid: [52, 4],
@@ -138,6 +154,7 @@ export const LAYOUT = {
       op: [72, 1], decision: [73, 1], mode: [74, 1], reason: [75, 1], flags: [76, 4],
       detail: [80, 4], target_pid: [84, 4], addr: [88, 16], port: [104, 2], proto: [106, 1], family: [107, 1],
       path_len: [108, 4], exe_len: [112, 4], comm: [116, 16], path: [132, 252], exe: [384, 252],
+      ops: [636, 4], argc: [640, 4], argv_len: [644, 4], parent_exe_len: [648, 4], parent_exe: [652, 252], argv: [904, 256],
     },
   },
 } as const satisfies Record<string, StructLayout>;
@@ -363,6 +380,45 @@ export function encodeSettings(activeGeneration: number, flags: number, helmdTgi
   return buf;
 }
 
+/** Which allows the kernel sends (enum helm_allow_log) and the sampler's bucket: `rate` per second, `burst` at once. */
+export function encodeAuditSettings(allowLog: number, rate: number, burst: number): Buffer {
+  const L = LAYOUT.helm_audit_settings;
+  const buf = Buffer.alloc(L.size);
+  buf.writeUInt32LE(allowLog, L.fields.allow_log[0]);
+  const cost = rate > 0 ? BigInt(Math.ceil(1e9 / rate)) : 0n;
+  buf.writeBigUInt64LE(cost, L.fields.sample_cost_ns[0]);
+  buf.writeBigUInt64LE(cost * BigInt(Math.max(1, Math.floor(burst))), L.fields.sample_burst_ns[0]);
+  return buf;
+}
+
+export interface AgentCounters {
+  allowed: bigint;
+  allowUnlogged: bigint;
+  allowLost: bigint;
+  denied: bigint;
+  wouldDeny: bigint;
+  denyLost: bigint;
+}
+
+/** The sum over CPUs of a per-CPU agent_counters value (`cpus` values of helm_agent_counters, each 8-aligned). */
+export function decodeAgentCounters(buf: Buffer, cpus: number): AgentCounters {
+  const L = LAYOUT.helm_agent_counters;
+  const stride = (L.size + 7) & ~7;
+  const sum = (f: readonly [number, number]) => {
+    let n = 0n;
+    for (let i = 0; i < cpus; i++) n += buf.readBigUInt64LE(i * stride + f[0]);
+    return n;
+  };
+  return {
+    allowed: sum(L.fields.allowed),
+    allowUnlogged: sum(L.fields.allow_unlogged),
+    allowLost: sum(L.fields.allow_lost),
+    denied: sum(L.fields.denied),
+    wouldDeny: sum(L.fields.would_deny),
+    denyLost: sum(L.fields.deny_lost),
+  };
+}
+
 export function encodeProtectedKey(dev: number, ino: bigint): Buffer {
   const L = LAYOUT.helm_protected_key;
   const buf = Buffer.alloc(L.size);
@@ -466,6 +522,13 @@ export interface RawEvent {
   exe: string | undefined;
   /** undefined when the kernel could not resolve the path (pathLen <= 0). */
   path: string | undefined;
+  /** Bits (1 << op) of every verb the operation needed. */
+  ops: number;
+  /** exec: how many arguments were read (argv.length), or a negative errno; 0 for other ops. */
+  argc: number;
+  argv: string[] | undefined;
+  parentExeLen: number;
+  parentExe: string | undefined;
 }
 
 function cString(view: DataView, at: number, max: number): string {
@@ -482,6 +545,8 @@ export function decodeEvent(view: DataView): RawEvent {
   const u32 = (f: Field) => view.getUint32(f[0], true);
   const pathLen = view.getInt32(F.path_len[0], true);
   const exeLen = view.getInt32(F.exe_len[0], true);
+  const argc = view.getInt32(F.argc[0], true);
+  const parentExeLen = view.getInt32(F.parent_exe_len[0], true);
   return {
     tsBootNs: view.getBigUint64(F.ts_boot_ns[0], true),
     cgroupId: view.getBigUint64(F.cgroup_id[0], true),
@@ -514,7 +579,26 @@ export function decodeEvent(view: DataView): RawEvent {
     comm: cString(view, F.comm[0], F.comm[1]),
     exe: exeLen > 0 ? cString(view, F.exe[0], F.exe[1]) : undefined,
     path: pathLen > 0 ? cString(view, F.path[0], F.path[1]) : undefined,
+    ops: u32(F.ops),
+    argc,
+    argv: argc > 0 ? argvStrings(view, F.argv[0], Math.min(u32(F.argv_len), F.argv[1]), argc) : undefined,
+    parentExeLen,
+    parentExe: parentExeLen > 0 ? cString(view, F.parent_exe[0], F.parent_exe[1]) : undefined,
   };
+}
+
+/** NUL-separated strings; the last one may lack its NUL when the kernel cut it short. */
+function argvStrings(view: DataView, at: number, len: number, argc: number): string[] {
+  const bytes = Buffer.from(view.buffer, view.byteOffset + at, len);
+  const out: string[] = [];
+  let start = 0;
+  while (start < len && out.length < argc) {
+    let end = bytes.indexOf(0, start);
+    if (end < 0) end = len;
+    out.push(bytes.subarray(start, end).toString('utf8'));
+    start = end + 1;
+  }
+  return out;
 }
 
 /** Kernel dev_t (major << 20 | minor) from the userspace st_dev encoding. */

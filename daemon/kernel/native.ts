@@ -21,8 +21,10 @@ export function buildDir(): string {
 
 export interface NativeApi {
   helm_open(path: string, flags: number, err: Buffer, errlen: number): unknown;
+  helm_open_sized(path: string, flags: number, sizes: string, err: Buffer, errlen: number): unknown;
   helm_attach_all(obj: unknown, cgroupFd: number, err: Buffer, errlen: number): number;
   helm_obj_open(path: string, flags: number, err: Buffer, errlen: number): unknown;
+  helm_obj_resize(obj: unknown, sizes: string, err: Buffer, errlen: number): number;
   helm_obj_load(obj: unknown, err: Buffer, errlen: number): number;
   helm_obj_describe(obj: unknown, buf: Buffer, len: number): number;
   helm_obj_section_data(obj: unknown, section: string, out: Buffer, len: number): number;
@@ -75,8 +77,10 @@ export function native(): NativeApi {
   koffi.opaque('helm_ring');
   cached = {
     helm_open: lib.func('helm_obj *helm_open(const char *path, int flags, _Out_ uint8_t *err, int errlen)'),
+    helm_open_sized: lib.func('helm_obj *helm_open_sized(const char *path, int flags, const char *sizes, _Out_ uint8_t *err, int errlen)'),
     helm_attach_all: lib.func('int helm_attach_all(helm_obj *o, int cgroup_fd, _Out_ uint8_t *err, int errlen)'),
     helm_obj_open: lib.func('helm_obj *helm_obj_open(const char *path, int flags, _Out_ uint8_t *err, int errlen)'),
+    helm_obj_resize: lib.func('int helm_obj_resize(helm_obj *o, const char *sizes, _Out_ uint8_t *err, int errlen)'),
     helm_obj_load: lib.func('int helm_obj_load(helm_obj *o, _Out_ uint8_t *err, int errlen)'),
     helm_obj_describe: lib.func('int helm_obj_describe(helm_obj *o, _Out_ uint8_t *buf, int len)'),
     helm_obj_section_data: lib.func('int helm_obj_section_data(helm_obj *o, const char *section, _Out_ uint8_t *out, int len)'),

@@ -67,7 +67,7 @@ export function identify(obj: BpfObject, file: string): ObjectIdentity {
 }
 
 /** An object's identity without loading anything into the kernel. */
-export function identifyFile(file: string, opts: { networkOnly?: boolean } = {}): ObjectIdentity {
+export function identifyFile(file: string, opts: { networkOnly?: boolean; sizes?: Record<string, number> } = {}): ObjectIdentity {
   const obj = BpfObject.open(file, opts);
   try {
     return identify(obj, file);
@@ -201,6 +201,8 @@ export interface PinOptions {
   version: string;
   /** Load (and pin) the network programs only: on kernels that refuse BPF LSM. */
   networkOnly?: boolean;
+  /** Maps' max_entries set before loading (the audit rings): part of the layout id. */
+  sizes?: Record<string, number>;
 }
 
 /**
@@ -250,7 +252,7 @@ export class PinnedKernel {
    */
   static open(opts: PinOptions): PinnedKernel {
     ensureBpffs(opts.pinDir);
-    const obj = BpfObject.open(opts.objectPath, { networkOnly: opts.networkOnly });
+    const obj = BpfObject.open(opts.objectPath, { networkOnly: opts.networkOnly, sizes: opts.sizes });
     try {
       const identity = identify(obj, opts.objectPath);
       const status = readPins(opts.pinDir);

@@ -207,7 +207,7 @@ function main(): void {
     const errors: Error[] = [];
     st.target(process.pid);
     const pollMs = 1000;
-    reader.start((r) => got.push(copy(r)), (e) => errors.push(e), pollMs);
+    reader.start((r) => got.push(copy(r)), (e) => errors.push(e), { pollMs });
 
     // The drain waits on koffi's worker thread: timers still run meanwhile.
     await new Promise((r) => setTimeout(r, 50));

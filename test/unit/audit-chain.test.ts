@@ -6,7 +6,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { CHAIN_GENESIS, chainLine, verifyChain } from '../../daemon/audit/chain';
-import { openAuditWriter } from '../../daemon/audit/writer';
+import { AuditTrail } from '../../daemon/audit/writer';
+import { trailOptions } from '../audit-fixtures';
 
 const HELMCTL = path.resolve(__dirname, '..', '..', '..', 'bin', 'helmctl');
 
@@ -51,35 +52,70 @@ t.test('every tampering is found at the first line it breaks', async (t) => {
   t.hasStrict(verifyChain(text(forged)), { ok: false, line: 4 }, 'a forged line with a fresh chain breaks the next one');
 });
 
-t.test('the writer continues one chain across restarts and records a crash', async (t) => {
+t.test('seq must rise by one: a line dropped and the chain recomputed over the rest is still found', async (t) => {
+  let prev = CHAIN_GENESIS;
+  const lines: string[] = [];
+  for (const seq of [1, 2, 4]) {
+    const c = chainLine(prev, { v: 1, ts: 'x', seq, type: 'decision' });
+    lines.push(c.line);
+    prev = c.chain;
+  }
+  t.match(verifyChain(text(lines)), { ok: false, line: 3, reason: /seq 4 follows seq 2/ });
+});
+
+t.test('the writer continues one chain and one seq across restarts and records a crash', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'helm-audit-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const file = path.join(dir, 'audit.jsonl');
-  const errors: Error[] = [];
-  let w = openAuditWriter(file, (e) => errors.push(e));
-  w.append([{ v: 1, seq: 1, type: 'decision' }, { v: 1, seq: 2, type: 'decision' }]);
-  w.close();
-  w = openAuditWriter(file, (e) => errors.push(e));
-  w.append([{ v: 1, seq: 1, type: 'decision' }]);
-  w.close();
-  t.hasStrict(verifyChain(fs.readFileSync(file, 'utf8')), { ok: true, lines: 3 }, 'a restart continues the chain');
+  let w = await AuditTrail.open(trailOptions(file));
+  w.append([{ v: 1, ts: 't', seq: 0, type: 'decision' }, { v: 1, ts: 't', seq: 0, type: 'decision' }]);
+  await w.close();
+  w = await AuditTrail.open(trailOptions(file));
+  w.append([{ v: 1, ts: 't', seq: 0, type: 'decision' }]);
+  await w.close();
+  const first = fs.readFileSync(file, 'utf8');
+  t.hasStrict(verifyChain(first), { ok: true, lines: 4 }, 'a restart continues the chain (a file line, then three)');
+  t.same(first.trim().split('\n').map((l) => JSON.parse(l).seq), [1, 2, 3, 4], 'and seq');
+  t.hasStrict(JSON.parse(first.split('\n')[0]), { type: 'file', file: 'audit.jsonl', prev_file: null, prev_chain: null, seq: 1 }, 'the file starts with its file line');
 
-  fs.appendFileSync(file, '{"v":1,"seq":2,"type":"deci'); // a crash in the middle of a write
+  fs.appendFileSync(file, '{"v":1,"seq":5,"type":"deci'); // a crash in the middle of a write
   let torn = 0;
-  w = openAuditWriter(file, (e) => errors.push(e), () => torn++);
-  w.append([{ v: 1, seq: 1, type: 'decision' }]);
-  w.close();
+  w = await AuditTrail.open(trailOptions(file, { onTorn: () => torn++ }));
+  w.append([{ v: 1, ts: 't', seq: 0, type: 'decision' }]);
+  await w.close();
   t.equal(torn, 1, 'the writer reports the line cut short');
   const v = verifyChain(fs.readFileSync(file, 'utf8'));
   t.hasStrict(v, { ok: true, lines: 6 }, 'the trail verifies with the recovery recorded');
-  t.match(v.notes.join('\n'), /line 4: cut short by a crash; helmd recorded the recovery on line 5/);
-  t.same(errors, []);
+  t.match(v.notes.join('\n'), /:5: cut short by a crash; helmd recorded the recovery on the next line/);
+  const recovered = JSON.parse(fs.readFileSync(file, 'utf8').split('\n')[5]);
+  t.hasStrict(recovered, { type: 'recovered', seq: 5 }, 'the recovery line takes the seq the cut line could not keep');
 
   const r = spawnSync(HELMCTL, ['audit', 'verify', file], { encoding: 'utf8' });
-  t.equal(r.status, 0, 'helmctl audit verify accepts it');
+  t.equal(r.status, 0, `helmctl audit verify accepts it: ${r.stderr}`);
   t.match(r.stdout, /ok, 6 lines chained/);
   fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('"seq":2', '"seq":3'));
   const bad = spawnSync(HELMCTL, ['audit', 'verify', file], { encoding: 'utf8' });
   t.equal(bad.status, 1, 'and rejects an edited one');
   t.match(bad.stderr, new RegExp(`${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:2: the chain is broken here`), 'naming the first broken line');
+});
+
+t.test('a write that fails leaves nothing half-written and is counted, then recorded', async (t) => {
+  // /dev/full refuses every write with ENOSPC, like a full disk.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'helm-audit-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'audit.jsonl');
+  fs.symlinkSync('/dev/full', file);
+  const errors: string[] = [];
+  const w = await AuditTrail.open(trailOptions(file, { onError: (e, what) => errors.push(`${what}: ${e.message}`) }));
+  w.append([{ v: 1, ts: 't', seq: 0, type: 'decision' }, { v: 1, ts: 't', seq: 0, type: 'decision' }]);
+  await w.flush();
+  const s = w.status();
+  t.hasStrict(s, { state: 'failing', linesLost: 2, linesWritten: 0 }, 'the lines are counted as lost and the state says so');
+  t.match(s.error, /ENOSPC/, 'with the error');
+  t.match(errors[0], /^write: .*ENOSPC/, 'reported at once');
+  w.append([{ v: 1, ts: 't', seq: 0, type: 'decision' }]);
+  await w.flush();
+  t.equal(w.status().linesLost, 3, 'every later batch is counted too');
+  t.equal(errors.length, 1, 'and not reported again before the reminder interval');
+  await w.close().catch(() => undefined);
 });

@@ -11,8 +11,8 @@ import { rfc3339Nanos, toAuditRecord, type AuditContext } from '../../daemon/aud
 // ---------------------------------------------------------------------------------------------
 // An encoder for struct helm_event, written from LAYOUT's offsets
 
-type Kind = 'u64' | 'u32' | 'i32' | 'u16' | 'u8' | 'str' | 'bytes';
-const KIND_SIZE: Record<Exclude<Kind, 'str' | 'bytes'>, number> = { u64: 8, u32: 4, i32: 4, u16: 2, u8: 1 };
+type Kind = 'u64' | 'u32' | 'i32' | 'u16' | 'u8' | 'str' | 'bytes' | 'strs' | 'len';
+const KIND_SIZE: Record<Exclude<Kind, 'str' | 'bytes' | 'strs' | 'len'>, number> = { u64: 8, u32: 4, i32: 4, u16: 2, u8: 1 };
 
 /** Every field of struct helm_event: the RawEvent property it decodes to, and its C type. */
 const EVENT_FIELDS: Record<string, [keyof RawEvent, Kind]> = {
@@ -47,6 +47,12 @@ const EVENT_FIELDS: Record<string, [keyof RawEvent, Kind]> = {
   comm: ['comm', 'str'],
   path: ['path', 'str'],
   exe: ['exe', 'str'],
+  ops: ['ops', 'u32'],
+  argc: ['argc', 'i32'],
+  argv_len: ['argv', 'len'], // the bytes argv's strings take, NUL-terminated
+  parent_exe_len: ['parentExeLen', 'i32'],
+  parent_exe: ['parentExe', 'str'],
+  argv: ['argv', 'strs'],
 };
 
 /**
@@ -72,10 +78,23 @@ function encodeEvent(e: RawEvent): Buffer {
         const bytes = Buffer.from((v as string | undefined) ?? '', 'utf8');
         if (bytes.length > size) throw new Error(`${name}: ${bytes.length} bytes do not fit in ${size}`);
         bytes.copy(buf, offset);
+        break;
       }
+      case 'strs': {
+        const bytes = argvBytes(v as string[] | undefined);
+        bytes.copy(buf, offset, 0, Math.min(size, bytes.length));
+        break;
+      }
+      case 'len':
+        buf.writeUInt32LE(Math.min(argvBytes(v as string[] | undefined).length, C.HELM_ARGV_BUF), offset);
+        break;
     }
   }
   return buf;
+}
+
+function argvBytes(argv: string[] | undefined): Buffer {
+  return Buffer.concat((argv ?? []).map((a) => Buffer.from(`${a}\0`, 'utf8')));
 }
 
 const view = (b: Buffer): DataView => new DataView(b.buffer, b.byteOffset, b.byteLength);
@@ -117,6 +136,11 @@ function sampleEvent(): RawEvent {
     comm: 'python3.12-work', // 15 characters: comm[16] with its NUL
     path: p,
     exe,
+    ops: (1 << C.HELM_OP_EXEC) | (1 << C.HELM_OP_READ),
+    argc: 3,
+    argv: ['python3', '-c', 'print("ü")'],
+    parentExeLen: cLen('/usr/bin/bash'),
+    parentExe: '/usr/bin/bash',
   };
 }
 
@@ -129,9 +153,10 @@ t.test('the test encoder covers every field of struct helm_event', async (t) => 
   t.same(Object.keys(EVENT_FIELDS).filter((f) => !inLayout.includes(f)), [], 'fields this test encodes that LAYOUT lacks');
   const fields: Record<string, readonly [number, number]> = LAYOUT.helm_event.fields;
   for (const [name, [, kind]] of Object.entries(EVENT_FIELDS)) {
-    if (kind !== 'str' && kind !== 'bytes' && fields[name]) t.equal(fields[name][1], KIND_SIZE[kind], `${name} is a ${kind}`);
+    if (!fields[name] || kind === 'str' || kind === 'bytes' || kind === 'strs') continue;
+    t.equal(fields[name][1], kind === 'len' ? 4 : KIND_SIZE[kind], `${name} is a ${kind === 'len' ? 'u32' : kind}`);
   }
-  t.same(Object.keys(sampleEvent()).sort(), Object.values(EVENT_FIELDS).map(([p]) => p).sort(), 'every RawEvent property comes from a field');
+  t.same(Object.keys(sampleEvent()).sort(), [...new Set(Object.values(EVENT_FIELDS).map(([p]) => p))].sort(), 'every RawEvent property comes from a field');
 });
 
 t.test('every field round-trips', async (t) => {
@@ -184,6 +209,25 @@ t.test('non-ASCII paths are UTF-8', async (t) => {
   t.equal(Buffer.byteLength(p) + 1, d.pathLen);
 });
 
+t.test('exec arguments: as many as the kernel read, the last one possibly cut short', async (t) => {
+  const none = decodeEvent(view(encodeEvent({ ...sampleEvent(), argc: 0, argv: undefined })));
+  t.equal(none.argv, undefined, 'argc 0: no argv');
+  const failed = decodeEvent(view(encodeEvent({ ...sampleEvent(), argc: -14, argv: undefined })));
+  t.equal(failed.argv, undefined, 'a negative argc (the read failed): no argv');
+  t.equal(failed.argc, -14, 'argc is read signed');
+  // The kernel stops at HELM_ARGV_BUF bytes: the last string has no NUL of its own.
+  const long = ['sh', '-c', 'x'.repeat(C.HELM_ARGV_BUF)];
+  const buf = encodeEvent({ ...sampleEvent(), argc: 3, argv: undefined });
+  const bytes = argvBytes(long).subarray(0, C.HELM_ARGV_BUF);
+  bytes.copy(buf, LAYOUT.helm_event.fields.argv[0]);
+  buf.writeUInt32LE(C.HELM_ARGV_BUF, LAYOUT.helm_event.fields.argv_len[0]);
+  const cut = decodeEvent(view(buf));
+  t.same(cut.argv, ['sh', '-c', 'x'.repeat(C.HELM_ARGV_BUF - 6)], 'the cut argument ends at the buffer, not in the next field');
+  // argv_len beyond the buffer (it never is) is clamped to it
+  buf.writeUInt32LE(0xffffffff, LAYOUT.helm_event.fields.argv_len[0]);
+  t.same(decodeEvent(view(buf)).argv, cut.argv, 'argv_len is clamped to the field');
+});
+
 // ---------------------------------------------------------------------------------------------
 // rfc3339Nanos
 
@@ -207,7 +251,7 @@ t.test('rfc3339Nanos: exact values', async (t) => {
 const CGROUP = '/sys/fs/cgroup/helm/agent-1';
 const ctx: AuditContext = {
   roleName: (id) => (id === 7 ? 'payments' : null),
-  agent: (id) => (id === 42n ? { name: 'agent-1', cgroupPath: CGROUP } : undefined),
+  agent: (id) => (id === 42n ? { name: 'agent-1', cgroupPath: CGROUP, labels: { team: 'payments', ticket: 'PAY-1' } } : undefined),
   generation: (g) =>
     g === 3
       ? {
@@ -248,6 +292,9 @@ function denyEvent(over: Partial<RawEvent> = {}): RawEvent {
     path: '/etc/shadow',
     pathLen: cLen('/etc/shadow'),
     comm: 'python3',
+    ops: 1 << C.HELM_OP_WRITE,
+    argc: 0,
+    argv: undefined,
     ...over,
   };
 }
@@ -280,7 +327,25 @@ t.test('a rule deny carries every field POLICY.md requires', async (t) => {
     generation: 3,
   });
   t.hasStrict(r, { type: 'decision', tid: 1235, gid: 1002, comm: 'python3', reason: 'rule', inode: { dev: (8 << 20) | 1, ino: '1152921504606846977' } }, 'and the rest');
+  t.hasStrict(r, { v: 1, parent_exe: '/usr/bin/bash', labels: { team: 'payments', ticket: 'PAY-1' } }, 'and what the schema adds: parent exe, agent labels');
   t.notOk('dir' in r, 'no dir flag for a file');
+  t.notOk('ops' in r, 'no ops list for a single verb');
+  t.notOk('argv' in r, 'no argv for a write');
+  t.notOk('sampled' in r, 'not a sample');
+  t.same(Object.keys(r).slice(0, 4), ['v', 'ts', 'seq', 'type'], 'every line starts with v, ts, seq, type');
+});
+
+t.test('exec, several verbs, sampled allows', async (t) => {
+  const exec = record(denyEvent({ op: C.HELM_OP_EXEC, ops: 1 << C.HELM_OP_EXEC, argc: 2, argv: ['/usr/bin/curl', 'https://example.invalid'], flags: C.HELM_EVENT_FLAG_ARGV_TRUNCATED }));
+  t.hasStrict(exec, { op: 'exec', argv: ['/usr/bin/curl', 'https://example.invalid'], argv_truncated: true });
+  const rw = record(denyEvent({ ops: (1 << C.HELM_OP_READ) | (1 << C.HELM_OP_WRITE) }));
+  t.same(rw.ops, ['read', 'write'], 'an open for reading and writing names both verbs');
+  const sampled = record(denyEvent({ decision: C.HELM_DECISION_ALLOW, flags: C.HELM_EVENT_FLAG_SAMPLED }));
+  t.hasStrict(sampled, { decision: 'allow', sampled: true });
+  const noParent = record(denyEvent({ parentExe: undefined, parentExeLen: -2 }));
+  t.equal(noParent.parent_exe, null, 'a parent without an executable: null');
+  const stranger = record(denyEvent({ agentId: 99n }));
+  t.same(stranger.labels, {}, 'an unknown agent has no labels');
 });
 
 t.test('decisions, ops, modes and reasons by name', async (t) => {

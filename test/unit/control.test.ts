@@ -527,7 +527,8 @@ t.test('policy sources on disk: a change is applied, a broken one rejected and a
     }
   };
   fs.writeFileSync(env.policyFile, B);
-  await waitFor('the edit to be applied', () => env.kernel.activeGeneration === 2);
+  // The kernel switches first; the trail is written a moment later.
+  await waitFor('the edit to be applied and audited', () => env.kernel.activeGeneration === 2 && controlLines(env, 'apply').length === 2);
   t.ok(env.kernel.active!.pathEntries.some((e) => e.data.toString() === '/srv/b/'), 'the edited file is in force');
   t.match(controlLines(env, 'apply')[1], { source: 'files', generation: 2 });
 

@@ -21,7 +21,7 @@ t.test('the helm object: helm.h embedded, every map and program described', asyn
   t.equal(id.header, header, 'the object carries the SHA-256 of the helm.h it was built from');
   t.match(id.layout, /^[0-9a-f]{64}$/);
   t.match(id.object, /^[0-9a-f]{64}$/, 'object id: a SHA-256 (of the file and the programs loaded from it)');
-  for (const m of ['governed_cgroups', 'settings', 'path_tables', 'inode_tables', 'protected_inodes', 'events', 'lost_events']) t.ok(id.maps.includes(m), `map ${m}`);
+  for (const m of ['governed_cgroups', 'settings', 'path_tables', 'inode_tables', 'protected_inodes', 'deny_events', 'allow_events', 'lost_events', 'agent_counters']) t.ok(id.maps.includes(m), `map ${m}`);
   t.notOk(id.maps.some((m) => m.startsWith('.')), 'internal data maps (.rodata...) are neither described nor pinned');
   t.ok(id.programs.includes('helm_file_open') && id.programs.length >= 20, `${id.programs.length} programs`);
   t.same(identifyFile(obj('helm.bpf.o')), id, 'the same answer every time');

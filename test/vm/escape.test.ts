@@ -15,6 +15,8 @@ const T = '/srv/helm-esc';
 const SOCK = '/run/helm/esc.sock';
 const AUDIT_DIR = '/var/log/helm-esc';
 const AUDIT = `${AUDIT_DIR}/audit.jsonl`;
+// A file rotated out of the trail: helmd never listed it, it is helm's because of where it is.
+const ROTATED = `${AUDIT_DIR}/audit.000001.20261130T000000Z.jsonl`;
 const POLICY_DIR = '/srv/helm-esc-policy';
 const POLICY = `${POLICY_DIR}/policy.yaml`;
 const TOOLS = path.join(ROOT, 'build', 'escape-tools');
@@ -94,6 +96,7 @@ if (missing) {
   t.before(async () => {
     buildTree();
     d = await startHelmd({ policy: [POLICY], audit: AUDIT, socket: SOCK });
+    fs.writeFileSync(ROTATED, 'an earlier part of the trail\n');
   });
   t.teardown(async () => {
     if (d?.proc.exitCode === null) await d.stop();
@@ -161,6 +164,10 @@ if (missing) {
       'write-policy': { cmd: `echo "# x" >> ${POLICY}` },
       'read-audit': { cmd: `cat ${AUDIT}` },
       'delete-audit': { cmd: `rm -f ${AUDIT}` },
+      'read-rotated-audit': { cmd: `cat ${ROTATED}` },
+      'append-rotated-audit': { cmd: `echo forged >> ${ROTATED}` },
+      'truncate-rotated-audit': { cmd: `perl -e 'truncate("${ROTATED}", 0) or die "$!\\n"'` },
+      'rename-rotated-audit': { cmd: `mv ${ROTATED} ${T}/rw/moved.jsonl` },
       'control-socket': { cmd: `${TOOLS} connect ${SOCK}` },
       'symlink-race': { cmd: `${TOOLS} symlink-race ${T}/rw/race ${T}/ro/file.txt ${T}/secret.txt 3000`, allowed: true, expect: /OK allowed=[1-9]\d* secret=0 denied=[1-9]/ },
     };
@@ -192,6 +199,7 @@ if (missing) {
     t.equal(d.proc.exitCode, null, 'helmd is alive');
     t.equal(outsider.exitCode, null, 'the host process is alive');
     t.ok(fs.existsSync(AUDIT), 'the audit trail is still there');
+    t.equal(fs.readFileSync(ROTATED, 'utf8'), 'an earlier part of the trail\n', 'the rotated file is intact');
     t.notOk(fs.existsSync(`${cg}/helm-escape`), 'no cgroup was made');
     t.notOk(fs.existsSync('/sys/fs/bpf/helm-escape'), 'nothing was written to bpffs');
 
@@ -205,7 +213,7 @@ if (missing) {
     for (const op of ['bpf', 'signal', 'ptrace', 'mount', 'module', 'control']) {
       has(`self-protection ${op}`, (l) => l.op === op && l.reason === 'self-protection');
     }
-    for (const p of [POLICY, AUDIT]) has(`${p} is protected whatever the policy says`, (l) => l.op === 'control' && l.path === p);
+    for (const p of [POLICY, AUDIT, ROTATED]) has(`${p} is protected whatever the policy says`, (l) => l.op === 'control' && l.path === p);
     has('the signal to helmd names it', (l) => l.op === 'signal' && l.target_pid === helmdPid);
     has('an exec denial', (l) => l.op === 'exec' && l.path === `${T}/ro/bin/mytrue`);
   });

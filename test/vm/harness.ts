@@ -83,7 +83,7 @@ export interface RunResult {
 }
 
 export function helmctl(args: string[]): RunResult {
-  const r = spawnSync(HELMCTL, args, { encoding: 'utf8', timeout: 180_000 });
+  const r = spawnSync(HELMCTL, args, { encoding: 'utf8', timeout: 180_000, maxBuffer: 256 * 1024 * 1024 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -141,14 +141,22 @@ export interface AuditLine {
   cgroup: { id: string; path: string | null };
 }
 
-/** Audit lines, waiting until `until` holds (the daemon drains asynchronously). */
+/**
+ * Decision, dns and lost lines, waiting until `until` holds (the daemon drains
+ * asynchronously). The trail's other lines (file, start, control, counters...)
+ * are left out: test/vm/audit.test.ts reads those.
+ */
 export async function auditLines(file: string, until: (lines: AuditLine[]) => boolean = () => true, timeoutMs = 20_000): Promise<AuditLine[]> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
     // helmd may be in the middle of writing a batch: only complete lines count
     const complete = text.slice(0, text.lastIndexOf('\n') + 1);
-    const lines = complete.split('\n').filter(Boolean).map((l) => JSON.parse(l) as AuditLine);
+    const lines = complete
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as AuditLine)
+      .filter((l) => l.type === 'decision' || l.type === 'dns' || l.type === 'lost');
     if (until(lines) || Date.now() > deadline) return lines;
     await new Promise((r) => setTimeout(r, 200));
   }

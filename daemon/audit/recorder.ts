@@ -1,0 +1,337 @@
+// AuditRecorder: everything between the kernel's audit output and the trail.
+// It drains the two rings (denials, logged allows) into decision lines, writes
+// a `lost` line for every change of a loss counter (per ring in the kernel,
+// records that could not be decoded, lines the disk refused), a `counters` line
+// per agent from the kernel's per-agent counters (so that unlogged allows are
+// accounted for), helmd's `start` and `stop`, and whatever else helmd records
+// (control and DNS lines), all through one AuditTrail.
+import os from 'node:os';
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import { C, LAYOUT, decodeEvent, type AgentCounters } from '../kernel/layout';
+import type { AuditLevel, EventSource, KernelBinding, Ring } from '../kernel/binding';
+import type { RingSizes } from '../kernel/enforcer';
+import type { Policy } from '../policy/types';
+import { AuditTrail, formatFsyncPolicy, type FsyncPolicy, type RotationPolicy, type TrailStatus } from './writer';
+import { AUDIT_SCHEMA_VERSION, rfc3339Nanos, toAuditRecord, type AuditContext, type AuditRecord, type LossSource } from './record';
+
+export interface RecorderOptions {
+  file: string;
+  fsync: FsyncPolicy;
+  rotation: RotationPolicy;
+  level: AuditLevel;
+  rings?: RingSizes;
+  /** How often each agent's counters are written (when they changed). */
+  countersIntervalMs: number;
+  lostPollMs?: number;
+  version: string;
+  logger: Logger;
+  /** Each decision line as it is made (helmd keeps per-agent figures for its agent list). */
+  onDecision?: (r: AuditRecord, agentId: bigint) => void;
+  /** Lines as written, chain included (the control plane's live tail). */
+  onWritten?: (records: object[], lines: string[]) => void;
+  /**
+   * What of the kernel's ring loss counters an earlier helmd already wrote to the
+   * trail (the counters are pinned and outlive helmd), and since when.
+   */
+  lostBaseline?: { deny: bigint; allow: bigint; since?: string };
+  /** Called once a ring's `lost` line is written: what is now reported (helmd keeps it for the next run). */
+  onLostReported?: (ring: Ring, total: bigint, since: string) => void;
+}
+
+/** What the recorder needs of the kernel (KernelEnforcer, or a fake in tests). */
+export type RecorderKernel = Pick<KernelBinding, 'openEvents' | 'lostEvents' | 'agentCounters' | 'forgetAgent' | 'setAuditLevel'>;
+
+export interface RecordedAgent {
+  id: bigint;
+  name: string;
+  role: string;
+  cgroupPath: string;
+  cgroupId: bigint;
+  labels: Record<string, string>;
+}
+
+/** Records waiting in the trail's queue above which draining pauses: the kernel ring holds them meanwhile, and counts what does not fit. */
+const BACKLOG_HIGH = 16_384;
+/** How long an idle drain waits for the ring before looking again (records wake it at once). */
+const DRAIN_POLL_MS = 500;
+/** Bytes drained per call: about 220 records, so that the control socket gets its turns during a flood. */
+const DRAIN_BUFFER = 256 * 1024;
+/** How long after detach an agent's kernel counters are dropped. */
+const FORGET_AFTER_MS = 5_000;
+const ZERO: AgentCounters = { allowed: 0n, allowUnlogged: 0n, allowLost: 0n, denied: 0n, wouldDeny: 0n, denyLost: 0n };
+
+function nowNs(): string {
+  return rfc3339Nanos(BigInt(Date.now()) * 1_000_000n);
+}
+
+function head(type: string): { v: number; ts: string; seq: number; type: string } {
+  return { v: AUDIT_SCHEMA_VERSION, ts: nowNs(), seq: 0, type };
+}
+
+function counts(c: AgentCounters): Record<string, number> {
+  return {
+    allowed: Number(c.allowed),
+    allow_logged: Number(c.allowed - c.allowUnlogged - c.allowLost),
+    allow_unlogged: Number(c.allowUnlogged),
+    allow_lost: Number(c.allowLost),
+    denied: Number(c.denied),
+    would_deny: Number(c.wouldDeny),
+    deny_lost: Number(c.denyLost),
+  };
+}
+
+function minus(a: AgentCounters, b: AgentCounters): AgentCounters {
+  return {
+    allowed: a.allowed - b.allowed,
+    allowUnlogged: a.allowUnlogged - b.allowUnlogged,
+    allowLost: a.allowLost - b.allowLost,
+    denied: a.denied - b.denied,
+    wouldDeny: a.wouldDeny - b.wouldDeny,
+    denyLost: a.denyLost - b.denyLost,
+  };
+}
+
+const same = (a: AgentCounters, b: AgentCounters): boolean => Object.keys(a).every((k) => a[k as keyof AgentCounters] === b[k as keyof AgentCounters]);
+
+/** A digest of what policies say (not where they were written): equal digests, equal policies. */
+export function policyDigest(policies: Policy[]): string {
+  const text = JSON.stringify(policies, (k, v) => (k === 'loc' ? undefined : v));
+  return createHash('sha256').update(text).digest('hex');
+}
+
+export class AuditRecorder {
+  private readers = new Map<Ring, EventSource>();
+  private lostTimer?: NodeJS.Timeout;
+  private countersTimer?: NodeJS.Timeout;
+  private pending: object[] = [];
+  private flushQueued = false;
+  private readonly lostReported = new Map<LossSource, { total: bigint; since: string }>();
+  private readonly lastCounters = new Map<bigint, { at: string; counters: AgentCounters }>();
+  private readonly agents = new Map<bigint, RecordedAgent>();
+  private decisions = 0n;
+  private readonly log: Logger;
+
+  private constructor(
+    private readonly opts: RecorderOptions,
+    private readonly kernel: RecorderKernel,
+    private readonly ctx: AuditContext,
+    private readonly realtimeOffset: bigint,
+    readonly trail: AuditTrail,
+  ) {
+    this.log = opts.logger;
+  }
+
+  /** Opens the trail, sets the kernel's allow-log level, and starts draining both rings. */
+  static async start(opts: RecorderOptions, kernel: RecorderKernel, ctx: AuditContext, realtimeOffset: bigint): Promise<AuditRecorder> {
+    const log = opts.logger;
+    const trail = await AuditTrail.open({
+      file: opts.file,
+      fsync: opts.fsync,
+      rotation: opts.rotation,
+      origin: { host: os.hostname(), version: opts.version },
+      onError: (e, what) =>
+        log.error({ err: e, file: opts.file, what }, 'AUDIT WRITE FAILED: decisions are still enforced, but lines are being lost (counted, and recorded once writing works again)'),
+      onRecovered: (lost) => log.warn({ file: opts.file, lost }, 'audit trail writable again; the lines lost meanwhile are recorded in a lost line'),
+      onTorn: () => log.warn({ file: opts.file }, 'the audit trail ended in a line cut short (crash or power loss); recorded and continued'),
+      onWritten: opts.onWritten,
+    });
+    const r = new AuditRecorder(opts, kernel, ctx, realtimeOffset, trail);
+    kernel.setAuditLevel(opts.level);
+    const since = nowNs();
+    for (const s of ['deny-ring', 'allow-ring', 'decode', 'disk'] as const) r.lostReported.set(s, { total: 0n, since });
+    const base = opts.lostBaseline;
+    if (base) {
+      r.lostReported.set('deny-ring', { total: base.deny, since: base.since || since });
+      r.lostReported.set('allow-ring', { total: base.allow, since: base.since || since });
+    }
+    r.record({
+      ...head('start'),
+      version: opts.version,
+      pid: process.pid,
+      allow_log: { level: opts.level.allows, ...(opts.level.allows === 'sampled' ? { rate: opts.level.rate, burst: opts.level.burst } : {}) },
+      fsync: formatFsyncPolicy(opts.fsync),
+      ...(opts.rings ? { rings: { deny_bytes: opts.rings.deny, deny_records: ringRecords(opts.rings.deny), allow_bytes: opts.rings.allow, allow_records: ringRecords(opts.rings.allow) } } : {}),
+      rotation: { max_bytes: opts.rotation.maxBytes, max_age_ms: opts.rotation.maxAgeMs, compress: opts.rotation.compress },
+    });
+    for (const ring of ['deny', 'allow'] as const) {
+      const reader = kernel.openEvents(ring, DRAIN_BUFFER);
+      r.readers.set(ring, reader);
+      // A batch goes back to the kernel only once it is written: what a killed helmd had read but not written is read again.
+      reader.start(
+        (rec) => r.onEvent(rec),
+        (e) => log.error({ err: e, ring }, 'ring buffer drain failed'),
+        { gate: () => r.room(), pollMs: DRAIN_POLL_MS, onBatch: () => r.written() },
+      );
+    }
+    r.lostTimer = setInterval(() => r.reportLost(), opts.lostPollMs ?? 1000);
+    r.countersTimer = setInterval(() => r.writeCounters('interval'), opts.countersIntervalMs);
+    r.lostTimer.unref();
+    r.countersTimer.unref();
+    return r;
+  }
+
+  /** Queues lines of any type (each starts with v, ts, seq, type). */
+  record(...records: object[]): void {
+    this.pending.push(...records);
+    this.flushSoon();
+  }
+
+  /** Resolves once every line recorded so far is written (or counted lost). */
+  written(): Promise<void> {
+    if (this.pending.length) this.flush();
+    return this.trail.written();
+  }
+
+  private flushSoon(): void {
+    // One append per drained batch: the batch's records arrive synchronously.
+    if (this.flushQueued) return;
+    this.flushQueued = true;
+    queueMicrotask(() => this.flush());
+  }
+
+  private flush(): void {
+    this.flushQueued = false;
+    const batch = this.pending;
+    this.pending = [];
+    this.trail.append(batch);
+  }
+
+  /** Resolves when the trail's queue is short enough to drain more, after letting other work (the control socket) run. */
+  private async room(): Promise<void> {
+    await new Promise((r) => setImmediate(r));
+    while (this.trail.backlog > BACKLOG_HIGH) await this.trail.flush();
+  }
+
+  private onEvent(view: DataView): void {
+    const raw = decodeEvent(view);
+    if (raw.type !== C.HELM_EVENT_DECISION) return;
+    this.decisions++;
+    const rec = toAuditRecord(raw, 0, this.realtimeOffset, this.ctx);
+    this.opts.onDecision?.(rec, raw.agentId);
+    this.pending.push(rec);
+    this.flushSoon();
+  }
+
+  /** From now on the agent's counters are written (helmd writes its attach line). */
+  agentAttached(a: RecordedAgent, opts: { adopted?: boolean } = {}): void {
+    this.agents.set(a.id, a);
+    this.lastCounters.set(a.id, { at: nowNs(), counters: ZERO });
+    if (opts.adopted) {
+      // Governed since an earlier helmd: its kernel counters run on (they are pinned). One line with
+      // their totals so far; from here on the lines count what this helmd saw.
+      this.writeAgentCounters(a, 'adopted', true);
+    }
+  }
+
+  /** The agent's last counters line (before helmd's detach line); the kernel's counters for it are dropped after. */
+  agentDetached(a: RecordedAgent): void {
+    this.writeAgentCounters(a, 'detach', true);
+    this.agents.delete(a.id);
+    this.lastCounters.delete(a.id);
+    // A decision already under way when the cgroup was released would re-create the entry: drop it a little later.
+    setTimeout(() => {
+      try {
+        this.kernel.forgetAgent(a.id);
+      } catch (e) {
+        this.log.warn({ err: e, agent: a.name }, 'cannot drop the kernel counters of a detached agent');
+      }
+    }, FORGET_AFTER_MS).unref();
+  }
+
+  /** A `counters` line for each agent whose counters moved (or for every agent, when `always`). */
+  writeCounters(reason: 'interval' | 'stop', always = false): void {
+    for (const a of this.agents.values()) this.writeAgentCounters(a, reason, always);
+  }
+
+  private writeAgentCounters(a: RecordedAgent, reason: string, always: boolean): void {
+    let now: AgentCounters | undefined;
+    try {
+      now = this.kernel.agentCounters(a.id);
+    } catch (e) {
+      this.log.error({ err: e, agent: a.name }, 'cannot read the kernel counters of an agent');
+      return;
+    }
+    if (!now) return;
+    const last = this.lastCounters.get(a.id) ?? { at: nowNs(), counters: ZERO };
+    if (!always && same(now, last.counters)) return;
+    const at = nowNs();
+    this.record({ ...head('counters'), reason, ...agentFields(a), since: last.at, ...counts(minus(now, last.counters)), total: counts(now) });
+    this.lastCounters.set(a.id, { at, counters: now });
+  }
+
+  /** Loss so far, per source. */
+  lost(): Record<LossSource, bigint> {
+    let decode = 0n;
+    for (const r of this.readers.values()) decode += r.undelivered;
+    return {
+      'deny-ring': this.kernel.lostEvents('deny'),
+      'allow-ring': this.kernel.lostEvents('allow'),
+      decode,
+      disk: BigInt(this.trail.status().linesLost),
+    };
+  }
+
+  totalLost(): bigint {
+    return Object.values(this.lost()).reduce((a, b) => a + b, 0n);
+  }
+
+  /** A `lost` line for every source whose counter moved (the trail writes its own for the disk). */
+  reportLost(): void {
+    let lost: Record<LossSource, bigint>;
+    try {
+      lost = this.lost();
+    } catch (e) {
+      this.log.error({ err: e }, 'cannot read the kernel loss counters');
+      return;
+    }
+    const now = nowNs();
+    for (const source of ['deny-ring', 'allow-ring', 'decode'] as const) {
+      const before = this.lostReported.get(source)!;
+      const total = lost[source];
+      if (total === before.total) continue;
+      const count = total - before.total;
+      this.record({ ...head('lost'), source, count: count.toString(), total: total.toString(), since: before.since });
+      this.log.error({ source, count: count.toString(), total: total.toString() }, source === 'decode' ? 'audit records could not be decoded' : `audit events lost: the ${source} was full`);
+      this.lostReported.set(source, { total, since: now });
+      const ring = source === 'deny-ring' ? 'deny' : source === 'allow-ring' ? 'allow' : undefined;
+      if (ring && this.opts.onLostReported) {
+        const report = this.opts.onLostReported;
+        // Reported once it is in the trail: a helmd killed before that reports it again.
+        void this.trail.written().then(() => report(ring, total, now));
+      }
+    }
+  }
+
+  status(): { trail: TrailStatus; decisions: bigint; lost: Record<LossSource, bigint>; level: AuditLevel; fsync: string } {
+    return { trail: this.trail.status(), decisions: this.decisions, lost: this.lost(), level: this.opts.level, fsync: formatFsyncPolicy(this.opts.fsync) };
+  }
+
+  /** Drains what is left in the rings, writes the last counters and losses, `before`'s lines and a `stop` line, and closes the trail. */
+  async stop(opts: { before?: () => void } = {}): Promise<void> {
+    if (this.lostTimer) clearInterval(this.lostTimer);
+    if (this.countersTimer) clearInterval(this.countersTimer);
+    for (const r of this.readers.values()) {
+      await r.stop(
+        (rec) => this.onEvent(rec),
+        () => this.written(),
+      );
+      r.close();
+    }
+    this.reportLost();
+    this.writeCounters('stop', true);
+    opts.before?.();
+    this.record({ ...head('stop') });
+    this.flush();
+    await this.trail.close();
+  }
+}
+
+/** How many events a ring of `bytes` holds at once: each takes an 8-byte header and the event, 8-aligned; the kernel keeps one byte free. */
+export function ringRecords(bytes: number): number {
+  return Math.floor((bytes - 1) / (8 + ((LAYOUT.helm_event.size + 7) & ~7)));
+}
+
+function agentFields(a: RecordedAgent): Record<string, unknown> {
+  return { agent: a.name, agent_id: a.id.toString(), role: a.role, labels: a.labels, cgroup: { id: a.cgroupId.toString(), path: a.cgroupPath } };
+}
