@@ -109,8 +109,9 @@ test-host: all
 test-vm: all
 	bash scripts/vm/run.sh -- npx tap dist/test/vm
 
+# BENCH_ARGS='--scale 0.5': half the rounds, for a shorter run (bench/run.ts).
 bench: deps all
-	node dist/bench/run.js
+	node dist/bench/run.js $(BENCH_ARGS)
 # A few iterations of everything: proves the benchmark runs; asserts no timing.
 bench-smoke: all
 	node dist/test/bench/smoke.test.js

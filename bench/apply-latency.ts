@@ -16,6 +16,8 @@
 // Needs root and a kernel that runs BPF LSM programs; elsewhere run it in the VM:
 //   bash scripts/vm/run.sh --timeout 3000 -- node dist/bench/apply-latency.js
 // Options: --rules 1,100,10000  --samples 30,30,5  --probe-interval-us 200
+//          --socket PATH: apply to the helmd already serving PATH instead of starting
+//          one (its policies are replaced; make bench does this to start one helmd less)
 // Prints one JSON object, then a Markdown table (header and one row per size).
 import fs from 'node:fs';
 import os from 'node:os';
@@ -28,7 +30,8 @@ import { scratchPins } from '../test/support/scratch-pins';
 const ROOT = path.resolve(__dirname, '..', '..');
 const DIR = '/srv/helm-bench-apply';
 const PROBE = `${DIR}/probe`;
-const SOCK = '/run/helm/bench-apply.sock';
+const EXISTING = process.argv.includes('--socket') ? process.argv[process.argv.indexOf('--socket') + 1] : undefined;
+const SOCK = EXISTING ?? '/run/helm/bench-apply.sock';
 const ROLE = 'bench';
 
 function arg(name: string, fallback: string): string {
@@ -116,27 +119,35 @@ async function main(): Promise<void> {
   fs.writeFileSync(`${DIR}/policy/bench.yaml`, policy(1, true));
 
   let log = '';
-  // Its own pins, removed once it has stopped: the benchmark leaves no enforcement behind.
-  const pins = scratchPins('bench');
-  const helmd = spawn(path.join(ROOT, 'bin', 'helmd'), ['--policy', `${DIR}/policy`, '--audit-log', `${DIR}/audit.jsonl`, '--socket', SOCK, '--no-watch', '--log-level', 'warn', ...pins.args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  helmd.stdout!.on('data', (d) => (log += d));
-  helmd.stderr!.on('data', (d) => (log += d));
-  const helmdExited = new Promise((r) => helmd.once('exit', r));
-  const cleanup: (() => unknown)[] = [
-    async () => {
-      if (helmd.exitCode === null && helmd.signalCode === null) helmd.kill('SIGTERM');
+  let helmd: ChildProcess | undefined;
+  let helmdExited: Promise<unknown> = Promise.resolve();
+  const cleanup: (() => unknown)[] = [];
+  if (!EXISTING) {
+    // Its own pins, removed once it has stopped: the benchmark leaves no enforcement behind.
+    const pins = scratchPins('bench');
+    const started = spawn(path.join(ROOT, 'bin', 'helmd'), ['--policy', `${DIR}/policy`, '--audit-log', `${DIR}/audit.jsonl`, '--socket', SOCK, '--no-watch', '--log-level', 'warn', ...pins.args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    started.stdout!.on('data', (d) => (log += d));
+    started.stderr!.on('data', (d) => (log += d));
+    helmdExited = new Promise((r) => started.once('exit', r));
+    cleanup.push(async () => {
+      if (started.exitCode === null && started.signalCode === null) started.kill('SIGTERM');
       await helmdExited;
       pins.remove(`${DIR}/audit.jsonl`);
-    },
-  ];
-  try {
-    await waitFor('helmd', () => fs.existsSync(SOCK), 180_000, helmd).catch((e) => {
-      throw new Error(`${e.message}\n${log}`);
     });
+    helmd = started;
+  }
+  try {
+    if (helmd) {
+      await waitFor('helmd', () => fs.existsSync(SOCK), 180_000, helmd).catch((e) => {
+        throw new Error(`${e.message}\n${log}`);
+      });
+    }
     const sys = client('SystemService', SOCK);
     const pol = client('PolicyService', SOCK);
     cleanup.push(() => sys.close(), () => pol.close());
-    await unary(sys, 'Status', {}); // connect once: no call below pays for it
+    const { generation: current } = await unary<{ generation: number }>(sys, 'Status', {}); // connect once: no call below pays for it
+    // A helmd of someone else's: the agent's policy goes in first (a started one read it from DIR).
+    if (EXISTING) await unary(pol, 'Apply', { sources: [{ file: 'bench.yaml', content: policy(1, true) }], expected_generation: current });
 
     const agent = spawn(path.join(ROOT, 'bin', 'helmctl'), ['run', '--socket', SOCK, '--role', ROLE, '--name', 'bench', '--', 'perl', '-e', AGENT, PROBE, String(INTERVAL_US)], { stdio: ['pipe', 'pipe', 'inherit'] });
     const agentExited = new Promise((r) => agent.once('exit', r));

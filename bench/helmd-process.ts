@@ -85,18 +85,30 @@ export class BenchCgroups {
     return dir;
   }
 
-  /** Removes the cgroups once their processes are gone (they are the workers, killed by now). */
+  /**
+   * Removes the cgroups. Whatever still runs in them is the benchmark's own
+   * (a worker's tracee outliving its killed strace, say): killed first.
+   */
   async cleanup(): Promise<void> {
-    for (const dir of [...this.made, this.base].reverse()) {
-      for (let i = 0; i < 50; i++) {
+    for (const dir of [...[...this.made].reverse(), this.base]) {
+      for (let i = 0; i < 100; i++) {
         try {
           fs.rmdirSync(dir);
           break;
         } catch {
+          if (i === 0) killAll(dir);
           await new Promise((r) => setTimeout(r, 100));
         }
       }
     }
+  }
+}
+
+function killAll(dir: string): void {
+  try {
+    if (fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').trim()) fs.writeFileSync(path.join(dir, 'cgroup.kill'), '1');
+  } catch {
+    // gone already, or a kernel without cgroup.kill: the retries wait for the processes to end
   }
 }
 

@@ -35,6 +35,8 @@ export interface Meta {
   vm?: { kernel: string; cpu: string; accel: string };
   /** Rules in the large policy; policy sizes apply-to-live was measured at. */
   sizes: { large: number; apply: number[] };
+  /** --scale: the rounds of every measurement times this (absent: 1). */
+  scale?: number;
   /** Which helm hooks the governed network figures went through (or why none). */
   network: { native: string; vm: string };
 }

@@ -13,7 +13,7 @@ import { evaluateOperation } from '../daemon/policy/evaluate';
 import { KernelEnforcer } from '../daemon/kernel/enforcer';
 import { figure } from './stats';
 import type { Row } from './model';
-import { FILE_OPS, HELMD, NET_OPS, type Layout, makeLayout, pickPorts, startServers } from './ops';
+import { FILE_OPS, HELMD, NET_OPS, type Layout, makeLayout, pickPorts, scaled, startServers } from './ops';
 import { applyPolicy, benchPolicy, sizes } from './policies';
 import { BenchCgroups, attach, startHelmd, type RunningHelmd } from './helmd-process';
 import { measureOps } from './operations';
@@ -174,7 +174,7 @@ function applyToLive(layout: Layout, smoke: boolean): Row[] {
       const file = path.join(layout.root, `apply-${n}.yaml`);
       fs.writeFileSync(file, applyPolicy(n, layout.data));
       const times = { total: [] as number[], parse: [] as number[], compile: [] as number[], tables: [] as number[] };
-      const iterations = smoke ? 2 : n >= 10_000 ? 30 : 100;
+      const iterations = smoke ? 2 : scaled(n >= 10_000 ? 30 : 100);
       for (let i = 0; i < iterations + 1; i++) {
         const t0 = performance.now();
         const { policies } = loadPolicies([file]);

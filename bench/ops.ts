@@ -109,8 +109,37 @@ export function planFor(op: Op, env: 'native' | 'vm', smoke: boolean): Plan {
   if (smoke) return { warmup: 2, rounds: 2, batch: 3 };
   const heavy = op === 'exec';
   const net = op === 'get' || op === 'post';
-  if (env === 'native') return heavy ? { warmup: 50, rounds: 20, batch: 50 } : net ? { warmup: 200, rounds: 20, batch: 250 } : { warmup: 500, rounds: 20, batch: 1000 };
-  return heavy ? { warmup: 10, rounds: 12, batch: 15 } : net ? { warmup: 30, rounds: 12, batch: 60 } : { warmup: 100, rounds: 12, batch: 250 };
+  const plan =
+    env === 'native'
+      ? heavy
+        ? { warmup: 50, rounds: 40, batch: 25 }
+        : net
+          ? { warmup: 200, rounds: 40, batch: 100 }
+          : { warmup: 500, rounds: 40, batch: 500 }
+      : heavy
+        ? { warmup: 10, rounds: 24, batch: 8 }
+        : net
+          ? { warmup: 30, rounds: 30, batch: 20 }
+          : { warmup: 100, rounds: 40, batch: 75 };
+  return { ...plan, rounds: scaled(plan.rounds) };
+}
+
+/**
+ * `--scale F` (make bench BENCH_ARGS='--scale 0.5'): F times the rounds of every
+ * interleaved measurement and the samples of apply-to-live, for a shorter (or
+ * longer) full run; warm-ups and batch sizes stay. 1 by default; the report
+ * states the scale when it is not 1.
+ */
+export const SCALE = (() => {
+  const i = process.argv.indexOf('--scale');
+  const f = i >= 0 ? Number(process.argv[i + 1]) : 1;
+  if (!(f > 0)) throw new Error(`--scale wants a positive number, not ${process.argv[i + 1]}`);
+  return f;
+})();
+
+/** A count of rounds or samples at the run's scale (at least 2: a median needs company). */
+export function scaled(n: number): number {
+  return Math.max(2, Math.round(n * SCALE));
 }
 
 /** Is strace here? (a Debian package: scripts/install-deps.sh installs it) */

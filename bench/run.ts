@@ -2,11 +2,12 @@
 // then the half that needs BPF LSM inside the QEMU VM; one report of both,
 // printed and written to bench/results/latest.md and latest.json.
 //
-//   node dist/bench/run.js [--smoke] [--out DIR] [--no-vm]
+//   node dist/bench/run.js [--smoke] [--scale F] [--out DIR] [--no-vm]
 //
 // --smoke: a few iterations of everything (CI: proves the benchmark runs; no
 // timing is asserted). Exits non-zero only if the benchmark itself broke: a
 // row with neither a figure nor the reason it could not be measured.
+// --scale F: F times the rounds of every measurement (bench/ops.ts), both halves.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,7 +16,7 @@ import type { Meta, Results, Row } from './model';
 import { rowProblem } from './model';
 import { runNative } from './native';
 import { renderMarkdown } from './report';
-import { FILE_OPS, NET_OPS, ROOT } from './ops';
+import { FILE_OPS, NET_OPS, ROOT, SCALE } from './ops';
 import { sizes } from './policies';
 
 const args = process.argv.slice(2);
@@ -51,6 +52,7 @@ async function main(): Promise<number> {
     host: { kernel: os.release(), tmpfs: native.tmpfs },
     vm: vm?.facts.kernel ? { kernel: vm.facts.kernel, cpu: vm.facts.cpu, accel: 'QEMU TCG' } : undefined,
     sizes: sizes(smoke),
+    ...(SCALE !== 1 ? { scale: SCALE } : {}),
     network: { native: native.network, vm: vm?.facts.network ?? vmProblem ?? 'not run' },
   };
   const results: Results = { meta, rows };
@@ -81,7 +83,7 @@ interface VmResult {
 /** Runs dist/bench/vm.js in the VM; its progress goes to our stderr, its result line is parsed. */
 function runVm(): Promise<VmResult> {
   return new Promise((resolve) => {
-    const cmd = ['scripts/vm/run.sh', '--timeout', smoke ? '900' : '7200', '--', 'node', 'dist/bench/vm.js', ...(smoke ? ['--smoke'] : [])];
+    const cmd = ['scripts/vm/run.sh', '--timeout', smoke ? '900' : '7200', '--', 'node', 'dist/bench/vm.js', ...(smoke ? ['--smoke'] : []), ...(SCALE !== 1 ? ['--scale', String(SCALE)] : [])];
     const p = spawn('bash', cmd, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let buffered = '';
     let result: string | undefined;
@@ -120,7 +122,9 @@ function vmPlaceholders(reason: string, have: Row[]): Row[] {
     for (const variant of ['baseline', 'baseline-2', 'helm-5', 'helm-large', 'strace', 'seccomp']) want.push({ section: 'ops', env: 'vm', op, variant });
   }
   for (const op of ['read', 'exec', 'connect']) want.push({ section: 'ungoverned', env: 'vm', op, variant: 'helm-loaded' });
+  for (const n of sizes(smoke).apply) want.push({ section: 'apply', env: 'vm', op: `apply-${n}`, variant: 'rpc-to-live' });
   want.push({ section: 'audit', env: 'vm', op: 'events-per-second', variant: 'helmd' });
+  want.push({ section: 'audit', env: 'vm', op: 'trail-throughput', variant: 'audit-throughput' });
   for (const phase of ['idle', 'operations', 'audit']) {
     for (const what of ['cpu', 'rss']) want.push({ section: 'helmd', env: 'vm', op: `${what}-${phase}`, variant: 'helmd' });
   }

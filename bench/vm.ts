@@ -1,5 +1,5 @@
 // The half of the benchmark that needs BPF LSM: run inside the QEMU VM
-// (scripts/vm/run.sh -- node dist/bench/vm.js [--smoke]). It prints progress
+// (scripts/vm/run.sh -- node dist/bench/vm.js [--smoke] [--scale F]). It prints progress
 // lines and, last, one line "BENCH-RESULT <json>" with its rows and facts.
 //
 // Loading helm's programs is what takes time here (the verifier, emulated), so
@@ -7,16 +7,18 @@
 // starts and once it runs; then, with the 5-rule and the large (10,000-rule)
 // policy, every operation in every variant, interleaved, and helmd's CPU and
 // memory idle and under that load; the audit trail under a flood of denials;
-// then, in a full run, more rounds of the ungoverned comparison with the
-// programs loaded by this process as helmd loads them.
+// last with that helmd, apply-to-live through its control API
+// (bench/apply-latency.ts, which replaces its policies); then, in a full run, more rounds of the ungoverned
+// comparison with the programs loaded by this process as helmd loads them.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { loadPolicies } from '../daemon/policy/parse';
 import { compilePolicy } from '../daemon/policy/compile';
 import { KernelEnforcer } from '../daemon/kernel/enforcer';
 import type { Row } from './model';
-import { FILE_OPS, NET_OPS, type Layout, makeLayout, pickPorts, startServers, workerArgv } from './ops';
+import { FILE_OPS, NET_OPS, ROOT, scaled, type Layout, makeLayout, pickPorts, startServers, workerArgv } from './ops';
 import { benchPolicy, sizes } from './policies';
 import { BenchCgroups, attach, cpuPercent, procSample, startHelmd, status, type RunningHelmd } from './helmd-process';
 import { Worker } from './worker';
@@ -42,6 +44,7 @@ async function main(): Promise<void> {
     say('ungoverned: helm not loaded');
     await ungoverned.batch('unloaded');
     await governed(layout, cgroups, ungoverned);
+    auditThroughput();
     if (!smoke) await alternate(ungoverned, 3, () => loadPrograms(layout), say);
     rows.push(...(await ungoverned.finish()));
   } finally {
@@ -65,6 +68,76 @@ async function loadPrograms(layout: Layout): Promise<{ stop: () => Promise<void>
     throw e;
   }
   return { stop: async () => enforcer.close() };
+}
+
+/**
+ * Apply-to-live as a user gets it: a PolicyService.Apply call to the first
+ * operation the kernel decides by the new generation, against a Status round
+ * trip of the same run (bench/apply-latency.ts, given this helmd: it
+ * replaces the policies, so it comes last).
+ */
+function applyThroughHelmd(socket: string): void {
+  const { apply } = sizes(smoke);
+  const script = path.join(ROOT, 'dist', 'bench', 'apply-latency.js');
+  const fail = (why: string) => {
+    for (const n of apply) rows.push({ section: 'apply', env: 'vm', op: `apply-${n}`, variant: 'rpc-to-live', couldNotRun: why });
+  };
+  if (!fs.existsSync(script)) return fail('bench/apply-latency.ts is not in this tree');
+  say('apply-to-live through helmd (bench/apply-latency.js)');
+  // Emulated, one apply of 10,000 rules takes minutes (parsing): few samples of the largest.
+  const samples = smoke ? apply.map(() => 1) : apply.map((n) => (n >= 10_000 ? 3 : scaled(20)));
+  const r = spawnSync(process.execPath, [script, '--socket', socket, '--rules', apply.join(','), '--samples', samples.join(',')], { encoding: 'utf8', timeout: 3_600_000, maxBuffer: 16 << 20 });
+  const first = (r.stdout ?? '').split('\n')[0];
+  let report: { baseline_status_rpc_ms: Ms; results: { rules: number; apply_to_live_ms: Ms; apply_rpc_ms: Ms }[] };
+  try {
+    report = JSON.parse(first);
+  } catch {
+    return fail(`bench/apply-latency.js failed (exit ${r.status}): ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ') || 'no output'}`);
+  }
+  const fig = (m: Ms) => ({ median: m.p50 * 1e6, p99: m.p99 * 1e6, n: m.n });
+  for (const res of report.results) {
+    const base = fig(report.baseline_status_rpc_ms);
+    rows.push({ section: 'apply', env: 'vm', op: `apply-${res.rules}`, variant: 'rpc-to-live', time: fig(res.apply_to_live_ms), baseline: base });
+    rows.push({ section: 'apply', env: 'vm', op: `apply-${res.rules}`, variant: 'rpc', time: fig(res.apply_rpc_ms), baseline: base });
+  }
+}
+
+/**
+ * The audit work's own throughput benchmark (bench/audit-throughput.ts, from
+ * the audit branch), when this tree has it: one agent's denials to disk with
+ * fsync per batch, against the rate the agent made them and plain appends of
+ * the same lines, with helmd's memory. It starts its own helmd (after ours
+ * stopped). Without it, the row says where it comes from.
+ */
+function auditThroughput(): void {
+  const script = path.join(ROOT, 'dist', 'bench', 'audit-throughput.js');
+  const row = { section: 'audit', env: 'vm', op: 'trail-throughput', variant: 'audit-throughput' } as const;
+  if (!fs.existsSync(script)) {
+    rows.push({ ...row, couldNotRun: 'bench/audit-throughput.ts comes with the audit work (#7, branch wip-audit), not in this tree yet' });
+    return;
+  }
+  say('audit: bench/audit-throughput.js (its own helmd, fsync every batch)');
+  const r = spawnSync(process.execPath, [script, '--in-vm', '--seconds', smoke ? '1' : '10'], { encoding: 'utf8', timeout: 1_800_000, maxBuffer: 16 << 20 });
+  let m: Record<string, number | string>;
+  try {
+    m = JSON.parse((r.stdout ?? '').split('\n')[0]);
+  } catch {
+    rows.push({ ...row, couldNotRun: `bench/audit-throughput.js failed (exit ${r.status}): ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ') || 'no output'}` });
+    return;
+  }
+  const q = (op: string, value: unknown, unit: string) => rows.push({ ...row, op, quantity: { value: Number(value), unit } });
+  q('trail-throughput', m.written_per_s, `events/s (fsync ${m.fsync})`);
+  q('trail-produced', m.produced_per_s, 'denials/s');
+  q('trail-raw-append', m.raw_append_per_s, 'lines/s');
+  q('trail-lost', m.lost, 'events');
+  q('trail-rss-idle', Number(m.rss_idle_kb) / 1024, 'MB');
+  q('trail-rss-peak', Number(m.rss_peak_kb) / 1024, 'MB (peak)');
+}
+
+interface Ms {
+  n: number;
+  p50: number;
+  p99: number;
 }
 
 /** helmd's own files: policies, audit trail, socket (helmd protects them from governed tasks). */
@@ -106,6 +179,8 @@ async function governed(layout: Layout, cgroups: BenchCgroups, ungoverned: Ungov
     pushHelmd('operations', loadA, procSample(helmd.pid));
 
     await auditFlood(layout, helmd, cg.g5);
+    // Last: it replaces helmd's policies.
+    applyThroughHelmd(helmd.socket);
   } finally {
     await helmd.stop();
   }
@@ -119,7 +194,8 @@ function pushHelmd(phase: string, a: ReturnType<typeof procSample>, b: ReturnTyp
 /**
  * Governed workers open a file no rule allows as fast as they can; every
  * denial is an event. Throughput is the decision lines helmd wrote divided by
- * the time from the first denial until the trail stopped growing.
+ * the time from the first denial to the last line, once every denial is in the
+ * trail or counted lost.
  */
 async function auditFlood(layout: Layout, helmd: RunningHelmd, governedDir: string): Promise<void> {
   say('audit: flood of denials');
@@ -136,7 +212,7 @@ async function auditFlood(layout: Layout, helmd: RunningHelmd, governedDir: stri
     const counts = await Promise.all(workers.map((w) => w.runFor(seconds * 1000)));
     made = counts.reduce((x, y) => x + y, 0);
   } catch (e) {
-    rows.push({ section: 'audit', env: 'vm', op: 'events-per-second', variant: 'helmd', couldNotRun: (e as Error).message });
+    auditFailed((e as Error).message);
     return;
   } finally {
     workers.forEach((w) => w.kill());
@@ -157,7 +233,7 @@ async function auditFlood(layout: Layout, helmd: RunningHelmd, governedDir: stri
   const b = procSample(helmd.pid);
   const written = last - before;
   if (written + Number(lost) < made) {
-    rows.push({ section: 'audit', env: 'vm', op: 'events-per-second', variant: 'helmd', couldNotRun: `only ${written} of ${made} denials reached the trail or the lost count within the time allowed` });
+    auditFailed(`only ${written} of ${made} denials reached the trail or the lost count within the time allowed`);
     return;
   }
   const elapsed = (lastAt - t0) / 1000;
@@ -167,6 +243,11 @@ async function auditFlood(layout: Layout, helmd: RunningHelmd, governedDir: stri
   rows.push({ section: 'audit', env: 'vm', op: 'events-lost', variant: 'helmd', quantity: { value: Number(lost), unit: 'events' } });
   rows.push({ section: 'helmd', env: 'vm', op: 'cpu-audit', variant: 'helmd', quantity: { value: cpuPercent(a, b), unit: '% of a CPU' } });
   rows.push({ section: 'helmd', env: 'vm', op: 'rss-audit', variant: 'helmd', quantity: { value: b.hwmKb / 1024, unit: 'MB (peak)' } });
+}
+
+function auditFailed(why: string): void {
+  rows.push({ section: 'audit', env: 'vm', op: 'events-per-second', variant: 'helmd', couldNotRun: why });
+  for (const op of ['cpu-audit', 'rss-audit']) rows.push({ section: 'helmd', env: 'vm', op, variant: 'helmd', couldNotRun: why });
 }
 
 function countLines(file: string): number {

@@ -3,11 +3,14 @@
 // A worker is started once in the context it measures (a cgroup, under strace,
 // under the seccomp supervisor) and then given batches of operations: it times
 // each operation with clock_gettime and keeps the samples until the end. The
-// comparison hands every variant a batch in turn, round after round, starting
-// each round with the next variant, so that whatever else the machine does in
-// the meantime falls on all of them alike.
+// comparison hands every variant a batch in turn, round after round, in a new
+// (seeded) order each round, so that whatever else the machine does in the
+// meantime falls on all of them alike, and no variant always follows the same
+// other one (a strace'd batch leaves the caches in another state than a plain
+// one).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { figure, type Figure } from './stats';
+import { Rng } from '../test/rng';
 
 export class WorkerFailed extends Error {}
 
@@ -147,10 +150,10 @@ export async function interleave(variants: Variant[], plan: Plan): Promise<Map<s
       out.set(v.name, { error: (e as Error).message.replace(`${v.name}: `, '') });
     }
   }
+  const rng = new Rng(0xbe7c4);
   try {
     for (let r = 0; r < plan.rounds; r++) {
-      for (let k = 0; k < live.length; k++) {
-        const w = live[(r + k) % live.length];
+      for (const w of rng.shuffle(live)) {
         if (out.has(w.name)) continue;
         try {
           await w.run(plan.batch);

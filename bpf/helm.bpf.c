@@ -785,6 +785,11 @@ static __always_inline long current_exe_name(char *dst)
 	return name_of(BPF_CORE_READ(exe, f_path.mnt), BPF_CORE_READ(exe, f_path.dentry), dst);
 }
 
+/*
+ * Packed: it lives on resolve_conditions()'s stack (bpf_loop wants a stack
+ * pointer), and a network program's frame plus this function's plus
+ * cond_step's must stay within the verifier's 512 bytes for the whole chain.
+ */
 struct cond_walk {
 	struct helm_cond_list *list;
 	void *exes;
@@ -792,10 +797,10 @@ struct cond_walk {
 	struct helm_exe_key *exe; /* its path: the executable, once named */
 	__u64 labels;
 	__u32 uid;
-	__u32 next; /* the entry to check */
-	long exe_len;
-	int need_exe; /* stopped at `next`: its condition needs the executable, not named yet */
-	int found;
+	__s32 exe_len; /* as cond_env's, within HELM_PATH_BUF */
+	__u8 next;     /* the entry to check */
+	__u8 need_exe; /* stopped at `next`: its condition needs the executable, not named yet */
+	__u8 found;
 	struct helm_verdict hit;
 };
 
@@ -813,7 +818,7 @@ static long cond_step(__u32 i, struct cond_walk *c)
 	if (k >= HELM_COND_LIST_LEN || k >= list->count)
 		return 1;
 	struct helm_cond *e = &list->cond[k];
-	c->next = k + 1;
+	c->next = (__u8)(k + 1);
 	if ((c->labels & e->label_bits) != e->label_bits)
 		return 0;
 	if (e->flags & HELM_COND_UID) {
@@ -824,7 +829,7 @@ static long cond_step(__u32 i, struct cond_walk *c)
 	if (e->flags & HELM_COND_EXE) {
 		long n = c->exe_len;
 		if (n == 0) {
-			c->next = k;
+			c->next = (__u8)k;
 			c->need_exe = 1;
 			return 1;
 		}
@@ -880,13 +885,13 @@ __noinline int resolve_conditions(struct cond_env *env, struct helm_verdict *v)
 		.labels = env->labels,
 		/* the uid the audit line reports: the real uid, as the initial namespace sees it */
 		.uid = (__u32)bpf_get_current_uid_gid(),
-		.exe_len = env->exe_len,
+		.exe_len = (__s32)env->exe_len,
 	};
 	bpf_loop(HELM_COND_LIST_LEN, cond_step, &c, 0);
 	if (c.need_exe) {
 		long n = current_exe_name(x->key.path);
 		env->exe_len = n ? n : -ENOENT;
-		c.exe_len = env->exe_len;
+		c.exe_len = (__s32)env->exe_len;
 		c.need_exe = 0;
 		bpf_loop(HELM_COND_LIST_LEN, cond_step, &c, 0);
 	}

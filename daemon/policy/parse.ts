@@ -75,11 +75,10 @@ const MAX_UID = 0xfffffffe;
 /** Policy files in a directory; no recursion. */
 const POLICY_FILE_EXTENSIONS = ['.yaml', '.yml', '.json'];
 /**
- * Files that live next to policies but are not policies: the JSON Schema and test-case tables
- * (`helmctl policy test --cases`). A directory given as a policy source skips them, so that
- * `policies/` and `policies/examples/` load as they ship; named on their own they are read.
+ * The JSON Schema ships next to the policies (editors find it there) but is not one: a
+ * directory given as a policy source skips it. Case tables are recognised by their content.
  */
-const NOT_POLICY_FILES = /(\.schema\.json|\.cases\.(ya?ml|json))$/;
+const NOT_POLICY_FILES = /\.schema\.json$/;
 
 /** Whether a directory entry's name is a policy file. */
 export function isPolicyFileName(name: string): boolean {

@@ -25,7 +25,7 @@ while (($#)); do
   esac
 done
 (($#)) || usage
-[[ $PWD != /tmp && $PWD != /tmp/* ]] || die "the VM has its own empty /tmp; run from elsewhere"
+[[ $PWD != /tmp ]] || die "the VM has its own empty /tmp; run from a checkout (one under /tmp is fine)"
 
 need_pkgs qemu-system-x86_64:qemu-system-x86 timeout:coreutils
 bash "$VM_DIR/fetch-kernel.sh" >/dev/null

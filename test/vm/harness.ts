@@ -142,9 +142,10 @@ export interface AuditLine {
 }
 
 /**
- * Decision, dns and lost lines, waiting until `until` holds (the daemon drains
- * asynchronously). The trail's other lines (file, start, control, counters...)
- * are left out: test/vm/audit.test.ts reads those.
+ * Decision, dns, control and lost lines, waiting until `until` holds (the
+ * daemon drains asynchronously). The trail's other lines (file, start, stop,
+ * counters: these name an agent at the top level like decisions do) are left
+ * out: test/vm/audit.test.ts reads those.
  */
 export async function auditLines(file: string, until: (lines: AuditLine[]) => boolean = () => true, timeoutMs = 20_000): Promise<AuditLine[]> {
   const deadline = Date.now() + timeoutMs;
@@ -156,7 +157,7 @@ export async function auditLines(file: string, until: (lines: AuditLine[]) => bo
       .split('\n')
       .filter(Boolean)
       .map((l) => JSON.parse(l) as AuditLine)
-      .filter((l) => l.type === 'decision' || l.type === 'dns' || l.type === 'lost');
+      .filter((l) => l.type === 'decision' || l.type === 'dns' || l.type === 'control' || l.type === 'lost');
     if (until(lines) || Date.now() > deadline) return lines;
     await new Promise((r) => setTimeout(r, 200));
   }

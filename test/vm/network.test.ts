@@ -65,7 +65,7 @@ async function main(): Promise<void> {
     fs.writeFileSync(data, 'not for the agent\n');
     const cat = await helmctlAsync(['run', '--socket', d.socket, '--role', 'agent', '--name', 'vm-files', '--', '/usr/bin/cat', data]);
     t.not(cat.status, 0, 'reading a file no rule lists is denied');
-    const lines = (await auditLines(d.audit, (l) => (l as unknown as NetLine[]).some((x) => x.agent === 'vm-files'))) as unknown as NetLine[];
+    const lines = (await auditLines(d.audit, (l) => (l as unknown as NetLine[]).some((x) => x.agent === 'vm-files' && x.op === 'read'), 60_000)) as unknown as NetLine[];
     t.match(lines.find((l) => l.agent === 'vm-egress' && l.addr === '127.0.0.9'), { decision: 'deny', op: 'connect', rule: 'never-9', port: PORT });
     t.match(lines.find((l) => l.agent === 'vm-egress' && l.type === 'dns' && l.outcome === 'refused'), { decision: 'deny' });
     t.ok(lines.some((l) => l.agent === 'vm-files' && l.op === 'read'), 'the file denial is audited beside the network ones');
