@@ -6,7 +6,8 @@ import path from 'node:path';
 import { activeLsms, defaultBpfObject } from './kernel/enforcer';
 import { BpfObject } from './kernel/bpf';
 import { native } from './kernel/native';
-import { identifyFile, readPins, type PinStatus } from './kernel/pins';
+import { C } from './kernel/layout';
+import { identifyFile, pinnedMapSizes, readPins, type PinStatus } from './kernel/pins';
 import { cgroup2Mount } from './control/cgroups';
 import { call } from './control/client';
 import { DEFAULTS, groupId, type HelmdConfig } from './config';
@@ -134,13 +135,23 @@ export function pinnedStateCheck(pinDir: string, bpfObject = defaultBpfObject())
   const created = new Date(Number(m.createdNs / 1_000_000n)).toISOString();
   let relation = '';
   try {
-    const mine = identifyFile(bpfObject);
+    // Compared as helmd would load it: with the pinned rings' sizes (a helmd started with
+    // --audit-deny-ring/--audit-allow-ring pins other sizes than helm.h's, and re-adopts them
+    // when started the same way), and network-only when only the network programs are linked.
+    const sizes = pinnedMapSizes(status, ['deny_events', 'allow_events']);
+    const networkOnly = sameMembers(status.links, identifyFile(bpfObject, { networkOnly: true, sizes }).programs);
+    const mine = identifyFile(bpfObject, { networkOnly, sizes });
     relation =
       mine.layout !== m.layout
         ? '; the installed helmd has another layout: it will rebuild the maps and move the links over on start'
         : mine.object !== m.object
           ? '; the installed helmd has new programs for the same layout: it will swap them in on start'
           : '; the installed helmd re-adopts it as it is';
+    const deny = sizes.deny_events ?? C.HELM_DENY_RING_BYTES;
+    const allow = sizes.allow_events ?? C.HELM_ALLOW_RING_BYTES;
+    if (deny !== C.HELM_DENY_RING_BYTES || allow !== C.HELM_ALLOW_RING_BYTES) {
+      relation += ` (started with --audit-deny-ring ${deny} --audit-allow-ring ${allow}; with other sizes it rebuilds the maps)`;
+    }
   } catch (e) {
     relation = `; cannot compare with ${bpfObject}: ${(e as Error).message.split('\n')[0]}`;
   }
@@ -244,4 +255,8 @@ export function formatChecks(checks: Check[]): string {
   return checks
     .map((c) => `${c.ok ? 'PASS' : 'FAIL'}  ${c.name.padEnd(22)} ${c.detail}${c.fix ? `\n      fix: ${c.fix}` : ''}`)
     .join('\n');
+}
+
+function sameMembers(a: string[], b: string[]): boolean {
+  return a.length === b.length && [...a].sort().every((x, i) => x === [...b].sort()[i]);
 }

@@ -146,6 +146,27 @@ export function readPins(dir: string): PinStatus {
   return status;
 }
 
+/**
+ * max_entries of the named maps in the current pinned set (those pinned), for identifyFile:
+ * the audit rings' sizes are part of the layout id, and helmd may have been started with
+ * sizes other than helm.h's.
+ */
+export function pinnedMapSizes(status: PinStatus, names: string[]): Record<string, number> {
+  const sizes: Record<string, number> = {};
+  if (!status.current) return sizes;
+  for (const name of names) {
+    const fd = openPinned(path.join(status.dir, status.current, 'maps', name));
+    if (fd === undefined) continue;
+    const m = new BpfMap(fd, name, true);
+    try {
+      sizes[name] = m.maxEntries;
+    } finally {
+      m.close();
+    }
+  }
+  return sizes;
+}
+
 /** Removes every pin under dir: programs whose last reference was a pin are detached. */
 export function removePins(dir: string): void {
   fs.rmSync(dir, { recursive: true, force: true });

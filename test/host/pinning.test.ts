@@ -13,6 +13,8 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { BpfMap, linkInfo, openPinned, closeFd } from '../../daemon/kernel/bpf';
 import { readPins, removePins } from '../../daemon/kernel/pins';
+import { pinnedStateCheck } from '../../daemon/doctor';
+import { scratchPins } from '../support/scratch-pins';
 import { u32Key } from '../../daemon/kernel/layout';
 import { BUILD, REPO, ensureKernelMounts, requireRoot, run, scratchCgroup } from './host';
 
@@ -258,6 +260,33 @@ async function main(): Promise<void> {
     removePins(pinDir);
     t.notOk(fs.existsSync(pinDir), 'nothing pinned');
     t.equal(await connectOnce(cgroup, blocked.port), 'connected', 'the blocked port connects again');
+  });
+
+  t.test("doctor judges a helmd's pins as that helmd loads them: its rings' sizes, network programs only", async (t) => {
+    const pins = scratchPins('doctor');
+    const policy = path.join(scratch, 'egress.yaml');
+    fs.writeFileSync(policy, 'apiVersion: helm/v1\nkind: Policy\nmetadata: { name: egress }\nspec:\n  roles: [agent]\n  allow:\n    - { connect: ["127.0.0.1:443"] }\n');
+    const audit = path.join(scratch, 'doctor.jsonl');
+    const args = ['--network-only', '--policy', policy, '--audit-log', audit, '--socket', path.join(scratch, 'doctor.sock'), '--no-watch', '--audit-deny-ring', '1M', '--audit-allow-ring', '64K', ...pins.args];
+    t.teardown(() => pins.remove(audit));
+    // One helmd run: started, stopped with SIGTERM once enforcing (its pins stay); its log.
+    const once = async (): Promise<string> => {
+      const child = spawn(path.join(REPO, 'bin', 'helmd'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+      child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
+      const exited = new Promise((r) => child.once('exit', r));
+      const deadline = Date.now() + 180_000;
+      while (!/helmd enforcing/.test(out) && child.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      if (child.exitCode === null) child.kill('SIGTERM');
+      await exited;
+      return out;
+    };
+    t.match(await once(), /helmd pinned new enforcement/, 'the first helmd pins its set');
+    const check = pinnedStateCheck(pins.pinDir, path.join(BUILD, 'helm.bpf.o'));
+    t.equal(check.ok, true, check.detail);
+    t.match(check.detail, /the installed helmd re-adopts it as it is \(started with --audit-deny-ring 1048576 --audit-allow-ring 65536;/, check.detail);
+    t.match(await once(), /helmd re-adopted the pinned enforcement/, 'and a helmd started the same way does re-adopt it');
   });
 }
 
