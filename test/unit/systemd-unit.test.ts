@@ -67,3 +67,16 @@ t.test('capabilities: a bounded set, each one explained in the unit', async (t) 
   for (const c of caps) t.match(UNIT, new RegExp(`^#\\s+${c}\\s+\\S`, 'm'), `${c} is explained`);
   t.same(values('NoNewPrivileges'), ['yes']);
 });
+
+t.test('helmd sees every path as agents do: nothing is mounted over files a policy may name', async (t) => {
+  // Policies are compiled to the (device, inode) helmd's stat() finds: a path hidden behind
+  // another node in helmd's mount namespace would be matched against the stand-in.
+  for (const key of ['PrivateTmp', 'PrivateDevices', 'ProtectKernelLogs', 'ProtectKernelModules', 'InaccessiblePaths', 'TemporaryFileSystem', 'BindPaths', 'BindReadOnlyPaths', 'PrivateMounts']) {
+    t.same(values(key), [], `no ${key}`);
+  }
+  t.notOk(values('ProtectHome').some((v) => v === 'yes' || v === 'tmpfs'), 'ProtectHome at most read-only (same files, read-only)');
+  const allowed = values('SystemCallFilter').flatMap((v) => v.split(/\s+/));
+  t.notOk(allowed.some((s) => /^(syslog|init_module|finit_module|delete_module|@module|@privileged)$/.test(s)), 'kernel logs and modules stay out of reach by the syscall filter');
+  const caps = values('CapabilityBoundingSet').flatMap((v) => v.split(/\s+/));
+  t.notOk(caps.includes('CAP_SYSLOG') || caps.includes('CAP_SYS_MODULE'), 'and by the capabilities');
+});
