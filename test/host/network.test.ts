@@ -185,11 +185,11 @@ async function main(): Promise<void> {
             const ruleOk = want.decision === 'allow' ? line === undefined : line?.rule === (want.rule ?? 'default') && line?.decision === want.decision;
             if (!ok || !ruleOk) {
               mismatches++;
-              t.fail(`${op.verb} ${op.addr}:${op.port} by ${role}: evaluator ${want.decision} (${want.policy}/${want.rule}), kernel ${got.get(op.id)} audit ${JSON.stringify(line)}\n${fs.readFileSync(file, 'utf8')}`);
+              t.fail(`seed ${seed} (HELM_SEED=${seed} replays it), round ${round}: ${op.verb} ${op.addr}:${op.port} by ${role}: evaluator ${want.decision} (${want.policy}/${want.rule}), kernel ${got.get(op.id)} audit ${JSON.stringify(line)}\n${fs.readFileSync(file, 'utf8')}`);
             }
           }
           const tally = ['allow', 'deny', 'would_deny'].map((k) => `${wants.filter((w) => w.decision === k).length} ${k}`).join(', ');
-          t.equal(mismatches, 0, `round ${round}, role ${role}: ${ops.length} operations agree (${tally})`);
+          t.equal(mismatches, 0, `seed ${seed}, round ${round}, role ${role}: ${ops.length} operations agree (${tally})`);
         }
       } finally {
         await dd.stop();
