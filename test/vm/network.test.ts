@@ -61,14 +61,20 @@ async function main(): Promise<void> {
     for (const [id, , expect] of AGENT_CASES) t.match(got.get(id), expect, `${id}: ${got.get(id)}`);
     t.notOk(servers.dns.asked.includes('other.helm.test'), 'a refused name never left');
     // The file side is still enforced for the same agent: it may not read what its policy does not list.
-    const data = path.join(dir, 'data.txt');
+    // Not in `dir`: helmd protects its audit trail's and socket's directory (a self-protection denial).
+    const dataDir = fs.mkdtempSync('/srv/helm-net-data-');
+    t.teardown(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+    const data = path.join(dataDir, 'data.txt');
     fs.writeFileSync(data, 'not for the agent\n');
     const cat = await helmctlAsync(['run', '--socket', d.socket, '--role', 'agent', '--name', 'vm-files', '--', '/usr/bin/cat', data]);
     t.not(cat.status, 0, 'reading a file no rule lists is denied');
     const lines = (await auditLines(d.audit, (l) => (l as unknown as NetLine[]).some((x) => x.agent === 'vm-files' && x.op === 'read'), 60_000)) as unknown as NetLine[];
     t.match(lines.find((l) => l.agent === 'vm-egress' && l.addr === '127.0.0.9'), { decision: 'deny', op: 'connect', rule: 'never-9', port: PORT });
     t.match(lines.find((l) => l.agent === 'vm-egress' && l.type === 'dns' && l.outcome === 'refused'), { decision: 'deny' });
-    t.ok(lines.some((l) => l.agent === 'vm-files' && l.op === 'read'), 'the file denial is audited beside the network ones');
+    t.ok(lines.some((l) => l.agent === 'vm-files' && l.op === 'read' && l.path === data && l.rule === 'default'), 'the file denial is audited beside the network ones', {
+      cat: cat.stderr,
+      linesOfThatAgent: lines.filter((l) => l.agent === 'vm-files'),
+    });
   });
 
   await t.test('contextual name rule by role', async (t) => {
