@@ -386,6 +386,9 @@ export class Helmd implements ControlPlane {
       const what = { adopted: 're-adopted the pinned enforcement', replaced: 'replaced the pinned programs', rebuilt: 'rebuilt the pinned maps for a new layout', fresh: 'pinned new enforcement' }[pins.outcome];
       this.log.info({ pins: `${this.pinDir}/${pins.setName}`, outcome: pins.outcome, agents: this.agents.size, vanished: relearned.vanished.length, ...programsChanged(report!) }, `helmd ${what}`);
     }
+    // The start and its apply are in the trail before helmd says it enforces (and systemd hears
+    // READY=1): whoever acts on that finds them there, and a crash right after cannot lose them.
+    await this.recorder.written();
     this.log.info(
       { generation: this.kernel.activeGeneration, socket: this.opts.socket, tls: this.opts.tls?.listen, audit: this.opts.auditLog, dryRun: this.dryRun },
       this.dryRun ? 'helmd running in DRY-RUN: denials are audited as would_deny and NOT enforced' : 'helmd enforcing',
