@@ -59,7 +59,9 @@ function main(): void {
       const dir = scratchDir(t, 'refusal');
       const audit = path.join(dir, 'audit.jsonl');
       const socket = path.join(dir, 'helmd.sock');
-      const r = await run(HELMD, ['--policy', POLICY, '--audit-log', audit, '--socket', socket], { timeoutMs: BOUND_MS });
+      // Its own state and pin directories: a test never touches the host's /var/lib/helm.
+      const pins = scratchPins('refusal');
+      const r = await run(HELMD, ['--policy', POLICY, '--audit-log', audit, '--socket', socket, ...pins.args], { timeoutMs: BOUND_MS });
       t.comment(`helmd exited ${r.code} after ${r.ms} ms`);
       t.equal(r.timedOut, false, `exits within ${BOUND_MS / 1000} s`);
       t.not(r.code, 0, 'exit status is non-zero');
@@ -72,6 +74,8 @@ function main(): void {
       t.notOk(fs.existsSync(socket), 'no socket file left behind');
       t.ok(!fs.existsSync(audit) || fs.readFileSync(audit, 'utf8') === '', 'no audit content written');
       t.same(fs.readdirSync(dir), [], 'nothing created in its directory');
+      t.notOk(fs.existsSync(pins.stateDir), 'no state directory left behind');
+      t.notOk(fs.existsSync(pins.pinDir), 'nothing pinned');
 
       const doc = await doctorText();
       t.equal(doc.code, 1, 'helmctl doctor exits 1');

@@ -11,6 +11,7 @@ import { startHelmd, auditLines, type Daemon } from '../vm/harness';
 import { AGENT_CASES, PORT, parseCases, scenarioPolicy, startServers, type Servers } from '../support/network-scenario';
 import { ROLES, kernelDecision, randomNetworkOps, randomNetworkPolicy } from '../support/network-differential';
 import { Rng } from '../rng';
+import { scratchPins } from '../support/scratch-pins';
 import { loadPolicies } from '../../daemon/policy/parse';
 import { evaluateOperation } from '../../daemon/policy/evaluate';
 
@@ -149,7 +150,9 @@ async function main(): Promise<void> {
   });
 
   await t.test('without --network-only helmd still refuses to start on a kernel without BPF LSM', async (t) => {
-    const r = await run(path.join(REPO, 'bin/helmd'), ['--policy', policy, '--audit-log', path.join(dir, 'refused.jsonl'), '--socket', path.join(dir, 'refused.sock')], { timeoutMs: 60_000 });
+    const pins = scratchPins('refused'); // never the host's /var/lib/helm
+    const r = await run(path.join(REPO, 'bin/helmd'), ['--policy', policy, '--audit-log', path.join(dir, 'refused.jsonl'), '--socket', path.join(dir, 'refused.sock'), ...pins.args], { timeoutMs: 60_000 });
+    t.notOk(fs.existsSync(pins.stateDir), 'no state directory left behind');
     if (/NOT ENFORCING/.test(r.stderr)) {
       t.not(r.code, 0);
       t.match(r.stderr, /--network-only/, 'and says how to enforce network rules alone');
