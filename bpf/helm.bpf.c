@@ -208,7 +208,7 @@ struct key_scratch {
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, HELM_SCRATCH_FRAMES);
 	__type(key, __u32);
 	__type(value, struct key_scratch);
 } scratch SEC(".maps");
@@ -220,7 +220,7 @@ struct exe_scratch {
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, HELM_SCRATCH_FRAMES);
 	__type(key, __u32);
 	__type(value, struct exe_scratch);
 } exe_scratch SEC(".maps");
@@ -232,10 +232,50 @@ struct walk_buf {
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, HELM_SCRATCH_FRAMES);
 	__type(key, __u32);
 	__type(value, struct walk_buf);
 } walk_scratch SEC(".maps");
+
+/*
+ * The scratch maps above hold one frame per decision in progress on a CPU. A
+ * program runs with migration disabled, not preemption: on a fully preemptible
+ * kernel a decision can be preempted half-way and another task's decision run
+ * on the same CPU meanwhile, so each decision holds a frame of its own (taken
+ * after the agent is known, put back when the hook returns).
+ */
+struct frame_flags {
+	__u64 busy[HELM_SCRATCH_FRAMES];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct frame_flags);
+} scratch_frames SEC(".maps");
+
+/* A free frame of this CPU (atomically: a preempting decision may be looking too), or -1. */
+static __always_inline int frame_take(void)
+{
+	__u32 zero = 0;
+	struct frame_flags *f = bpf_map_lookup_elem(&scratch_frames, &zero);
+	if (!f)
+		return -1;
+	for (int i = 0; i < HELM_SCRATCH_FRAMES; i++)
+		if (__sync_val_compare_and_swap(&f->busy[i], 0, 1) == 0)
+			return i;
+	return -1;
+}
+
+static __always_inline void frame_put(int frame)
+{
+	__u32 zero = 0;
+	struct frame_flags *f = bpf_map_lookup_elem(&scratch_frames, &zero);
+	/* a plain store: only this CPU's decisions share the flag, and the frame's last use is before it */
+	asm volatile("" ::: "memory");
+	if (f && frame >= 0 && frame < HELM_SCRATCH_FRAMES)
+		*(volatile __u64 *)&f->busy[frame] = 0;
+}
 
 /* ---------------------------------------------------------------- who is governed */
 
@@ -330,10 +370,10 @@ static long name_step(__u32 i, struct name_walk *c)
  * Writes "<path>\0" (and bytes after it to ignore) into dst[HELM_PATH_BUF];
  * returns its length with the NUL, or a negative errno.
  */
-static __always_inline long name_of(struct vfsmount *vfsmnt, struct dentry *dentry, char *dst)
+static __always_inline long name_of(struct vfsmount *vfsmnt, struct dentry *dentry, char *dst,
+				    __u32 frame)
 {
-	__u32 zero = 0;
-	struct walk_buf *w = bpf_map_lookup_elem(&walk_scratch, &zero);
+	struct walk_buf *w = bpf_map_lookup_elem(&walk_scratch, &frame);
 	if (!w || !vfsmnt || !dentry)
 		return -EPERM;
 	struct name_walk c = {
@@ -362,9 +402,9 @@ static __always_inline long name_of(struct vfsmount *vfsmnt, struct dentry *dent
 }
 
 static __always_inline long path_of(struct vfsmount *vfsmnt, struct dentry *dentry,
-				    struct helm_path_key *key)
+				    struct helm_path_key *key, __u32 frame)
 {
-	return name_of(vfsmnt, dentry, key->path);
+	return name_of(vfsmnt, dentry, key->path, frame);
 }
 
 /* ---------------------------------------------------------------- decisions and events */
@@ -391,6 +431,7 @@ struct decision {
 	const struct net_subject *net; /* network ops only */
 	__u64 ino; /* the object's identity, for the event (set by emit) */
 	__u32 dev;
+	__u32 frame; /* the decision's scratch frame (see frame_take) */
 };
 
 #define OP_BIT(op) (1u << (op))
@@ -465,7 +506,7 @@ static long argv_step(__u32 i, struct argv_walk *c)
  * change that memory meanwhile, so they are evidence of what was asked, never
  * an input to the decision.
  */
-static __always_inline void read_argv(struct task_struct *task, struct helm_event *e)
+static __always_inline void read_argv(struct task_struct *task, struct helm_event *e, __u32 frame)
 {
 	e->argc = -EOPNOTSUPP;
 	e->argv_len = 0;
@@ -483,8 +524,7 @@ static __always_inline void read_argv(struct task_struct *task, struct helm_even
 		e->argc = -ENOENT; /* not an execve: e.g. a 32-bit compat call */
 		return;
 	}
-	__u32 zero = 0;
-	struct walk_buf *w = bpf_map_lookup_elem(&walk_scratch, &zero);
+	struct walk_buf *w = bpf_map_lookup_elem(&walk_scratch, &frame);
 	if (!w)
 		return;
 	struct argv_walk c = { .argv = argv, .w = w };
@@ -568,21 +608,22 @@ static __always_inline int emit_event(struct helm_agent *agent, __u64 cgroup_id,
 	e->exe_len = -2; /* ENOENT: a task without an executable */
 	e->exe[0] = 0;
 	if (exe)
-		e->exe_len = name_of(BPF_CORE_READ(exe, f_path.mnt), BPF_CORE_READ(exe, f_path.dentry), e->exe);
+		e->exe_len = name_of(BPF_CORE_READ(exe, f_path.mnt), BPF_CORE_READ(exe, f_path.dentry), e->exe,
+				     d->frame);
 	/* The parent's, best effort: it may be exiting (then its name is what could be read). */
 	struct file *parent_exe = BPF_CORE_READ(task, real_parent, mm, exe_file);
 	e->parent_exe_len = -ENOENT;
 	e->parent_exe[0] = 0;
 	if (parent_exe)
 		e->parent_exe_len = name_of(BPF_CORE_READ(parent_exe, f_path.mnt),
-					    BPF_CORE_READ(parent_exe, f_path.dentry), e->parent_exe);
+					    BPF_CORE_READ(parent_exe, f_path.dentry), e->parent_exe, d->frame);
 	e->ops = d->ops ? d->ops : OP_BIT(d->op);
 	e->argc = 0;
 	e->argv_len = 0;
 	e->argv[0] = 0;
 	/* the binary itself, the ELF interpreter, a script's interpreter: all opened within execve */
 	if (with_argv && d->op == HELM_OP_EXEC && d->detail == HELM_DETAIL_OPEN)
-		read_argv(task, e);
+		read_argv(task, e, d->frame);
 	bpf_ringbuf_submit(e, 0);
 	return 1;
 }
@@ -717,11 +758,12 @@ static __always_inline int allow(struct helm_agent *agent, __u64 cgroup_id, stru
 }
 
 /* Self-protection: always enforced, whatever the modes. */
-static __always_inline int protect(struct helm_agent *agent, __u64 cgroup_id, __u8 op,
+static __always_inline int protect(struct helm_agent *agent, __u64 cgroup_id, __u32 frame, __u8 op,
 				   __u32 detail, __u32 target_pid, struct helm_path_key *key,
 				   long path_len, struct inode *inode)
 {
 	struct decision d = {
+		.frame = frame,
 		.op = op,
 		.reason = HELM_REASON_SELF_PROTECT,
 		.detail = detail,
@@ -771,18 +813,18 @@ static __always_inline void no_table(struct decision *d)
 struct cond_env {
 	__u64 labels; /* the agent's label bits */
 	__u32 slot;   /* the generation's */
-	__u32 pad;
+	__u32 frame;  /* the decision's scratch frame */
 	long exe_len; /* 0: not named yet; < 0: cannot be named (no executable, or too long) */
 };
 
 /* The acting task's executable, named as emit() names it for the audit trail. */
-static __always_inline long current_exe_name(char *dst)
+static __always_inline long current_exe_name(char *dst, __u32 frame)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
 	if (!exe)
 		return -ENOENT;
-	return name_of(BPF_CORE_READ(exe, f_path.mnt), BPF_CORE_READ(exe, f_path.dentry), dst);
+	return name_of(BPF_CORE_READ(exe, f_path.mnt), BPF_CORE_READ(exe, f_path.dentry), dst, frame);
 }
 
 /*
@@ -864,14 +906,14 @@ __noinline int resolve_conditions(struct cond_env *env, struct helm_verdict *v)
 		return -1;
 	__u32 id = v->cond_list;
 	__u32 slot = env->slot;
-	__u32 zero = 0;
+	__u32 frame = env->frame;
 	if (!id)
 		return 0;
 	v->cond_list = 0;
 	void *lists = bpf_map_lookup_elem(&cond_lists, &slot);
 	void *exes = bpf_map_lookup_elem(&cond_exes, &slot);
 	void *uids = bpf_map_lookup_elem(&cond_uids, &slot);
-	struct exe_scratch *x = bpf_map_lookup_elem(&exe_scratch, &zero);
+	struct exe_scratch *x = bpf_map_lookup_elem(&exe_scratch, &frame);
 	if (!lists || !exes || !uids || !x)
 		return -1;
 	struct helm_cond_list *list = bpf_map_lookup_elem(lists, &id);
@@ -889,7 +931,7 @@ __noinline int resolve_conditions(struct cond_env *env, struct helm_verdict *v)
 	};
 	bpf_loop(HELM_COND_LIST_LEN, cond_step, &c, 0);
 	if (c.need_exe) {
-		long n = current_exe_name(x->key.path);
+		long n = current_exe_name(x->key.path, frame);
 		env->exe_len = n ? n : -ENOENT;
 		c.exe_len = (__s32)env->exe_len;
 		c.need_exe = 0;
@@ -1057,11 +1099,11 @@ static __always_inline int verb_allows(struct decision *d, struct helm_path_valu
  * `dentry`/`real` its identity (for a new name, the dentry being created). 0
  * allows; the first verb refused is the one reported (write before read).
  */
-static __always_inline int decide(struct helm_agent *agent, __u64 cgroup_id, __u32 ops, __u32 detail,
-				  struct helm_path_key *key, long n, int is_dir, struct dentry *dentry,
-				  struct inode *real)
+static __always_inline int decide(struct helm_agent *agent, __u64 cgroup_id, __u32 frame, __u32 ops,
+				  __u32 detail, struct helm_path_key *key, long n, int is_dir,
+				  struct dentry *dentry, struct inode *real)
 {
-	struct decision d = { .detail = detail, .ops = ops };
+	struct decision d = { .detail = detail, .ops = ops, .frame = frame };
 	d.op = ops & OP_BIT(HELM_OP_WRITE) ? HELM_OP_WRITE : ops & OP_BIT(HELM_OP_EXEC) ? HELM_OP_EXEC : HELM_OP_READ;
 	struct helm_settings *s = current_settings();
 	if (!s)
@@ -1098,7 +1140,7 @@ static __always_inline int decide(struct helm_agent *agent, __u64 cgroup_id, __u
 		d.verdict.mode = HELM_MODE_ENFORCE;
 		goto out;
 	}
-	struct cond_env env = { .labels = agent->label_bits, .slot = slot };
+	struct cond_env env = { .labels = agent->label_bits, .slot = slot, .frame = frame };
 	if ((ops & OP_BIT(HELM_OP_WRITE)) && !verb_allows(&d, v, inodes, agent, &env, HELM_OP_WRITE, dentry, real))
 		goto out;
 	if ((ops & OP_BIT(HELM_OP_READ)) && !verb_allows(&d, v, inodes, agent, &env, HELM_OP_READ, dentry, real))
@@ -1122,30 +1164,65 @@ out:
 	return deny_as(agent, cgroup_id, &d, key, real, 1);
 }
 
-static __always_inline struct helm_path_key *key_buffer(void)
+static __always_inline struct helm_path_key *key_buffer(__u32 frame)
 {
-	__u32 zero = 0;
-	struct key_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct key_scratch *s = bpf_map_lookup_elem(&scratch, &frame);
 	return s ? &s->key : 0;
+}
+
+/*
+ * Every frame of this CPU is held by a preempted decision: this one cannot be
+ * made, so the operation is refused (fail closed), counted as a denial whose
+ * line was lost.
+ */
+static __always_inline void no_frame(struct helm_agent *agent)
+{
+	struct helm_agent_counters *c = counters_of(agent);
+	if (c) {
+		__sync_fetch_and_add(&c->denied, 1);
+		__sync_fetch_and_add(&c->deny_lost, 1);
+	}
+	count_lost(HELM_RING_DENY);
+}
+
+/*
+ * A governed agent's decision: `held`, an expression that may name `frame`,
+ * evaluated with a scratch frame of this CPU held; `refused` (the hook's
+ * refusal) if there is none free.
+ */
+#define IN_FRAME(agent, refused, held)                                      \
+	({                                                                  \
+		int frame = frame_take();                                   \
+		int rc_ = refused;                                          \
+		if (frame < 0)                                              \
+			no_frame(agent);                                    \
+		else                                                        \
+			rc_ = (held);                                       \
+		frame_put(frame);                                           \
+		rc_;                                                        \
+	})
+
+/* protect() for an operation on no named object, in a frame of its own (the event names executables). */
+static __always_inline int protect_unnamed(struct helm_agent *agent, __u64 cgroup_id, __u8 op,
+					   __u32 detail, __u32 target_pid, struct inode *inode)
+{
+	return IN_FRAME(agent, -EPERM, protect(agent, cgroup_id, frame, op, detail, target_pid, 0, 0, inode));
 }
 
 /* ---------------------------------------------------------------- opens */
 
 /* An open (or an fd received, or an mmap for exec) of an existing file, named by the kernel. */
-static __always_inline int decide_file(struct file *file, __u32 ops, __u32 detail)
+static __always_inline int decide_file_held(struct helm_agent *agent, __u64 cgroup_id, __u32 frame,
+					    struct file *file, __u32 ops, __u32 detail)
 {
-	__u64 cgroup_id = 0;
-	struct helm_agent *agent = governing_agent(&cgroup_id);
-	if (!agent)
-		return 0;
-	struct helm_path_key *key = key_buffer();
+	struct helm_path_key *key = key_buffer(frame);
 	if (!key)
 		return -EPERM;
 
 	struct inode *real = BPF_CORE_READ(file, f_inode);
 	long n = bpf_d_path((struct path *)&file->f_path, key->path, HELM_PATH_BUF);
 	if (is_helm_object(real) || in_helm_dir(BPF_CORE_READ(file, f_path.dentry)))
-		return protect(agent, cgroup_id, HELM_OP_CONTROL, detail, 0, key, n, real);
+		return protect(agent, cgroup_id, frame, HELM_OP_CONTROL, detail, 0, key, n, real);
 
 	if (!ops) {
 		/*
@@ -1166,8 +1243,17 @@ static __always_inline int decide_file(struct file *file, __u32 ops, __u32 detai
 		if (!ops)
 			return 0; /* e.g. O_PATH-like opens that can neither read nor write */
 	}
-	return decide(agent, cgroup_id, ops, detail, key, n, is_dir_inode(real),
+	return decide(agent, cgroup_id, frame, ops, detail, key, n, is_dir_inode(real),
 		      BPF_CORE_READ(file, f_path.dentry), real);
+}
+
+static __always_inline int decide_file(struct file *file, __u32 ops, __u32 detail)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 0;
+	return IN_FRAME(agent, -EPERM, decide_file_held(agent, cgroup_id, frame, file, ops, detail));
 }
 
 SEC("lsm/file_open")
@@ -1204,6 +1290,23 @@ int BPF_PROG(helm_mmap_file, struct file *file, unsigned long reqprot, unsigned 
 
 /* ---------------------------------------------------------------- mutations: the write rules */
 
+static __always_inline int decide_mutation_held(struct helm_agent *agent, __u64 cgroup_id, __u32 frame,
+						const struct path *dir, struct dentry *dentry, int is_dir,
+						__u32 detail)
+{
+	struct helm_path_key *key = key_buffer(frame);
+	if (!key)
+		return -EPERM;
+
+	struct inode *inode = BPF_CORE_READ(dentry, d_inode); /* NULL for what is being created */
+	struct inode *dir_inode = BPF_CORE_READ(dir, dentry, d_inode);
+	long n = path_of(BPF_CORE_READ(dir, mnt), dentry, key, frame);
+	if (is_helm_object(inode) || is_helm_object(dir_inode) || in_helm_dir(dentry))
+		return protect(agent, cgroup_id, frame, HELM_OP_CONTROL, detail, 0, key, n, inode);
+	/* a new name's identity is its directory's: the inode walk starts above the negative dentry */
+	return decide(agent, cgroup_id, frame, OP_BIT(HELM_OP_WRITE), detail, key, n, is_dir, dentry, inode);
+}
+
 static __always_inline int decide_mutation(const struct path *dir, struct dentry *dentry, int is_dir,
 					   __u32 detail)
 {
@@ -1211,17 +1314,7 @@ static __always_inline int decide_mutation(const struct path *dir, struct dentry
 	struct helm_agent *agent = governing_agent(&cgroup_id);
 	if (!agent)
 		return 0;
-	struct helm_path_key *key = key_buffer();
-	if (!key)
-		return -EPERM;
-
-	struct inode *inode = BPF_CORE_READ(dentry, d_inode); /* NULL for what is being created */
-	struct inode *dir_inode = BPF_CORE_READ(dir, dentry, d_inode);
-	long n = path_of(BPF_CORE_READ(dir, mnt), dentry, key);
-	if (is_helm_object(inode) || is_helm_object(dir_inode) || in_helm_dir(dentry))
-		return protect(agent, cgroup_id, HELM_OP_CONTROL, detail, 0, key, n, inode);
-	/* a new name's identity is its directory's: the inode walk starts above the negative dentry */
-	return decide(agent, cgroup_id, OP_BIT(HELM_OP_WRITE), detail, key, n, is_dir, dentry, inode);
+	return IN_FRAME(agent, -EPERM, decide_mutation_held(agent, cgroup_id, frame, dir, dentry, is_dir, detail));
 }
 
 SEC("lsm/path_mknod")
@@ -1294,21 +1387,28 @@ int BPF_PROG(helm_path_rename, const struct path *old_dir, struct dentry *old_de
 	return decide_mutation(new_dir, new_dentry, is_dir, HELM_DETAIL_RENAME_TO);
 }
 
+static __always_inline int decide_attr_held(struct helm_agent *agent, __u64 cgroup_id, __u32 frame,
+					    const struct path *path, __u32 detail)
+{
+	struct helm_path_key *key = key_buffer(frame);
+	if (!key)
+		return -EPERM;
+	struct dentry *dentry = BPF_CORE_READ(path, dentry);
+	struct inode *inode = BPF_CORE_READ(dentry, d_inode);
+	long n = path_of(BPF_CORE_READ(path, mnt), dentry, key, frame);
+	if (is_helm_object(inode) || in_helm_dir(dentry))
+		return protect(agent, cgroup_id, frame, HELM_OP_CONTROL, detail, 0, key, n, inode);
+	return decide(agent, cgroup_id, frame, OP_BIT(HELM_OP_WRITE), detail, key, n, is_dir_inode(inode),
+		      dentry, inode);
+}
+
 static __always_inline int decide_attr(const struct path *path, __u32 detail)
 {
 	__u64 cgroup_id = 0;
 	struct helm_agent *agent = governing_agent(&cgroup_id);
 	if (!agent)
 		return 0;
-	struct helm_path_key *key = key_buffer();
-	if (!key)
-		return -EPERM;
-	struct dentry *dentry = BPF_CORE_READ(path, dentry);
-	struct inode *inode = BPF_CORE_READ(dentry, d_inode);
-	long n = path_of(BPF_CORE_READ(path, mnt), dentry, key);
-	if (is_helm_object(inode) || in_helm_dir(dentry))
-		return protect(agent, cgroup_id, HELM_OP_CONTROL, detail, 0, key, n, inode);
-	return decide(agent, cgroup_id, OP_BIT(HELM_OP_WRITE), detail, key, n, is_dir_inode(inode), dentry, inode);
+	return IN_FRAME(agent, -EPERM, decide_attr_held(agent, cgroup_id, frame, path, detail));
 }
 
 SEC("lsm/path_chmod")
@@ -1340,13 +1440,10 @@ int BPF_PROG(helm_path_truncate, const struct path *path, int ret)
  * when it lives on that filesystem; anywhere else it cannot be named, and an
  * unnamed object is refused (fail closed).
  */
-static __always_inline int decide_xattr(struct dentry *dentry, __u32 detail)
+static __always_inline int decide_xattr_held(struct helm_agent *agent, __u64 cgroup_id, __u32 frame,
+					     struct dentry *dentry, __u32 detail)
 {
-	__u64 cgroup_id = 0;
-	struct helm_agent *agent = governing_agent(&cgroup_id);
-	if (!agent)
-		return 0;
-	struct helm_path_key *key = key_buffer();
+	struct helm_path_key *key = key_buffer(frame);
 	if (!key)
 		return -EPERM;
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -1361,10 +1458,20 @@ static __always_inline int decide_xattr(struct dentry *dentry, __u32 detail)
 	struct inode *inode = BPF_CORE_READ(dentry, d_inode);
 	long n = -ENAMETOOLONG;
 	if (root && BPF_CORE_READ(dentry, d_sb) == BPF_CORE_READ(root, mnt_sb))
-		n = path_of(root, dentry, key);
+		n = path_of(root, dentry, key, frame);
 	if (is_helm_object(inode) || in_helm_dir(dentry))
-		return protect(agent, cgroup_id, HELM_OP_CONTROL, detail, 0, key, n, inode);
-	return decide(agent, cgroup_id, OP_BIT(HELM_OP_WRITE), detail, key, n, is_dir_inode(inode), dentry, inode);
+		return protect(agent, cgroup_id, frame, HELM_OP_CONTROL, detail, 0, key, n, inode);
+	return decide(agent, cgroup_id, frame, OP_BIT(HELM_OP_WRITE), detail, key, n, is_dir_inode(inode),
+		      dentry, inode);
+}
+
+static __always_inline int decide_xattr(struct dentry *dentry, __u32 detail)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 0;
+	return IN_FRAME(agent, -EPERM, decide_xattr_held(agent, cgroup_id, frame, dentry, detail));
 }
 
 SEC("lsm/inode_setxattr")
@@ -1392,7 +1499,7 @@ int BPF_PROG(helm_bpf, int cmd, union bpf_attr *attr, unsigned int size, int ret
 	struct helm_agent *agent = governing_agent(&cgroup_id);
 	if (!agent)
 		return 0;
-	return protect(agent, cgroup_id, HELM_OP_BPF, cmd, 0, 0, 0, 0);
+	return protect_unnamed(agent, cgroup_id, HELM_OP_BPF, cmd, 0, 0);
 }
 
 /* Signals and ptrace reach only tasks of the same agent: never helmd, never the host. */
@@ -1405,7 +1512,7 @@ static __always_inline int same_agent_only(struct task_struct *target, __u8 op, 
 	struct helm_agent *other = agent_of_task(target);
 	if (other && other->agent_id == agent->agent_id)
 		return 0;
-	return protect(agent, cgroup_id, op, detail, BPF_CORE_READ(target, tgid), 0, 0, 0);
+	return protect_unnamed(agent, cgroup_id, op, detail, BPF_CORE_READ(target, tgid), 0);
 }
 
 SEC("lsm/task_kill")
@@ -1433,7 +1540,7 @@ static __always_inline int refuse_governed(__u8 op, __u32 detail)
 	struct helm_agent *agent = governing_agent(&cgroup_id);
 	if (!agent)
 		return 0;
-	return protect(agent, cgroup_id, op, detail, 0, 0, 0, 0);
+	return protect_unnamed(agent, cgroup_id, op, detail, 0, 0);
 }
 
 /* Mounts could lay another tree over an allowed path, or hide helm's own. */
@@ -1617,10 +1724,11 @@ static __always_inline int is_mapped_v4(const __u8 *a)
 }
 
 /* 1 lets the operation proceed, 0 refuses it (EPERM), as sock_addr programs return. */
-static __always_inline int decide_net(struct helm_agent *agent, __u64 cgroup_id,
+static __always_inline int decide_net(struct helm_agent *agent, __u64 cgroup_id, __u32 frame,
 				      const struct net_subject *sub, __u32 nop, __u32 detail)
 {
 	struct decision d = {
+		.frame = frame,
 		.op = nop == HELM_NET_BIND ? HELM_OP_BIND : HELM_OP_CONNECT,
 		.detail = detail,
 		.net = sub,
@@ -1639,17 +1747,21 @@ static __always_inline int decide_net(struct helm_agent *agent, __u64 cgroup_id,
 		d.verdict.action = HELM_ACTION_DENY;
 		goto out;
 	}
-	struct helm_net_key key = { .role_id = agent->role_id };
-	if (is_mapped_v4(sub->addr)) {
-		key.family = 4;
-		__builtin_memcpy(key.addr, &sub->addr[12], 4);
-		key.prefixlen = 32 + 8 + 32;
-	} else {
-		key.family = 6;
-		__builtin_memcpy(key.addr, sub->addr, 16);
-		key.prefixlen = 32 + 8 + 128;
+	struct helm_net_value *v;
+	{
+		/* a scope of its own: its stack slot is reused below (connect4 is at the 512-byte limit) */
+		struct helm_net_key key = { .role_id = agent->role_id };
+		if (is_mapped_v4(sub->addr)) {
+			key.family = 4;
+			__builtin_memcpy(key.addr, &sub->addr[12], 4);
+			key.prefixlen = 32 + 8 + 32;
+		} else {
+			key.family = 6;
+			__builtin_memcpy(key.addr, sub->addr, 16);
+			key.prefixlen = 32 + 8 + 128;
+		}
+		v = bpf_map_lookup_elem(nets, &key);
 	}
-	struct helm_net_value *v = bpf_map_lookup_elem(nets, &key);
 	if (!v) {
 		/* No root entry for this role: no policy names it. */
 		d.reason = HELM_REASON_NO_POLICY;
@@ -1657,7 +1769,7 @@ static __always_inline int decide_net(struct helm_agent *agent, __u64 cgroup_id,
 		d.verdict.mode = HELM_MODE_ENFORCE;
 		goto out;
 	}
-	struct cond_env env = { .labels = agent->label_bits, .slot = slot };
+	struct cond_env env = { .labels = agent->label_bits, .slot = slot, .frame = frame };
 	struct helm_verdict best = {};
 	if (combine_resolved(&env, &best, range_verdict(v, sub->port, nop)))
 		goto missing;
@@ -1684,6 +1796,12 @@ missing:
 	no_table(&d);
 out:
 	return deny(agent, cgroup_id, &d, 0, 0) == 0;
+}
+
+static __always_inline int decide_net_framed(struct helm_agent *agent, __u64 cgroup_id,
+					     const struct net_subject *sub, __u32 nop, __u32 detail)
+{
+	return IN_FRAME(agent, 0, decide_net(agent, cgroup_id, frame, sub, nop, detail));
 }
 
 static __always_inline void subject4(struct bpf_sock_addr *ctx, struct net_subject *sub)
@@ -1754,7 +1872,7 @@ static __always_inline int outbound(struct bpf_sock_addr *ctx, int v6, __u32 det
 		subject4(ctx, &sub);
 	if (redirect_dns(ctx, agent, &sub, v6))
 		return 1;
-	return decide_net(agent, cgroup_id, &sub, HELM_NET_CONNECT, detail);
+	return decide_net_framed(agent, cgroup_id, &sub, HELM_NET_CONNECT, detail);
 }
 
 SEC("cgroup/connect4")
@@ -1792,7 +1910,7 @@ static __always_inline int local_bind(struct bpf_sock_addr *ctx, int v6)
 		subject6(ctx, &sub);
 	else
 		subject4(ctx, &sub);
-	return decide_net(agent, cgroup_id, &sub, HELM_NET_BIND, HELM_DETAIL_NET_BIND);
+	return decide_net_framed(agent, cgroup_id, &sub, HELM_NET_BIND, HELM_DETAIL_NET_BIND);
 }
 
 SEC("cgroup/bind4")
@@ -1931,23 +2049,21 @@ static __always_inline int socket_value_allows(struct decision *d, struct helm_s
 }
 
 /* Raw and packet sockets, when created. 0 allows. */
-static __always_inline int decide_socket(__u32 kind, __u32 protocol)
+static __always_inline int decide_socket_held(struct helm_agent *agent, __u64 cgroup_id, __u32 frame,
+					      __u32 kind, __u32 protocol)
 {
-	__u64 cgroup_id = 0;
-	struct helm_agent *agent = governing_agent(&cgroup_id);
-	if (!agent)
-		return 0;
 	struct net_subject sub = { .family = kind == HELM_SOCKET_PACKET ? AF_PACKET : AF_INET };
 	if (kind == HELM_SOCKET_PACKET)
 		sub.port = protocol;
 	else
 		sub.proto = protocol;
 	struct decision d = {
+		.frame = frame,
 		.op = HELM_OP_CONNECT,
 		.detail = kind == HELM_SOCKET_PACKET ? HELM_DETAIL_PACKET : HELM_DETAIL_RAW,
 		.net = &sub,
 	};
-	struct cond_env env = { .labels = agent->label_bits };
+	struct cond_env env = { .labels = agent->label_bits, .frame = frame };
 	void *table = active_table(&socket_tables, &d, &env);
 	if (!table) {
 		d.reason = HELM_REASON_NO_TABLE;
@@ -1963,6 +2079,15 @@ static __always_inline int decide_socket(__u32 kind, __u32 protocol)
 	if (socket_value_allows(&d, v, &env))
 		return allow(agent, cgroup_id, &d, 0, 0);
 	return deny(agent, cgroup_id, &d, 0, 0);
+}
+
+static __always_inline int decide_socket(__u32 kind, __u32 protocol)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 0;
+	return IN_FRAME(agent, -EPERM, decide_socket_held(agent, cgroup_id, frame, kind, protocol));
 }
 
 SEC("lsm/socket_create")
@@ -1999,12 +2124,12 @@ static long abstract_byte(__u32 i, struct abstract_copy *c)
  * socket with no name at all (a socketpair's peer: nothing to decide), or a
  * negative errno.
  */
-static __always_inline long unix_name(struct sock *other, struct helm_path_key *key)
+static __always_inline long unix_name(struct sock *other, struct helm_path_key *key, __u32 frame)
 {
 	struct unix_sock *u = (struct unix_sock *)other;
 	struct dentry *dentry = BPF_CORE_READ(u, path.dentry);
 	if (dentry)
-		return name_of(BPF_CORE_READ(u, path.mnt), dentry, key->path);
+		return name_of(BPF_CORE_READ(u, path.mnt), dentry, key->path, frame);
 	struct unix_address *addr = BPF_CORE_READ(u, addr);
 	if (!addr)
 		return 0;
@@ -2024,27 +2149,18 @@ static __always_inline long unix_name(struct sock *other, struct helm_path_key *
 	return n + 2;
 }
 
-/* helmd's control socket is never reachable; any other unix socket by the policy. 0 allows. */
-static __always_inline int decide_unix(struct sock *other)
+static __always_inline int decide_unix_held(struct helm_agent *agent, __u64 cgroup_id, __u32 frame,
+					    struct sock *other, struct inode *inode)
 {
-	__u64 cgroup_id = 0;
-	struct helm_agent *agent = governing_agent(&cgroup_id);
-	if (!agent)
-		return 0;
-	struct unix_sock *u = (struct unix_sock *)other;
-	struct inode *inode = BPF_CORE_READ(u, path.dentry, d_inode);
-	if (inode && is_protected(inode))
-		return protect(agent, cgroup_id, HELM_OP_CONTROL, 0, 0, 0, 0, inode);
-
-	struct helm_path_key *key = key_buffer();
+	struct helm_path_key *key = key_buffer(frame);
 	if (!key)
 		return -EPERM;
-	struct decision d = { .op = HELM_OP_CONNECT, .detail = HELM_DETAIL_UNIX };
-	long n = unix_name(other, key);
+	struct decision d = { .op = HELM_OP_CONNECT, .detail = HELM_DETAIL_UNIX, .frame = frame };
+	long n = unix_name(other, key, frame);
 	if (n == 0)
 		return 0;
 	d.path_len = n;
-	struct cond_env env = { .labels = agent->label_bits };
+	struct cond_env env = { .labels = agent->label_bits, .frame = frame };
 	void *table = active_table(&unix_tables, &d, &env);
 	if (!table) {
 		d.reason = HELM_REASON_NO_TABLE;
@@ -2062,6 +2178,20 @@ static __always_inline int decide_unix(struct sock *other)
 		return allow(agent, cgroup_id, &d, key, inode);
 out:
 	return deny(agent, cgroup_id, &d, key, inode);
+}
+
+/* helmd's control socket is never reachable; any other unix socket by the policy. 0 allows. */
+static __always_inline int decide_unix(struct sock *other)
+{
+	__u64 cgroup_id = 0;
+	struct helm_agent *agent = governing_agent(&cgroup_id);
+	if (!agent)
+		return 0;
+	struct unix_sock *u = (struct unix_sock *)other;
+	struct inode *inode = BPF_CORE_READ(u, path.dentry, d_inode);
+	if (inode && is_protected(inode))
+		return protect_unnamed(agent, cgroup_id, HELM_OP_CONTROL, 0, 0, inode);
+	return IN_FRAME(agent, -EPERM, decide_unix_held(agent, cgroup_id, frame, other, inode));
 }
 
 SEC("lsm/unix_stream_connect")

@@ -20,6 +20,12 @@
 #define HELM_MAX_CGROUP_DEPTH 32
 #define HELM_MAX_GENERATIONS 4
 /*
+ * Decisions in progress at once on one CPU, each in a scratch frame of its own
+ * (a decision can be preempted half-way on a fully preemptible kernel). One more
+ * is refused, fail-closed, and counted as a denial whose line was lost.
+ */
+#define HELM_SCRATCH_FRAMES 16
+/*
  * Two rings, so that allows can never crowd out a denial: denials and
  * would-denials on one, logged allows on the other. docs/audit-schema.md
  * ("Loss") gives the sizing: records are HELM_EVENT_SLOT bytes in the ring.

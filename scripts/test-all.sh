@@ -45,6 +45,9 @@ if [ "$(id -u)" != 0 ]; then
   cannot_run vm "needs root (QEMU and the VM's checks run as root)"
 else
   suite vm bash scripts/vm/run.sh --timeout 3000 -- bash scripts/vm-suite.sh
+  # A VM of its own, fully preemptible: decisions preempted half-way (test/vm-preempt).
+  suite vm-preempt bash scripts/vm/run.sh --timeout 1200 --append preempt=full -- \
+    bash -c 'for f in dist/test/vm-preempt/*.test.js; do node "$f" || exit 1; done'
 fi
 
 # The benchmark with a few iterations (natively and in the VM): that it runs, never how fast.

@@ -2,7 +2,7 @@
 # Run one command as root inside a throwaway QEMU VM booted with Debian's 6.1
 # kernel (BPF LSM enabled), seeing a writable copy of this machine's /.
 #
-#   run.sh [--timeout SECONDS] [--mem MB] [--env NAME[=VALUE]]... -- CMD ARGS...
+#   run.sh [--timeout SECONDS] [--mem MB] [--env NAME[=VALUE]]... [--append KERNEL-ARG]... -- CMD ARGS...
 #
 # CMD runs in the caller's working directory (the path is the same inside), with
 # PATH, HOME=/root, CI, HELM_* and any --env variables; stdin is empty. Its
@@ -14,12 +14,13 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 usage() { sed -n '5p' "$0" >&2; exit 2; }
-timeout=1200 mem=2048 envs=()
+timeout=1200 mem=2048 envs=() kargs=()
 while (($#)); do
   case $1 in
     --timeout) timeout=${2:?}; shift 2 ;;
     --mem)     mem=${2:?}; shift 2 ;;
     --env)     envs+=("${2:?}"); shift 2 ;;
+    --append)  [[ ${2:?} =~ ^[A-Za-z0-9_.,=-]+$ ]] || die "bad --append $2"; kargs+=("$2"); shift 2 ;;
     --)        shift; break ;;
     *)         usage ;;
   esac
@@ -73,7 +74,7 @@ qemu=(qemu-system-x86_64
   -device virtio-serial-pci -chardev file,id=out,path=/dev/stdout
   -device virtserialport,chardev=out,name=helm.out
   -kernel "$image" -initrd "$CACHE/initrd.gz"
-  -append "console=ttyS0 lsm=lockdown,capability,landlock,yama,bpf quiet loglevel=3 panic=-1 helm.job=$job"
+  -append "console=ttyS0 lsm=lockdown,capability,landlock,yama,bpf quiet loglevel=3 panic=-1 ${kargs[*]-} helm.job=$job"
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap)
 
 # --foreground keeps qemu in our process group, so Ctrl-C or a CI runner

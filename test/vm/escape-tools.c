@@ -11,6 +11,7 @@
 #include <linux/io_uring.h>
 #include <linux/openat2.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
@@ -223,6 +225,71 @@ static int symlink_race(const char *link, const char *allowed, const char *secre
 	return 0;
 }
 
+/*
+ * Two processes on one CPU, each opening its own file as fast as it can: one a file
+ * the agent may read, the other one it may not. On a fully preemptible kernel each
+ * is preempted in the middle of helm's decision over and over, and the other one's
+ * decision runs on the same CPU meanwhile: a decision that shared per-CPU scratch
+ * space with it would be made on the other's path. Counts, per file, the opens that
+ * went the wrong way.
+ */
+static void open_loop(const char *path, int want_ok, int seconds, int out)
+{
+	cpu_set_t one;
+	CPU_ZERO(&one);
+	CPU_SET(0, &one);
+	if (sched_setaffinity(0, sizeof(one), &one))
+		_exit(3);
+	struct timeval start, now;
+	gettimeofday(&start, 0);
+	long opens = 0, wrong = 0;
+	char buf[16];
+	for (;;) {
+		for (int i = 0; i < 64; i++, opens++) {
+			int fd = open(path, O_RDONLY);
+			if (fd >= 0) {
+				ssize_t n = read(fd, buf, sizeof(buf));
+				(void)n;
+				close(fd);
+			}
+			wrong += want_ok ? fd < 0 : fd >= 0;
+		}
+		gettimeofday(&now, 0);
+		if (now.tv_sec - start.tv_sec >= seconds)
+			break;
+	}
+	long r[2] = { opens, wrong };
+	ssize_t n = write(out, r, sizeof(r));
+	_exit(n == sizeof(r) ? 0 : 4);
+}
+
+static int preempt_race(const char *allowed, const char *denied, int seconds)
+{
+	int p[2][2];
+	pid_t pid[2];
+	for (int k = 0; k < 2; k++) {
+		if (pipe(p[k]))
+			return report(-1);
+		pid[k] = fork();
+		if (pid[k] < 0)
+			return report(-1);
+		if (!pid[k])
+			open_loop(k ? denied : allowed, !k, seconds, p[k][1]);
+		close(p[k][1]);
+	}
+	long r[2][2] = { { -1, -1 }, { -1, -1 } };
+	for (int k = 0; k < 2; k++) {
+		int status = 0;
+		ssize_t n = read(p[k][0], r[k], sizeof(r[k]));
+		(void)n;
+		waitpid(pid[k], &status, 0);
+		if (!WIFEXITED(status) || WEXITSTATUS(status))
+			return report((errno = ECHILD, -1));
+	}
+	printf("OK allowed_opens=%ld allowed_denied=%ld denied_opens=%ld denied_allowed=%ld\n", r[0][0], r[0][1], r[1][0], r[1][1]);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2)
@@ -280,8 +347,10 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "symlink-race") && argc == 6)
 		return symlink_race(argv[2], argv[3], argv[4], atoi(argv[5]));
+	if (!strcmp(cmd, "preempt-race") && argc == 5)
+		return preempt_race(argv[2], argv[3], atoi(argv[4]));
 usage:
 	fprintf(stderr, "usage: escape-tools uring-open|openat2|opath-reopen|recv-fd|connect|bpf|kill|ptrace|"
-			"mount|umount|chroot|finit-module|memfd-exec|renamed-open|symlink-race|send-fd ...\n");
+			"mount|umount|chroot|finit-module|memfd-exec|renamed-open|symlink-race|preempt-race|send-fd ...\n");
 	return 2;
 }
