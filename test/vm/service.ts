@@ -59,8 +59,11 @@ export interface Service {
   stop: () => Promise<number | null>;
 }
 
-/** Starts the unit's ExecStart as systemd would; resolves once READY=1 arrived (throws if it exits first). */
-export async function startService(unitFile: string, timeoutMs = 300_000): Promise<Service> {
+/**
+ * Starts the unit's ExecStart as systemd would; resolves once READY=1 arrived (throws if it exits first).
+ * The bound is the harness's: loading and verifying the programs takes minutes in a TCG VM on a loaded machine.
+ */
+export async function startService(unitFile: string, timeoutMs = 600_000): Promise<Service> {
   const unit = readUnit(unitFile);
   for (const [d, mode] of unit.directories) {
     fs.mkdirSync(d, { recursive: true });
