@@ -11,6 +11,7 @@ import { loadPolicies } from '../daemon/policy/parse';
 import { compilePolicy } from '../daemon/policy/compile';
 import { evaluateOperation } from '../daemon/policy/evaluate';
 import { KernelEnforcer } from '../daemon/kernel/enforcer';
+import { C } from '../daemon/kernel/layout';
 import { figure } from './stats';
 import type { Row } from './model';
 import { FILE_OPS, HELMD, NET_OPS, type Layout, makeLayout, pickPorts, scaled, startServers } from './ops';
@@ -77,7 +78,7 @@ export async function runNative(smoke: boolean, say: (s: string) => void): Promi
     say('reference evaluator');
     rows.push(...evaluator(layout, smoke));
     say('apply-to-live');
-    rows.push(...applyToLive(layout, smoke));
+    rows.push(...(await applyToLive(layout.root, layout.data, smoke)));
   } finally {
     servers.kill('SIGKILL');
     await cgroups.cleanup();
@@ -153,13 +154,17 @@ function evaluator(layout: Layout, smoke: boolean): Row[] {
 }
 
 /**
- * From a parsed policy to the kernel deciding by it: compile, then a new
- * generation's tables filled and switched in (KernelEnforcer.applyGeneration).
- * helm's programs are loaded network-only, as this kernel allows: the tables
- * and the switch are the same with the LSM programs. Parsing the file before
- * is measured on its own.
+ * From a parsed policy to the kernel deciding by it: compile, then the next
+ * generation's tables written and switched in (KernelEnforcer.applyGeneration).
+ * Each apply is an edit: the policy differs from the one before in one rule, as
+ * when a user changes a line. Between applies the superseded generation is
+ * retired, as helmd does after answering (not timed). `tables-new` is the same
+ * write when every entry differs (the whole policy moved to another tree).
+ * helm's programs are loaded network-only, as this kernel allows: the tables and
+ * the switch are the same with the LSM programs. Parsing the file before is
+ * measured on its own.
  */
-function applyToLive(layout: Layout, smoke: boolean): Row[] {
+export async function applyToLive(root: string, data: string, smoke: boolean): Promise<Row[]> {
   const rows: Row[] = [];
   const { apply } = sizes(smoke);
   let enforcer: KernelEnforcer;
@@ -171,11 +176,16 @@ function applyToLive(layout: Layout, smoke: boolean): Row[] {
   }
   try {
     for (const n of apply) {
-      const file = path.join(layout.root, `apply-${n}.yaml`);
-      fs.writeFileSync(file, applyPolicy(n, layout.data));
-      const times = { total: [] as number[], parse: [] as number[], compile: [] as number[], tables: [] as number[] };
+      const file = path.join(root, `apply-${n}.yaml`);
+      const times = { total: [] as number[], parse: [] as number[], compile: [] as number[], tables: [] as number[], 'tables-new': [] as number[] };
       const iterations = smoke ? 2 : scaled(n >= 10_000 ? 30 : 100);
-      for (let i = 0; i < iterations + 1; i++) {
+      // Warm-up: every slot of the outer maps gets its tables.
+      for (let i = 0; i < C.HELM_MAX_GENERATIONS; i++) {
+        enforcer.applyGeneration(compilePolicy(loadPolicies([writePolicy(file, applyPolicy(n, data, { edit: -1 - i }))]).policies));
+        await enforcer.retire();
+      }
+      for (let i = 0; i < iterations; i++) {
+        writePolicy(file, applyPolicy(n, data, { edit: i }));
         const t0 = performance.now();
         const { policies } = loadPolicies([file]);
         const t1 = performance.now();
@@ -183,11 +193,19 @@ function applyToLive(layout: Layout, smoke: boolean): Row[] {
         const t2 = performance.now();
         enforcer.applyGeneration(compiled);
         const t3 = performance.now();
-        if (i === 0) continue; // warm-up
+        await enforcer.retire();
         times.total.push((t3 - t1) * 1e6);
         times.parse.push((t1 - t0) * 1e6);
         times.compile.push((t2 - t1) * 1e6);
         times.tables.push((t3 - t2) * 1e6);
+      }
+      // Every entry new: each version in its own tree (the slot last held another one).
+      for (let i = 0; i < Math.max(2, Math.ceil(iterations / 3)); i++) {
+        const compiled = compilePolicy(loadPolicies([writePolicy(file, applyPolicy(n, data, { tree: i }))]).policies);
+        const t0 = performance.now();
+        enforcer.applyGeneration(compiled);
+        times['tables-new'].push((performance.now() - t0) * 1e6);
+        await enforcer.retire();
       }
       for (const [variant, v] of Object.entries(times)) rows.push({ section: 'apply', env: 'native', op: `apply-${n}`, variant, time: figure(v) });
     }
@@ -195,4 +213,9 @@ function applyToLive(layout: Layout, smoke: boolean): Row[] {
     enforcer.close();
   }
   return rows;
+}
+
+function writePolicy(file: string, text: string): string {
+  fs.writeFileSync(file, text);
+  return file;
 }

@@ -46,13 +46,18 @@ export function benchPolicy(name: string, role: string, rules: number, layout: B
   return policyText(name, role, [...allow, ...extra.allow], [...block, ...extra.block]);
 }
 
-/** A policy of exactly `rules` synthetic rules, for apply-to-live. */
-export function applyPolicy(rules: number, data: string): string {
-  const r = syntheticRules(rules, data);
+/**
+ * A policy of exactly `rules` synthetic rules, for apply-to-live. Versions of it:
+ * `edit` n names another file in its first rule (an edit of one rule), `tree` n
+ * puts every rule's path in another tree (every table entry differs).
+ */
+export function applyPolicy(rules: number, data: string, version: { edit?: number; tree?: number } = {}): string {
+  const r = syntheticRules(rules, version.tree === undefined ? data : `${data}/v${version.tree}`, version.tree === undefined ? '' : `-v${version.tree}`);
+  if (version.edit !== undefined && r.allow.length) r.allow[0] = { ...r.allow[0], read: [`${data}/edited-${version.edit}`] };
   return policyText(`apply-${rules}`, 'apply', r.allow, r.block);
 }
 
-function syntheticRules(count: number, data: string): { allow: Record<string, unknown>[]; block: Record<string, unknown>[] } {
+function syntheticRules(count: number, data: string, far = ''): { allow: Record<string, unknown>[]; block: Record<string, unknown>[] } {
   const verbs = ['read', 'write', 'exec'] as const;
   const allow: Record<string, unknown>[] = [];
   const block: Record<string, unknown>[] = [];
@@ -60,7 +65,7 @@ function syntheticRules(count: number, data: string): { allow: Record<string, un
     const verb = verbs[i % 3];
     const subtree = i % 2 === 1;
     const near = i % 5 < 2; // 40 % next to the measured files
-    const p = near ? `${data}/sibling-${i}${subtree ? '/' : ''}` : `/srv/synthetic/team-${i % 37}/project-${i % 211}/item-${i}${subtree ? '/' : ''}`;
+    const p = near ? `${data}/sibling-${i}${subtree ? '/' : ''}` : `/srv/synthetic${far}/team-${i % 37}/project-${i % 211}/item-${i}${subtree ? '/' : ''}`;
     (i % 5 === 4 ? block : allow).push({ id: `synthetic-${i}`, [verb]: [p] });
   }
   return { allow, block };

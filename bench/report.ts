@@ -136,20 +136,24 @@ export function renderMarkdown(res: Results): string {
   if (ap.length) {
     out.push('## Policy apply-to-live', '');
     out.push(
-      'Natively, in helm’s own code: from a parsed policy to the kernel deciding by it (**total**): compile, then a new generation’s tables created, filled and',
+      'Natively, in helm’s own code: from a parsed policy to the kernel deciding by it (**total**): compile, then the next generation’s tables written and',
       'switched in (`KernelEnforcer.applyGeneration`), with helm’s programs loaded network-only as this kernel allows (the tables and the switch are the same with',
       'the LSM programs); parsing the file (YAML, validation, canonical paths), which comes before, on its own. In the VM, as a user gets it: from a',
       '`PolicyService.Apply` call to helmd to the first operation the kernel decides by the new generation (`bench/apply-latency.ts`), against a `Status`',
       'round trip of the same run, and the `Apply` call alone.',
       '',
     );
-    out.push('| rules | where | total | compile | tables | parse (before) | Apply call → first decision by it | Apply call |', '|---|---|---|---|---|---|---|---|');
+    out.push(
+      'Each native apply edits one rule of the policy before it; **tables, every entry new** is the same write when the whole policy changes.',
+      '',
+    );
+    out.push('| rules | where | total | compile | tables | tables, every entry new | parse (before) | Apply call → first decision by it | Apply call |', '|---|---|---|---|---|---|---|---|---|');
     for (const n of meta.sizes.apply) {
       for (const env of ['native', 'vm'] as Env[]) {
         const cell = (v: string) => (find(rows, 'apply', env, `apply-${n}`, v) ? timeCell(find(rows, 'apply', env, `apply-${n}`, v), notes) : '—');
         if (!ap.some((r) => r.env === env && r.op === `apply-${n}`)) continue;
         out.push(
-          `| ${n.toLocaleString('en-US')} | ${env === 'vm' ? 'VM' : 'native'} | ${cell('total')} | ${cell('compile')} | ${cell('tables')} | ${cell('parse')} | ${cell('rpc-to-live')} | ${cell('rpc')} |`,
+          `| ${n.toLocaleString('en-US')} | ${env === 'vm' ? 'VM' : 'native'} | ${cell('total')} | ${cell('compile')} | ${cell('tables')} | ${cell('tables-new')} | ${cell('parse')} | ${cell('rpc-to-live')} | ${cell('rpc')} |`,
         );
       }
     }

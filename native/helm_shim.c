@@ -484,11 +484,6 @@ int helm_pinned(const char *path)
 	return fd < 0 ? -errno : fd;
 }
 
-int helm_map_next_key(int fd, const void *key, void *next)
-{
-	return bpf_map_get_next_key(fd, key, next) ? -errno : 0;
-}
-
 /* ---------------------------------------------------------------- process plumbing */
 
 /*
@@ -569,9 +564,71 @@ int helm_map_update(int fd, const void *key, const void *value, unsigned long lo
 	return bpf_map_update_elem(fd, key, value, flags) ? -errno : 0;
 }
 
+/*
+ * Many elements in one call: `count` keys of key_size bytes and values of
+ * value_size bytes, packed. One BPF_MAP_UPDATE_BATCH where the kernel has it for
+ * the map type, else one update per element; either way no FFI round trip per
+ * element. Returns 0, or -errno with *done the elements written before the error.
+ */
+int helm_map_update_many(int fd, const void *keys, const void *values, int count, int key_size,
+			 int value_size, unsigned long long flags, int *done)
+{
+	LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = flags);
+	__u32 n = count;
+	int i;
+
+	*done = 0;
+	if (count <= 0)
+		return 0;
+	if (!bpf_map_update_batch(fd, keys, values, &n, &opts)) {
+		*done = count;
+		return 0;
+	}
+	/* A kernel or map type without batch updates processed nothing: go element by element. */
+	if (n != 0 || (errno != EINVAL && errno != EOPNOTSUPP && errno != 524 /* ENOTSUPP */))
+		return *done = n, -errno;
+	for (i = 0; i < count; i++) {
+		if (bpf_map_update_elem(fd, (const char *)keys + (size_t)i * key_size,
+					(const char *)values + (size_t)i * value_size, flags))
+			return -errno;
+		*done = i + 1;
+	}
+	return 0;
+}
+
+/* Deletes `count` packed keys, as helm_map_update_many; a missing key is an error (-ENOENT). */
+int helm_map_delete_many(int fd, const void *keys, int count, int key_size, int *done)
+{
+	LIBBPF_OPTS(bpf_map_batch_opts, opts);
+	__u32 n = count;
+	int i;
+
+	*done = 0;
+	if (count <= 0)
+		return 0;
+	if (!bpf_map_delete_batch(fd, keys, &n, &opts)) {
+		*done = count;
+		return 0;
+	}
+	if (n != 0 || (errno != EINVAL && errno != EOPNOTSUPP && errno != 524 /* ENOTSUPP */))
+		return *done = n, -errno;
+	for (i = 0; i < count; i++) {
+		if (bpf_map_delete_elem(fd, (const char *)keys + (size_t)i * key_size))
+			return -errno;
+		*done = i + 1;
+	}
+	return 0;
+}
+
 int helm_map_lookup(int fd, const void *key, void *value)
 {
 	return bpf_map_lookup_elem(fd, key, value) ? -errno : 0;
+}
+
+/* The key after `key` (the first one when key is NULL); -ENOENT after the last. */
+int helm_map_next_key(int fd, const void *key, void *next)
+{
+	return bpf_map_get_next_key(fd, key, next) ? -errno : 0;
 }
 
 int helm_map_delete(int fd, const void *key)

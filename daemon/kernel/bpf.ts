@@ -54,6 +54,27 @@ export class BpfMap {
     check(native().helm_map_update(this.fd, key, value, flags), `cannot update map ${this.name}`);
   }
 
+  /**
+   * `count` packed keys and values in one native call (a batch update where the kernel
+   * has one). Throws on the first element refused, saying how many went in before it.
+   */
+  updateMany(keys: Buffer, values: Buffer, count: number, flags: bigint = UPDATE.ANY): void {
+    if (keys.length < count * this.keySize || values.length < count * this.valueBytes) {
+      throw new KernelError(`map ${this.name}: ${count} elements need ${count * this.keySize} bytes of keys and ${count * this.valueBytes} of values`, 22);
+    }
+    const done = new Int32Array(1);
+    const rc = native().helm_map_update_many(this.fd, keys, values, count, this.keySize, this.valueBytes, flags, done);
+    if (rc < 0) throw new KernelError(`cannot update map ${this.name} (element ${done[0] + 1} of ${count}): ${errnoName(-rc)}`, -rc);
+  }
+
+  /** Deletes `count` packed keys in one native call; every key must be there. */
+  deleteMany(keys: Buffer, count: number): void {
+    if (keys.length < count * this.keySize) throw new KernelError(`map ${this.name}: ${count} keys need ${count * this.keySize} bytes`, 22);
+    const done = new Int32Array(1);
+    const rc = native().helm_map_delete_many(this.fd, keys, count, this.keySize, done);
+    if (rc < 0) throw new KernelError(`cannot delete from map ${this.name} (element ${done[0] + 1} of ${count}): ${errnoName(-rc)}`, -rc);
+  }
+
   /** The value, or undefined when the key is absent. */
   lookup(key: Buffer, valueSize: number): Buffer | undefined {
     this.checkKey(key);

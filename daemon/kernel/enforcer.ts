@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import { BpfMap, BpfObject, MAP_FLAG, MAP_TYPE, RingReader, UPDATE, readPerCpuCounter } from './bpf';
 import { PinnedKernel, type CommitReport, type PinOutcome } from './pins';
 import {
-  C, LAYOUT, kernelDev, encodeProtectedKey, encodeAgent, encodeInodeKey, encodeInodeValue, encodePathKey, encodePathValue,
+  C, LAYOUT, kernelDev, encodeProtectedKey, encodeAgent, encodeInodeKey, encodeInodeValue, encodePathKey, writePathKey, writePathValue,
   encodeSettings, decodeAgentCounters, encodeAuditSettings, type AgentCounters, encodeNetKey, encodeNetValue, encodeNameKey, encodeSocketKey, encodeSocketValue, encodeLearnedKey, encodeLearnedValue, u32Key, u64Key,
   encodeCondList, encodeExeKey, encodeUidKey,
 } from './layout';
@@ -97,6 +97,162 @@ export function activeLsms(): { ok: boolean; list: string[]; error?: string } {
   }
 }
 
+/**
+ * A table's contents as helmd wrote them: key → value, each as latin1 text
+ * (one character per byte) without its trailing zero bytes. Key and value sizes
+ * are fixed per table, so nothing is lost, and text is cheap to keep, hash and
+ * compare between generations.
+ */
+type TableContent = Map<string, string>;
+const EMPTY: TableContent = new Map();
+
+interface Slot {
+  /** Inner maps, in the order of KernelEnforcer.outer. */
+  tables: BpfMap[];
+  /** What each table holds; undefined while being written or after a failed write (the tables are then replaced). */
+  content: TableContent[] | undefined;
+  /** The generation that decides by these tables; undefined once retired. */
+  generation: number | undefined;
+}
+
+/** The inner maps of a generation, in the order of KernelEnforcer.outer (and of tableContents). */
+const TABLE_SPECS: { type: number; name: string; keySize: number; valueSize: number; maxEntries: number }[] = [
+  { type: MAP_TYPE.LPM_TRIE, name: 'helm_paths', keySize: LAYOUT.helm_path_key.size, valueSize: LAYOUT.helm_path_value.size, maxEntries: C.HELM_MAX_PATH_ENTRIES },
+  { type: MAP_TYPE.HASH, name: 'helm_inodes', keySize: LAYOUT.helm_inode_key.size, valueSize: LAYOUT.helm_inode_value.size, maxEntries: C.HELM_MAX_INODE_ENTRIES },
+  { type: MAP_TYPE.LPM_TRIE, name: 'helm_nets', keySize: LAYOUT.helm_net_key.size, valueSize: LAYOUT.helm_net_value.size, maxEntries: C.HELM_MAX_NET_ENTRIES },
+  { type: MAP_TYPE.HASH, name: 'helm_names', keySize: LAYOUT.helm_name_key.size, valueSize: LAYOUT.helm_net_value.size, maxEntries: C.HELM_MAX_NAME_ENTRIES },
+  { type: MAP_TYPE.LPM_TRIE, name: 'helm_unix', keySize: LAYOUT.helm_path_key.size, valueSize: LAYOUT.helm_socket_value.size, maxEntries: C.HELM_MAX_UNIX_ENTRIES },
+  { type: MAP_TYPE.HASH, name: 'helm_sockets', keySize: LAYOUT.helm_socket_key.size, valueSize: LAYOUT.helm_socket_value.size, maxEntries: C.HELM_MAX_SOCKET_ENTRIES },
+  { type: MAP_TYPE.HASH, name: 'helm_cond_lists', keySize: 4, valueSize: LAYOUT.helm_cond_list.size, maxEntries: C.HELM_MAX_COND_LISTS },
+  { type: MAP_TYPE.LPM_TRIE, name: 'helm_cond_exes', keySize: LAYOUT.helm_exe_key.size, valueSize: 4, maxEntries: C.HELM_MAX_COND_EXES },
+  { type: MAP_TYPE.HASH, name: 'helm_cond_uids', keySize: LAYOUT.helm_uid_key.size, valueSize: 4, maxEntries: C.HELM_MAX_COND_UIDS },
+];
+
+/**
+ * A table as one generation wants it: its entries packed (keys and values, each
+ * zero-padded to the table's sizes, as the batch calls take them) and, per
+ * distinct key, the entry that holds it (a later entry for the same key wins, as
+ * successive updates would).
+ */
+class TableImage {
+  readonly keys: Buffer;
+  readonly values: Buffer;
+  readonly content: TableContent = new Map();
+  private readonly at = new Map<string, number>();
+  private n = 0;
+
+  constructor(
+    readonly keySize: number,
+    readonly valueSize: number,
+    count: number,
+  ) {
+    this.keys = Buffer.alloc(count * keySize);
+    this.values = Buffer.alloc(count * valueSize);
+  }
+
+  /**
+   * Writes the next entry in place (`write(keys, keyAt, values, valueAt)`: both
+   * regions are zero); `keyBytes`, when known, is where the key's last non-zero
+   * byte can be at most (saves looking for it).
+   */
+  add(write: (keys: Buffer, keyAt: number, values: Buffer, valueAt: number) => void, keyBytes = this.keySize): void {
+    const i = this.n++;
+    write(this.keys, i * this.keySize, this.values, i * this.valueSize);
+    const k = text(this.keys, i * this.keySize, keyBytes);
+    this.content.set(k, text(this.values, i * this.valueSize, this.valueSize));
+    this.at.set(k, i);
+  }
+
+  /** The same with encoded buffers (tables that are small: no need to spare the allocations). */
+  put(key: Buffer, value: Buffer): void {
+    this.add((keys, ka, values, va) => {
+      key.copy(keys, ka);
+      value.copy(values, va);
+    });
+  }
+
+  /** Index in keys/values of the entry holding key text `k`. */
+  entryOf(k: string): number {
+    return this.at.get(k)!;
+  }
+
+  get count(): number {
+    return this.n;
+  }
+}
+
+/** `size` bytes of `buf` from `at` as latin1 text, trailing zero bytes dropped. */
+function text(buf: Buffer, at: number, size: number): string {
+  let end = at + size;
+  while (end > at && buf[end - 1] === 0) end--;
+  return buf.toString('latin1', at, end);
+}
+
+/** Every table as a compiled generation wants it, in TABLE_SPECS order. */
+export function tableImages(compiled: CompiledPolicy): TableImage[] {
+  const counts = [
+    compiled.pathEntries.length,
+    compiled.inodeEntries.length,
+    compiled.netEntries.length,
+    compiled.nameEntries.length,
+    compiled.unixEntries.length,
+    compiled.socketEntries.length,
+    compiled.condLists.length,
+    compiled.conds.reduce((n, c) => n + c.exes.length, 0),
+    compiled.conds.reduce((n, c) => n + c.uids.length, 0),
+  ];
+  const images = TABLE_SPECS.map((spec, i) => new TableImage(spec.keySize, spec.valueSize, counts[i]));
+  const [paths, inodes, nets, names, unix, sockets, condLists, condExes, condUids] = images;
+  for (const e of compiled.pathEntries) {
+    paths.add((k, ka, v, va) => {
+      writePathKey(k, ka, e.roleId, e.data);
+      writePathValue(v, va, e.verdicts, e.defaultMode);
+    }, LAYOUT.helm_path_key.fields.path[0] + e.data.length);
+  }
+  for (const e of compiled.inodeEntries) inodes.put(encodeInodeKey(e.roleId, e.dev, e.ino), encodeInodeValue(e.self, e.below));
+  for (const e of compiled.netEntries) nets.put(encodeNetKey(e.roleId, e.bytes, e.prefix), encodeNetValue(e.ranges, e.defaultMode));
+  for (const e of compiled.nameEntries) names.put(encodeNameKey(e.roleId, e.nameId), encodeNetValue(e.ranges, e.defaultMode));
+  for (const e of compiled.unixEntries) unix.put(encodePathKey(e.roleId, e.data), encodeSocketValue(e.verdict, e.defaultMode));
+  for (const e of compiled.socketEntries) sockets.put(encodeSocketKey(e.roleId, e.kind, e.protocol), encodeSocketValue(e.verdict, e.defaultMode));
+  for (const l of compiled.condLists) condLists.put(u32Key(l.listId), encodeCondList(l.entries));
+  for (const c of compiled.conds) {
+    for (const exe of c.exes) condExes.put(encodeExeKey(c.condId, exe), u32Key(1));
+    for (const uid of c.uids) condUids.put(encodeUidKey(c.condId, uid), u32Key(1));
+  }
+  return images;
+}
+
+/**
+ * Turns a table that holds `from` into one that holds `to`: entries gone are
+ * deleted first (so a table near its capacity has room), then new and changed
+ * ones written; one batch each.
+ */
+function syncTable(map: BpfMap, from: TableContent, to: TableImage): void {
+  if (map.keySize !== to.keySize || map.valueBytes !== to.valueSize) throw new KernelError(`map ${map.name}: sizes differ from bpf/helm.h's`, 22);
+  const gone: string[] = [];
+  for (const k of from.keys()) if (!to.content.has(k)) gone.push(k);
+  if (gone.length) {
+    const keys = Buffer.alloc(gone.length * to.keySize);
+    gone.forEach((k, i) => keys.write(k, i * to.keySize, 'latin1'));
+    map.deleteMany(keys, gone.length);
+  }
+  if (from.size === 0 && to.content.size === to.count) {
+    // Every entry new and none repeated: the image is the batch.
+    if (to.count) map.updateMany(to.keys, to.values, to.count);
+    return;
+  }
+  const changed: number[] = [];
+  for (const [k, v] of to.content) if (from.get(k) !== v) changed.push(to.entryOf(k));
+  if (changed.length === 0) return;
+  const keys = Buffer.alloc(changed.length * to.keySize);
+  const values = Buffer.alloc(changed.length * to.valueSize);
+  changed.forEach((e, i) => {
+    to.keys.copy(keys, i * to.keySize, e * to.keySize, (e + 1) * to.keySize);
+    to.values.copy(values, i * to.valueSize, e * to.valueSize, (e + 1) * to.valueSize);
+  });
+  map.updateMany(keys, values, changed.length);
+}
+
 export class KernelEnforcer implements KernelBinding {
   readonly governed: BpfMap;
   private readonly settings: BpfMap;
@@ -120,8 +276,8 @@ export class KernelEnforcer implements KernelBinding {
   private flags = 0;
   /** The outer ARRAY_OF_MAPS, in the order a generation's tables are kept. */
   private readonly outer: BpfMap[];
-  /** The generation in each slot of the outer maps, with its tables. */
-  private readonly slots: ({ generation: number; tables: BpfMap[] } | undefined)[] = [];
+  /** Each slot of the outer maps: its tables, what they hold, and the generation using it. */
+  private readonly slots: (Slot | undefined)[] = [];
   /** Tables no longer in any slot, closed after the next grace period. */
   private retiring: BpfMap[] = [];
   /** Objects protected now, by kernel key (dev:ino). */
@@ -172,7 +328,8 @@ export class KernelEnforcer implements KernelBinding {
     }
     for (let slot = 0; slot < C.HELM_MAX_GENERATIONS; slot++) {
       if (this.outer.some((m) => m.lookup(u32Key(slot), 4) !== undefined)) {
-        this.slots[slot] = { generation: slot === (this.generation & (C.HELM_MAX_GENERATIONS - 1)) ? this.generation : -1, tables: [] };
+        // Their tables are the kernel's and their contents unknown: the next generation in the slot gets fresh ones.
+        this.slots[slot] = { generation: slot === (this.generation & (C.HELM_MAX_GENERATIONS - 1)) ? this.generation : -1, tables: [], content: undefined };
       }
     }
     const F = LAYOUT.helm_protected_key.fields;
@@ -286,57 +443,54 @@ export class KernelEnforcer implements KernelBinding {
   }
 
   /**
-   * Builds a complete new generation of tables in its slot, then switches to it with
-   * one map update. Until that update nothing a program reads has changed: a failure
-   * on the way throws and leaves the running generation in force. The generation it
-   * replaces stays in its slot (decisions in flight may still be reading it) until
-   * retire().
+   * Writes a complete new generation into its slot's tables, then switches to it
+   * with one map update. Until that update nothing a program reads has changed: a
+   * failure on the way throws and leaves the running generation in force.
+   *
+   * A slot keeps its tables (they stay in the outer maps) from one generation to the
+   * next in it: only the entries that differ from what the slot held are written,
+   * in one batch per table. Replacing an inner map in an ARRAY_OF_MAPS makes the
+   * kernel wait for an RCU grace period per outer map (nine per switch), so tables
+   * are created and placed only the first time a slot is used, or after a failed
+   * write left a slot's contents unknown. The tables are rewritten only once no
+   * program can be reading them: retire() has seen a grace period since their
+   * generation was last active (or, without retire(), one is waited for here).
+   * The generation it replaces stays in its slot (decisions in flight may still be
+   * reading it) until retire().
    */
   applyGeneration(compiled: CompiledPolicy): number {
     const next = this.generation + 1;
     const slot = next & (C.HELM_MAX_GENERATIONS - 1);
-    const NO_PREALLOC = MAP_FLAG.NO_PREALLOC;
-    const tables: BpfMap[] = []; // in the order of this.outer
+    const wanted = tableImages(compiled);
+    let s = this.slots[slot];
+    if (s && s.generation !== undefined) {
+      // Superseded and not retired since: programs that read its generation may still run.
+      if (native().helm_sync_programs() === 0) s.generation = undefined;
+      else s = undefined; // cannot tell when they are done: fresh tables, placed by the kernel's own wait
+    }
+    if (s && s.content) {
+      const content = s.content;
+      s.content = undefined; // unknown until every table is written
+      TABLE_SPECS.forEach((_, i) => syncTable(s!.tables[i], content[i], wanted[i]));
+      s.content = wanted.map((w) => w.content);
+    } else {
+      s = this.placeFresh(slot, wanted);
+    }
+    // The switch: programs read the generation once per decision.
+    this.settings.update(u32Key(0), encodeSettings(next, this.flags, process.pid));
+    s.generation = next;
+    this.generation = next;
+    return next;
+  }
+
+  /** New tables holding `wanted`, put in `slot` of every outer map; the slot's old tables are closed after a grace period. */
+  private placeFresh(slot: number, wanted: TableImage[]): Slot {
     const previous = this.slots[slot];
+    const tables: BpfMap[] = []; // in the order of this.outer
     let placed = 0; // outer maps whose slot already holds the new tables
     try {
-      const paths = BpfMap.create(MAP_TYPE.LPM_TRIE, 'helm_paths', LAYOUT.helm_path_key.size, LAYOUT.helm_path_value.size, C.HELM_MAX_PATH_ENTRIES, NO_PREALLOC);
-      tables.push(paths);
-      const inodes = BpfMap.create(MAP_TYPE.HASH, 'helm_inodes', LAYOUT.helm_inode_key.size, LAYOUT.helm_inode_value.size, C.HELM_MAX_INODE_ENTRIES, NO_PREALLOC);
-      tables.push(inodes);
-      const nets = BpfMap.create(MAP_TYPE.LPM_TRIE, 'helm_nets', LAYOUT.helm_net_key.size, LAYOUT.helm_net_value.size, C.HELM_MAX_NET_ENTRIES, NO_PREALLOC);
-      tables.push(nets);
-      const names = BpfMap.create(MAP_TYPE.HASH, 'helm_names', LAYOUT.helm_name_key.size, LAYOUT.helm_net_value.size, C.HELM_MAX_NAME_ENTRIES, NO_PREALLOC);
-      tables.push(names);
-      const unix = BpfMap.create(MAP_TYPE.LPM_TRIE, 'helm_unix', LAYOUT.helm_path_key.size, LAYOUT.helm_socket_value.size, C.HELM_MAX_UNIX_ENTRIES, NO_PREALLOC);
-      tables.push(unix);
-      const sockets = BpfMap.create(MAP_TYPE.HASH, 'helm_sockets', LAYOUT.helm_socket_key.size, LAYOUT.helm_socket_value.size, C.HELM_MAX_SOCKET_ENTRIES, NO_PREALLOC);
-      tables.push(sockets);
-      const condLists = BpfMap.create(MAP_TYPE.HASH, 'helm_cond_lists', 4, LAYOUT.helm_cond_list.size, C.HELM_MAX_COND_LISTS, NO_PREALLOC);
-      tables.push(condLists);
-      const condExes = BpfMap.create(MAP_TYPE.LPM_TRIE, 'helm_cond_exes', LAYOUT.helm_exe_key.size, 4, C.HELM_MAX_COND_EXES, NO_PREALLOC);
-      tables.push(condExes);
-      const condUids = BpfMap.create(MAP_TYPE.HASH, 'helm_cond_uids', LAYOUT.helm_uid_key.size, 4, C.HELM_MAX_COND_UIDS, NO_PREALLOC);
-      tables.push(condUids);
-      for (const e of compiled.pathEntries) {
-        paths.update(encodePathKey(e.roleId, e.data), encodePathValue(e.verdicts, e.defaultMode));
-      }
-      for (const e of compiled.inodeEntries) {
-        inodes.update(encodeInodeKey(e.roleId, e.dev, e.ino), encodeInodeValue(e.self, e.below));
-      }
-      for (const e of compiled.netEntries) {
-        nets.update(encodeNetKey(e.roleId, e.bytes, e.prefix), encodeNetValue(e.ranges, e.defaultMode));
-      }
-      for (const e of compiled.nameEntries) {
-        names.update(encodeNameKey(e.roleId, e.nameId), encodeNetValue(e.ranges, e.defaultMode));
-      }
-      for (const e of compiled.unixEntries) unix.update(encodePathKey(e.roleId, e.data), encodeSocketValue(e.verdict, e.defaultMode));
-      for (const e of compiled.socketEntries) sockets.update(encodeSocketKey(e.roleId, e.kind, e.protocol), encodeSocketValue(e.verdict, e.defaultMode));
-      for (const l of compiled.condLists) condLists.update(u32Key(l.listId), encodeCondList(l.entries));
-      for (const c of compiled.conds) {
-        for (const exe of c.exes) condExes.update(encodeExeKey(c.condId, exe), u32Key(1));
-        for (const uid of c.uids) condUids.update(encodeUidKey(c.condId, uid), u32Key(1));
-      }
+      for (const spec of TABLE_SPECS) tables.push(BpfMap.create(spec.type, spec.name, spec.keySize, spec.valueSize, spec.maxEntries, MAP_FLAG.NO_PREALLOC));
+      TABLE_SPECS.forEach((_, i) => syncTable(tables[i], EMPTY, wanted[i]));
       for (let i = 0; i < this.outer.length; i++) {
         this.outer[i].update(u32Key(slot), u32Key(tables[i].fd));
         placed++;
@@ -356,41 +510,39 @@ export class KernelEnforcer implements KernelBinding {
       else for (const m of tables) m.close();
       throw e;
     }
-    // The switch: programs read the generation once per decision.
-    this.settings.update(u32Key(0), encodeSettings(next, this.flags, process.pid));
     if (previous) this.retiring.push(...previous.tables); // replaced in a reused slot
-    this.slots[slot] = { generation: next, tables };
-    this.generation = next;
-    return next;
+    const s: Slot = { tables, content: wanted.map((w) => w.content), generation: undefined };
+    this.slots[slot] = s;
+    return s;
   }
 
   /**
-   * Frees every generation but the active one. First waits until no program that
-   * could have read an older generation number is still running (a kernel RCU
-   * grace period: every helm program runs under rcu_read_lock), so no decision
-   * ever finds its generation's slot empty, and no program holds an inner map
-   * whose last reference we drop (6.1 kernels do not defer that free themselves).
+   * Makes every generation but the active one unusable, so that its slot can take
+   * the next generation. First waits until no program that could have read an older
+   * generation number is still running (a kernel RCU grace period: every helm
+   * program runs under rcu_read_lock), so no decision ever finds its generation's
+   * tables being rewritten, and no program holds an inner map whose last reference
+   * we drop (6.1 kernels do not defer that free themselves). The slots keep their
+   * tables for the generations to come.
    */
   async retire(): Promise<void> {
     const active = this.generation;
-    const stale = this.slots.map((s, slot) => ({ s, slot })).filter(({ s }) => s && s.generation !== active);
+    const stale = this.slots.filter((s): s is Slot => s !== undefined && s.generation !== undefined && s.generation !== active).map((s) => ({ s, generation: s.generation }));
     const closing = this.retiring;
     this.retiring = [];
     if (stale.length === 0 && closing.length === 0) return;
     await waitForRunningPrograms();
-    for (const { s, slot } of stale) {
-      // A later apply may have reused the slot meanwhile; then its tables are in `retiring`.
-      if (this.slots[slot] !== s) continue;
-      for (const outer of this.outer) outer.delete(u32Key(slot));
-      this.slots[slot] = undefined;
-      closing.push(...s!.tables);
-    }
+    // A later apply may have reused a slot meanwhile: then it holds another generation.
+    for (const { s, generation } of stale) if (s.generation === generation) s.generation = undefined;
     for (const m of closing) m.close();
   }
 
-  /** Generations whose tables are in the kernel now (the active one, and any not yet retired). */
+  /** Generations a decision may still use: the active one, and any not yet retired. */
   get liveGenerations(): number[] {
-    return this.slots.filter((s) => s !== undefined).map((s) => s!.generation).sort((a, b) => a - b);
+    return this.slots
+      .filter((s): s is Slot => s?.generation !== undefined)
+      .map((s) => s.generation!)
+      .sort((a, b) => a - b);
   }
 
   /** An address the agent's DNS lookups returned for host-name patterns (ids), until `expiresBootNs`. */

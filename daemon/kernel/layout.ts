@@ -325,21 +325,31 @@ export function encodeLearnedValue(expiresBootNs: bigint, nameIds: readonly numb
 
 /** Path-table key: `data` is the stored byte string (exact paths end in NUL, subtrees in '/'). */
 export function encodePathKey(roleId: number, data: Buffer): Buffer {
-  const L = LAYOUT.helm_path_key;
-  if (data.length > C.HELM_PATH_BUF) throw new RangeError(`path key of ${data.length} bytes exceeds ${C.HELM_PATH_BUF}`);
-  const buf = Buffer.alloc(L.size);
-  buf.writeUInt32LE(32 + 8 * data.length, L.fields.prefixlen[0]);
-  buf.writeUInt32LE(roleId, L.fields.role_id[0]);
-  data.copy(buf, L.fields.path[0]);
+  const buf = Buffer.alloc(LAYOUT.helm_path_key.size);
+  writePathKey(buf, 0, roleId, data);
   return buf;
 }
 
+/** encodePathKey into `buf` at `at`, whose bytes there are zero (many keys packed in one buffer). */
+export function writePathKey(buf: Buffer, at: number, roleId: number, data: Buffer): void {
+  const L = LAYOUT.helm_path_key;
+  if (data.length > C.HELM_PATH_BUF) throw new RangeError(`path key of ${data.length} bytes exceeds ${C.HELM_PATH_BUF}`);
+  buf.writeUInt32LE(32 + 8 * data.length, at + L.fields.prefixlen[0]);
+  buf.writeUInt32LE(roleId, at + L.fields.role_id[0]);
+  data.copy(buf, at + L.fields.path[0]);
+}
+
 export function encodePathValue(verdicts: readonly Verdict[], defaultMode: number): Buffer {
-  const L = LAYOUT.helm_path_value;
-  const buf = Buffer.alloc(L.size);
-  writeVerdicts(buf, L.fields.verdict[0], verdicts);
-  buf.writeUInt8(defaultMode, L.fields.default_mode[0]);
+  const buf = Buffer.alloc(LAYOUT.helm_path_value.size);
+  writePathValue(buf, 0, verdicts, defaultMode);
   return buf;
+}
+
+/** encodePathValue into `buf` at `at`, whose bytes there are zero. */
+export function writePathValue(buf: Buffer, at: number, verdicts: readonly Verdict[], defaultMode: number): void {
+  const L = LAYOUT.helm_path_value;
+  writeVerdicts(buf, at + L.fields.verdict[0], verdicts);
+  buf.writeUInt8(defaultMode, at + L.fields.default_mode[0]);
 }
 
 export function encodeInodeKey(roleId: number, dev: number, ino: bigint): Buffer {

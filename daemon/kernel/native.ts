@@ -44,6 +44,8 @@ export interface NativeApi {
   helm_map_create(type: number, name: string, keySize: number, valueSize: number, maxEntries: number, flags: number): number;
   helm_map_info(fd: number, out: Buffer): number;
   helm_map_update(fd: number, key: Buffer, value: Buffer, flags: bigint): number;
+  helm_map_update_many(fd: number, keys: Buffer, values: Buffer, count: number, keySize: number, valueSize: number, flags: bigint, done: Int32Array): number;
+  helm_map_delete_many(fd: number, keys: Buffer, count: number, keySize: number, done: Int32Array): number;
   helm_map_lookup(fd: number, key: Buffer, value: Buffer): number;
   helm_map_delete(fd: number, key: Buffer): number;
   helm_close_fd(fd: number): number;
@@ -100,6 +102,8 @@ export function native(): NativeApi {
     helm_map_create: lib.func('int helm_map_create(int type, const char *name, int key_size, int value_size, int max_entries, int flags)'),
     helm_map_info: lib.func('int helm_map_info(int fd, _Out_ uint8_t *out4)'),
     helm_map_update: lib.func('int helm_map_update(int fd, const uint8_t *key, const uint8_t *value, unsigned long long flags)'),
+    helm_map_update_many: lib.func('int helm_map_update_many(int fd, const uint8_t *keys, const uint8_t *values, int count, int key_size, int value_size, unsigned long long flags, _Out_ int *done)'),
+    helm_map_delete_many: lib.func('int helm_map_delete_many(int fd, const uint8_t *keys, int count, int key_size, _Out_ int *done)'),
     helm_map_lookup: lib.func('int helm_map_lookup(int fd, const uint8_t *key, _Out_ uint8_t *value)'),
     helm_map_delete: lib.func('int helm_map_delete(int fd, const uint8_t *key)'),
     helm_close_fd: lib.func('int helm_close_fd(int fd)'),

@@ -18,14 +18,21 @@ export interface CanonicalPath {
 }
 
 /**
+ * What lstat found at each path looked at, for one parse: a policy's thousands of rules
+ * share their directories, and each lookup is a system call. (A rename during the
+ * parse is seen or not, as with any lookup; the cache lives no longer than the parse.)
+ */
+export type LookupCache = Map<string, string | null | undefined>;
+
+/**
  * Canonicalise an absolute rule path. Throws on a relative path or one containing NUL: the parser
  * reports those itself, with a location, before calling this.
  */
-export function canonicalizeRulePath(written: string): CanonicalPath {
+export function canonicalizeRulePath(written: string, cache?: LookupCache): CanonicalPath {
   if (!written.startsWith('/')) throw new Error(`not an absolute path: ${JSON.stringify(written)}`);
   if (written.includes('\0')) throw new Error(`path contains a NUL byte: ${JSON.stringify(written)}`);
   const subtree = written.endsWith('/');
-  const real = resolvePath(written.split('/'));
+  const real = resolvePath(written.split('/'), cache);
   const canonical = subtree && real !== '/' ? `${real}/` : real;
   return { canonical, subtree, resolved: canonical !== written };
 }
@@ -42,7 +49,7 @@ const MAX_SYMLINKS = 40;
  * Symlinks under /proc are not followed: they depend on who looks (/proc/self, /proc/<pid>/exe,
  * /proc/self/fd/0 behind /dev/stdin) and would be pinned to the process that compiled the policy.
  */
-function resolvePath(components: string[]): string {
+function resolvePath(components: string[], cache?: LookupCache): string {
   let base = '/'; // reached and free of symlinks
   const rest: string[] = []; // below `base`, kept as written
   const todo = [...components];
@@ -60,7 +67,11 @@ function resolvePath(components: string[]): string {
       rest.push(part);
       continue;
     }
-    const target = symlinkTarget(next);
+    let target = cache?.get(next);
+    if (target === undefined && !cache?.has(next)) {
+      target = symlinkTarget(next);
+      cache?.set(next, target);
+    }
     if (target === null) {
       base = next; // exists, not a symlink
     } else if (target === undefined || ++links > MAX_SYMLINKS) {

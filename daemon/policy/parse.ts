@@ -23,7 +23,7 @@ import {
   visit,
 } from 'yaml';
 import { MAX_RULE_PATH_BYTES } from '../kernel/limits';
-import { canonicalizeRulePath } from './canonical';
+import { canonicalizeRulePath, type LookupCache } from './canonical';
 import { addressBytes } from './ip';
 import {
   Conditions,
@@ -348,13 +348,18 @@ interface Parsed {
   nameLoc?: SourceLocation;
 }
 
+/** Rule paths in canonical form, each path looked at once per parse (see LookupCache). */
+function canonicalizerFor(cache: LookupCache): (p: string) => string {
+  return (p) => canonicalizeRulePath(p, cache).canonical;
+}
+
 /** Parses one file, appending its diagnostics (sorted by position) to `diags`. */
 function parseSource(text: string, file: string, opts: ParseOptions, diags: PolicyDiagnostic[]): Parsed[] {
   const ctx: Ctx = {
     file,
     lines: new LineCounter(),
     diags: [],
-    canonicalize: opts.canonicalize ?? ((p) => canonicalizeRulePath(p).canonical),
+    canonicalize: opts.canonicalize ?? canonicalizerFor(new Map()),
   };
   // A byte-order mark is invisible in editors: columns are counted without it.
   if (text.startsWith('\ufeff')) text = text.slice(1);

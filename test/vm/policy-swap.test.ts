@@ -2,7 +2,8 @@
 // opens and executes files, and connects to loopback servers, that version A
 // allows and B denies, that B allows and A denies, that both allow and that
 // neither allows — over and over — while the test swaps the policy between A and
-// B hundreds of times over gRPC. Every single
+// B hundreds of times over gRPC (each swap rewriting tables the kernel held an
+// older generation in). Every single
 // operation must come out as one of the two versions decides it: never the
 // default deny because of a swap, never an allow that neither version gives. An
 // operation that fell entirely between two swaps must match the version then in
@@ -211,8 +212,12 @@ if (missing) {
     }
     t.match(out, /^SOCKET 1$/m, "the governed agent cannot connect to helmd's socket (EPERM)");
 
-    // Swap: A is generation 1; then B, A, B, ... Pauses between some swaps leave
-    // stretches where one version alone is in force.
+    // Swap: A is generation 1; then B, A, A, B, A, B, B, A, ... (versionOf): three
+    // applies in four change the version in force, and every generation differs from
+    // the one four before it, whose slot of the kernel's tables it takes: each apply
+    // rewrites those tables in place (helmd writes only what differs from what the slot
+    // held). Pauses between some swaps leave stretches where one version alone is in force.
+    const versionOf = (generation: number): 'A' | 'B' => ((generation + (generation >> 2)) & 1 ? 'A' : 'B');
     const rng = new Rng(0x5a4b);
     // One connection for every apply, as a control plane would keep (a new one costs here).
     const policyClient = client('PolicyService', SOCK);
@@ -226,7 +231,7 @@ if (missing) {
     const started = Date.now();
     while (swaps.length <= SWAPS) {
       const prev = swaps[swaps.length - 1];
-      const next: 'A' | 'B' = prev.version === 'A' ? 'B' : 'A';
+      const next = versionOf(prev.generation + 1);
       const sent = Number(process.hrtime.bigint());
       try {
         const r = await apply({ sources: [{ file: `${next}.yaml`, content: SOURCES[next] }], expected_generation: prev.generation });
@@ -301,7 +306,7 @@ if (missing) {
     t.ok(exactConnects.length >= 4, `connects among them (${exactConnects.length} of 8)`);
 
     // The audit trail: every denial of this agent is one its generation's version makes.
-    const versionOf = new Map(swaps.map((s) => [s.generation, s.version]));
+    const versionByGeneration = new Map(swaps.map((s) => [s.generation, s.version]));
     const failedReads = ops.filter((o) => o.kind === 'R' && !o.ok).length;
     const failedConnects = ops.filter((o) => o.kind === 'C' && !o.ok).length;
     type NetLine = AuditLine & { addr?: string; port?: number; detail?: string };
@@ -318,7 +323,7 @@ if (missing) {
     const badAudit: string[] = [];
     for (const l of mine) {
       if (l.op === 'control') continue; // the socket probe: self-protection, not policy
-      const v = versionOf.get(l.generation);
+      const v = versionByGeneration.get(l.generation);
       if (!v) {
         badAudit.push(`generation ${l.generation} is not one the test applied: ${JSON.stringify(l)}`);
         continue;
