@@ -25,6 +25,7 @@ import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import type * as grpc from '@grpc/grpc-js';
 import { client } from '../daemon/control/client';
+import { scratchPins } from '../test/support/scratch-pins';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const DIR = '/srv/helm-bench-apply';
@@ -119,12 +120,20 @@ async function main(): Promise<void> {
 
   let log = '';
   let helmd: ChildProcess | undefined;
+  let helmdExited: Promise<unknown> = Promise.resolve();
   const cleanup: (() => unknown)[] = [];
   if (!EXISTING) {
-    const started = spawn(path.join(ROOT, 'bin', 'helmd'), ['--policy', `${DIR}/policy`, '--audit-log', `${DIR}/audit.jsonl`, '--socket', SOCK, '--no-watch', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Its own pins, removed once it has stopped: the benchmark leaves no enforcement behind.
+    const pins = scratchPins('bench');
+    const started = spawn(path.join(ROOT, 'bin', 'helmd'), ['--policy', `${DIR}/policy`, '--audit-log', `${DIR}/audit.jsonl`, '--socket', SOCK, '--no-watch', '--log-level', 'warn', ...pins.args], { stdio: ['ignore', 'pipe', 'pipe'] });
     started.stdout!.on('data', (d) => (log += d));
     started.stderr!.on('data', (d) => (log += d));
-    cleanup.push(() => started.kill('SIGTERM'));
+    helmdExited = new Promise((r) => started.once('exit', r));
+    cleanup.push(async () => {
+      if (started.exitCode === null && started.signalCode === null) started.kill('SIGTERM');
+      await helmdExited;
+      pins.remove(`${DIR}/audit.jsonl`);
+    });
     helmd = started;
   }
   try {
@@ -213,7 +222,7 @@ async function main(): Promise<void> {
     }
   } finally {
     for (const c of cleanup) await c();
-    if (helmd && helmd.exitCode === null) await new Promise((r) => helmd!.once('exit', r));
+    await helmdExited;
     fs.rmSync(DIR, { recursive: true, force: true });
   }
 }

@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { call } from '../daemon/control/client';
 import { cgroup2Mount } from '../daemon/control/cgroups';
 import { HELMD, ROOT } from './ops';
+import { scratchPins } from '../test/support/scratch-pins';
 
 export interface RunningHelmd {
   proc: ChildProcess;
@@ -19,7 +20,9 @@ export interface RunningHelmd {
 /** `nodeArgs`: helmd's bundle run by this node with these options first (e.g. --cpu-prof), instead of bin/helmd. */
 export async function startHelmd(args: { policy: string; audit: string; socket: string; extra?: string[]; nodeArgs?: string[] }): Promise<RunningHelmd> {
   let output = '';
-  const helmdArgs = ['--policy', args.policy, '--audit-log', args.audit, '--socket', args.socket, ...(args.extra ?? [])];
+  // Its own pins, removed when it stops: the benchmark leaves no enforcement behind.
+  const pins = scratchPins('bench');
+  const helmdArgs = ['--policy', args.policy, '--audit-log', args.audit, '--socket', args.socket, ...pins.args, ...(args.extra ?? [])];
   const proc = args.nodeArgs
     ? spawn(process.execPath, [...args.nodeArgs, path.join(ROOT, 'dist', 'bundle', 'helmd.js'), ...helmdArgs], { stdio: ['ignore', 'pipe', 'pipe'] })
     : spawn(HELMD, helmdArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -30,6 +33,8 @@ export async function startHelmd(args: { policy: string; audit: string; socket: 
   while (!/helmd enforcing|helmd running in DRY-RUN/.test(output)) {
     if (proc.exitCode !== null || Date.now() > deadline) {
       proc.kill('SIGKILL');
+      await exited;
+      pins.remove(args.audit);
       throw new Error(`helmd did not start: ${whyNotStarted(output)}`);
     }
     await new Promise((r) => setTimeout(r, 50));
@@ -45,6 +50,7 @@ export async function startHelmd(args: { policy: string; audit: string; socket: 
       const t = setTimeout(() => proc.kill('SIGKILL'), 60_000);
       await exited;
       clearTimeout(t);
+      pins.remove(args.audit);
     },
   };
 }

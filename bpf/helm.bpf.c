@@ -15,6 +15,17 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/*
+ * The SHA-256 of the bpf/helm.h this object was compiled against (the Makefile
+ * passes it). helmd hashes it with the object's map and program definitions
+ * into the layout id of pinned state: maps are never reused by code that reads
+ * their bytes differently.
+ */
+#ifndef HELM_H_SHA256
+#error "compile with -DHELM_H_SHA256=\"<sha256 of bpf/helm.h>\" (see the Makefile)"
+#endif
+const char helm_layout[] SEC(".rodata.helm_layout") = HELM_H_SHA256;
+
 #define EPERM 1
 #define ENOENT 2
 #define ENAMETOOLONG 36

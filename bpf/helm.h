@@ -356,6 +356,24 @@ struct helm_settings {
 };
 #define HELM_SETTINGS_DRY_RUN 1u
 
+/*
+ * <pin dir>/<set>/meta, one entry: what a pinned set of maps and links is.
+ * Every helmd version reads it, so fields are only ever appended and `format`
+ * says how many there are. Never used by the kernel programs.
+ */
+struct helm_pin_meta {
+	__u32 format;       /* HELM_PIN_FORMAT */
+	__u32 state;        /* HELM_PIN_* */
+	__u8 layout[32];    /* SHA-256 over helm.h and the maps' and programs' definitions */
+	__u8 object[32];    /* SHA-256 of the object file whose programs the links run */
+	__u8 instance[16];  /* random, new for every set: ties helmd's state file to it */
+	__u64 created_ns;   /* CLOCK_REALTIME when the set was pinned */
+	char version[32];   /* the helmd that pinned it, NUL-terminated */
+};
+#define HELM_PIN_FORMAT 1
+#define HELM_PIN_READY 1
+#define HELM_PIN_CHANGING 2 /* programs are being replaced: whoever starts next finishes the job */
+
 #define HELM_EVENT_DECISION 1
 #define HELM_EVENT_SELFTEST 2
 #define HELM_EVENT_FLAG_DIR 1u

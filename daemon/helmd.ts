@@ -1,6 +1,9 @@
-// helmd: loads the policy, loads the kernel programs, serves the control API and
-// drains decisions into the audit trail. The order of start() is the contract:
-// nothing is reported as running until the kernel enforces a compiled policy.
+// helmd: loads the policy, takes over the pinned kernel state (or creates it),
+// serves the control API and drains decisions into the audit trail. The order of
+// start() is the contract: nothing is reported as running until the kernel
+// enforces a compiled policy. Enforcement is pinned under bpffs and outlives
+// helmd: stop() (or a crash) leaves every governed agent governed by the last
+// policy; only `helmctl uninstall` removes it.
 //
 // Every change of what the kernel enforces — an apply, a reload of the policy
 // files, a mode switch, an attach that brings a new role — runs through one
@@ -8,6 +11,7 @@
 // update; if anything fails before that update nothing has changed (kernel maps,
 // the policy in memory, modes), and the rejection is audited like the apply.
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -17,18 +21,22 @@ import { PolicyError, formatDiagnostic, type Mode, type Policy, type PolicyDiagn
 import { explain, formatExplanation, operationFromOptions } from './policy/explain';
 import { defaultCanonicalize, isVerb } from './policy/cases';
 import { PolicyWatcher } from './policy/watch';
-import { KernelEnforcer, type RingSizes } from './kernel/enforcer';
+import { KernelEnforcer, type GovernedEntry, type RingSizes } from './kernel/enforcer';
 import type { AuditLevel, GovernedAgent, KernelBinding } from './kernel/binding';
 import { C } from './kernel/layout';
+import { KernelError, native } from './kernel/native';
+import { RingReader, readPerCpuCounter } from './kernel/bpf';
+import { DEFAULT_PIN_DIR, type CommitReport } from './kernel/pins';
 import type { FsyncPolicy, RotationPolicy } from './audit/writer';
-import { AuditRecorder, policyDigest } from './audit/recorder';
+import { AuditRecorder, policyDigest, type RecordedAgent } from './audit/recorder';
 import { AuditFeed } from './audit/feed';
 import { rfc3339Nanos, AUDIT_SCHEMA_VERSION, type GenerationNames, type AuditContext } from './audit/record';
-import { inspectCgroup, cgroupHasProcesses, type CgroupInfo } from './control/cgroups';
+import { inspectCgroup, cgroupHasProcesses, findCgroupById, type CgroupInfo } from './control/cgroups';
 import { SerialQueue } from './control/serial';
 import { ControlServer, type ControlPlane, type TlsListener } from './control/server';
 import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound } from './control/status';
-import { runChecks, type Check } from './doctor';
+import { pinnedStateCheck, runChecks, type Check } from './doctor';
+import { loadState, saveState, lockState, lockPath, statePath, type HelmdState, type PersistedAgent } from './state';
 import { DnsForwarder, type DnsQueryAudit, type Upstream } from './net/dns-forwarder';
 import { LearnedAddresses } from './net/learned';
 import { nameMatches, type NameEntry } from './policy/compile-net';
@@ -69,8 +77,18 @@ export interface HelmdOptions {
   watch?: boolean;
   watchDebounceMs?: number;
   bpfObject?: string;
+  /**
+   * helmd's state between runs (names for kernel ids, counters) and its lock.
+   * With the real kernel, enforcement is pinned at pinDir and this is where it is
+   * described (default /var/lib/helm).
+   */
+  stateDir?: string;
+  /** Where enforcement is pinned (bpffs); default /sys/fs/bpf/helm. */
+  pinDir?: string;
+  /** The configuration file these options came from, protected like the policies. */
+  configFile?: string;
   logger: Logger;
-  /** The kernel binding (tests pass a fake). */
+  /** The kernel binding (tests pass a fake: nothing is then pinned, nothing persisted). */
   kernel?: () => KernelBinding;
   /** How cgroups are looked at (tests pass a fake). */
   cgroups?: { inspect(p: string): CgroupInfo; hasProcesses(dir: string): boolean };
@@ -147,6 +165,13 @@ const AGENT_NAME_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 const LABEL_KEY_RE = /^[A-Za-z0-9_.\/-]{1,63}$/;
 const MAX_LABELS = 64;
 const MAX_LABEL_VALUE = 256;
+/** How often agents whose cgroup was removed are released. */
+const RECONCILE_MS = 30_000;
+/** Names of this many past generations go into the state file (events of the downtime name them). */
+const PERSIST_GENERATION_NAMES = 2 * C.HELM_MAX_GENERATIONS;
+/** Role name for governed cgroups whose role no record names: no policy names it, so it may do nothing. */
+const UNKNOWN_ROLE = 'unknown';
+const DEFAULT_STATE_DIR = '/var/lib/helm';
 const LEARNED_SWEEP_MS = 1000;
 /** How long a detached agent's name stays known, for its events still in the rings. */
 const DETACHED_NAMES_MS = 60_000;
@@ -177,7 +202,19 @@ export class Helmd implements ControlPlane {
   /** Indexes for naming events on the drain path: agent id → agent, role id → role name. */
   private readonly agentsById = new Map<bigint, AgentState>();
   private roleNames = new Map<number, string>();
+  /** Role ids ever handed out (state and kernel): kept stable across generations and restarts. */
+  private roleIds = new Map<string, number>();
+  /** Label pair ids, kept like role ids (agents' label bits in the pinned map name them). */
+  private labelIds = new Map<string, number>();
   private nextAgentId = 1n;
+  /** The real kernel (pinned); undefined with a fake binding. */
+  private enforcer?: KernelEnforcer;
+  private state?: HelmdState;
+  private lockFd?: number;
+  private createdStateDir = false;
+  private reconcileTimer?: NodeJS.Timeout;
+  /** Started and serving: stop() then records that it stops. */
+  private serving = false;
   private realtimeOffset = 0n;
   private lastApply?: { at: string; ok: boolean; source: string; generation: number; error: string };
   private readonly log: Logger;
@@ -189,16 +226,40 @@ export class Helmd implements ControlPlane {
     this.cgroups = opts.cgroups ?? { inspect: (p) => inspectCgroup(p), hasProcesses: cgroupHasProcesses };
   }
 
+  private get stateDir(): string {
+    return this.opts.stateDir ?? DEFAULT_STATE_DIR;
+  }
+
+  private get pinDir(): string {
+    return this.opts.pinDir ?? DEFAULT_PIN_DIR;
+  }
+
   async start(): Promise<void> {
     // 1. The policy first: a bad file must stop us before we touch the kernel.
     const loaded = loadPolicies(this.opts.policyPaths);
-    const compiled = this.compileFor(loaded.policies, new Map());
+    const pinned = !this.opts.kernel;
+    if (pinned) {
+      // 2. One helmd at a time: from here the state and the pins are ours.
+      if (await socketAnswers(this.opts.socket)) throw new Error(`another helmd is already serving ${this.opts.socket}`);
+      this.createdStateDir = !fs.existsSync(this.stateDir);
+      this.lockFd = lockState(this.stateDir);
+      this.state = loadState(this.stateDir);
+      this.roleIds = new Map(Object.entries(this.state.roles));
+      this.labelIds = new Map(Object.entries(this.state.labels));
+    }
+    const previousRun = !this.state ? 'none' : this.state.running ? 'crashed' : this.state.instance ? 'stopped' : 'none';
+    // Compiled once, with the role ids earlier runs handed out (a compile walks blocked trees: not cheap).
+    let compiled = this.compileFor(loaded.policies, new Map());
     for (const w of compiled.warnings) this.log.warn({ file: w.loc.file, line: w.loc.line }, w.message);
     this.log.info({ files: loaded.files, policies: loaded.policies.map((p) => p.name) }, 'policy compiled');
 
-    // 2. The kernel: load and attach, or fail with the reason.
+    // 3. The kernel: take over what is pinned, or load the programs (attached in 6), or fail with the reason.
     const audit = { ...DEFAULT_AUDIT, ...this.opts.audit };
-    this.kernel = (this.opts.kernel ?? (() => KernelEnforcer.load(this.opts.bpfObject, { networkOnly: this.opts.networkOnly, rings: audit.rings })))();
+    if (this.opts.kernel) this.kernel = this.opts.kernel();
+    else {
+      this.enforcer = KernelEnforcer.open({ objectPath: this.opts.bpfObject, pinDir: this.pinDir, version: VERSION, networkOnly: this.opts.networkOnly, rings: audit.rings });
+      this.kernel = this.enforcer;
+    }
     if (this.opts.networkOnly) {
       this.log.warn(
         'NETWORK-ONLY MODE: connect and bind rules are enforced; file (read/write/exec) rules and self-protection are NOT — this kernel does not run BPF LSM programs',
@@ -208,11 +269,26 @@ export class Helmd implements ControlPlane {
     const kernel = this.kernel;
     this.learned = new LearnedAddresses(kernel, () => kernel.boottimeNs());
     this.sweepTimer = setInterval(() => this.learned?.sweep(), LEARNED_SWEEP_MS);
-    const generation = this.install(compiled);
-    this.running = { sources: loaded.sources, policies: loaded.policies, origin: 'files', appliedAt: now() };
-    if (this.dryRun) this.kernel.setGlobalDryRun(true);
 
-    // 3. The audit trail, then its sources: what is in force first, then the decisions.
+    // 4. Who is governed, and names for every id the kernel may report.
+    const relearned = this.enforcer ? this.relearn() : { vanished: [] };
+    const byId = new Map([...compiled.roles].map(([name, id]) => [id, name]));
+    if ([...this.roleIds].some(([name, id]) => byId.has(id) && byId.get(id) !== name)) {
+      // A role id the kernel holds but no record named went to a new role: compile again around it.
+      compiled = this.compileFor(loaded.policies, new Map());
+    }
+
+    // 5. The audit trail, and the rings drained into it: first whatever they kept while no helmd ran.
+    const pins = this.enforcer?.pins;
+    const samePins = !!(this.state && pins && this.state.instance === pins.pinnedMeta?.instance);
+    let backlog = 0n;
+    if (this.enforcer) {
+      for (const ring of ['deny', 'allow'] as const) {
+        const r = this.enforcer.openEvents(ring);
+        backlog += r.pendingBytes();
+        r.close();
+      }
+    }
     this.recorder = await AuditRecorder.start(
       {
         file: this.opts.auditLog,
@@ -221,26 +297,68 @@ export class Helmd implements ControlPlane {
         logger: this.log,
         onDecision: (decision, ts, agentId) => this.counted(decision, ts, agentId),
         onWritten: (lines) => this.feed.publish(lines),
+        // The pinned loss counters outlive helmd: what earlier runs wrote is not reported again.
+        lostBaseline: samePins ? { deny: BigInt(this.state!.lostReported), allow: BigInt(this.state!.lostReportedAllow), since: this.state!.lostSince } : undefined,
+        onLostReported: this.state
+          ? (ring, total, since) => {
+              if (ring === 'deny') this.state!.lostReported = total.toString();
+              else this.state!.lostReportedAllow = total.toString();
+              this.state!.lostSince = since;
+              this.saveState();
+            }
+          : undefined,
       },
       this.kernel,
       this.auditContext,
       this.realtimeOffset,
     );
-    this.control({ action: 'apply', source: 'startup', generation, previous_generation: 0, policies: names(loaded.policies), digest: policyDigest(loaded.policies), files: loaded.files, dry_run: this.dryRun });
-    this.lastApply = { at: now(), ok: true, source: 'startup', generation, error: '' };
+    for (const a of this.agents.values()) this.recorder.agentAttached(recordedAgent(a), { adopted: true });
 
-    // 4. The control API; then nothing of helm's own is reachable from a governed agent.
+    // 6. This helmd's policy as the next generation; the agents get their DNS forwarders
+    //    (and new maps their entries); then the programs run on these maps.
+    if (this.state) this.enforcer!.continueFrom(this.state.generation);
+    const previousGeneration = this.generation;
+    const generation = this.install(compiled);
+    this.running = { sources: loaded.sources, policies: loaded.policies, origin: 'files', appliedAt: now() };
+    this.kernel.setGlobalDryRun(this.dryRun);
+    for (const a of this.agents.values()) {
+      a.dns = await this.startDns(a);
+      this.kernel.govern(a.cgroupId, this.governedAs(a, this.compiled!));
+    }
+    // What exists of helm's own files is protected before the programs can change.
+    this.kernel.setProtected(this.ownFiles());
+    let report: CommitReport | undefined;
+    let upgradeLoss: bigint | undefined;
+    if (this.enforcer) {
+      report = this.enforcer.commit();
+      this.state!.instance = this.enforcer.pins!.instance;
+      if (!samePins) {
+        // Another set's counters: nothing of them is in the trail yet.
+        this.state!.lostReported = '0';
+        this.state!.lostReportedAllow = '0';
+      }
+      this.saveState();
+      if (this.enforcer.pins!.previous) upgradeLoss = this.drainPrevious();
+    }
+    this.control({ action: 'apply', source: 'startup', generation, previous_generation: previousGeneration, policies: names(loaded.policies), digest: policyDigest(loaded.policies), files: loaded.files, dry_run: this.dryRun });
+    this.lastApply = { at: now(), ok: true, source: 'startup', generation, error: '' };
+    this.recorder.reportLost();
+    if (this.enforcer) this.reconcileTimer = setInterval(() => void this.reconcile().catch((e) => this.log.error({ err: e }, 'reconcile failed')), RECONCILE_MS);
+
+    // 8. The control API; then nothing of helm's own is reachable from a governed agent.
     this.server = new ControlServer(this, {
       socket: this.opts.socket,
       socketGroup: this.opts.socketGroup,
       tls: this.opts.tls,
       maxRequestBytes: this.opts.maxRequestBytes,
       logger: this.log,
+      // Agents may already be governed (re-adopted): the socket is protected before it has its name.
+      beforePublish: (hidden) => this.kernel!.setProtected([...this.ownFiles(), hidden]),
     });
     await this.server.start();
     this.kernel.setProtected(this.ownFiles());
 
-    // 5. Policy files are watched: a change is applied like any other, or rejected and audited.
+    // 9. Policy files are watched: a change is applied like any other, or rejected and audited.
     if (this.opts.watch !== false) {
       this.watcher = new PolicyWatcher(
         this.opts.policyPaths,
@@ -250,10 +368,178 @@ export class Helmd implements ControlPlane {
       );
       this.watcher.start();
     }
+    this.serving = true;
+    if (this.state && pins) {
+      this.state.running = true;
+      this.saveState();
+      this.control({
+        action: 'start',
+        version: VERSION,
+        previous: previousRun,
+        pins: { dir: this.pinDir, set: pins.setName, outcome: pins.outcome, layout: pins.identity.layout, object: pins.identity.object, ...programsChanged(report!) },
+        generation,
+        agents: this.agentList().map((a) => ({ agent: a.name, agent_id: a.id.toString(), role: a.role, cgroup: a.cgroupPath })),
+        ...(relearned.vanished.length ? { vanished: relearned.vanished } : {}),
+        ...(upgradeLoss ? { upgrade_lost: upgradeLoss.toString() } : {}),
+        backlog_bytes: backlog.toString(),
+      });
+      const what = { adopted: 're-adopted the pinned enforcement', replaced: 'replaced the pinned programs', rebuilt: 'rebuilt the pinned maps for a new layout', fresh: 'pinned new enforcement' }[pins.outcome];
+      this.log.info({ pins: `${this.pinDir}/${pins.setName}`, outcome: pins.outcome, agents: this.agents.size, vanished: relearned.vanished.length, ...programsChanged(report!) }, `helmd ${what}`);
+    }
+    // The start and its apply are in the trail before helmd says it enforces (and systemd hears
+    // READY=1): whoever acts on that finds them there, and a crash right after cannot lose them.
+    await this.recorder.written();
     this.log.info(
       { generation: this.kernel.activeGeneration, socket: this.opts.socket, tls: this.opts.tls?.listen, audit: this.opts.auditLog, dryRun: this.dryRun },
       this.dryRun ? 'helmd running in DRY-RUN: denials are audited as would_deny and NOT enforced' : 'helmd enforcing',
     );
+    notify(`READY=1\nSTATUS=${this.dryRun ? 'dry-run' : 'enforcing'}: generation ${this.generation}, ${this.agents.size} agents`);
+  }
+
+  /**
+   * Rebuilds the agent table from what the kernel governs (the pinned map, or the
+   * replaced set's) with names from the state file, and releases agents whose
+   * cgroup is gone. After a fresh start (a reboot, an uninstall) nothing is governed.
+   */
+  private relearn(): { vanished: string[] } {
+    const st = this.state!;
+    const pins = this.enforcer!.pins!;
+    for (const [g, names] of Object.entries(st.generations)) this.generations.set(Number(g), names);
+    const known = new Map(st.agents.map((a) => [a.cgroupId, a]));
+    let entries: GovernedEntry[] = [];
+    if (pins.outcome === 'adopted' || pins.outcome === 'replaced') {
+      entries = this.enforcer!.governedEntries();
+      const forgotten = this.enforcer!.forgetAllLearned();
+      if (forgotten) this.log.info({ addresses: forgotten }, 'learned addresses forgotten: agents look their names up again');
+    } else if (pins.outcome === 'rebuilt') entries = this.previousAgents(known);
+    else if (st.agents.length) {
+      this.log.warn({ agents: st.agents.map((a) => a.name) }, 'agents of an earlier run are not governed any more (nothing was pinned: a reboot or helmctl uninstall); attach them again');
+    }
+    const idToRole = new Map([...this.roleIds].map(([name, id]) => [id, name]));
+    const vanished: string[] = [];
+    let maxAgent = BigInt(st.nextAgentId) - 1n;
+    for (const e of entries) {
+      const k = known.get(e.cgroupId.toString());
+      if (e.agentId > maxAgent) maxAgent = e.agentId;
+      const cgroupPath = k?.cgroupPath ?? findCgroupById(e.cgroupId);
+      if (!cgroupPath || !cgroupIs(cgroupPath, e.cgroupId)) {
+        vanished.push(k?.name ?? `cgroup-${e.cgroupId}`);
+        if (pins.outcome !== 'rebuilt') {
+          this.enforcer!.release(e.cgroupId);
+          this.enforcer!.forgetAgent(e.agentId); // its decision counters
+        }
+        continue;
+      }
+      let role = k?.role ?? idToRole.get(e.roleId);
+      if (role === undefined) {
+        // A role id no record names: keep it taken, under a name no policy uses.
+        role = `${UNKNOWN_ROLE}-${e.roleId}`;
+        this.roleIds.set(role, e.roleId);
+      }
+      const agent: AgentState = {
+        id: e.agentId,
+        name: k?.name ?? path.basename(cgroupPath),
+        role,
+        cgroupPath,
+        cgroupId: e.cgroupId,
+        dryRun: e.dryRun,
+        labels: k?.labels ?? {},
+        labelBits: e.labelBits,
+        generation: k?.generation ?? 0,
+        denied: 0n,
+        wouldDeny: 0n,
+        lastDecisionAt: '',
+      };
+      this.agents.set(agent.cgroupId, agent);
+      this.agentsById.set(agent.id, agent);
+    }
+    this.nextAgentId = maxAgent + 1n;
+    this.roleNames = new Map([...this.roleIds].map(([name, id]) => [id, name]));
+    if (vanished.length) this.log.info({ vanished }, 'released agents whose cgroups are gone');
+    return { vanished };
+  }
+
+  /** The agents the replaced set governed, by its map's keys (the values' layout may have changed) and the state. */
+  private previousAgents(known: Map<string, PersistedAgent>): GovernedEntry[] {
+    const old = this.enforcer!.pins!.previous!.map('governed_cgroups');
+    const fromState = (a: PersistedAgent) => ({ cgroupId: BigInt(a.cgroupId), agentId: BigInt(a.id), roleId: this.roleIds.get(a.role) ?? 0, dryRun: a.dryRun, labelBits: labelBitsOf(a.labels, this.labelIds) });
+    if (!old || old.keySize !== 8) {
+      this.log.warn('the replaced set has no readable governed_cgroups map: agents come from the state file alone');
+      return [...known.values()].map(fromState);
+    }
+    let next = BigInt(this.state!.nextAgentId);
+    return old.keys().map((key) => {
+      const cgroupId = key.readBigUInt64LE(0);
+      const k = known.get(cgroupId.toString());
+      return k ? fromState(k) : { cgroupId, agentId: next++, roleId: 0, dryRun: false, labelBits: 0n };
+    });
+  }
+
+  /**
+   * After a rebuild the old programs are gone; what their rings still hold was
+   * written in a layout this helmd may not read. Counted, and recorded as lost.
+   */
+  private drainPrevious(): bigint {
+    const previous = this.enforcer!.pins!.previous!;
+    let count = 0n;
+    for (const name of ['events', 'deny_events', 'allow_events']) {
+      const events = previous.map(name);
+      if (!events) continue;
+      const ring = new RingReader(events, 1 << 16);
+      try {
+        while (ring.drainOnce(() => count++, 0) > 0) {
+          /* count them all */
+        }
+      } finally {
+        ring.close();
+      }
+    }
+    const lost = previous.map('lost_events');
+    if (lost && lost.valueSize === 8) {
+      // One per-CPU counter per ring (one ring before the deny/allow split).
+      let total = 0n;
+      for (let i = 0; i < lost.maxEntries; i++) total += readPerCpuCounter(lost, i);
+      const same = this.state!.instance === previous.meta.instance;
+      const reported = same ? BigInt(this.state!.lostReported) + BigInt(this.state!.lostReportedAllow) : 0n;
+      if (total > reported) count += total - reported;
+    }
+    previous.close();
+    if (count > 0n) {
+      const at = now();
+      this.recorder!.record({ v: AUDIT_SCHEMA_VERSION, ts: at, seq: 0, type: 'lost', source: 'upgrade', count: count.toString(), total: count.toString(), since: this.state!.lostSince || at, reason: "the replaced programs' undrained events (another layout)" });
+      this.log.warn({ count: count.toString() }, 'events of the replaced programs recorded as lost');
+    }
+    return count;
+  }
+
+  /** Releases agents whose cgroup was removed (a stopped unit, a finished run). */
+  private reconcile(): Promise<void> {
+    return this.queue.run(() => {
+      for (const a of [...this.agents.values()]) {
+        if (cgroupIs(a.cgroupPath, a.cgroupId)) continue;
+        this.kernel!.release(a.cgroupId);
+        this.agents.delete(a.cgroupId);
+        this.agentsById.delete(a.id);
+        a.dns?.close();
+        this.learned?.forgetAgent(a.id);
+        this.saveState();
+        this.recorder?.agentDetached(recordedAgent(a));
+        this.control({ action: 'release', subject: subjectOf(a), reason: 'the cgroup was removed' });
+        this.log.info({ agent: a.name, cgroup: a.cgroupPath }, 'agent released: its cgroup was removed');
+      }
+    });
+  }
+
+  /** The state file, before the kernel change it describes (no-op with a fake kernel). */
+  private saveState(): void {
+    const st = this.state;
+    if (!st) return;
+    st.agents = [...this.agents.values()].map(persisted);
+    st.nextAgentId = this.nextAgentId.toString();
+    st.roles = Object.fromEntries(this.roleIds);
+    saveState(this.stateDir, st);
+    // The file was replaced (a new inode): protect the new one.
+    if (this.serving) this.kernel!.setProtected(this.ownFiles());
   }
 
   get generation(): number {
@@ -274,6 +560,11 @@ export class Helmd implements ControlPlane {
       }
     }
     own.push(this.opts.auditLog, path.dirname(this.opts.auditLog), this.opts.socket, path.dirname(this.opts.socket));
+    if (this.state) {
+      // The state names the roles behind kernel ids: rewritten, it would hand an agent another role's policy at the next start.
+      own.push(this.stateDir, statePath(this.stateDir), lockPath(this.stateDir));
+    }
+    if (this.opts.configFile) own.push(this.opts.configFile);
     // With the TCP listener: its key, and what decides who may connect.
     if (this.opts.tls) own.push(this.opts.tls.key, this.opts.tls.cert, this.opts.tls.ca);
     return [...new Set(own.map((p) => path.resolve(p)))];
@@ -286,15 +577,28 @@ export class Helmd implements ControlPlane {
     const roles = new Set([...this.agents.values()].map((a) => a.role));
     if (extraRole) roles.add(extraRole);
     const withModes = policies.map((p) => (modes.has(p.name) ? { ...p, mode: modes.get(p.name)! } : p));
-    // Ids that the kernel's other tables hold keep their meaning across generations: role ids
-    // (agent entries), host-name pattern ids (learned addresses) and label pair ids (agents'
-    // label bits), while a superseded generation may still be deciding.
+    // Ids that the kernel's other tables hold keep their meaning across generations, and across
+    // helmd runs (the tables are pinned): role ids (agent entries), host-name pattern ids (learned
+    // addresses) and label pair ids (agents' label bits), while a superseded generation may still be deciding.
     const c = this.compiled;
-    return compilePolicy(withModes, { roleIds: c?.roles, nameIds: c?.nameIds, labelIds: c?.labelIds, extraRoles: roles });
+    return compilePolicy(withModes, { roleIds: this.roleIds, nameIds: c?.nameIds, labelIds: c?.labelIds ?? this.labelIds, extraRoles: roles });
   }
 
   /** Switches the kernel to a compiled generation (throws having changed nothing), then names it for the audit trail. */
   private install(compiled: CompiledPolicy): number {
+    const next = this.kernel!.activeGeneration + 1;
+    const st = this.state;
+    const stBefore = st && { generation: st.generation, roles: st.roles, labels: st.labels, generations: st.generations };
+    if (st) {
+      // Names first: a helmd killed right after the switch must find them.
+      const names = new Map(Object.entries(st.generations).map(([g, n]) => [Number(g), n]));
+      names.set(next, { policies: compiled.policies, rules: compiled.rules });
+      st.generation = next;
+      st.generations = Object.fromEntries([...names].filter(([g]) => g > next - PERSIST_GENERATION_NAMES).map(([g, n]) => [String(g), n]));
+      for (const [name, id] of compiled.roles) this.roleIds.set(name, id);
+      st.labels = Object.fromEntries(compiled.labelIds);
+      this.saveState();
+    }
     // Agents get the bits of label pairs this generation names before it decides anything.
     // Pairs keep their ids, so the bits stay true for the generation still running; if the
     // switch fails, the bits go back to what they were.
@@ -310,12 +614,15 @@ export class Helmd implements ControlPlane {
     try {
       gen = this.kernel!.applyGeneration(compiled);
     } catch (e) {
+      if (st && stBefore) Object.assign(st, stBefore);
       for (const [a, bits] of before) {
         this.kernel!.govern(a.cgroupId, this.governedAs(a, compiled, { labelBits: bits }));
         a.labelBits = bits;
       }
       throw e;
     }
+    for (const [name, id] of compiled.roles) this.roleIds.set(name, id);
+    this.labelIds = new Map(compiled.labelIds);
     this.compiled = compiled;
     this.roleNames = new Map([...compiled.roles].map(([name, id]) => [id, name]));
     this.namesByRole = new Map();
@@ -515,15 +822,20 @@ export class Helmd implements ControlPlane {
       };
       // Its DNS forwarder first: from the moment the cgroup is governed, its DNS goes there.
       agent.dns = await this.startDns(agent);
+      // Recorded first: a helmd killed right after the kernel update still knows the agent.
+      this.agents.set(cg.id, agent);
+      this.agentsById.set(agent.id, agent);
       try {
+        this.saveState();
         this.kernel!.govern(cg.id, this.governedAs(agent, this.compiled!));
       } catch (e) {
         agent.dns.close();
+        this.agents.delete(cg.id);
+        this.agentsById.delete(agent.id);
+        this.saveState();
         throw e;
       }
-      this.agents.set(cg.id, agent);
-      this.agentsById.set(agent.id, agent);
-      this.recorder?.agentAttached({ id: agent.id, name: agent.name, role: agent.role, cgroupPath: agent.cgroupPath, cgroupId: agent.cgroupId, labels: agent.labels });
+      this.recorder?.agentAttached(recordedAgent(agent));
       this.control({ action: 'attach', by: who, subject: subjectOf(agent), mode: modeOf(agent.dryRun), generation: this.generation });
       this.log.info({ agent: agent.name, role: agent.role, cgroup: agent.cgroupPath, dryRun: agent.dryRun }, 'agent attached');
       return agent;
@@ -542,10 +854,11 @@ export class Helmd implements ControlPlane {
       this.kernel!.release(cg.id);
       this.agents.delete(cg.id);
       // Its last counters, before the detach line; its last events may still be in the rings: keep its name a while.
-      this.recorder?.agentDetached({ id: agent.id, name: agent.name, role: agent.role, cgroupPath: agent.cgroupPath, cgroupId: agent.cgroupId, labels: agent.labels });
+      this.recorder?.agentDetached(recordedAgent(agent));
       setTimeout(() => {
         if (this.agentsById.get(agent.id) === agent) this.agentsById.delete(agent.id);
       }, DETACHED_NAMES_MS).unref();
+      this.saveState();
       agent.dns?.close();
       this.learned?.forgetAgent(agent.id);
       this.control({ action: 'detach', by: who, subject: subjectOf(agent), forced: force });
@@ -595,6 +908,7 @@ export class Helmd implements ControlPlane {
         const previous = modeOf(agent.dryRun);
         this.kernel!.govern(agent.cgroupId, this.governedAs(agent, this.compiled!, { dryRun: mode === 'dry-run' }));
         agent.dryRun = mode === 'dry-run';
+        this.saveState();
         return this.modeSwitched(`agent ${agent.name}`, { target: 'agent', subject: subjectOf(agent) }, previous, mode, who);
       }
       if ('policy' in target) {
@@ -642,6 +956,7 @@ export class Helmd implements ControlPlane {
       networkOnly: !!this.opts.networkOnly,
       auditLog: this.opts.auditLog,
       eventsWritten: this.recorder?.status().decisions ?? 0n,
+      // Since this helmd started (earlier runs reported theirs); the downtime's loss counts here.
       eventsLost: this.recorder?.totalLost() ?? 0n,
       agents: this.agents.size,
       audit: this.auditStatus(),
@@ -656,6 +971,7 @@ export class Helmd implements ControlPlane {
     // helmd is running, so the programs loaded: what is asked is the rest of the host.
     const checks = runChecks({ tryLoad: false });
     checks.push({ name: 'helmd enforcing', ok: !!this.kernel, detail: `generation ${this.generation} loaded${this.dryRun ? ', helmd-wide DRY-RUN' : ''}` });
+    if (this.enforcer) checks.push(pinnedStateCheck(this.pinDir, this.opts.bpfObject));
     return checks;
   }
 
@@ -770,16 +1086,80 @@ export class Helmd implements ControlPlane {
     };
   }
 
+  /**
+   * Stops helmd, not enforcement: the pinned programs keep deciding with the last
+   * policy, and what they report waits in the ring for the next helmd.
+   */
   async stop(): Promise<void> {
+    if (this.serving) notify('STOPPING=1');
     this.watcher?.close();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    if (this.reconcileTimer) clearInterval(this.reconcileTimer);
     for (const a of this.agents.values()) a.dns?.close();
     await this.server?.stop();
     await this.queue.idle().catch(() => undefined);
-    await this.recorder?.stop();
+    await this.recorder?.stop({
+      before: () => {
+        if (this.serving && this.state) {
+          this.control({ action: 'stop', generation: this.generation, agents: this.agents.size, enforcement: `continues, pinned at ${this.pinDir}` });
+          this.state.running = false;
+          this.saveState();
+          this.log.info({ pins: this.pinDir, agents: this.agents.size }, 'helmd stopped; enforcement continues (pinned): helmctl uninstall removes it');
+        }
+      },
+    });
     this.kernel?.close();
-    if (this.server) this.log.info('helmd stopped; enforcement ended with it (pinning arrives with the production issue)');
+    if (this.lockFd !== undefined) fs.closeSync(this.lockFd);
+    this.lockFd = undefined;
+    if (!this.serving) this.undoStateDir();
+    this.serving = false;
   }
+
+  /** A helmd that failed before pinning anything leaves no state directory it made. */
+  private undoStateDir(): void {
+    if (!this.createdStateDir || this.enforcer?.outcome) return;
+    const left = fs.existsSync(this.stateDir) ? fs.readdirSync(this.stateDir) : [];
+    if (left.every((f) => f === 'helmd.lock')) fs.rmSync(this.stateDir, { recursive: true, force: true });
+  }
+}
+
+/** Does the cgroup at p still have this id (not removed, or removed and made again)? */
+function cgroupIs(p: string, id: bigint): boolean {
+  try {
+    return fs.statSync(p, { bigint: true }).ino === id;
+  } catch {
+    return false;
+  }
+}
+
+function persisted(a: AgentState): PersistedAgent {
+  return { id: a.id.toString(), name: a.name, role: a.role, cgroupPath: a.cgroupPath, cgroupId: a.cgroupId.toString(), dryRun: a.dryRun, labels: a.labels, generation: a.generation };
+}
+
+/** What changed of the programs, for the log and the trail (empty lists left out). */
+function programsChanged(r: CommitReport): Partial<CommitReport> {
+  return Object.fromEntries(Object.entries(r).filter(([, v]) => (v as string[]).length > 0));
+}
+
+/** Tells systemd (Type=notify) how we are; nothing when not started by it. */
+function notify(message: string): void {
+  try {
+    const rc = native().helm_sd_notify(message);
+    if (rc < 0) process.stderr.write(`helmd: cannot notify systemd (errno ${-rc})\n`);
+  } catch (e) {
+    if (!(e instanceof KernelError)) throw e; // no native library (a fake kernel's tests): nobody to tell
+  }
+}
+
+function socketAnswers(socket: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(socket);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
 }
 
 function now(): string {
@@ -815,3 +1195,6 @@ function checkLabels(labels: Record<string, string>): void {
   }
 }
 
+function recordedAgent(a: AgentState): RecordedAgent {
+  return { id: a.id, name: a.name, role: a.role, cgroupPath: a.cgroupPath, cgroupId: a.cgroupId, labels: a.labels };
+}

@@ -8,7 +8,9 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,11 @@
 #include <unistd.h>
 #include <linux/membarrier.h>
 #include <sys/syscall.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
@@ -28,11 +35,23 @@ struct helm_obj {
 	int nlinks;
 };
 
+/*
+ * A ring-buffer consumer of our own rather than libbpf's: libbpf hands the
+ * kernel back each record's space as soon as its callback returns, so records
+ * copied out but not yet written to the audit trail would vanish with a killed
+ * helmd. Here the kernel's consumer position moves only on helm_ring_commit(),
+ * once the records are written: a new helmd reads from there, and nothing the
+ * kernel reported is lost unnoticed (what did not fit in the ring was counted).
+ */
 struct helm_ring {
-	struct ring_buffer *rb;
-	char *out;
-	int cap;
-	int used;
+	int epfd;
+	unsigned long *consumer; /* the kernel-visible consumer position (read-write page) */
+	void *upper;             /* the producer position page, then the data pages mapped twice */
+	size_t upper_len;
+	unsigned long *producer;
+	char *data;
+	unsigned long mask;
+	unsigned long read_pos;  /* where the next drain starts; ahead of *consumer until committed */
 	int max_record;
 };
 
@@ -79,7 +98,7 @@ static void set_error(char *err, int errlen, int code, const char *what)
 		 libbpf_log_len ? "\nlibbpf said:\n" : "", libbpf_log_len ? libbpf_log : "");
 }
 
-/* helm_open flags */
+/* helm_open / helm_obj_open flags */
 #define HELM_OPEN_NETWORK_ONLY 1 /* leave the LSM programs out: the kernel would refuse them */
 
 /*
@@ -123,15 +142,19 @@ static int resize_maps(struct bpf_object *obj, const char *spec, char *err, int 
 	return 0;
 }
 
-/* Opens and loads an object file (flags: HELM_OPEN_*), its maps sized per `sizes` (may be NULL); nothing is attached yet. */
-struct helm_obj *helm_open_sized(const char *path, int flags, const char *sizes, char *err, int errlen)
+static void reset_log(void)
 {
-	struct helm_obj *o;
-	int rc;
-
 	libbpf_set_print(capture_libbpf);
 	libbpf_log_len = 0;
 	libbpf_log[0] = 0;
+}
+
+/* Opens an object file without loading it: its maps may first be pointed at pinned ones. */
+struct helm_obj *helm_obj_open(const char *path, int flags, char *err, int errlen)
+{
+	struct helm_obj *o;
+
+	reset_log();
 	o = calloc(1, sizeof(*o));
 	if (!o) {
 		set_error(err, errlen, ENOMEM, "out of memory");
@@ -151,13 +174,38 @@ struct helm_obj *helm_open_sized(const char *path, int flags, const char *sizes,
 				bpf_program__set_autoload(prog, false);
 		}
 	}
-	rc = resize_maps(o->obj, sizes, err, errlen);
-	if (!rc) {
-		rc = bpf_object__load(o->obj);
-		if (rc)
-			set_error(err, errlen, -rc, "the kernel refused to load the BPF programs");
-	}
+	return o;
+}
+
+/* Loads (verifies) every program and creates every map not reused; nothing is attached. */
+int helm_obj_load(struct helm_obj *o, char *err, int errlen)
+{
+	int rc;
+
+	reset_log();
+	rc = bpf_object__load(o->obj);
 	if (rc) {
+		set_error(err, errlen, -rc, "the kernel refused to load the BPF programs");
+		return rc;
+	}
+	return 0;
+}
+
+/* Sets maps' sizes on an opened object, before it is loaded: "name=max_entries,..." (e.g. the audit rings). */
+int helm_obj_resize(struct helm_obj *o, const char *sizes, char *err, int errlen)
+{
+	reset_log();
+	return resize_maps(o->obj, sizes, err, errlen);
+}
+
+/* Opens and loads an object file (flags: HELM_OPEN_*), its maps sized per `sizes` (may be NULL); nothing is attached yet. */
+struct helm_obj *helm_open_sized(const char *path, int flags, const char *sizes, char *err, int errlen)
+{
+	struct helm_obj *o = helm_obj_open(path, flags, err, errlen);
+
+	if (!o)
+		return NULL;
+	if (resize_maps(o->obj, sizes, err, errlen) || helm_obj_load(o, err, errlen)) {
 		bpf_object__close(o->obj);
 		free(o);
 		return NULL;
@@ -223,6 +271,270 @@ int helm_map_fd(struct helm_obj *o, const char *name)
 		return -ENOENT;
 	return bpf_map__fd(m);
 }
+
+/* ---------------------------------------------------------------- pinning and links */
+
+static int appendf(char *buf, int len, int *used, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf + *used, *used < len ? len - *used : 0, fmt, ap);
+	va_end(ap);
+	if (n < 0 || *used + n >= len)
+		return -E2BIG;
+	*used += n;
+	return 0;
+}
+
+/*
+ * One line per map the object declares (internal .data/.rodata/.bss maps left
+ * out: they belong to their programs and are never shared or pinned):
+ *   map NAME TYPE KEY VALUE MAX_ENTRIES FLAGS [inner TYPE KEY VALUE MAX_ENTRIES FLAGS]
+ * then one line per program that will be loaded:
+ *   prog NAME TYPE EXPECTED_ATTACH_TYPE SECTION
+ * helmd hashes this text (with the header identity) into the layout id of pinned state.
+ */
+int helm_obj_describe(struct helm_obj *o, char *buf, int len)
+{
+	struct bpf_program *prog;
+	struct bpf_map *m;
+	int used = 0;
+
+	if (len > 0)
+		buf[0] = 0;
+	bpf_object__for_each_map(m, o->obj) {
+		struct bpf_map *in = bpf_map__inner_map(m);
+
+		if (bpf_map__is_internal(m))
+			continue;
+		if (appendf(buf, len, &used, "map %s %d %u %u %u %u", bpf_map__name(m), bpf_map__type(m),
+			    bpf_map__key_size(m), bpf_map__value_size(m), bpf_map__max_entries(m),
+			    bpf_map__map_flags(m)))
+			return -E2BIG;
+		if (in && appendf(buf, len, &used, " inner %d %u %u %u %u", bpf_map__type(in),
+				  bpf_map__key_size(in), bpf_map__value_size(in),
+				  bpf_map__max_entries(in), bpf_map__map_flags(in)))
+			return -E2BIG;
+		if (appendf(buf, len, &used, "\n"))
+			return -E2BIG;
+	}
+	bpf_object__for_each_program(prog, o->obj) {
+		if (!bpf_program__autoload(prog))
+			continue; /* left out (network-only): not loaded, not attached */
+		if (appendf(buf, len, &used, "prog %s %d %d %s\n", bpf_program__name(prog),
+			    bpf_program__type(prog), bpf_program__expected_attach_type(prog),
+			    bpf_program__section_name(prog)))
+			return -E2BIG;
+	}
+	return used;
+}
+
+/*
+ * The initial bytes of an internal data map (e.g. ".rodata.helm_layout", where
+ * helm.bpf.c records which helm.h it was built from). Returns the byte count,
+ * -ENOENT when the object has no such section.
+ */
+int helm_obj_section_data(struct helm_obj *o, const char *section, void *out, int len)
+{
+	struct bpf_map *m;
+	const void *data;
+	size_t size = 0;
+
+	bpf_object__for_each_map(m, o->obj) {
+		if (!bpf_map__is_internal(m) || strcmp(bpf_map__name(m), section) != 0)
+			continue;
+		data = bpf_map__initial_value(m, &size);
+		if (!data)
+			return -ENOENT;
+		if ((size_t)len < size)
+			return -E2BIG;
+		memcpy(out, data, size);
+		return (int)size;
+	}
+	return -ENOENT;
+}
+
+/* Points a declared map at an existing one (a pinned map) before loading. */
+int helm_obj_reuse_map(struct helm_obj *o, const char *name, int fd)
+{
+	struct bpf_map *m = bpf_object__find_map_by_name(o->obj, name);
+
+	if (!m)
+		return -ENOENT;
+	return bpf_map__reuse_fd(m, fd);
+}
+
+int helm_prog_fd(struct helm_obj *o, const char *name)
+{
+	struct bpf_program *p = bpf_object__find_program_by_name(o->obj, name);
+
+	if (!p)
+		return -ENOENT;
+	return bpf_program__fd(p);
+}
+
+static int is_cgroup_program(enum bpf_prog_type t)
+{
+	switch (t) {
+	case BPF_PROG_TYPE_CGROUP_SKB:
+	case BPF_PROG_TYPE_CGROUP_SOCK:
+	case BPF_PROG_TYPE_CGROUP_SOCK_ADDR:
+	case BPF_PROG_TYPE_CGROUP_DEVICE:
+	case BPF_PROG_TYPE_CGROUP_SYSCTL:
+	case BPF_PROG_TYPE_CGROUP_SOCKOPT:
+	case BPF_PROG_TYPE_SOCK_OPS:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/*
+ * Attaches one program and returns its link's fd, owned by the caller (who pins
+ * it): cgroup programs to the cgroup at cgroup_path, everything else where its
+ * section name says (lsm/..., raw_tp/...).
+ */
+int helm_prog_attach(struct helm_obj *o, const char *name, const char *cgroup_path, char *err,
+		     int errlen)
+{
+	struct bpf_program *prog = bpf_object__find_program_by_name(o->obj, name);
+	struct bpf_link *link;
+	char what[300];
+	int fd, code;
+
+	reset_log();
+	if (!prog) {
+		set_error(err, errlen, ENOENT, "no such program");
+		return -ENOENT;
+	}
+	if (is_cgroup_program(bpf_program__type(prog))) {
+		int cg = open(cgroup_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+		if (cg < 0) {
+			code = errno;
+			snprintf(what, sizeof(what), "cannot open cgroup %s for program %s", cgroup_path, name);
+			set_error(err, errlen, code, what);
+			return -code;
+		}
+		link = bpf_program__attach_cgroup(prog, cg);
+		code = errno;
+		close(cg);
+	} else {
+		link = bpf_program__attach(prog);
+		code = errno;
+	}
+	if (!link) {
+		snprintf(what, sizeof(what), "cannot attach program %s", name);
+		set_error(err, errlen, code, what);
+		return -code;
+	}
+	/* the fd becomes ours: disconnected, libbpf frees its bookkeeping and leaves the link alone */
+	fd = bpf_link__fd(link);
+	bpf_link__disconnect(link);
+	bpf_link__destroy(link);
+	return fd;
+}
+
+/* Swaps the program behind a link in one step (cgroup links and others that support it). */
+int helm_link_update(int link_fd, int new_prog_fd, int old_prog_fd)
+{
+	LIBBPF_OPTS(bpf_link_update_opts, opts, .flags = old_prog_fd >= 0 ? BPF_F_REPLACE : 0,
+		    .old_prog_fd = old_prog_fd >= 0 ? old_prog_fd : 0);
+
+	return bpf_link_update(link_fd, new_prog_fd, &opts) ? -errno : 0;
+}
+
+/* A link's type, id and program id. */
+int helm_link_info(int fd, unsigned int *out3)
+{
+	struct bpf_link_info info = {};
+	__u32 len = sizeof(info);
+
+	if (bpf_obj_get_info_by_fd(fd, &info, &len))
+		return -errno;
+	out3[0] = info.type;
+	out3[1] = info.id;
+	out3[2] = info.prog_id;
+	return 0;
+}
+
+/* A program's id (to tell which program a link runs). */
+int helm_prog_id(int fd)
+{
+	struct bpf_prog_info info = {};
+	__u32 len = sizeof(info);
+
+	if (bpf_obj_get_info_by_fd(fd, &info, &len))
+		return -errno;
+	return (int)info.id;
+}
+
+int helm_pin(int fd, const char *path)
+{
+	return bpf_obj_pin(fd, path) ? -errno : 0;
+}
+
+/* Opens a pinned map, program or link; the fd is the caller's. */
+int helm_pinned(const char *path)
+{
+	int fd = bpf_obj_get(path);
+
+	return fd < 0 ? -errno : fd;
+}
+
+/* ---------------------------------------------------------------- process plumbing */
+
+/*
+ * An exclusive lock on a file, held until the fd is closed or the process ends
+ * (Node has no flock). -EWOULDBLOCK when another process holds it.
+ */
+int helm_lock_file(const char *path)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+
+	if (fd < 0)
+		return -errno;
+	if (flock(fd, LOCK_EX | LOCK_NB)) {
+		int code = errno;
+		close(fd);
+		return -code;
+	}
+	return fd;
+}
+
+/*
+ * sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET (a path, or
+ * "@name" in the abstract namespace). Node cannot send unix datagrams. Returns 0
+ * when there is no socket to tell (not started by systemd).
+ */
+int helm_sd_notify(const char *message)
+{
+	const char *where = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	size_t n, len;
+	int fd, rc = 0;
+
+	if (!where || !where[0])
+		return 0;
+	n = strlen(where);
+	if ((where[0] != '/' && where[0] != '@') || n >= sizeof(sa.sun_path))
+		return -EINVAL;
+	memcpy(sa.sun_path, where, n);
+	if (where[0] == '@')
+		sa.sun_path[0] = 0;
+	len = offsetof(struct sockaddr_un, sun_path) + n;
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (sendto(fd, message, strlen(message), MSG_NOSIGNAL, (struct sockaddr *)&sa, (socklen_t)len) < 0)
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- maps */
 
 int helm_map_create(int type, const char *name, int key_size, int value_size, int max_entries,
 		    int map_flags)
@@ -370,65 +682,136 @@ int helm_sync_programs(void)
 
 /*
  * Records are copied into the caller's buffer as [u32 len][u32 0][data, padded
- * to 8]. libbpf consumes a record before calling us, so a record must never be
- * refused: we stop (by returning an error) only after copying, once the room
- * left could not hold a record of the largest size.
+ * to 8]; a record that does not fit waits for the next drain.
  */
-#define RING_FULL (-ENOSPC)
+void helm_ring_close(struct helm_ring *r);
 
-static int copy_record(void *ctx, void *data, size_t len)
+static unsigned int record_span(unsigned int len)
 {
-	struct helm_ring *r = ctx;
-	size_t padded = (len + 7) & ~7UL;
+	return (len + BPF_RINGBUF_HDR_SZ + 7) / 8 * 8;
+}
 
-	if (r->used + 8 + (int)padded > r->cap)
-		return -E2BIG; /* cannot happen: room was checked after the previous record */
-	*(unsigned int *)(r->out + r->used) = (unsigned int)len;
-	*(unsigned int *)(r->out + r->used + 4) = 0;
-	memcpy(r->out + r->used + 8, data, len);
-	r->used += 8 + (int)padded;
-	return r->cap - r->used < r->max_record + 8 ? RING_FULL : 0;
+static int copy_ready(struct helm_ring *r, char *out, int cap)
+{
+	unsigned long prod = __atomic_load_n(r->producer, __ATOMIC_ACQUIRE);
+	unsigned long pos = r->read_pos;
+	int used = 0;
+
+	while (pos < prod) {
+		unsigned int *hdr = (unsigned int *)(r->data + (pos & r->mask));
+		unsigned int h = __atomic_load_n(hdr, __ATOMIC_ACQUIRE);
+		unsigned int len = h & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+
+		if (h & BPF_RINGBUF_BUSY_BIT)
+			break; /* reserved, not submitted yet: everything after it waits too */
+		if (!(h & BPF_RINGBUF_DISCARD_BIT)) {
+			int padded = (int)((len + 7) & ~7u);
+
+			if (used + 8 + padded > cap)
+				break;
+			*(unsigned int *)(out + used) = len;
+			*(unsigned int *)(out + used + 4) = 0;
+			memcpy(out + used + 8, (char *)hdr + BPF_RINGBUF_HDR_SZ, len);
+			used += 8 + padded;
+		}
+		pos += record_span(len);
+	}
+	r->read_pos = pos;
+	return used;
 }
 
 struct helm_ring *helm_ring_open(int map_fd, int max_record, char *err, int errlen)
 {
-	struct helm_ring *r = calloc(1, sizeof(*r));
+	struct bpf_map_info info = {};
+	__u32 info_len = sizeof(info);
+	struct epoll_event ev = { .events = EPOLLIN };
+	struct helm_ring *r;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
 
+	if (bpf_obj_get_info_by_fd(map_fd, &info, &info_len)) {
+		set_error(err, errlen, errno, "cannot inspect the ring buffer map");
+		return NULL;
+	}
+	if (info.type != BPF_MAP_TYPE_RINGBUF) {
+		set_error(err, errlen, EINVAL, "not a ring buffer map");
+		return NULL;
+	}
+	r = calloc(1, sizeof(*r));
 	if (!r) {
 		set_error(err, errlen, ENOMEM, "out of memory");
 		return NULL;
 	}
 	r->max_record = max_record;
-	r->rb = ring_buffer__new(map_fd, copy_record, r, NULL);
-	if (!r->rb) {
-		set_error(err, errlen, errno, "cannot open ring buffer");
-		free(r);
-		return NULL;
+	r->mask = info.max_entries - 1;
+	r->epfd = -1;
+	r->consumer = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED, map_fd, 0);
+	if (r->consumer == MAP_FAILED) {
+		r->consumer = NULL;
+		set_error(err, errlen, errno, "cannot map the ring buffer's consumer page");
+		goto fail;
 	}
+	r->upper_len = page + 2 * (size_t)info.max_entries;
+	r->upper = mmap(NULL, r->upper_len, PROT_READ, MAP_SHARED, map_fd, (off_t)page);
+	if (r->upper == MAP_FAILED) {
+		r->upper = NULL;
+		set_error(err, errlen, errno, "cannot map the ring buffer's data");
+		goto fail;
+	}
+	r->producer = r->upper;
+	r->data = (char *)r->upper + page;
+	r->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (r->epfd < 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, map_fd, &ev)) {
+		set_error(err, errlen, errno, "cannot wait on the ring buffer");
+		goto fail;
+	}
+	/* a ring another helmd left: start where it last committed */
+	r->read_pos = __atomic_load_n(r->consumer, __ATOMIC_ACQUIRE);
 	return r;
+fail:
+	helm_ring_close(r);
+	return NULL;
 }
 
 /* Waits up to timeout_ms for records, then copies as many as fit. Returns bytes used or -errno. */
 int helm_ring_drain(struct helm_ring *r, void *buf, int buflen, int timeout_ms)
 {
-	int rc;
+	struct epoll_event ev;
+	int used;
 
 	if (buflen < r->max_record + 8)
 		return -EINVAL;
-	r->out = buf;
-	r->cap = buflen;
-	r->used = 0;
-	rc = ring_buffer__poll(r->rb, timeout_ms);
-	r->out = NULL;
-	if (rc < 0 && rc != RING_FULL && rc != -EINTR)
-		return rc;
-	return r->used;
+	used = copy_ready(r, buf, buflen);
+	if (used == 0 && timeout_ms != 0) {
+		if (epoll_wait(r->epfd, &ev, 1, timeout_ms) < 0 && errno != EINTR)
+			return -errno;
+		used = copy_ready(r, buf, buflen);
+	}
+	return used;
+}
+
+/* Gives the space of every record drained so far back to the kernel: call once they are written. */
+void helm_ring_commit(struct helm_ring *r)
+{
+	__atomic_store_n(r->consumer, r->read_pos, __ATOMIC_RELEASE);
+}
+
+/* Records in the ring not yet committed, in bytes (what a killed helmd had not confirmed). */
+long long helm_ring_pending(struct helm_ring *r)
+{
+	return (long long)(__atomic_load_n(r->producer, __ATOMIC_ACQUIRE) - __atomic_load_n(r->consumer, __ATOMIC_ACQUIRE));
 }
 
 void helm_ring_close(struct helm_ring *r)
 {
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+
 	if (!r)
 		return;
-	ring_buffer__free(r->rb);
+	if (r->epfd >= 0)
+		close(r->epfd);
+	if (r->upper)
+		munmap(r->upper, r->upper_len);
+	if (r->consumer)
+		munmap(r->consumer, page);
 	free(r);
 }

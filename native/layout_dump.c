@@ -39,6 +39,8 @@ int main(void)
 	STRUCT(helm_dns_origin); FIELD(helm_dns_origin, addr); FIELD(helm_dns_origin, port); FIELD(helm_dns_origin, family); END();
 	STRUCT(helm_socket_key); FIELD(helm_socket_key, role_id); FIELD(helm_socket_key, kind); FIELD(helm_socket_key, protocol); END();
 	STRUCT(helm_socket_value); FIELD(helm_socket_value, verdict); FIELD(helm_socket_value, default_mode); END();
+	STRUCT(helm_pin_meta); FIELD(helm_pin_meta, format); FIELD(helm_pin_meta, state); FIELD(helm_pin_meta, layout);
+	FIELD(helm_pin_meta, object); FIELD(helm_pin_meta, instance); FIELD(helm_pin_meta, created_ns); FIELD(helm_pin_meta, version); END();
 	STRUCT(helm_event);
 	FIELD(helm_event, ts_boot_ns); FIELD(helm_event, cgroup_id); FIELD(helm_event, agent_id); FIELD(helm_event, ino);
 	FIELD(helm_event, type); FIELD(helm_event, pid); FIELD(helm_event, tid); FIELD(helm_event, ppid);
@@ -81,6 +83,7 @@ int main(void)
 	CONST(HELM_RANK_NONE); CONST(HELM_RANK_ALLOW); CONST(HELM_RANK_CONTEXTUAL); CONST(HELM_RANK_BLOCK);
 	CONST(HELM_DETAIL_UNIX); CONST(HELM_DETAIL_RAW); CONST(HELM_DETAIL_PACKET);
 	CONST(HELM_SOCKET_RAW); CONST(HELM_SOCKET_PACKET); CONST(HELM_ANY_PROTOCOL); CONST(HELM_MAX_SOCKET_ENTRIES); CONST(HELM_MAX_UNIX_ENTRIES);
+	CONST(HELM_PIN_FORMAT); CONST(HELM_PIN_READY); CONST(HELM_PIN_CHANGING);
 	CONST(HELM_EVENT_DECISION); CONST(HELM_EVENT_SELFTEST); CONST(HELM_EVENT_FLAG_DIR);
 	CONST(HELM_EVENT_FLAG_ARGV_TRUNCATED); CONST(HELM_EVENT_FLAG_SAMPLED); CONST(HELM_ARGV_BUF); CONST(HELM_MAX_ARGS);
 	CONST(HELM_RING_DENY); CONST(HELM_RING_ALLOW); CONST(HELM_RINGS);

@@ -8,14 +8,17 @@ AUDIT=${HELM_AUDIT_LOG:-/var/log/helm/audit.jsonl}
 SOCK=${HELM_SOCKET:-/run/helm/helmd.sock}
 helmd() { bin/helmd "$@"; }
 helmctl() { bin/helmctl "$@"; }
+# The demo's enforcement is pinned apart from an installed helmd's, and removed at the end.
+PINS=(--pin-dir /sys/fs/bpf/helm-demo --state-dir /run/helm-demo)
+undo() { kill $HELMD 2>/dev/null; wait $HELMD 2>/dev/null || true; helmctl uninstall "${PINS[@]}" --audit-log "$AUDIT" >/dev/null 2>&1 || true; }
 
 # The demo workspace the default policy allows.
 mkdir -p /srv/agent/out
 echo "quarterly numbers: 42" > /srv/agent/report.txt
 
-helmd --policy policies/default.yaml --audit-log "$AUDIT" --socket "$SOCK" > /tmp/helmd.log 2>&1 &
+helmd --policy policies/default.yaml --audit-log "$AUDIT" --socket "$SOCK" "${PINS[@]}" > /tmp/helmd.log 2>&1 &
 HELMD=$!
-trap 'kill $HELMD 2>/dev/null; wait $HELMD 2>/dev/null || true' EXIT
+trap undo EXIT
 for _ in $(seq 600); do [ -S "$SOCK" ] && break; kill -0 $HELMD 2>/dev/null || break; sleep 0.1; done
 if [ ! -S "$SOCK" ]; then cat /tmp/helmd.log; echo "helmd did not start" >&2; exit 1; fi
 echo "== kernel $(uname -r), active LSMs: $(cat /sys/kernel/security/lsm)"
@@ -26,7 +29,7 @@ python3 -m http.server 8080 --bind 127.0.0.1 >/dev/null 2>&1 &
 WEB1=$!
 python3 -m http.server 8080 --bind 127.0.0.2 >/dev/null 2>&1 &
 WEB2=$!
-trap 'kill $HELMD $WEB1 $WEB2 2>/dev/null; wait $HELMD 2>/dev/null || true' EXIT
+trap 'kill $WEB1 $WEB2 2>/dev/null; undo' EXIT
 sleep 1
 
 echo "== a governed agent (role demo) does its work:"
@@ -47,5 +50,7 @@ sleep 0.5
 echo "== audit trail ($AUDIT):"
 cat "$AUDIT"
 kill $HELMD; wait $HELMD 2>/dev/null || true
+echo "== helmd stopped; its enforcement outlives it until removed:"
+helmctl uninstall "${PINS[@]}" --audit-log "$AUDIT"
 echo "== its hash chain:"
 helmctl audit verify "$AUDIT"

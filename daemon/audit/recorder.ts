@@ -30,6 +30,13 @@ export interface RecorderOptions {
   onDecision?: (decision: string, ts: string, agentId: bigint) => void;
   /** Lines as written, chain included (the control plane's live tail). */
   onWritten?: (lines: string[]) => void;
+  /**
+   * What of the kernel's ring loss counters an earlier helmd already wrote to the
+   * trail (the counters are pinned and outlive helmd), and since when.
+   */
+  lostBaseline?: { deny: bigint; allow: bigint; since?: string };
+  /** Called once a ring's `lost` line is written: what is now reported (helmd keeps it for the next run). */
+  onLostReported?: (ring: Ring, total: bigint, since: string) => void;
 }
 
 /** What the recorder needs of the kernel (KernelEnforcer, or a fake in tests). */
@@ -138,6 +145,11 @@ export class AuditRecorder {
     kernel.setAuditLevel(opts.level);
     const since = nowNs();
     for (const s of ['deny-ring', 'allow-ring', 'decode', 'disk'] as const) r.lostReported.set(s, { total: 0n, since });
+    const base = opts.lostBaseline;
+    if (base) {
+      r.lostReported.set('deny-ring', { total: base.deny, since: base.since || since });
+      r.lostReported.set('allow-ring', { total: base.allow, since: base.since || since });
+    }
     r.record({
       ...head('start'),
       version: opts.version,
@@ -150,10 +162,11 @@ export class AuditRecorder {
     for (const ring of ['deny', 'allow'] as const) {
       const reader = kernel.openEvents(ring, DRAIN_BUFFER);
       r.readers.set(ring, reader);
+      // A batch goes back to the kernel only once it is written: what a killed helmd had read but not written is read again.
       reader.start(
         (rec) => r.onEvent(rec),
         (e) => log.error({ err: e, ring }, 'ring buffer drain failed'),
-        { gate: () => r.room(), pollMs: DRAIN_POLL_MS },
+        { gate: () => r.room(), pollMs: DRAIN_POLL_MS, onBatch: () => r.written() },
       );
     }
     r.lostTimer = setInterval(() => r.reportLost(), opts.lostPollMs ?? 1000);
@@ -206,9 +219,14 @@ export class AuditRecorder {
   }
 
   /** From now on the agent's counters are written (helmd writes its attach line). */
-  agentAttached(a: RecordedAgent): void {
+  agentAttached(a: RecordedAgent, opts: { adopted?: boolean } = {}): void {
     this.agents.set(a.id, a);
     this.lastCounters.set(a.id, { at: nowNs(), counters: ZERO });
+    if (opts.adopted) {
+      // Governed since an earlier helmd: its kernel counters run on (they are pinned). One line with
+      // their totals so far; from here on the lines count what this helmd saw.
+      this.writeAgentCounters(a, 'adopted', true);
+    }
   }
 
   /** The agent's last counters line (before helmd's detach line); the kernel's counters for it are dropped after. */
@@ -281,6 +299,12 @@ export class AuditRecorder {
       this.record({ ...head('lost'), source, count: count.toString(), total: total.toString(), since: before.since });
       this.log.error({ source, count: count.toString(), total: total.toString() }, source === 'decode' ? 'audit records could not be decoded' : `audit events lost: the ${source} was full`);
       this.lostReported.set(source, { total, since: now });
+      const ring = source === 'deny-ring' ? 'deny' : source === 'allow-ring' ? 'allow' : undefined;
+      if (ring && this.opts.onLostReported) {
+        const report = this.opts.onLostReported;
+        // Reported once it is in the trail: a helmd killed before that reports it again.
+        void this.trail.written().then(() => report(ring, total, now));
+      }
     }
   }
 
@@ -288,16 +312,20 @@ export class AuditRecorder {
     return { trail: this.trail.status(), decisions: this.decisions, lost: this.lost(), level: this.opts.level, fsync: formatFsyncPolicy(this.opts.fsync) };
   }
 
-  /** Drains what is left in the rings, writes the last counters and losses and a `stop` line, and closes the trail. */
-  async stop(): Promise<void> {
+  /** Drains what is left in the rings, writes the last counters and losses, `before`'s lines and a `stop` line, and closes the trail. */
+  async stop(opts: { before?: () => void } = {}): Promise<void> {
     if (this.lostTimer) clearInterval(this.lostTimer);
     if (this.countersTimer) clearInterval(this.countersTimer);
     for (const r of this.readers.values()) {
-      await r.stop((rec) => this.onEvent(rec));
+      await r.stop(
+        (rec) => this.onEvent(rec),
+        () => this.written(),
+      );
       r.close();
     }
     this.reportLost();
     this.writeCounters('stop', true);
+    opts.before?.();
     this.record({ ...head('stop') });
     this.flush();
     await this.trail.close();

@@ -9,7 +9,10 @@ import { DEFAULT_SOCKET } from '../control/proto';
 import { call, ControlError, type Endpoint } from '../control/client';
 import { tailAudit, formatStreamed } from '../control/audit-stream';
 import { cgroup2Mount, cgroupHasProcesses } from '../control/cgroups';
-import { runChecks, formatChecks } from '../doctor';
+import { runAllChecks, formatChecks } from '../doctor';
+import { ConfigError, DEFAULT_CONFIG, DEFAULTS, loadConfig, type HelmdConfig } from '../config';
+import { unitCgroup } from '../control/units';
+import { uninstall } from '../uninstall';
 import { buildDir } from '../kernel/native';
 import { loadPolicies, parsePolicySource, readPolicySources } from '../policy/parse';
 import { PolicyError, VERBS, formatDiagnostic, type Policy, type PolicyDiagnostic, type Verb } from '../policy/types';
@@ -145,15 +148,27 @@ program
 connects(
   program
     .command('attach')
-    .description('govern an existing cgroup (and every cgroup below it)')
-    .requiredOption('--cgroup <path>', 'the cgroup v2 directory')
+    .description("govern an existing cgroup (and every cgroup below it), or a systemd unit's")
+    .option('--cgroup <path>', 'the cgroup v2 directory')
+    .option('--unit <name>', 'a systemd unit (NAME.service): its cgroup, as systemctl show -p ControlGroup says')
     .requiredOption('--role <role>', "the agent's role")
     .option('--dry-run', 'force this agent into dry-run', false)
-    .option('--name <name>', 'agent name', agentName)
+    .option('--name <name>', 'agent name (default: the cgroup or unit name)', agentName)
     .option('--label <key=value>', "one of the agent's labels, for contextual rules' when.label (repeatable)", collect, [] as string[]),
 ).action(async (o) => {
+  if (!!o.cgroup === !!o.unit) fail('give one of --cgroup PATH or --unit NAME.service');
   const labels = labelsOf(o.label);
-  const a = await call<AgentMessage>(endpoint(o), 'AgentService', 'Attach', { cgroup_path: o.cgroup, role: o.role, dry_run: o.dryRun, name: o.name ?? '', labels });
+  let cgroup: string = o.cgroup;
+  let name: string = o.name ?? '';
+  if (o.unit) {
+    try {
+      cgroup = unitCgroup(o.unit).path;
+    } catch (e) {
+      fail((e as Error).message);
+    }
+    if (!name) name = o.unit.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 64);
+  }
+  const a = await call<AgentMessage>(endpoint(o), 'AgentService', 'Attach', { cgroup_path: cgroup, role: o.role, dry_run: o.dryRun, name, labels });
   process.stdout.write(`governing ${a.cgroup_path} as agent ${a.name} (id ${a.id}, role ${a.role}${a.dry_run ? ', dry-run' : ''}, generation ${a.generation})\n`);
 });
 
@@ -211,14 +226,56 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  ')).join('\n') + '\n';
 }
 
+/** helmd's configuration as helmctl sees it: --config, else /etc/helm/helmd.yaml if there is one, else the defaults. */
+function daemonConfig(file: string | undefined): { config: HelmdConfig; file?: string; error?: string } {
+  const path_ = file ?? (fs.existsSync(DEFAULT_CONFIG) ? DEFAULT_CONFIG : undefined);
+  const defaults = { ...structuredClone(DEFAULTS), policy: [] };
+  if (!path_) return { config: defaults };
+  try {
+    return { config: loadConfig(path_), file: path_ };
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    return { config: defaults, file: path_, error: e.message };
+  }
+}
+
 program
   .command('doctor')
   .description('check this host for what helm needs, and say how to fix what is missing')
   .option('--json', 'JSON output', false)
-  .action((o) => {
-    const checks = runChecks();
+  .option('--config <file>', `helmd's configuration (default: ${DEFAULT_CONFIG} if present)`)
+  .option('--socket <path>', 'helmd control socket (default: from the configuration)')
+  .action(async (o) => {
+    const c = daemonConfig(o.config);
+    const checks = await runAllChecks({ config: c.config, configFile: c.file, configError: c.error, socket: o.socket });
     process.stdout.write(o.json ? JSON.stringify(checks, null, 2) + '\n' : formatChecks(checks) + '\n');
     process.exit(checks.every((c) => c.ok) ? 0 : 1);
+  });
+
+program
+  .command('uninstall')
+  .description('remove enforcement: stop helmd, record it in the audit trail, then unpin every program and map (agents run ungoverned)')
+  .option('--config <file>', `helmd's configuration (default: ${DEFAULT_CONFIG} if present)`)
+  .option('--pin-dir <dir>', 'where enforcement is pinned (default: from the configuration)')
+  .option('--state-dir <dir>', "helmd's state directory (default: from the configuration)")
+  .option('--audit-log <path>', 'the audit trail to record the removal in (default: from the configuration)')
+  .action(async (o) => {
+    if (process.getuid?.() !== 0) fail('uninstall must run as root');
+    const c = daemonConfig(o.config);
+    if (c.error) fail(`the configuration was rejected:\n${c.error}`);
+    const r = await uninstall({
+      pinDir: o.pinDir ?? c.config.pinDir,
+      stateDir: o.stateDir ?? c.config.stateDir,
+      auditLog: o.auditLog ?? c.config.audit.log,
+      say: (l) => process.stdout.write(`${l}\n`),
+    }).catch((e: Error) => fail(e.message));
+    if (!r.removed) {
+      process.stdout.write(`nothing is pinned at ${o.pinDir ?? c.config.pinDir}: no enforcement to remove\n`);
+      return;
+    }
+    for (const a of r.released) process.stdout.write(`released ${a.agent} (role ${a.role}, ${a.cgroup}): it now runs ungoverned\n`);
+    process.stdout.write(`enforcement removed (${r.set ?? 'an unfinished install'}); recorded in ${o.auditLog ?? c.config.audit.log}\n`);
+    if (r.stoppedHelmd) process.stdout.write('helmd was stopped; under systemd, also: systemctl disable helmd (or make uninstall)\n');
   });
 
 const audit = program.command('audit').description('the audit trail: verify, tail, query, report (files, rotated and compressed ones included)');

@@ -59,3 +59,35 @@ export function cgroupHasProcesses(dir: string): boolean {
   }
   return false;
 }
+
+/**
+ * The directory of the cgroup with this id (its inode number), searched below
+ * the v2 mount; undefined when it no longer exists.
+ */
+export function findCgroupById(id: bigint, mount = cgroup2Mount()): string | undefined {
+  if (!mount) return undefined;
+  let level = [mount];
+  for (let depth = 0; depth <= HELM_MAX_CGROUP_DEPTH && level.length; depth++) {
+    const next: string[] = [];
+    for (const dir of level) {
+      let entries: fs.Dirent[];
+      try {
+        entries = fs.readdirSync(dir, { withFileTypes: true });
+      } catch {
+        continue; // removed meanwhile
+      }
+      for (const d of entries) {
+        if (!d.isDirectory()) continue;
+        const p = path.join(dir, d.name);
+        try {
+          if (fs.statSync(p, { bigint: true }).ino === id) return p;
+        } catch {
+          continue;
+        }
+        next.push(p);
+      }
+    }
+    level = next;
+  }
+  return undefined;
+}

@@ -2,6 +2,7 @@
 // one configurable group) and, when configured, on a TCP port that requires
 // mutual TLS. This file checks requests and maps between wire messages and
 // helmd's operations; what an operation does is helmd's business.
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -37,6 +38,11 @@ export interface ServerOptions {
   tls?: TlsListener;
   maxRequestBytes?: number;
   logger: Logger;
+  /**
+   * Called with the socket bound under a hidden name, before it gets its own:
+   * helmd protects it there, so no governed agent ever sees it unprotected.
+   */
+  beforePublish?: (boundAt: string) => void;
 }
 
 export const DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024;
@@ -189,17 +195,21 @@ export class ControlServer {
       fs.chmodSync(dir, 0o750);
     }
     if (await socketAnswers(socket)) throw new Error(`another helmd is already serving ${socket}`);
-    fs.rmSync(socket, { force: true }); // a stale socket from a crashed helmd
+    // Bound under an unguessable name in its (protected) directory, then renamed over
+    // the name clients use: that replaces a stale socket of a crashed helmd too.
+    const hidden = path.join(dir, `.helmd-${crypto.randomBytes(8).toString('hex')}.sock`);
     const umask = process.umask(0o177);
     try {
       await new Promise<void>((resolve, reject) =>
-        server.bindAsync(socketAddress(socket), grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+        server.bindAsync(socketAddress(hidden), grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
       );
     } finally {
       process.umask(umask);
     }
-    if (gid !== undefined) fs.chownSync(socket, 0, gid);
-    fs.chmodSync(socket, 0o660);
+    if (gid !== undefined) fs.chownSync(hidden, 0, gid);
+    fs.chmodSync(hidden, 0o660);
+    this.opts.beforePublish?.(hidden);
+    fs.renameSync(hidden, socket);
   }
 
   private async bindTls(server: grpc.Server, tls: TlsListener): Promise<void> {

@@ -27,9 +27,10 @@ export interface GovernedAgent {
 export interface EventSource {
   /** Records consumed but not handed over (their handler threw): reported as lost. */
   readonly undelivered: bigint;
-  /** `gate` is awaited before each drain (while it waits, events stay in the ring). */
-  start(each: (record: DataView) => void, onError: (e: Error) => void, opts?: { pollMs?: number; gate?: () => Promise<void> }): void;
-  stop(each: (record: DataView) => void): Promise<void>;
+  /** `gate` is awaited before each drain (while it waits, events stay in the ring); `onBatch` after each batch is
+   *  handed over, and awaited before the kernel gets its space back (it writes them out). */
+  start(each: (record: DataView) => void, onError: (e: Error) => void, opts?: { pollMs?: number; gate?: () => Promise<void>; onBatch?: () => void | Promise<void> }): void;
+  stop(each: (record: DataView) => void, onBatch?: () => void | Promise<void>): Promise<void>;
   close(): void;
 }
 

@@ -87,20 +87,6 @@ export class BpfMap {
     return out;
   }
 
-  /** Every key now in the map (the kernel's order). For inspection and tests: one call per key. */
-  keys(): Buffer[] {
-    const out: Buffer[] = [];
-    let prev: Buffer | null = null;
-    for (;;) {
-      const next = Buffer.alloc(this.keySize);
-      const rc = native().helm_map_next_key(this.fd, prev, next);
-      if (rc === -2) return out;
-      check(rc, `cannot list map ${this.name}`);
-      out.push(next);
-      prev = next;
-    }
-  }
-
   /** true if the key was there. */
   delete(key: Buffer): boolean {
     this.checkKey(key);
@@ -110,12 +96,87 @@ export class BpfMap {
     return true;
   }
 
+  /** Every key, in the kernel's order (for small maps: agents, protected files). */
+  keys(): Buffer[] {
+    const out: Buffer[] = [];
+    let prev: Buffer | null = null;
+    for (let i = 0; i <= this.maxEntries; i++) {
+      const next = Buffer.alloc(this.keySize);
+      const rc = native().helm_map_next_key(this.fd, prev, next);
+      if (rc === -2) return out;
+      check(rc, `cannot list map ${this.name}`);
+      out.push(next);
+      prev = next;
+    }
+    return out;
+  }
+
+  /** Opens a pinned map; the fd is closed by close(). */
+  static pinned(pinPath: string, name: string): BpfMap {
+    const fd = check(native().helm_pinned(pinPath), `cannot open pinned map ${pinPath}`);
+    return new BpfMap(fd, name, true);
+  }
+
   close(): void {
     if (this.owned) native().helm_close_fd(this.fd);
   }
 }
 
 const OPEN_NETWORK_ONLY = 1; // native/helm_shim.c HELM_OPEN_NETWORK_ONLY
+
+/** Opens a pinned map, program or link by path; undefined when nothing is pinned there. */
+export function openPinned(pinPath: string): number | undefined {
+  const fd = native().helm_pinned(pinPath);
+  if (fd === -2) return undefined;
+  return check(fd, `cannot open ${pinPath}`);
+}
+
+export function pinFd(fd: number, pinPath: string): void {
+  check(native().helm_pin(fd, pinPath), `cannot pin ${pinPath}`);
+}
+
+export function closeFd(fd: number): void {
+  native().helm_close_fd(fd);
+}
+
+/** BPF_LINK_TYPE_*: which kind of attachment a link is. */
+export const LINK_TYPE = { RAW_TRACEPOINT: 1, TRACING: 2, CGROUP: 3 } as const;
+
+export function linkInfo(fd: number): { type: number; id: number; progId: number } {
+  const out = Buffer.alloc(12);
+  check(native().helm_link_info(fd, out), 'cannot inspect link');
+  return { type: out.readUInt32LE(0), id: out.readUInt32LE(4), progId: out.readUInt32LE(8) };
+}
+
+export function progId(fd: number): number {
+  return check(native().helm_prog_id(fd), 'cannot inspect program');
+}
+
+/** Swaps a link's program in one step; returns the errno when the link cannot (tracing links, for one). */
+export function linkUpdate(linkFd: number, newProgFd: number): number {
+  const rc = native().helm_link_update(linkFd, newProgFd, -1);
+  return rc < 0 ? -rc : 0;
+}
+
+/** What an object declares, as libbpf read it (see helm_obj_describe). */
+export interface ObjectDescription {
+  text: string;
+  maps: string[];
+  programs: string[];
+}
+
+/** Map sizes for the shim: "name=max_entries,...". */
+function sizeSpec(sizes: Record<string, number> | undefined): string {
+  return Object.entries(sizes ?? {})
+    .map(([name, n]) => `${name}=${n}`)
+    .join(',');
+}
+
+function errorFrom(err: Buffer, fallback: string): KernelError {
+  const msg = messageFrom(err);
+  const m = /errno (\d+)/.exec(msg);
+  return new KernelError(msg || fallback, m ? Number(m[1]) : 0);
+}
 
 export class BpfObject {
   private constructor(private handle: unknown, public readonly path: string) {}
@@ -128,16 +189,66 @@ export class BpfObject {
   static load(path: string, opts: { networkOnly?: boolean; sizes?: Record<string, number> } = {}): BpfObject {
     const err = Buffer.alloc(ERR_LEN);
     const flags = opts.networkOnly ? OPEN_NETWORK_ONLY : 0;
-    const spec = Object.entries(opts.sizes ?? {})
-      .map(([name, n]) => `${name}=${n}`)
-      .join(',');
+    const spec = sizeSpec(opts.sizes);
     const handle = spec ? native().helm_open_sized(path, flags, spec, err, ERR_LEN) : native().helm_open(path, flags, err, ERR_LEN);
-    if (!handle) {
-      const msg = messageFrom(err);
-      const m = /errno (\d+)/.exec(msg);
-      throw new KernelError(msg || `cannot load ${path}`, m ? Number(m[1]) : 0);
-    }
+    if (!handle) throw errorFrom(err, `cannot load ${path}`);
     return new BpfObject(handle, path);
+  }
+
+  /**
+   * Opens without loading: maps can still be pointed at pinned ones (reuseMap),
+   * then load(). `networkOnly` leaves the LSM programs out, and `sizes` sets maps'
+   * max_entries, as in load() (a map's size is part of the layout id: pins.ts).
+   */
+  static open(path: string, opts: { networkOnly?: boolean; sizes?: Record<string, number> } = {}): BpfObject {
+    const err = Buffer.alloc(ERR_LEN);
+    const handle = native().helm_obj_open(path, opts.networkOnly ? OPEN_NETWORK_ONLY : 0, err, ERR_LEN);
+    if (!handle) throw errorFrom(err, `cannot open ${path}`);
+    const obj = new BpfObject(handle, path);
+    const spec = sizeSpec(opts.sizes);
+    if (spec && native().helm_obj_resize(handle, spec, err, ERR_LEN) < 0) {
+      obj.close();
+      throw errorFrom(err, `cannot size the maps of ${path}`);
+    }
+    return obj;
+  }
+
+  load(): void {
+    const err = Buffer.alloc(ERR_LEN);
+    if (native().helm_obj_load(this.handle, err, ERR_LEN) < 0) throw errorFrom(err, `cannot load ${this.path}`);
+  }
+
+  describe(): ObjectDescription {
+    const buf = Buffer.alloc(1 << 16);
+    const n = check(native().helm_obj_describe(this.handle, buf, buf.length), `cannot describe ${this.path}`);
+    const text = buf.subarray(0, n).toString('utf8');
+    const lines = text.split('\n').filter(Boolean).map((l) => l.split(' '));
+    return { text, maps: lines.filter((l) => l[0] === 'map').map((l) => l[1]), programs: lines.filter((l) => l[0] === 'prog').map((l) => l[1]) };
+  }
+
+  /** The initial bytes of a data section (".rodata.helm_layout"), or undefined when there is none. */
+  sectionData(section: string): Buffer | undefined {
+    const buf = Buffer.alloc(4096);
+    const n = native().helm_obj_section_data(this.handle, section, buf, buf.length);
+    if (n === -2) return undefined;
+    return buf.subarray(0, check(n, `cannot read section ${section} of ${this.path}`));
+  }
+
+  /** Before load(): the map `name` will be the one behind fd (a pinned map) instead of a new one. */
+  reuseMap(name: string, fd: number): void {
+    check(native().helm_obj_reuse_map(this.handle, name, fd), `cannot reuse map ${name}`);
+  }
+
+  progFd(name: string): number {
+    return check(native().helm_prog_fd(this.handle, name), `program ${name} in ${this.path}`);
+  }
+
+  /** Attaches one program (cgroup programs to `cgroupPath`); returns the link's fd, which is the caller's. */
+  attach(name: string, cgroupPath: string): number {
+    const err = Buffer.alloc(ERR_LEN);
+    const fd = native().helm_prog_attach(this.handle, name, cgroupPath, err, ERR_LEN);
+    if (fd < 0) throw new KernelError(messageFrom(err) || `cannot attach ${name}`, -fd);
+    return fd;
   }
 
   /** Attaches every loaded program; cgroup programs to `cgroupFd` (the root of the cgroup v2 tree). */
@@ -174,8 +285,10 @@ export function readPerCpuCounter(map: BpfMap, index = 0): bigint {
 
 /**
  * Drains a BPF ring buffer in batches: the native side copies many records into
- * one Buffer per call (waiting for records off the event loop); `each` sees them
- * as DataViews.
+ * one Buffer per call, off the event loop; `each` sees them as DataViews. The
+ * kernel gets a batch's space back only after `each` (and, in start(), `onBatch`,
+ * which writes them out) has run: records a killed reader had not written are
+ * still in the ring for the next one.
  */
 export class RingReader {
   private ring: unknown;
@@ -190,11 +303,18 @@ export class RingReader {
     this.buf = Buffer.alloc(bufferBytes);
   }
 
-  /** Copies what is there now (waiting up to timeoutMs) and hands each record to `each`. Returns the count. */
+  /** Copies what is there now (waiting up to timeoutMs), hands each record to `each`, then commits. Returns the count. */
   drainOnce(each: (record: DataView) => void, timeoutMs = 0): number {
     const n = native().helm_ring_drain(this.ring, this.buf, this.buf.length, timeoutMs);
     check(n, 'cannot drain ring buffer');
-    return this.walk(n, each);
+    const count = this.walk(n, each);
+    native().helm_ring_commit(this.ring);
+    return count;
+  }
+
+  /** Bytes of records in the ring that no reader has committed yet. */
+  pendingBytes(): bigint {
+    return BigInt(native().helm_ring_pending(this.ring));
   }
 
   /** Records consumed from the ring that `each` could not take (it threw): reported as lost, never dropped silently. */
@@ -239,8 +359,15 @@ export class RingReader {
    * Drains continuously until stop(); records are handed over in order, batch by
    * batch. `gate`, if given, is awaited before each drain: while the consumer is
    * behind, records wait in the kernel ring (which counts any that do not fit).
+   * `onBatch` runs after each batch is handed over and is awaited before the
+   * batch is committed: it writes them out, so a killed reader leaves what it had
+   * not written to the next one.
    */
-  start(each: (record: DataView) => void, onError: (e: Error) => void, opts: { pollMs?: number; gate?: () => Promise<void> } = {}): void {
+  start(
+    each: (record: DataView) => void,
+    onError: (e: Error) => void,
+    opts: { pollMs?: number; gate?: () => Promise<void>; onBatch?: () => void | Promise<void> } = {},
+  ): void {
     if (this.running) return;
     const pollMs = opts.pollMs ?? 100;
     this.running = true;
@@ -256,7 +383,11 @@ export class RingReader {
           if (n === 0) n = await this.drainAsync(pollMs);
           busy = n > 0;
           if (n < 0) throw new KernelError(`cannot drain ring buffer: ${errnoName(-n)}`, -n);
-          this.walk(n, each);
+          if (n > 0) {
+            this.walk(n, each);
+            if (opts.onBatch) await opts.onBatch();
+            native().helm_ring_commit(this.ring);
+          }
           const handlerError = this.takeError();
           if (handlerError) onError(handlerError);
         } catch (e) {
@@ -268,11 +399,16 @@ export class RingReader {
   }
 
   /** Stops the loop after one last drain, so nothing already in the ring is dropped. */
-  async stop(each: (record: DataView) => void): Promise<void> {
+  async stop(each: (record: DataView) => void, onBatch: () => void | Promise<void> = () => undefined): Promise<void> {
     this.running = false;
     await this.stopped;
-    while (this.drainOnce(each, 0) > 0) {
-      /* keep draining */
+    for (;;) {
+      const n = native().helm_ring_drain(this.ring, this.buf, this.buf.length, 0);
+      check(n, 'cannot drain ring buffer');
+      if (n === 0) break;
+      this.walk(n, each);
+      await onBatch();
+      native().helm_ring_commit(this.ring);
     }
   }
 

@@ -1,9 +1,12 @@
-// kernelEnforcer: the loaded helm.bpf.o and everything helmd does to its maps —
+// kernelEnforcer: helm.bpf.o in the kernel and everything helmd does to its maps —
 // switch in a compiled generation, govern and release cgroups, global dry-run,
-// and the event ring buffer with its lost-event counter.
+// and the event ring buffer with its lost-event counter. helmd's enforcer is
+// pinned (open(): it outlives helmd, see pins.ts); load() attaches for the life
+// of the calling process only (benchmarks).
 import path from 'node:path';
 import fs from 'node:fs';
 import { BpfMap, BpfObject, MAP_FLAG, MAP_TYPE, RingReader, UPDATE, readPerCpuCounter } from './bpf';
+import { PinnedKernel, type CommitReport, type PinOutcome } from './pins';
 import {
   C, LAYOUT, kernelDev, encodeProtectedKey, encodeAgent, encodeInodeKey, encodeInodeValue, encodePathKey, writePathKey, writePathValue,
   encodeSettings, decodeAgentCounters, encodeAuditSettings, type AgentCounters, encodeNetKey, encodeNetValue, encodeNameKey, encodeSocketKey, encodeSocketValue, encodeLearnedKey, encodeLearnedValue, u32Key, u64Key,
@@ -15,6 +18,26 @@ import type { CompiledPolicy } from '../policy/compile';
 import type { AuditLevel, GovernedAgent, KernelBinding, Ring } from './binding';
 
 export type { GovernedAgent } from './binding';
+
+export interface EnforcerOptions {
+  objectPath?: string;
+  pinDir: string;
+  /** Recorded with what this helmd pins. */
+  version: string;
+  networkOnly?: boolean;
+  /** Sizes of the audit rings (default: bpf/helm.h's). A change of size is a new layout: the maps are rebuilt. */
+  rings?: RingSizes;
+}
+
+/** A governed cgroup as the kernel holds it. */
+export interface GovernedEntry {
+  cgroupId: bigint;
+  agentId: bigint;
+  roleId: number;
+  dryRun: boolean;
+  /** The agent's label bits as the kernel holds them. */
+  labelBits: bigint;
+}
 
 export interface LoadOptions {
   /**
@@ -260,29 +283,129 @@ export class KernelEnforcer implements KernelBinding {
   /** Objects protected now, by kernel key (dev:ino). */
   private readonly protectedKeys = new Map<string, Buffer>();
 
-  private constructor(private readonly obj: BpfObject, readonly networkOnly: boolean) {
-    this.governed = obj.map('governed_cgroups');
-    this.settings = obj.map('settings');
-    this.pathTables = obj.map('path_tables');
-    this.inodeTables = obj.map('inode_tables');
-    this.lost = obj.map('lost_events');
-    this.rings = { deny: obj.map('deny_events'), allow: obj.map('allow_events') };
-    this.protectedInodes = obj.map('protected_inodes');
-    this.netTables = obj.map('net_tables');
-    this.nameTables = obj.map('name_tables');
-    this.unixTables = obj.map('unix_tables');
-    this.socketTables = obj.map('socket_tables');
-    this.condListTables = obj.map('cond_lists');
-    this.condExeTables = obj.map('cond_exes');
-    this.condUidTables = obj.map('cond_uids');
-    this.learned = obj.map('learned_addrs');
+  /** `source` owns the maps: a loaded object, or the pinned set helmd took over. */
+  private constructor(
+    private readonly source: { map(name: string): BpfMap; close(): void },
+    readonly networkOnly: boolean,
+    readonly pins?: PinnedKernel,
+  ) {
+    const map = (name: string) => source.map(name);
+    this.governed = map('governed_cgroups');
+    this.settings = map('settings');
+    this.pathTables = map('path_tables');
+    this.inodeTables = map('inode_tables');
+    this.lost = map('lost_events');
+    this.rings = { deny: map('deny_events'), allow: map('allow_events') };
+    this.protectedInodes = map('protected_inodes');
+    this.netTables = map('net_tables');
+    this.nameTables = map('name_tables');
+    this.unixTables = map('unix_tables');
+    this.socketTables = map('socket_tables');
+    this.condListTables = map('cond_lists');
+    this.condExeTables = map('cond_exes');
+    this.condUidTables = map('cond_uids');
+    this.learned = map('learned_addrs');
     this.outer = [
       this.pathTables, this.inodeTables, this.netTables, this.nameTables, this.unixTables, this.socketTables,
       this.condListTables, this.condExeTables, this.condUidTables,
     ];
-    this.auditSettings = obj.map('audit_settings');
-    this.counters = obj.map('agent_counters');
-    this.sampleBuckets = obj.map('sample_buckets');
+    this.auditSettings = map('audit_settings');
+    this.counters = map('agent_counters');
+    this.sampleBuckets = map('sample_buckets');
+    if (pins && (pins.outcome === 'adopted' || pins.outcome === 'replaced')) this.takeOver();
+  }
+
+  /**
+   * The maps are live (an earlier helmd's): numbering continues from the running
+   * generation, the generations in the slots are retired like our own (their tables
+   * are the kernel's alone), and the protected set is what the kernel holds.
+   */
+  private takeOver(): void {
+    const v = this.settings.lookup(u32Key(0), this.settings.valueSize);
+    if (v) {
+      this.generation = v.readUInt32LE(LAYOUT.helm_settings.fields.active_generation[0]);
+      this.flags = v.readUInt32LE(LAYOUT.helm_settings.fields.flags[0]);
+    }
+    for (let slot = 0; slot < C.HELM_MAX_GENERATIONS; slot++) {
+      if (this.outer.some((m) => m.lookup(u32Key(slot), 4) !== undefined)) {
+        // Their tables are the kernel's and their contents unknown: the next generation in the slot gets fresh ones.
+        this.slots[slot] = { generation: slot === (this.generation & (C.HELM_MAX_GENERATIONS - 1)) ? this.generation : -1, tables: [], content: undefined };
+      }
+    }
+    const F = LAYOUT.helm_protected_key.fields;
+    for (const key of this.protectedInodes.keys()) {
+      this.protectedKeys.set(`${key.readUInt32LE(F.dev[0])}:${key.readBigUInt64LE(F.ino[0])}`, key);
+    }
+  }
+
+  /**
+   * Takes over what is pinned at opts.pinDir, or loads the object there (programs
+   * verified, not attached: commit() attaches them once the maps are filled).
+   * Refuses to pretend: a failure throws a KernelError (or PinError) saying what
+   * to do, and leaves whatever is pinned enforcing.
+   */
+  static open(o: EnforcerOptions): KernelEnforcer {
+    const objectPath = o.objectPath ?? defaultBpfObject();
+    const networkOnly = o.networkOnly ?? false;
+    checkLsm(networkOnly);
+    const mount = cgroup2Mount();
+    if (!mount) throw new KernelError('no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup): helm governs agents by cgroup', 2);
+    let pins: PinnedKernel;
+    try {
+      pins = PinnedKernel.open({ objectPath, pinDir: o.pinDir, cgroupRoot: mount, version: o.version, networkOnly, sizes: ringSizes(o.rings) });
+    } catch (e) {
+      if (!(e instanceof KernelError)) throw e;
+      throw new KernelError(`cannot load ${objectPath}: ${e.message}${loadHint(e.errno)}`, e.errno);
+    }
+    return new KernelEnforcer(pins, networkOnly, pins);
+  }
+
+  get outcome(): PinOutcome | undefined {
+    return this.pins?.outcome;
+  }
+
+  /** Attaches (or swaps in) the programs, pinned, running on this enforcer's maps. */
+  commit(): CommitReport {
+    try {
+      return this.pins!.commit();
+    } catch (e) {
+      if (!(e instanceof KernelError)) throw e;
+      throw new KernelError(`cannot attach the enforcement programs: ${e.message}`, e.errno);
+    }
+  }
+
+  /** Numbering continues after `generation` (one an earlier helmd recorded) when the kernel's is behind it. */
+  continueFrom(generation: number): void {
+    if (generation > this.generation) this.generation = generation;
+  }
+
+  /** Every governed cgroup the kernel holds. */
+  governedEntries(): GovernedEntry[] {
+    const F = LAYOUT.helm_agent.fields;
+    const out: GovernedEntry[] = [];
+    for (const key of this.governed.keys()) {
+      const v = this.governed.lookup(key, this.governed.valueSize);
+      if (!v) continue; // released meanwhile
+      out.push({
+        cgroupId: key.readBigUInt64LE(0),
+        agentId: v.readBigUInt64LE(F.agent_id[0]),
+        roleId: v.readUInt32LE(F.role_id[0]),
+        dryRun: (v.readUInt32LE(F.flags[0]) & C.HELM_AGENT_DRY_RUN) !== 0,
+        labelBits: v.length >= F.label_bits[0] + 8 ? v.readBigUInt64LE(F.label_bits[0]) : 0n,
+      });
+    }
+    return out;
+  }
+
+  /**
+   * Forgets every learned address: an earlier helmd's name ids mean nothing to
+   * this one's tables. Agents look their names up again (through their new DNS
+   * forwarders); until then those addresses are denied.
+   */
+  forgetAllLearned(): number {
+    let n = 0;
+    for (const key of this.learned.keys()) if (this.learned.delete(key)) n++;
+    return n;
   }
 
   /**
@@ -291,31 +414,15 @@ export class KernelEnforcer implements KernelBinding {
    */
   static load(objectPath = defaultBpfObject(), opts: LoadOptions = {}): KernelEnforcer {
     const networkOnly = opts.networkOnly ?? false;
-    const lsm = activeLsms();
-    if (!lsm.ok && !networkOnly) {
-      throw new KernelError(
-        lsm.error ??
-          `BPF LSM is not active on this kernel (active LSMs: ${lsm.list.join(',') || 'none'}). ` +
-            'Add "bpf" to the lsm= kernel boot parameter (e.g. lsm=lockdown,capability,landlock,yama,apparmor,bpf) and reboot, ' +
-            'or run helm in the bundled VM: make demo. (helmd --network-only enforces network rules alone on such a kernel.)',
-        1,
-      );
-    }
+    checkLsm(networkOnly);
     const mount = cgroup2Mount();
     if (!mount) throw new KernelError('no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup): helm governs agents by cgroup', 2);
     let obj: BpfObject;
     try {
-      obj = BpfObject.load(objectPath, { networkOnly, sizes: opts.rings ? { deny_events: opts.rings.deny, allow_events: opts.rings.allow } : undefined });
+      obj = BpfObject.load(objectPath, { networkOnly, sizes: ringSizes(opts.rings) });
     } catch (e) {
       const err = e as KernelError;
-      const hint =
-        err.errno === 1
-          ? '\nThe kernel lists bpf among its LSMs but refused to load LSM programs (EPERM). Some kernels and ' +
-            'hypervisors forbid BPF LSM programs even to root (lockdown, or a host policy). helmd cannot enforce ' +
-            'file rules here; run it on a kernel that permits BPF LSM, or in the bundled VM: make demo ' +
-            '(or enforce network rules alone: helmd --network-only).'
-          : '';
-      throw new KernelError(`cannot load ${objectPath}: ${err.message}${hint}`, err.errno);
+      throw new KernelError(`cannot load ${objectPath}: ${err.message}${loadHint(err.errno)}`, err.errno);
     }
     let root: number | undefined;
     try {
@@ -528,9 +635,36 @@ export class KernelEnforcer implements KernelBinding {
     return BigInt(native().helm_boottime_ns());
   }
 
+  /** Closes helmd's handles. Whatever is pinned keeps enforcing. */
   close(): void {
     for (const s of this.slots) for (const m of s?.tables ?? []) m.close();
     for (const m of this.retiring) m.close();
-    this.obj.close();
+    this.source.close();
   }
+}
+
+function checkLsm(networkOnly: boolean): void {
+  const lsm = activeLsms();
+  if (lsm.ok || networkOnly) return;
+  throw new KernelError(
+    lsm.error ??
+      `BPF LSM is not active on this kernel (active LSMs: ${lsm.list.join(',') || 'none'}). ` +
+        'Add "bpf" to the lsm= kernel boot parameter (e.g. lsm=lockdown,capability,landlock,yama,apparmor,bpf) and reboot, ' +
+        'or run helm in the bundled VM: make demo. (helmd --network-only enforces network rules alone on such a kernel.)',
+    1,
+  );
+}
+
+function loadHint(errno: number): string {
+  return errno === 1
+    ? '\nThe kernel lists bpf among its LSMs but refused to load LSM programs (EPERM). Some kernels and ' +
+        'hypervisors forbid BPF LSM programs even to root (lockdown, or a host policy). helmd cannot enforce ' +
+        'file rules here; run it on a kernel that permits BPF LSM, or in the bundled VM: make demo ' +
+        '(or enforce network rules alone: helmd --network-only).'
+    : '';
+}
+
+/** max_entries of the ring maps, for BpfObject.load/open. */
+function ringSizes(rings: RingSizes | undefined): Record<string, number> | undefined {
+  return rings ? { deny_events: rings.deny, allow_events: rings.allow } : undefined;
 }

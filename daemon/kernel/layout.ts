@@ -92,6 +92,9 @@ export const C = {
   HELM_ANY_PROTOCOL: 0xffffffff,
   HELM_MAX_SOCKET_ENTRIES: 4096,
   HELM_MAX_UNIX_ENTRIES: 16384,
+  HELM_PIN_FORMAT: 1,
+  HELM_PIN_READY: 1,
+  HELM_PIN_CHANGING: 2,
   HELM_EVENT_DECISION: 1,
   HELM_EVENT_SELFTEST: 2,
   HELM_EVENT_FLAG_DIR: 1,
@@ -133,6 +136,10 @@ export const LAYOUT = {
   helm_dns_origin: { size: 24, fields: { addr: [0, 16], port: [16, 2], family: [18, 2] } },
   helm_socket_key: { size: 12, fields: { role_id: [0, 4], kind: [4, 4], protocol: [8, 4] } },
   helm_socket_value: { size: 20, fields: { verdict: [0, 12], default_mode: [12, 1] } },
+  helm_pin_meta: {
+    size: 128,
+    fields: { format: [0, 4], state: [4, 4], layout: [8, 32], object: [40, 32], instance: [72, 16], created_ns: [88, 8], version: [96, 32] },
+  },
   helm_audit_settings: { size: 24, fields: { allow_log: [0, 4], sample_cost_ns: [8, 8], sample_burst_ns: [16, 8] } },
   helm_agent_counters: {
     size: 48,
@@ -428,6 +435,53 @@ export function encodeProtectedKey(dev: number, ino: bigint): Buffer {
   buf.writeUInt32LE(dev, L.fields.dev[0]);
   buf.writeBigUInt64LE(ino, L.fields.ino[0]);
   return buf;
+}
+
+/** What a pinned set is (helm_pin_meta); hashes and the instance as hex. */
+export interface PinMeta {
+  format: number;
+  state: number;
+  layout: string;
+  object: string;
+  instance: string;
+  createdNs: bigint;
+  version: string;
+}
+
+export function encodePinMeta(m: PinMeta): Buffer {
+  const L = LAYOUT.helm_pin_meta;
+  const buf = Buffer.alloc(L.size);
+  const hex = (field: readonly [number, number], value: string) => {
+    const bytes = Buffer.from(value, 'hex');
+    if (bytes.length !== field[1]) throw new RangeError(`pin meta: ${value} is not ${field[1]} bytes of hex`);
+    bytes.copy(buf, field[0]);
+  };
+  buf.writeUInt32LE(m.format, L.fields.format[0]);
+  buf.writeUInt32LE(m.state, L.fields.state[0]);
+  hex(L.fields.layout, m.layout);
+  hex(L.fields.object, m.object);
+  hex(L.fields.instance, m.instance);
+  buf.writeBigUInt64LE(m.createdNs, L.fields.created_ns[0]);
+  const version = Buffer.from(m.version, 'utf8').subarray(0, L.fields.version[1] - 1);
+  version.copy(buf, L.fields.version[0]);
+  return buf;
+}
+
+/** Reads the fields of `format` 1; a later format only appends, so they mean the same there. */
+export function decodePinMeta(buf: Buffer): PinMeta {
+  const F = LAYOUT.helm_pin_meta.fields;
+  const hex = (f: readonly [number, number]) => buf.subarray(f[0], f[0] + f[1]).toString('hex');
+  const v = buf.subarray(F.version[0], F.version[0] + F.version[1]);
+  const end = v.indexOf(0);
+  return {
+    format: buf.readUInt32LE(F.format[0]),
+    state: buf.readUInt32LE(F.state[0]),
+    layout: hex(F.layout),
+    object: hex(F.object),
+    instance: hex(F.instance),
+    createdNs: buf.readBigUInt64LE(F.created_ns[0]),
+    version: v.subarray(0, end < 0 ? v.length : end).toString('utf8'),
+  };
 }
 
 export function u32Key(n: number): Buffer {

@@ -9,6 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { BpfObject } from '../../daemon/kernel/bpf';
 import { KernelError } from '../../daemon/kernel/native';
 import { BUILD, REPO, ensureKernelMounts, requireRoot, run, scratchDir } from './host';
+import { scratchPins } from '../support/scratch-pins';
 
 const HELMD = path.join(REPO, 'bin/helmd');
 const HELMCTL = path.join(REPO, 'bin/helmctl');
@@ -58,7 +59,9 @@ function main(): void {
       const dir = scratchDir(t, 'refusal');
       const audit = path.join(dir, 'audit.jsonl');
       const socket = path.join(dir, 'helmd.sock');
-      const r = await run(HELMD, ['--policy', POLICY, '--audit-log', audit, '--socket', socket], { timeoutMs: BOUND_MS });
+      // Its own state and pin directories: a test never touches the host's /var/lib/helm.
+      const pins = scratchPins('refusal');
+      const r = await run(HELMD, ['--policy', POLICY, '--audit-log', audit, '--socket', socket, ...pins.args], { timeoutMs: BOUND_MS });
       t.comment(`helmd exited ${r.code} after ${r.ms} ms`);
       t.equal(r.timedOut, false, `exits within ${BOUND_MS / 1000} s`);
       t.not(r.code, 0, 'exit status is non-zero');
@@ -71,6 +74,8 @@ function main(): void {
       t.notOk(fs.existsSync(socket), 'no socket file left behind');
       t.ok(!fs.existsSync(audit) || fs.readFileSync(audit, 'utf8') === '', 'no audit content written');
       t.same(fs.readdirSync(dir), [], 'nothing created in its directory');
+      t.notOk(fs.existsSync(pins.stateDir), 'no state directory left behind');
+      t.notOk(fs.existsSync(pins.pinDir), 'nothing pinned');
 
       const doc = await doctorText();
       t.equal(doc.code, 1, 'helmctl doctor exits 1');
@@ -84,8 +89,12 @@ function main(): void {
       const dir = scratchDir(t, 'accept');
       const audit = path.join(dir, 'audit.jsonl');
       const socket = path.join(dir, 'helmd.sock');
-      const child = spawn(HELMD, ['--policy', POLICY, '--audit-log', audit, '--socket', socket], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
-      t.teardown(() => child.exitCode === null && child.kill('SIGKILL'));
+      const pins = scratchPins('accept');
+      const child = spawn(HELMD, ['--policy', POLICY, '--audit-log', audit, '--socket', socket, ...pins.args], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+      t.teardown(() => {
+        if (child.exitCode === null) child.kill('SIGKILL');
+        pins.remove(audit); // its enforcement outlives it: not on this host
+      });
       let out = '';
       child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
       child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));

@@ -11,6 +11,7 @@ import { startHelmd, auditLines, type Daemon } from '../vm/harness';
 import { AGENT_CASES, PORT, parseCases, scenarioPolicy, startServers, type Servers } from '../support/network-scenario';
 import { ROLES, kernelDecision, randomNetworkOps, randomNetworkPolicy } from '../support/network-differential';
 import { Rng } from '../rng';
+import { scratchPins } from '../support/scratch-pins';
 import { loadPolicies } from '../../daemon/policy/parse';
 import { evaluateOperation } from '../../daemon/policy/evaluate';
 
@@ -149,7 +150,9 @@ async function main(): Promise<void> {
   });
 
   await t.test('without --network-only helmd still refuses to start on a kernel without BPF LSM', async (t) => {
-    const r = await run(path.join(REPO, 'bin/helmd'), ['--policy', policy, '--audit-log', path.join(dir, 'refused.jsonl'), '--socket', path.join(dir, 'refused.sock')], { timeoutMs: 60_000 });
+    const pins = scratchPins('refused'); // never the host's /var/lib/helm
+    const r = await run(path.join(REPO, 'bin/helmd'), ['--policy', policy, '--audit-log', path.join(dir, 'refused.jsonl'), '--socket', path.join(dir, 'refused.sock'), ...pins.args], { timeoutMs: 60_000 });
+    t.notOk(fs.existsSync(pins.stateDir), 'no state directory left behind');
     if (/NOT ENFORCING/.test(r.stderr)) {
       t.not(r.code, 0);
       t.match(r.stderr, /--network-only/, 'and says how to enforce network rules alone');
@@ -185,11 +188,11 @@ async function main(): Promise<void> {
             const ruleOk = want.decision === 'allow' ? line === undefined : line?.rule === (want.rule ?? 'default') && line?.decision === want.decision;
             if (!ok || !ruleOk) {
               mismatches++;
-              t.fail(`${op.verb} ${op.addr}:${op.port} by ${role}: evaluator ${want.decision} (${want.policy}/${want.rule}), kernel ${got.get(op.id)} audit ${JSON.stringify(line)}\n${fs.readFileSync(file, 'utf8')}`);
+              t.fail(`seed ${seed} (HELM_SEED=${seed} replays it), round ${round}: ${op.verb} ${op.addr}:${op.port} by ${role}: evaluator ${want.decision} (${want.policy}/${want.rule}), kernel ${got.get(op.id)} audit ${JSON.stringify(line)}\n${fs.readFileSync(file, 'utf8')}`);
             }
           }
           const tally = ['allow', 'deny', 'would_deny'].map((k) => `${wants.filter((w) => w.decision === k).length} ${k}`).join(', ');
-          t.equal(mismatches, 0, `round ${round}, role ${role}: ${ops.length} operations agree (${tally})`);
+          t.equal(mismatches, 0, `seed ${seed}, round ${round}, role ${role}: ${ops.length} operations agree (${tally})`);
         }
       } finally {
         await dd.stop();

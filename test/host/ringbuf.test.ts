@@ -259,6 +259,33 @@ function main(): void {
     t.same(errors, [], 'no drain errors');
     t.equal(readPerCpuCounter(st.lost), 0n, 'nothing lost');
   });
+
+  t.test('a reader that dies before committing leaves its records for the next reader', async (t) => {
+    const st = loadSelftest(t);
+    st.target(process.pid);
+    trigger(5);
+    // The first reader copies the records out and is "killed" before it commits.
+    const err = Buffer.alloc(4096);
+    const first = native().helm_ring_open(st.events.fd, RECORD, err, err.length);
+    t.ok(first, 'opened');
+    const buf = Buffer.alloc(1 << 16);
+    const bytes = native().helm_ring_drain(first, buf, buf.length, 0);
+    t.equal(bytes, 5 * SLOT, 'it copied all five');
+    native().helm_ring_close(first);
+
+    const next = new RingReader(st.events, RECORD);
+    t.teardown(() => next.close());
+    t.equal(next.pendingBytes(), BigInt(5 * SLOT), 'the kernel still counts them as unread');
+    const { records } = drainAll(next);
+    checkEvents(t, records, 5);
+    t.equal(next.pendingBytes(), 0n, 'committed once delivered');
+    t.equal(readPerCpuCounter(st.lost), 0n, 'nothing lost');
+
+    // Committed records are not delivered again.
+    const again = new RingReader(st.events, RECORD);
+    t.teardown(() => again.close());
+    t.equal(drainAll(again).records.length, 0, 'a third reader gets nothing twice');
+  });
 }
 
 if (requireRoot()) main();

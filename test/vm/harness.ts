@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { scratchPins } from '../support/scratch-pins';
 
 export const ROOT = path.resolve(__dirname, '..', '..', '..');
 export const HELMD = path.join(ROOT, 'bin', 'helmd');
@@ -33,26 +34,44 @@ export interface Daemon {
   stop: () => Promise<number | null>;
 }
 
+/**
+ * helmd as the README starts it, pinning into a directory of its own; stop()
+ * stops it and then removes its enforcement (helmctl uninstall, audited in its
+ * trail), as these tests expect of a helmd they are done with.
+ */
 export async function startHelmd(args: { policy: string[]; audit: string; socket: string; extra?: string[] }): Promise<Daemon> {
   let output = '';
-  const proc = spawn(HELMD, ['--policy', ...args.policy, '--audit-log', args.audit, '--socket', args.socket, ...(args.extra ?? [])], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const pins = scratchPins('test');
+  const proc = spawn(HELMD, ['--policy', ...args.policy, '--audit-log', args.audit, '--socket', args.socket, ...pins.args, ...(args.extra ?? [])], { stdio: ['ignore', 'pipe', 'pipe'] });
   proc.stdout!.on('data', (d) => (output += d));
   proc.stderr!.on('data', (d) => (output += d));
   const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
   // Loading and verifying the programs takes minutes in a TCG VM on a loaded machine.
   const deadline = Date.now() + 600_000;
   while (!/helmd enforcing|helmd running in DRY-RUN/.test(output)) {
-    if (proc.exitCode !== null || Date.now() > deadline) throw new Error(`helmd did not start:\n${output}`);
+    if (proc.exitCode !== null || Date.now() > deadline) {
+      proc.kill('SIGKILL');
+      await exited;
+      pins.remove(args.audit);
+      throw new Error(`helmd did not start:\n${output}`);
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
+  let removed = false;
   return {
     proc,
     socket: args.socket,
     audit: args.audit,
     log: () => output,
     stop: async () => {
-      proc.kill('SIGTERM');
-      return exited;
+      if (proc.exitCode === null) proc.kill('SIGTERM');
+      const code = await exited;
+      if (!removed) {
+        removed = true;
+        const r = pins.remove(args.audit);
+        if (r.status !== 0) throw new Error(`could not remove the test helmd's enforcement: ${r.output}`);
+      }
+      return code;
     },
   };
 }

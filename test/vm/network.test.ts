@@ -155,7 +155,7 @@ async function main(): Promise<void> {
 
   await t.test('differential: kernel = reference evaluator on random network policies', async (t) => {
     const seed = Number(process.env.HELM_SEED ?? Date.now() % 1_000_000);
-    t.comment(`seed ${seed}`);
+    t.comment(`seed ${seed} (HELM_SEED=${seed} replays it)`);
     const rng = new Rng(seed);
     for (let round = 0; round < 2; round++) {
       const file = path.join(dir, `random-${round}.yaml`);
@@ -178,11 +178,11 @@ async function main(): Promise<void> {
             const ok = (want.decision === 'deny' ? kernel === 'deny' : kernel === 'passed') && (want.decision === 'allow' ? !line : line?.rule === (want.rule ?? 'default') && line?.decision === want.decision);
             if (!ok) {
               bad++;
-              t.fail(`${op.verb} ${op.addr}:${op.port} by ${role}: evaluator ${want.decision} ${want.rule}, kernel ${got.get(op.id)}, audit ${JSON.stringify(line)}`);
+              t.fail(`seed ${seed} (HELM_SEED=${seed} replays it), round ${round}: ${op.verb} ${op.addr}:${op.port} by ${role}: evaluator ${want.decision} ${want.rule}, kernel ${got.get(op.id)}, audit ${JSON.stringify(line)}`);
             }
           });
           const tally = ['allow', 'deny', 'would_deny'].map((k) => `${wants.filter((w) => w.decision === k).length} ${k}`).join(', ');
-          t.equal(bad, 0, `round ${round}, ${role}: ${ops.length} operations agree (${tally})`);
+          t.equal(bad, 0, `seed ${seed}, round ${round}, ${role}: ${ops.length} operations agree (${tally})`);
         }
       } finally {
         await dd.stop();
