@@ -153,6 +153,7 @@ async function main(): Promise<void> {
   const cgroup = scratchCgroup(t, 'pin');
   const blocked = await listen();
   const open = await listen();
+  fs.mkdirSync(path.join(REPO, '.cache'), { recursive: true }); // a fresh clone has none yet
   const scratch = fs.mkdtempSync(path.join(REPO, '.cache', 'pin-test-'));
   t.teardown(() => {
     removePins(pinDir);

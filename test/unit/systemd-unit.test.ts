@@ -28,6 +28,7 @@ t.test('systemd-analyze verify: no warnings (systemd need not be running)', asyn
 
 t.test('the check fails on what systemd would ignore', async (t) => {
   // The same script on a copy of the checkout's unit with a misspelt key: it must fail.
+  fs.mkdirSync(path.join(ROOT, '.cache'), { recursive: true }); // a fresh clone has none yet
   const dir = fs.mkdtempSync(path.join(ROOT, '.cache', 'unit-check-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   for (const f of ['Makefile', 'scripts', 'systemd', 'bin', 'policies', 'proto']) fs.cpSync(path.join(ROOT, f), path.join(dir, f), { recursive: true });
