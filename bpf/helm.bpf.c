@@ -244,6 +244,7 @@ struct {
  * on the same CPU meanwhile, so each decision holds a frame of its own (taken
  * after the agent is known, put back when the hook returns).
  */
+_Static_assert((HELM_SCRATCH_FRAMES & (HELM_SCRATCH_FRAMES - 1)) == 0, "frame_put masks a frame number");
 struct frame_flags {
 	__u64 busy[HELM_SCRATCH_FRAMES];
 };
@@ -254,8 +255,12 @@ struct {
 	__type(value, struct frame_flags);
 } scratch_frames SEC(".maps");
 
-/* A free frame of this CPU (atomically: a preempting decision may be looking too), or -1. */
-static __always_inline int frame_take(void)
+/*
+ * A free frame of this CPU (atomically: a preempting decision may be looking too), or -1.
+ * Global, so that the verifier sees one unknown number: inlined, each frame would be a
+ * constant of its own, and every decision checked once per frame (ten times the work).
+ */
+__noinline int frame_take(void)
 {
 	__u32 zero = 0;
 	struct frame_flags *f = bpf_map_lookup_elem(&scratch_frames, &zero);
@@ -273,8 +278,11 @@ static __always_inline void frame_put(int frame)
 	struct frame_flags *f = bpf_map_lookup_elem(&scratch_frames, &zero);
 	/* a plain store: only this CPU's decisions share the flag, and the frame's last use is before it */
 	asm volatile("" ::: "memory");
-	if (f && frame >= 0 && frame < HELM_SCRATCH_FRAMES)
-		*(volatile __u64 *)&f->busy[frame] = 0;
+	if (!f || frame < 0 || frame >= HELM_SCRATCH_FRAMES)
+		return;
+	__u32 i = frame;
+	asm volatile("%0 &= %1" : "+r"(i) : "i"(HELM_SCRATCH_FRAMES - 1)); /* bounds the verifier keeps */
+	*(volatile __u64 *)&f->busy[i] = 0;
 }
 
 /* ---------------------------------------------------------------- who is governed */
