@@ -11,7 +11,6 @@
 // update; if anything fails before that update nothing has changed (kernel maps,
 // the policy in memory, modes), and the rejection is audited like the apply.
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -33,7 +32,7 @@ import { AuditFeed } from './audit/feed';
 import { rfc3339Nanos, AUDIT_SCHEMA_VERSION, type GenerationNames, type AuditContext } from './audit/record';
 import { inspectCgroup, cgroupHasProcesses, findCgroupById, type CgroupInfo } from './control/cgroups';
 import { SerialQueue } from './control/serial';
-import { ControlServer, type ControlPlane, type TlsListener } from './control/server';
+import { ControlServer, socketAnswers, type ControlPlane, type TlsListener } from './control/server';
 import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound } from './control/status';
 import { pinnedStateCheck, runChecks, type Check } from './doctor';
 import { loadState, saveState, lockState, lockPath, statePath, type HelmdState, type PersistedAgent } from './state';
@@ -1151,16 +1150,6 @@ function notify(message: string): void {
   }
 }
 
-function socketAnswers(socket: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = net.connect(socket);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-}
 
 function now(): string {
   return rfc3339Nanos(BigInt(Date.now()) * 1_000_000n);

@@ -136,15 +136,24 @@ function opsList(bits: number): string[] | undefined {
   return ops.length > 1 ? ops : undefined;
 }
 
+/** An IP destination has addr/port/proto; a unix socket its path (or "@name"); raw and packet sockets their protocol. */
+function isNetworkTarget(e: RawEvent): boolean {
+  return (e.op === C.HELM_OP_CONNECT || e.op === C.HELM_OP_BIND) && e.detail !== C.HELM_DETAIL_UNIX;
+}
+
+/** The object's path as the trail reports it: the kernel matched directories as "<dir>/", the line names the directory itself. */
+function reportedPath(e: RawEvent, isNet: boolean): string | null {
+  const path = isNet ? null : e.path ?? null;
+  if (path && e.flags & C.HELM_EVENT_FLAG_DIR && path.length > 1 && path.endsWith('/')) return path.slice(0, -1);
+  return path;
+}
+
 export function toAuditRecord(e: RawEvent, seq: number, realtimeOffsetNs: bigint, ctx: AuditContext): AuditRecord {
   const names = ctx.generation(e.generation);
   const rule = e.ruleId ? names?.rules[e.ruleId - 1] : undefined;
   const agent = ctx.agent(e.agentId);
-  // An IP destination has addr/port/proto; a unix socket its path (or "@name"); raw and packet sockets their protocol.
-  const isNet = (e.op === C.HELM_OP_CONNECT || e.op === C.HELM_OP_BIND) && e.detail !== C.HELM_DETAIL_UNIX;
-  let path = isNet ? null : e.path ?? null;
-  // The kernel matched directories as "<dir>/"; report the directory's own path.
-  if (path && e.flags & C.HELM_EVENT_FLAG_DIR && path.length > 1 && path.endsWith('/')) path = path.slice(0, -1);
+  const isNet = isNetworkTarget(e);
+  const path = reportedPath(e, isNet);
   return {
     v: AUDIT_SCHEMA_VERSION,
     ts: rfc3339Nanos(e.tsBootNs + realtimeOffsetNs),
@@ -273,9 +282,8 @@ export function formatDecision(e: RawEvent, realtimeOffsetNs: bigint, ctx: Audit
   const names = ctx.generation(e.generation);
   const rule = e.ruleId ? names?.rules[e.ruleId - 1] : undefined;
   const agent = ctx.agent(e.agentId);
-  const isNet = (e.op === C.HELM_OP_CONNECT || e.op === C.HELM_OP_BIND) && e.detail !== C.HELM_DETAIL_UNIX;
-  let path = isNet ? null : e.path ?? null;
-  if (path && e.flags & C.HELM_EVENT_FLAG_DIR && path.length > 1 && path.endsWith('/')) path = path.slice(0, -1);
+  const isNet = isNetworkTarget(e);
+  const path = reportedPath(e, isNet);
   const head = `{"v":${AUDIT_SCHEMA_VERSION},"ts":"${tsText(e.tsBootNs, splitOffset(realtimeOffsetNs))}","seq":`;
   const t: string[] = [head];
   t.push(`,"type":"decision","decision":"${DECISIONS[e.decision] ?? 'deny'}","op":${json(opName(e.op))}`);

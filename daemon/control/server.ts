@@ -434,7 +434,8 @@ function groupId(group: string): number {
   throw new Error(`--socket-group ${group}: no such group`);
 }
 
-function socketAnswers(socket: string): Promise<boolean> {
+/** Whether something (another helmd) accepts connections on the unix socket. */
+export function socketAnswers(socket: string): Promise<boolean> {
   return new Promise((resolve) => {
     const c = net.connect(socket);
     c.once('connect', () => {
