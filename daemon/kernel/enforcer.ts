@@ -347,9 +347,7 @@ export class KernelEnforcer implements KernelBinding {
   static open(o: EnforcerOptions): KernelEnforcer {
     const objectPath = o.objectPath ?? defaultBpfObject();
     const networkOnly = o.networkOnly ?? false;
-    checkLsm(networkOnly);
-    const mount = cgroup2Mount();
-    if (!mount) throw new KernelError('no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup): helm governs agents by cgroup', 2);
+    const mount = hostCanGovern(networkOnly);
     let pins: PinnedKernel;
     try {
       pins = PinnedKernel.open({ objectPath, pinDir: o.pinDir, cgroupRoot: mount, version: o.version, networkOnly, sizes: ringSizes(o.rings) });
@@ -414,9 +412,7 @@ export class KernelEnforcer implements KernelBinding {
    */
   static load(objectPath = defaultBpfObject(), opts: LoadOptions = {}): KernelEnforcer {
     const networkOnly = opts.networkOnly ?? false;
-    checkLsm(networkOnly);
-    const mount = cgroup2Mount();
-    if (!mount) throw new KernelError('no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup): helm governs agents by cgroup', 2);
+    const mount = hostCanGovern(networkOnly);
     let obj: BpfObject;
     try {
       obj = BpfObject.load(objectPath, { networkOnly, sizes: ringSizes(opts.rings) });
@@ -641,6 +637,14 @@ export class KernelEnforcer implements KernelBinding {
     for (const m of this.retiring) m.close();
     this.source.close();
   }
+}
+
+/** What both ways of starting need from the host: BPF LSM (unless network-only) and a cgroup v2 mount, whose path it returns. */
+function hostCanGovern(networkOnly: boolean): string {
+  checkLsm(networkOnly);
+  const mount = cgroup2Mount();
+  if (!mount) throw new KernelError('no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup): helm governs agents by cgroup', 2);
+  return mount;
 }
 
 function checkLsm(networkOnly: boolean): void {
