@@ -46,7 +46,7 @@ struct helm_obj {
 struct helm_ring {
 	int epfd;
 	unsigned long *consumer; /* the kernel-visible consumer position (read-write page) */
-	void *upper;             /* the producer position page, then the data pages mapped twice */
+	void *upper;             /* the producer position page, then the data pages, mapped once */
 	size_t upper_len;
 	unsigned long *producer;
 	char *data;
@@ -706,12 +706,20 @@ static int copy_ready(struct helm_ring *r, char *out, int cap)
 			break; /* reserved, not submitted yet: everything after it waits too */
 		if (!(h & BPF_RINGBUF_DISCARD_BIT)) {
 			int padded = (int)((len + 7) & ~7u);
+			unsigned long start = (pos + BPF_RINGBUF_HDR_SZ) & r->mask;
+			unsigned long first = r->mask + 1 - start;
 
 			if (used + 8 + padded > cap)
 				break;
 			*(unsigned int *)(out + used) = len;
 			*(unsigned int *)(out + used + 4) = 0;
-			memcpy(out + used + 8, (char *)hdr + BPF_RINGBUF_HDR_SZ, len);
+			/* the data is mapped once (libbpf maps it twice, which RSS counts twice): a record may wrap */
+			if (first >= len) {
+				memcpy(out + used + 8, r->data + start, len);
+			} else {
+				memcpy(out + used + 8, r->data + start, first);
+				memcpy(out + used + 8 + first, r->data, len - first);
+			}
 			used += 8 + padded;
 		}
 		pos += record_span(len);
@@ -750,7 +758,13 @@ struct helm_ring *helm_ring_open(int map_fd, int max_record, char *err, int errl
 		set_error(err, errlen, errno, "cannot map the ring buffer's consumer page");
 		goto fail;
 	}
-	r->upper_len = page + 2 * (size_t)info.max_entries;
+	/*
+	 * The producer page and the data once. The kernel allows mapping the data
+	 * twice, so that a record wrapping around the end reads contiguously; that
+	 * doubles the ring in the process's RSS (the memory is the kernel's either way).
+	 * copy_ready() copies a wrapping record in two pieces instead.
+	 */
+	r->upper_len = page + (size_t)info.max_entries;
 	r->upper = mmap(NULL, r->upper_len, PROT_READ, MAP_SHARED, map_fd, (off_t)page);
 	if (r->upper == MAP_FAILED) {
 		r->upper = NULL;
@@ -793,6 +807,27 @@ int helm_ring_drain(struct helm_ring *r, void *buf, int buflen, int timeout_ms)
 void helm_ring_commit(struct helm_ring *r)
 {
 	__atomic_store_n(r->consumer, r->read_pos, __ATOMIC_RELEASE);
+}
+
+/* Where the next drain starts: helm_ring_commit_to() this once what was drained before it is written. */
+long long helm_ring_position(struct helm_ring *r)
+{
+	return (long long)r->read_pos;
+}
+
+/*
+ * Gives the kernel back the space of the records before `pos` (a position
+ * helm_ring_position() returned): the records drained before it are written,
+ * later ones may not be yet. Never moves the consumer position back.
+ */
+void helm_ring_commit_to(struct helm_ring *r, long long pos)
+{
+	unsigned long p = (unsigned long)pos;
+	unsigned long cur = __atomic_load_n(r->consumer, __ATOMIC_ACQUIRE);
+
+	if (p > r->read_pos || (long)(p - cur) <= 0)
+		return;
+	__atomic_store_n(r->consumer, p, __ATOMIC_RELEASE);
 }
 
 /* Records in the ring not yet committed, in bytes (what a killed helmd had not confirmed). */

@@ -62,6 +62,9 @@ export interface NativeApi {
     async(ring: unknown, buf: Buffer, buflen: number, timeoutMs: number, cb: (err: unknown, n: number) => void): void;
   };
   helm_ring_commit(ring: unknown): void;
+  /** A position in the ring (a number, or a bigint past 2^53): opaque, handed back to helm_ring_commit_to. */
+  helm_ring_position(ring: unknown): number | bigint;
+  helm_ring_commit_to(ring: unknown, pos: number | bigint): void;
   helm_ring_pending(ring: unknown): bigint;
   helm_ring_close(ring: unknown): void;
 }
@@ -114,6 +117,8 @@ export function native(): NativeApi {
     helm_ring_open: lib.func('helm_ring *helm_ring_open(int map_fd, int max_record, _Out_ uint8_t *err, int errlen)'),
     helm_ring_drain: lib.func('int helm_ring_drain(helm_ring *r, _Out_ uint8_t *buf, int buflen, int timeout_ms)'),
     helm_ring_commit: lib.func('void helm_ring_commit(helm_ring *r)'),
+    helm_ring_position: lib.func('long long helm_ring_position(helm_ring *r)'),
+    helm_ring_commit_to: lib.func('void helm_ring_commit_to(helm_ring *r, long long pos)'),
     helm_ring_pending: lib.func('long long helm_ring_pending(helm_ring *r)'),
     helm_ring_close: lib.func('void helm_ring_close(helm_ring *r)'),
   } as unknown as NativeApi;
