@@ -27,8 +27,9 @@ export interface GovernedAgent {
 export interface EventSource {
   /** Records consumed but not handed over (their handler threw): reported as lost. */
   readonly undelivered: bigint;
-  /** `gate` is awaited before each drain (while it waits, events stay in the ring); `onBatch` after each batch is
-   *  handed over, and awaited before the kernel gets its space back (it writes them out). */
+  /** `gate` is awaited before each drain (while it waits, events stay in the ring); `onBatch` runs after each batch
+   *  is handed over, and the kernel gets the batch's space back once what it returns resolves (the batch is written
+   *  out), in drain order; the next drain does not wait for it. */
   start(each: (record: DataView) => void, onError: (e: Error) => void, opts?: { pollMs?: number; gate?: () => Promise<void>; onBatch?: () => void | Promise<void> }): void;
   stop(each: (record: DataView) => void, onBatch?: () => void | Promise<void>): Promise<void>;
   close(): void;

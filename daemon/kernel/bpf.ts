@@ -359,9 +359,11 @@ export class RingReader {
    * Drains continuously until stop(); records are handed over in order, batch by
    * batch. `gate`, if given, is awaited before each drain: while the consumer is
    * behind, records wait in the kernel ring (which counts any that do not fit).
-   * `onBatch` runs after each batch is handed over and is awaited before the
-   * batch is committed: it writes them out, so a killed reader leaves what it had
-   * not written to the next one.
+   * `onBatch` runs after each batch is handed over; the batch's space goes back
+   * to the kernel only once the promise it returns resolves (the records are
+   * written), so a killed reader leaves what it had not written to the next one.
+   * The next drain does not wait for it: while one batch is being written (and
+   * fsync'd), the next is drained and formatted. Batches are committed in order.
    */
   start(
     each: (record: DataView) => void,
@@ -373,6 +375,8 @@ export class RingReader {
     this.running = true;
     this.stopped = (async () => {
       let busy = false;
+      // Commits in drain order: each waits for its batch's onBatch and for the commits before it.
+      let committed: Promise<void> = Promise.resolve();
       while (this.running) {
         try {
           if (opts.gate) await opts.gate();
@@ -385,8 +389,14 @@ export class RingReader {
           if (n < 0) throw new KernelError(`cannot drain ring buffer: ${errnoName(-n)}`, -n);
           if (n > 0) {
             this.walk(n, each);
-            if (opts.onBatch) await opts.onBatch();
-            native().helm_ring_commit(this.ring);
+            const pos = native().helm_ring_position(this.ring);
+            const done = opts.onBatch ? opts.onBatch() : undefined;
+            committed = Promise.all([committed, done]).then(
+              () => {
+                if (this.ring) native().helm_ring_commit_to(this.ring, pos);
+              },
+              (e: Error) => onError(e),
+            );
           }
           const handlerError = this.takeError();
           if (handlerError) onError(handlerError);
@@ -395,6 +405,7 @@ export class RingReader {
           await new Promise((r) => setTimeout(r, pollMs));
         }
       }
+      await committed;
     })();
   }
 

@@ -260,6 +260,79 @@ function main(): void {
     t.equal(readPerCpuCounter(st.lost), 0n, 'nothing lost');
   });
 
+  t.test('records that wrap around the end of the ring arrive whole (the data is mapped once, a wrapping record copied in two pieces)', async (t) => {
+    const st = loadSelftest(t);
+    st.target(process.pid);
+    const reader = new RingReader(st.events, RECORD);
+    t.teardown(() => reader.close());
+    const rounds = 4;
+    const per = CAPACITY - 1;
+    let straddling = 0;
+    for (let round = 0; round < rounds; round++) {
+      for (let i = 0; i < per; i++) {
+        const at = (round * per + i) * SLOT; // a fresh ring starts at position 0
+        if (Math.floor(at / RING_BYTES) !== Math.floor((at + SLOT - 1) / RING_BYTES)) straddling++;
+      }
+      trigger(per);
+      const { records } = drainAll(reader);
+      checkEvents(t, records, per);
+    }
+    t.ok(straddling >= rounds - 1, `${straddling} records crossed the end of the ring`);
+    t.equal(readPerCpuCounter(st.lost), 0n, 'nothing lost');
+  });
+
+  t.test('start: the next batch is drained while the one before is being written; each is given back once written, in order', async (t) => {
+    const st = loadSelftest(t);
+    st.target(process.pid);
+    const reader = new RingReader(st.events, RECORD, 4 * SLOT); // four records a drain
+    t.teardown(() => reader.close());
+    const got: DataView[] = [];
+    const written: (() => void)[] = [];
+    trigger(8);
+    reader.start(
+      (r) => got.push(copy(r)),
+      (e) => t.fail(e.message),
+      { pollMs: 20, onBatch: () => new Promise<void>((resolve) => written.push(resolve)) },
+    );
+    const until = async (cond: () => boolean) => {
+      for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+    };
+    await until(() => got.length === 8);
+    t.equal(got.length, 8, 'both batches delivered while the first is not yet written');
+    t.equal(written.length, 2, 'two batches handed over');
+    t.equal(reader.pendingBytes(), BigInt(8 * SLOT), 'none given back yet');
+    written[1]();
+    await new Promise((r) => setTimeout(r, 50));
+    t.equal(reader.pendingBytes(), BigInt(8 * SLOT), 'the second written first: still nothing given back (in order)');
+    written[0]();
+    await until(() => reader.pendingBytes() === 0n);
+    t.equal(reader.pendingBytes(), 0n, 'both given back once the first is written too');
+    await reader.stop((r) => got.push(copy(r)));
+    checkEvents(t, got, 8);
+  });
+
+  t.test('commit_to gives back only what was drained before a position, and never moves back', async (t) => {
+    const st = loadSelftest(t);
+    st.target(process.pid);
+    const err = Buffer.alloc(4096);
+    const ring = native().helm_ring_open(st.events.fd, RECORD, err, err.length);
+    t.teardown(() => native().helm_ring_close(ring));
+    const buf = Buffer.alloc(1 << 16);
+    trigger(3);
+    t.equal(native().helm_ring_drain(ring, buf, buf.length, 0), 3 * SLOT, 'three drained');
+    const first = native().helm_ring_position(ring);
+    trigger(2);
+    t.equal(native().helm_ring_drain(ring, buf, buf.length, 0), 2 * SLOT, 'two more drained');
+    const second = native().helm_ring_position(ring);
+    t.equal(BigInt(native().helm_ring_pending(ring)), BigInt(5 * SLOT), 'nothing committed yet');
+    native().helm_ring_commit_to(ring, first);
+    t.equal(BigInt(native().helm_ring_pending(ring)), BigInt(2 * SLOT), 'the first three given back, the two after them not');
+    native().helm_ring_commit_to(ring, second);
+    t.equal(BigInt(native().helm_ring_pending(ring)), 0n, 'then the rest');
+    native().helm_ring_commit_to(ring, first);
+    t.equal(BigInt(native().helm_ring_pending(ring)), 0n, 'an older position does not move it back');
+  });
+
   t.test('a reader that dies before committing leaves its records for the next reader', async (t) => {
     const st = loadSelftest(t);
     st.target(process.pid);
