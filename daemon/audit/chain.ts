@@ -11,6 +11,11 @@ const SUFFIX = /,"chain":"([0-9a-f]{64})"\}$/;
 // One call per line on the drain's path: crypto.hash (Node 20.12+) saves the Hash object createHash makes.
 const sha256: (s: string) => string = crypto.hash ? (s) => crypto.hash('sha256', s, 'hex') : (s) => crypto.createHash('sha256').update(s).digest('hex');
 
+/** SHA-256 of `data` in hex (the writer hashes each line where it lies in the batch buffer). */
+export const sha256Hex: (data: string | Buffer) => string = crypto.hash
+  ? (d) => crypto.hash('sha256', d, 'hex')
+  : (d) => crypto.createHash('sha256').update(d).digest('hex');
+
 /** The chain value before the first line of a trail. */
 export const CHAIN_GENESIS = sha256('helm-audit-v1');
 

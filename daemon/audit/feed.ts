@@ -31,11 +31,12 @@ export class AuditFeed {
 
   constructor(private readonly keep = 1000) {}
 
-  publish(lines: string[]): void {
+  /** `lines`: an array, or the writer's WrittenLines (read as asked for: only the last `keep` when nobody subscribes). */
+  publish(lines: { readonly length: number; at(i: number): string | undefined }): void {
     // Every line goes to the subscribers; only the last `keep` need to be remembered.
     const from = this.subscribers.size ? 0 : Math.max(0, lines.length - this.keep);
     for (let i = from; i < lines.length; i++) {
-      const fed = new FedRecord(lines[i]);
+      const fed = new FedRecord(lines.at(i)!);
       this.recent.push(fed);
       for (const s of this.subscribers) if (s.filter(fed.record)) s.deliver(fed);
     }

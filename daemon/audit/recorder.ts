@@ -12,7 +12,7 @@ import { C, LAYOUT, decodeEvent, type AgentCounters } from '../kernel/layout';
 import type { AuditLevel, EventSource, KernelBinding, Ring } from '../kernel/binding';
 import type { RingSizes } from '../kernel/enforcer';
 import type { Policy } from '../policy/types';
-import { AuditTrail, MAX_BATCH, formatFsyncPolicy, type FsyncPolicy, type RotationPolicy, type TrailStatus } from './writer';
+import { AuditTrail, MAX_BATCH, formatFsyncPolicy, type WrittenLines, type FsyncPolicy, type RotationPolicy, type TrailStatus } from './writer';
 import { AUDIT_SCHEMA_VERSION, DECISIONS, FormattedLine, formatDecision, rfc3339Nanos, type AuditContext, type LossSource } from './record';
 
 export interface RecorderOptions {
@@ -29,7 +29,7 @@ export interface RecorderOptions {
   /** Each decision as its line is made: what it was, its ts (helmd keeps per-agent figures for its agent list). */
   onDecision?: (decision: string, ts: string, agentId: bigint) => void;
   /** Lines as written, chain included (the control plane's live tail). */
-  onWritten?: (lines: string[]) => void;
+  onWritten?: (lines: WrittenLines) => void;
   /**
    * What of the kernel's ring loss counters an earlier helmd already wrote to the
    * trail (the counters are pinned and outlive helmd), and since when.

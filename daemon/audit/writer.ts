@@ -17,7 +17,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { pipeline } from 'node:stream/promises';
-import { CHAIN_GENESIS, chainOf, chainText } from './chain';
+import { CHAIN_GENESIS, chainOf, sha256Hex } from './chain';
 import { lastCompleteLine, lastCompleteLineSync, rotatedFiles, rotatedName } from './files';
 import { AUDIT_SCHEMA_VERSION, FormattedLine } from './record';
 
@@ -70,8 +70,8 @@ export interface TrailOptions {
   onRecovered?: (lost: number) => void;
   /** The file ended in a line cut short by a crash; it has been closed and recorded. */
   onTorn?: () => void;
-  /** Lines that reached the file (chain included, no newline), in order. */
-  onWritten?: (lines: string[]) => void;
+  /** Lines that reached the file (chain included, no newline), in order; readable during the call only. */
+  onWritten?: (lines: WrittenLines) => void;
   /** Most records taken into one write (bounds a batch's size and the rotation overshoot). */
   maxBatch?: number;
   reminderMs?: number;
@@ -113,6 +113,47 @@ const FILE_MODE = 0o640;
 const ROTATE_RETRY_MS = 60_000;
 /** While writes fail, how often to try again when nothing new arrives (to record the loss once the disk has room). */
 const RETRY_MS = 2_000;
+
+/** Bytes a line takes beyond its body: the prev chain and newline hashed before it, the chain after it. */
+const CHAIN_ROOM = 65 + 10 + 64 + 3;
+
+/**
+ * The lines of a batch just written, read out of the batch's buffer as asked
+ * for (most never are: the live tail keeps the last thousand). Valid during
+ * the onWritten call only: the buffer is reused by the next batch.
+ */
+export class WrittenLines {
+  constructor(
+    private readonly buf: Buffer,
+    /** Where each line starts; the last entry is the end of the batch. */
+    private readonly starts: number[],
+  ) {}
+
+  get length(): number {
+    return this.starts.length - 1;
+  }
+
+  /** Line i, chain included, without its newline. */
+  at(i: number): string {
+    return this.buf.toString('utf8', this.starts[i], this.starts[i + 1] - 1);
+  }
+
+  *[Symbol.iterator](): IterableIterator<string> {
+    for (let i = 0; i < this.length; i++) yield this.at(i);
+  }
+}
+
+/** `n` (a whole number >= 0) in decimal ASCII at `off`; returns the offset after it. */
+function writeUint(buf: Buffer, off: number, n: number): number {
+  let len = 1;
+  for (let x = n; x >= 10; x = (x - (x % 10)) / 10) len++;
+  for (let i = off + len - 1; i >= off; i--) {
+    const d = n % 10;
+    buf[i] = 0x30 + d;
+    n = (n - d) / 10;
+  }
+  return off + len;
+}
 
 function nowIso(d: Date): string {
   return d.toISOString().replace(/(\.\d{3})Z$/, '$1000000Z');
@@ -181,6 +222,8 @@ export class AuditTrail {
   private head: Record<string, unknown>[] = [];
   /** Bytes before the next write's lines: a newline that closes a line cut short. */
   private prefix = '';
+  /** Where a batch is written before it goes to the file (reused: one batch is written at a time). */
+  private out: Buffer = Buffer.allocUnsafeSlow(0);
   private running: Promise<void> | undefined;
   private diskLoss: DiskLoss | undefined;
   private lossTotal = 0;
@@ -419,23 +462,57 @@ export class AuditTrail {
       });
     }
     for (const r of batch) records.push(r);
+    // The batch is written into one reused buffer: each line's `prev chain, newline, body` is
+    // hashed where it lies, then the body moved over the prefix and the chain appended. No
+    // string per line, no join, no second copy into a Buffer.
+    let out = this.out;
+    let o = 0;
+    if (this.prefix) {
+      if (out.length < this.prefix.length) out = this.grow(0, this.prefix.length);
+      o = out.write(this.prefix, 0, 'latin1');
+    }
+    const starts: number[] = new Array(records.length + 1);
     let chain = this.prev;
     let seq = this.seq;
-    const lines: string[] = new Array(records.length);
     for (let i = 0; i < records.length; i++) {
       const r = records[i];
       seq++;
-      let body: string;
-      if (r instanceof FormattedLine) body = r.withSeq(seq);
+      let text: string | undefined;
+      let need: number;
+      if (r instanceof FormattedLine) need = r.end - r.start + 20;
       else {
         r.seq = seq;
-        body = JSON.stringify(r);
+        text = JSON.stringify(r);
+        need = text.length * 3;
       }
-      const c = chainText(chain, body);
-      chain = c.chain;
-      lines[i] = c.line;
+      need += CHAIN_ROOM;
+      if (out.length - o < need) out = this.grow(o, need);
+      // prev chain (64 hex digits) and a newline, then the body: what the chain hashes.
+      out.write(chain, o, 'latin1');
+      out[o + 64] = 0x0a;
+      const b = o + 65;
+      let e: number;
+      if (text === undefined) {
+        const f = r as FormattedLine;
+        e = b + f.buf.copy(out, b, f.start, f.at);
+        e = writeUint(out, e, seq);
+        e += f.buf.copy(out, e, f.at, f.end);
+      } else e = b + out.write(text, b);
+      if (out[b] !== 0x7b || out[e - 1] !== 0x7d || e - b < 3) throw new TypeError('an audit record is a non-empty object');
+      chain = sha256Hex(out.subarray(o, e));
+      // The body without its closing brace, moved to where the line starts; then the chain.
+      out.copyWithin(o, b, e - 1);
+      starts[i] = o;
+      o += e - 1 - b;
+      o += out.write(',"chain":"', o, 'latin1');
+      o += out.write(chain, o, 'latin1');
+      out[o++] = 0x22;
+      out[o++] = 0x7d;
+      out[o++] = 0x0a;
     }
-    const buf = Buffer.from(`${this.prefix}${lines.join('\n')}\n`);
+    starts[records.length] = o;
+    const buf = out.subarray(0, o);
+    const lines = new WrittenLines(out, starts);
     const at = this.size;
     try {
       await writeFully(this.fd, buf);
@@ -457,6 +534,7 @@ export class AuditTrail {
     this.prev = chain;
     this.seq = seq;
     try {
+      // The lines are read out of the batch buffer: only during this call.
       this.opts.onWritten?.(lines);
     } catch (e) {
       this.report(e as Error, 'handing written lines on');
@@ -481,6 +559,14 @@ export class AuditTrail {
       this.opts.onRecovered?.(recovered ?? 0);
     }
     return true;
+  }
+
+  /** The batch buffer with room for `need` more bytes after the `used` ones (which it keeps). */
+  private grow(used: number, need: number): Buffer {
+    const bigger = Buffer.allocUnsafeSlow(Math.max(2 * this.out.length, used + need, 1 << 16));
+    this.out.copy(bigger, 0, 0, used);
+    this.out = bigger;
+    return bigger;
   }
 
   private fail(e: Error, what: string): void {

@@ -129,7 +129,7 @@ t.test('lines formatted ahead (all but their seq) and records written together: 
   const written: string[] = [];
   const w = await AuditTrail.open(trailOptions(file, { maxBatch: 3, onWritten: (lines) => void written.push(...lines) }));
   const text = (i: number) => `{"v":1,"ts":"2026-11-30T12:00:00.000000000Z","seq":,"type":"decision","path":"/srv/f${i}"}`;
-  const formatted = (i: number) => new FormattedLine(text(i), text(i).indexOf('"seq":') + 6);
+  const formatted = (i: number) => FormattedLine.fromText(text(i), text(i).indexOf('"seq":') + 6);
   w.append([formatted(1), decisionLine({ path: '/srv/o2' }), formatted(3)]);
   w.append([formatted(4), formatted(5), decisionLine({ path: '/srv/o6' }), formatted(7)]);
   await w.close();
@@ -139,7 +139,7 @@ t.test('lines formatted ahead (all but their seq) and records written together: 
   t.same(records.map((r) => r.seq), [1, 2, 3, 4, 5, 6, 7, 8], 'seq rises by one through both kinds');
   t.same(records.slice(1).map((r) => r.path), ['/srv/f1', '/srv/o2', '/srv/f3', '/srv/f4', '/srv/f5', '/srv/o6', '/srv/f7'], 'in the order appended');
   t.same(written, lines, 'onWritten sees the lines as in the file');
-  t.equal(new FormattedLine(text(1), text(1).indexOf('"seq":') + 6).ts, '2026-11-30T12:00:00.000000000Z', 'a formatted line knows its ts');
+  t.equal(FormattedLine.fromText(text(1), text(1).indexOf('"seq":') + 6).ts, '2026-11-30T12:00:00.000000000Z', 'a formatted line knows its ts');
 });
 
 t.test('the live feed keeps the last lines and parses a record only when asked', async (t) => {
