@@ -17,14 +17,14 @@ export interface RunningHelmd {
   stop: () => Promise<void>;
 }
 
-/** `nodeArgs`: helmd's bundle run by this node with these options first (e.g. --cpu-prof), instead of bin/helmd. */
+/** `nodeArgs`: helmd's bundle run by this node with these options first (e.g. --cpu-prof), instead of bin/helmd (whose own V8 option is kept). */
 export async function startHelmd(args: { policy: string; audit: string; socket: string; extra?: string[]; nodeArgs?: string[] }): Promise<RunningHelmd> {
   let output = '';
   // Its own pins, removed when it stops: the benchmark leaves no enforcement behind.
   const pins = scratchPins('bench');
   const helmdArgs = ['--policy', args.policy, '--audit-log', args.audit, '--socket', args.socket, ...pins.args, ...(args.extra ?? [])];
   const proc = args.nodeArgs
-    ? spawn(process.execPath, [...args.nodeArgs, path.join(ROOT, 'dist', 'bundle', 'helmd.js'), ...helmdArgs], { stdio: ['ignore', 'pipe', 'pipe'] })
+    ? spawn(process.execPath, ['--max-semi-space-size=4', ...args.nodeArgs, path.join(ROOT, 'dist', 'bundle', 'helmd.js'), ...helmdArgs], { stdio: ['ignore', 'pipe', 'pipe'] })
     : spawn(HELMD, helmdArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
   proc.stdout!.on('data', (d) => (output += d));
   proc.stderr!.on('data', (d) => (output += d));
