@@ -55,10 +55,8 @@ interface RolePaths {
 interface Kept {
   /** The policies compiled, in name order. */
   policies: Policy[];
-  /** Per rule id - 1: its stored forms. */
-  forms: string[][][];
-  /** Per rule id - 1: the candidate every role's index holds for it (undefined: in none). */
-  candidates: (Candidate | undefined)[];
+  /** Per rule id - 1: its candidate, which every role's index holds. */
+  candidates: Candidate[];
   roles: Map<string, RolePaths>;
 }
 
@@ -74,30 +72,29 @@ export class IncrementalCompiler {
     const prev = this.kept;
     this.kept = undefined; // a compile that throws leaves the indexes half patched
     const changed = prev && changedRules(prev.policies, policies);
-    const next: Kept = { policies, forms: [], candidates: [], roles: new Map() };
-    /** The candidate the indexes hold for a rule: the previous one while the rule is unchanged. */
-    const heldFor = (c: Candidate): Candidate => {
-      const i = c.ruleId - 1;
-      const held = (changed && !changed.has(i) && prev!.candidates[i]) || c;
-      next.candidates[i] = held;
-      return held;
-    };
+    const next: Kept = { policies, candidates: [], roles: new Map() };
     const source: PathSource = {
-      forms: (rule: Rule, index: number) => {
-        const forms = changed && !changed.has(index) ? prev!.forms[index] : ruleForms(rule);
-        next.forms[index] = forms;
-        return forms;
+      candidate: (policyIdx, policy, rule, ruleId) => {
+        const i = ruleId - 1;
+        let c = changed && !changed.has(i) ? prev!.candidates[i] : undefined;
+        if (c) {
+          // The same id, mode and forms: the one the indexes hold, now naming this compile's
+          // rule (whose locations errors and warnings report).
+          c.policy = policy;
+          c.rule = rule;
+        } else c = { policyIdx, policy, rule, ruleId, forms: ruleForms(rule) };
+        next.candidates[i] = c;
+        return c;
       },
       roleEntries: (role, roleId, governing, dmode, decide) => {
         const before = changed && prev!.roles.get(role);
         let paths: RolePaths;
         if (before && before.roleId === roleId && before.defaultMode === dmode && governing.length > 0 && countChanged(governing, changed!) <= governing.length * PATCH_SHARE) {
-          patch(before, governing, changed!, prev!, heldFor, decide);
+          patch(before, governing, changed!, prev!, decide);
           paths = before;
         } else {
-          const held = governing.map(heldFor);
-          const index = formIndex(held);
-          const keys = roleKeys(held);
+          const index = formIndex(governing);
+          const keys = roleKeys(governing);
           paths = { roleId, defaultMode: dmode, keys, entries: rolePathEntries(coversIn(index), keys, roleId, dmode, decide), index };
         }
         next.roles.set(role, paths);
@@ -137,18 +134,26 @@ function countChanged(governing: Candidate[], changed: Set<number>): number {
   return n;
 }
 
+/** samePathRule names the file verbs one by one: this stops compiling if they change. */
+export const NAMED_FILE_VERBS: readonly ['read', 'write', 'exec'] = FILE_VERBS;
+
 /** Do two rules (at the same place, so with the same id) give every path key the same verdicts? */
 function samePathRule(a: Rule, b: Rule): boolean {
   if (a === b) return true;
   if (a.kind !== b.kind || !sameStrings(a.when?.role, b.when?.role)) return false;
-  for (const verb of FILE_VERBS) if (!samePathTargets(a.verbs[verb], b.verbs[verb])) return false;
-  return true;
+  // Named, not looked up by a verb variable: this runs for every rule of every compile.
+  const x = a.verbs;
+  const y = b.verbs;
+  return samePathTargets(x.read, y.read) && samePathTargets(x.write, y.write) && samePathTargets(x.exec, y.exec);
 }
 
 /** The same path targets in the same order (the stored forms depend on nothing else). */
+const NO_TARGETS: Target[] = [];
+
 function samePathTargets(a: Target[] | undefined, b: Target[] | undefined): boolean {
-  const x = a ?? [];
-  const y = b ?? [];
+  if (a === b) return true;
+  const x = a ?? NO_TARGETS;
+  const y = b ?? NO_TARGETS;
   let i = 0;
   let j = 0;
   for (;;) {
@@ -183,20 +188,16 @@ function patch(
   governing: Candidate[],
   changed: Set<number>,
   prev: Kept,
-  heldFor: (c: Candidate) => Candidate,
   decide: (cands: Candidate[]) => Verdict,
 ): void {
   const touched = new Set<string>();
   for (const c of governing) {
-    const held = heldFor(c);
     if (!changed.has(c.ruleId - 1)) continue;
     const old = prev.candidates[c.ruleId - 1];
-    if (old) {
-      removeFromIndex(paths.index, old);
-      for (const list of old.forms) for (const text of list) touched.add(text);
-    }
-    addToIndex(paths.index, held);
-    for (const list of held.forms) for (const text of list) touched.add(text);
+    removeFromIndex(paths.index, old);
+    for (const list of old.forms) for (const text of list) touched.add(text);
+    addToIndex(paths.index, c);
+    for (const list of c.forms) for (const text of list) touched.add(text);
   }
   const { keys, entries, index } = paths;
   // The key set first (a key is a form some rule has), then what to decide again.

@@ -317,21 +317,21 @@ export function compilePolicyByScan(input: Policy[], opts: CompileOptions = {}):
 }
 
 /**
- * Where compileWith gets each rule's stored forms and each role's path entries:
+ * Where compileWith gets each rule's candidate (with its stored forms) and each role's path entries:
  * the parts of a compile that grow with the rules. computedPaths computes them;
  * the incremental compiler (compile-incremental.ts) keeps them from its previous
  * compile where the rules they come from did not change.
  */
 export interface PathSource {
-  /** The stored texts of a rule's path targets, per FILE_VERBS index; `index` is its rule id - 1. */
-  forms(rule: Rule, index: number): string[][];
+  /** A rule as the compile works with it, its forms computed (or known). */
+  candidate(policyIdx: number, policy: Policy, rule: Rule, ruleId: number): Candidate;
   /** One role's path entries in key order. */
   roleEntries(role: string, roleId: number, governing: Candidate[], defaultMode: number, decide: (cands: Candidate[]) => Verdict): PathEntry[];
 }
 
 export function computedPaths(finder: CoverFinder): PathSource {
   return {
-    forms: ruleForms,
+    candidate: (policyIdx, policy, rule, ruleId) => ({ policyIdx, policy, rule, ruleId, forms: ruleForms(rule) }),
     roleEntries: (_role, roleId, governing, dmode, decide) => rolePathEntries(finder(governing), roleKeys(governing), roleId, dmode, decide),
   };
 }
@@ -373,6 +373,11 @@ export function pathEntry(roleId: number, text: string, byVerbOrder: Verdict[], 
   return { roleId, data: Buffer.from(text, 'latin1'), verdicts: reorder(byVerbOrder), defaultMode: dmode };
 }
 
+function anyLongerThan(forms: string[][], bytes: number): boolean {
+  for (const list of forms) for (const form of list) if (form.length > bytes) return true;
+  return false;
+}
+
 /** Policies in name order, as they get their ids. */
 export function inNameOrder(input: Policy[]): Policy[] {
   return [...input].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -405,15 +410,14 @@ export function compileWith(input: Policy[], opts: CompileOptions, paths: PathSo
       if (ruleId > 0xffff) {
         errors.push({ severity: 'error', loc: rule.loc, message: `more than ${0xffff} rules in one set of policies` });
       }
-      const forms = paths.forms(rule, ruleId - 1);
-      candidates.push({ policyIdx, policy, rule, ruleId, forms });
+      candidates.push(paths.candidate(policyIdx, policy, rule, ruleId));
     }
   });
   if (policies.length > 0xffff) errors.push({ severity: 'error', loc: policies[0].loc, message: 'too many policies' });
 
   for (const c of candidates) {
     // The forms say whether a target is too long; its location is looked up only then.
-    if (!c.forms.some((list) => list.some((form) => form.length > HELM_PATH_BUF))) continue;
+    if (!anyLongerThan(c.forms, HELM_PATH_BUF)) continue;
     for (const verb of FILE_VERBS) {
       for (const t of c.rule.verbs[verb] ?? []) {
         if (t.kind !== 'path') continue;
@@ -434,13 +438,14 @@ export function compileWith(input: Policy[], opts: CompileOptions, paths: PathSo
   const unixEntries: UnixEntry[] = [];
   const socketEntries: SocketEntry[] = [];
   const nameIds = new Map(opts.nameIds ?? []);
-  const conds = new ConditionTables(new Map(opts.labelIds ?? []), policies.flatMap((p) => p.rules), errors);
+  const conds = new ConditionTables(new Map(opts.labelIds ?? []), allRules(policies), errors);
   const decideWith = (cands: Candidate[], r: string) => decide(cands, r, conds);
   const walks: Walker = { stat, readdir, budget: walkBudget, memo: new Map() };
   for (const role of [...roles.keys()].sort()) {
     if (!roleNames.has(role) && !policies.some((p) => governs(p, role))) continue;
     const roleId = roles.get(role)!;
-    const governing = candidates.filter((c) => governs(c.policy, role));
+    const governed = policies.map((p) => governs(p, role));
+    const governing = candidates.filter((c) => governed[c.policyIdx]);
     if (governing.length === 0 && !policies.some((p) => governs(p, role))) continue; // no entry: no policy → deny
     const dmode = MODE_CODE[defaultMode(policies, role)];
 
@@ -497,6 +502,12 @@ export function compileWith(input: Policy[], opts: CompileOptions, paths: PathSo
     labelIds: conds.labelIds,
     warnings,
   };
+}
+
+function allRules(policies: Policy[]): Rule[] {
+  const out: Rule[] = [];
+  for (const p of policies) for (const r of p.rules) out.push(r);
+  return out;
 }
 
 /** FILE_VERBS order is read, write, exec; the kernel indexes by HELM_OP_*. */
