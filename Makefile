@@ -11,9 +11,11 @@ NATIVE := $(BUILD)/libhelm.so $(BUILD)/helm-enter $(BUILD)/layout_dump $(BUILD)/
 BENCH_BIN := $(BUILD)/bench-driver $(BUILD)/bench-noop $(BUILD)/seccomp-notify
 # Objects only the tests load: helm.bpf.o as a next release would build it (a new
 # object with the same layout; a changed layout), and a small fixture of a cgroup
-# program and a tracing program for pinning on kernels without BPF LSM.
+# program and a tracing program for pinning on kernels without BPF LSM, and a slow
+# LSM decision for the grace-period test.
 TEST_OBJS := $(BUILD)/test/helm-next-object.bpf.o $(BUILD)/test/helm-next-layout.bpf.o \
-  $(BUILD)/test/pinning-v1.bpf.o $(BUILD)/test/pinning-v2.bpf.o $(BUILD)/test/pinning-v3.bpf.o
+  $(BUILD)/test/pinning-v1.bpf.o $(BUILD)/test/pinning-v2.bpf.o $(BUILD)/test/pinning-v3.bpf.o \
+  $(BUILD)/test/slow-decision.bpf.o
 
 # Which helm.h an object was built against is part of its layout id (see daemon/kernel/pins.ts).
 HELM_H_SHA256 = $(shell sha256sum bpf/helm.h | cut -c1-64)
@@ -53,6 +55,10 @@ $(BUILD)/test/helm-next-layout.bpf.o: bpf/helm.bpf.c bpf/helm.h $(BUILD)/vmlinux
 $(BUILD)/test/pinning-v%.bpf.o: test/host/pinning.bpf.c bpf/helm.h $(BUILD)/vmlinux.h
 	@mkdir -p $(@D)
 	$(CLANG) $(BPF_CFLAGS) -DPINNING_VARIANT=$* -c $< -o $@
+
+$(BUILD)/test/slow-decision.bpf.o: test/vm-preempt/slow-decision.bpf.c $(BUILD)/vmlinux.h
+	@mkdir -p $(@D)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 $(BUILD)/libhelm.so: native/helm_shim.c
 	@mkdir -p $(BUILD)

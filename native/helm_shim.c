@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,7 +17,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <linux/membarrier.h>
 #include <sys/syscall.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
@@ -667,15 +667,48 @@ long long helm_realtime_offset_ns(void)
 
 /*
  * Waits until every BPF program that was running when this was called has
- * returned: MEMBARRIER_CMD_GLOBAL is synchronize_rcu() on more than one CPU,
- * and helm's programs run under rcu_read_lock(). helmd calls it between
- * switching generations and dropping the old one's maps, so no decision still
- * holds a table that is about to be freed. 0, or -errno (e.g. -EINVAL under
- * nohz_full, where the caller must fall back to waiting).
+ * returned. helm's programs run under rcu_read_lock(), and an update of a
+ * map-in-map makes the kernel call synchronize_rcu() before it returns
+ * (maybe_wait_bpf_programs() in kernel/bpf/syscall.c: userspace must know that
+ * no program still uses the inner map it replaced). So a one-slot array of
+ * maps of our own, rewritten with the same inner map, is a grace period.
+ * membarrier(MEMBARRIER_CMD_GLOBAL) is not: it skips synchronize_rcu() when
+ * one CPU is online, where a decision preempted half-way (preempt=full) can
+ * still hold the table helmd is about to rewrite. helmd calls this between
+ * switching generations and rewriting or dropping the old one's tables.
+ * 0, or -errno (the caller then falls back to waiting).
  */
+static int grace_outer = -1, grace_inner = -1, grace_err;
+static pthread_once_t grace_once = PTHREAD_ONCE_INIT;
+
+static void grace_maps_create(void)
+{
+	LIBBPF_OPTS(bpf_map_create_opts, opts);
+	int inner = bpf_map_create(BPF_MAP_TYPE_ARRAY, "helm_grace_in", 4, 4, 1, NULL);
+
+	if (inner < 0) {
+		grace_err = -errno;
+		return;
+	}
+	opts.inner_map_fd = inner;
+	grace_outer = bpf_map_create(BPF_MAP_TYPE_ARRAY_OF_MAPS, "helm_grace", 4, 4, 1, &opts);
+	if (grace_outer < 0) {
+		grace_err = -errno;
+		close(inner);
+		return;
+	}
+	grace_inner = inner;
+}
+
 int helm_sync_programs(void)
 {
-	if (syscall(__NR_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) < 0)
+	__u32 zero = 0;
+
+	/* helmd calls this from its main thread and from koffi's worker threads. */
+	pthread_once(&grace_once, grace_maps_create);
+	if (grace_outer < 0)
+		return grace_err;
+	if (bpf_map_update_elem(grace_outer, &zero, &grace_inner, BPF_ANY) < 0)
 		return -errno;
 	return 0;
 }

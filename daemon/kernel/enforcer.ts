@@ -49,7 +49,7 @@ export interface LoadOptions {
   rings?: RingSizes;
 }
 
-/** Falls back to a generous wait where the kernel cannot tell us (membarrier refused, e.g. nohz_full). */
+/** Falls back to a generous wait where the kernel cannot tell us (the grace-period map could not be made or written). */
 const GRACE_FALLBACK_MS = 1000;
 let warnedFallback = false;
 
@@ -58,7 +58,7 @@ export function waitForRunningPrograms(): Promise<void> {
   return new Promise((resolve) => {
     native().helm_sync_programs.async((err, rc) => {
       if (!err && rc === 0) return resolve();
-      if (!warnedFallback) process.emitWarning(`membarrier: ${err ? String(err) : errnoName(-rc)}; waiting ${GRACE_FALLBACK_MS} ms for running programs instead`);
+      if (!warnedFallback) process.emitWarning(`grace period: ${err ? String(err) : errnoName(-rc)}; waiting ${GRACE_FALLBACK_MS} ms for running programs instead`);
       warnedFallback = true;
       setTimeout(resolve, GRACE_FALLBACK_MS);
     });
