@@ -399,7 +399,8 @@ function parseSource(text: string, file: string, opts: ParseOptions, diags: Poli
 
 /**
  * A .json source read without the YAML parser (./json-tree.ts): what the YAML reading gives,
- * in a hundredth of the time. Undefined, for the caller to read the text with the YAML parser,
+ * without its time (most of a second at 10,000 rules, against ~10 ms for reading the JSON;
+ * validation is the same for both). Undefined, for the caller to read the text with the YAML parser,
  * when the text is not JSON, when the direct reading cannot vouch for giving the same tree
  * (see readJsonTree), and when the source has any error at all: so errors are always found
  * and located by the one reading, and this path only ever returns valid policies.
