@@ -1096,6 +1096,12 @@ function whenLabels(ctx: Ctx, v: At, what: string): Record<string, string> {
   if ((v.node as TreeMap).pairs.length === 0) err(ctx, v.loc, `${what}.label is empty; give key: value pairs or leave label out`);
   for (const [key, entry] of e) {
     if (key === '') err(ctx, entry.key.loc, `${what}.label has an empty key`);
+    if (key === '__proto__') {
+      // Assigning it to an object sets the prototype instead: the condition would silently lose
+      // the label, and hold for every agent of the role.
+      err(ctx, entry.key.loc, `${what}.label cannot have the key "__proto__"`);
+      continue;
+    }
     const n = entry.value.node;
     if (n?.kind === 'scalar' && typeof n.value === 'string') labels[key] = n.value;
     else if (n?.kind === 'scalar' && (typeof n.value === 'number' || typeof n.value === 'boolean')) {
