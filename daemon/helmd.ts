@@ -14,7 +14,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { compilePolicy, type CompiledPolicy } from './policy/compile';
+import type { CompiledPolicy } from './policy/compile';
+import { IncrementalCompiler } from './policy/compile-incremental';
 import { loadPolicies, loadPolicySources, type PolicySourceText } from './policy/parse';
 import { PolicyError, formatDiagnostic, type Mode, type Policy, type PolicyDiagnostic } from './policy/types';
 import { explain, formatExplanation, operationFromOptions } from './policy/explain';
@@ -193,6 +194,8 @@ export class Helmd implements ControlPlane {
   /** Policy modes switched at run time (SetMode), by policy name; they outlive applies that keep the policy. */
   private policyModes = new Map<string, Mode>();
   private compiled?: CompiledPolicy;
+  /** Compiles each policy edit from what the compile before computed: an edit of one rule costs about one rule. */
+  private readonly compiler = new IncrementalCompiler();
   private dryRun: boolean;
   private readonly queue = new SerialQueue();
   readonly feed = new AuditFeed();
@@ -580,7 +583,7 @@ export class Helmd implements ControlPlane {
     // helmd runs (the tables are pinned): role ids (agent entries), host-name pattern ids (learned
     // addresses) and label pair ids (agents' label bits), while a superseded generation may still be deciding.
     const c = this.compiled;
-    return compilePolicy(withModes, { roleIds: this.roleIds, nameIds: c?.nameIds, labelIds: c?.labelIds ?? this.labelIds, extraRoles: roles });
+    return this.compiler.compile(withModes, { roleIds: this.roleIds, nameIds: c?.nameIds, labelIds: c?.labelIds ?? this.labelIds, extraRoles: roles });
   }
 
   /** Switches the kernel to a compiled generation (throws having changed nothing), then names it for the audit trail. */

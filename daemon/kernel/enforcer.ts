@@ -14,7 +14,7 @@ import {
 } from './layout';
 import { cgroup2Mount } from '../control/cgroups';
 import { KernelError, buildDir, native, errnoName } from './native';
-import type { CompiledPolicy } from '../policy/compile';
+import type { CompiledPolicy, PathEntry } from '../policy/compile';
 import type { AuditLevel, GovernedAgent, KernelBinding, Ring } from './binding';
 
 export type { GovernedAgent } from './binding';
@@ -109,8 +109,17 @@ const EMPTY: TableContent = new Map();
 interface Slot {
   /** Inner maps, in the order of KernelEnforcer.outer. */
   tables: BpfMap[];
-  /** What each table holds; undefined while being written or after a failed write (the tables are then replaced). */
+  /**
+   * What each table holds (the path table: see `paths`); undefined while being
+   * written or after a failed write (the tables are then replaced).
+   */
   content: TableContent[] | undefined;
+  /**
+   * The compiled entries the path table holds, by object: a compile keeps the
+   * entries that did not change from one generation to the next (IncrementalCompiler),
+   * so only the others need encoding and comparing. Undefined when `content` is.
+   */
+  paths: Set<PathEntry> | undefined;
   /** The generation that decides by these tables; undefined once retired. */
   generation: number | undefined;
 }
@@ -188,10 +197,13 @@ function text(buf: Buffer, at: number, size: number): string {
   return buf.toString('latin1', at, end);
 }
 
-/** Every table as a compiled generation wants it, in TABLE_SPECS order. */
-export function tableImages(compiled: CompiledPolicy): TableImage[] {
+/**
+ * Every table as a compiled generation wants it, in TABLE_SPECS order; the path
+ * table only `withPaths` (else empty: syncPaths writes it).
+ */
+export function tableImages(compiled: CompiledPolicy, withPaths = true): TableImage[] {
   const counts = [
-    compiled.pathEntries.length,
+    withPaths ? compiled.pathEntries.length : 0,
     compiled.inodeEntries.length,
     compiled.netEntries.length,
     compiled.nameEntries.length,
@@ -203,7 +215,7 @@ export function tableImages(compiled: CompiledPolicy): TableImage[] {
   ];
   const images = TABLE_SPECS.map((spec, i) => new TableImage(spec.keySize, spec.valueSize, counts[i]));
   const [paths, inodes, nets, names, unix, sockets, condLists, condExes, condUids] = images;
-  for (const e of compiled.pathEntries) {
+  for (const e of withPaths ? compiled.pathEntries : []) {
     paths.add((k, ka, v, va) => {
       writePathKey(k, ka, e.roleId, e.data);
       writePathValue(v, va, e.verdicts, e.defaultMode);
@@ -251,6 +263,72 @@ function syncTable(map: BpfMap, from: TableContent, to: TableImage): void {
     to.values.copy(values, i * to.valueSize, e * to.valueSize, (e + 1) * to.valueSize);
   });
   map.updateMany(keys, values, changed.length);
+}
+
+/** A path entry's key and value as TableContent text; entries do not change once compiled, so each is encoded once. */
+const pathTexts = new WeakMap<PathEntry, { key: string; value: string }>();
+const pathKeyScratch = Buffer.alloc(LAYOUT.helm_path_key.size);
+const pathValueScratch = Buffer.alloc(LAYOUT.helm_path_value.size);
+
+function pathTextsOf(e: PathEntry): { key: string; value: string } {
+  let t = pathTexts.get(e);
+  if (!t) {
+    pathKeyScratch.fill(0);
+    pathValueScratch.fill(0);
+    writePathKey(pathKeyScratch, 0, e.roleId, e.data);
+    writePathValue(pathValueScratch, 0, e.verdicts, e.defaultMode);
+    t = { key: text(pathKeyScratch, 0, pathKeyScratch.length), value: text(pathValueScratch, 0, pathValueScratch.length) };
+    pathTexts.set(e, t);
+  }
+  return t;
+}
+
+/**
+ * Turns a path table that holds the entries `held` into one that holds `wanted`
+ * (whose keys are distinct, as the compiler makes them), updating `held`. Entries
+ * held and wanted are the same bytes and are not looked at again: the work is in
+ * the entries that are new objects (for an edit, the few the compile recomputed)
+ * and in those gone. As syncTable: deletions first, then one batch of writes.
+ */
+function syncPaths(map: BpfMap, held: Set<PathEntry>, wanted: readonly PathEntry[]): void {
+  if (map.keySize !== LAYOUT.helm_path_key.size || map.valueBytes !== LAYOUT.helm_path_value.size) throw new KernelError(`map ${map.name}: sizes differ from bpf/helm.h's`, 22);
+  const fresh: PathEntry[] = [];
+  for (const e of wanted) if (!held.has(e)) fresh.push(e);
+  // Keys held and no longer wanted, with their values (a fresh entry may take the key over).
+  const gone = new Map<string, string>();
+  if (held.size !== wanted.length - fresh.length) {
+    const keep = new Set(wanted);
+    for (const e of held) {
+      if (keep.has(e)) continue;
+      const t = pathTextsOf(e);
+      gone.set(t.key, t.value);
+      held.delete(e);
+    }
+  }
+  const writes: PathEntry[] = [];
+  for (const e of fresh) {
+    const t = pathTextsOf(e);
+    const before = gone.get(t.key);
+    if (before !== undefined) gone.delete(t.key);
+    if (before !== t.value) writes.push(e); // a new object with the bytes the key has needs no write
+    held.add(e);
+  }
+  const keySize = map.keySize;
+  if (gone.size) {
+    const keys = Buffer.alloc(gone.size * keySize);
+    let i = 0;
+    for (const k of gone.keys()) keys.write(k, i++ * keySize, 'latin1');
+    map.deleteMany(keys, gone.size);
+  }
+  if (writes.length) {
+    const keys = Buffer.alloc(writes.length * keySize);
+    const values = Buffer.alloc(writes.length * map.valueBytes);
+    writes.forEach((e, i) => {
+      writePathKey(keys, i * keySize, e.roleId, e.data);
+      writePathValue(values, i * map.valueBytes, e.verdicts, e.defaultMode);
+    });
+    map.updateMany(keys, values, writes.length);
+  }
 }
 
 export class KernelEnforcer implements KernelBinding {
@@ -329,7 +407,7 @@ export class KernelEnforcer implements KernelBinding {
     for (let slot = 0; slot < C.HELM_MAX_GENERATIONS; slot++) {
       if (this.outer.some((m) => m.lookup(u32Key(slot), 4) !== undefined)) {
         // Their tables are the kernel's and their contents unknown: the next generation in the slot gets fresh ones.
-        this.slots[slot] = { generation: slot === (this.generation & (C.HELM_MAX_GENERATIONS - 1)) ? this.generation : -1, tables: [], content: undefined };
+        this.slots[slot] = { generation: slot === (this.generation & (C.HELM_MAX_GENERATIONS - 1)) ? this.generation : -1, tables: [], content: undefined, paths: undefined };
       }
     }
     const F = LAYOUT.helm_protected_key.fields;
@@ -457,20 +535,25 @@ export class KernelEnforcer implements KernelBinding {
   applyGeneration(compiled: CompiledPolicy): number {
     const next = this.generation + 1;
     const slot = next & (C.HELM_MAX_GENERATIONS - 1);
-    const wanted = tableImages(compiled);
     let s = this.slots[slot];
     if (s && s.generation !== undefined) {
       // Superseded and not retired since: programs that read its generation may still run.
       if (native().helm_sync_programs() === 0) s.generation = undefined;
       else s = undefined; // cannot tell when they are done: fresh tables, placed by the kernel's own wait
     }
-    if (s && s.content) {
+    if (s && s.content && s.paths) {
+      const wanted = tableImages(compiled, false);
       const content = s.content;
-      s.content = undefined; // unknown until every table is written
-      TABLE_SPECS.forEach((_, i) => syncTable(s!.tables[i], content[i], wanted[i]));
+      const paths = s.paths;
+      // Unknown until every table is written.
+      s.content = undefined;
+      s.paths = undefined;
+      syncPaths(s.tables[0], paths, compiled.pathEntries);
+      for (let i = 1; i < TABLE_SPECS.length; i++) syncTable(s.tables[i], content[i], wanted[i]);
       s.content = wanted.map((w) => w.content);
+      s.paths = paths;
     } else {
-      s = this.placeFresh(slot, wanted);
+      s = this.placeFresh(slot, tableImages(compiled), compiled.pathEntries);
     }
     // The switch: programs read the generation once per decision.
     this.settings.update(u32Key(0), encodeSettings(next, this.flags, process.pid));
@@ -480,7 +563,7 @@ export class KernelEnforcer implements KernelBinding {
   }
 
   /** New tables holding `wanted`, put in `slot` of every outer map; the slot's old tables are closed after a grace period. */
-  private placeFresh(slot: number, wanted: TableImage[]): Slot {
+  private placeFresh(slot: number, wanted: TableImage[], pathEntries: readonly PathEntry[]): Slot {
     const previous = this.slots[slot];
     const tables: BpfMap[] = []; // in the order of this.outer
     let placed = 0; // outer maps whose slot already holds the new tables
@@ -507,7 +590,7 @@ export class KernelEnforcer implements KernelBinding {
       throw e;
     }
     if (previous) this.retiring.push(...previous.tables); // replaced in a reused slot
-    const s: Slot = { tables, content: wanted.map((w) => w.content), generation: undefined };
+    const s: Slot = { tables, content: wanted.map((w) => w.content), paths: new Set(pathEntries), generation: undefined };
     this.slots[slot] = s;
     return s;
   }

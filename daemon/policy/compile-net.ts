@@ -121,6 +121,7 @@ export function compileNetwork(
   const byNetwork = new Map<string, { bytes: number[]; prefix: number; covering: Covering[] }>();
   const byName = new Map<string, Covering[]>();
   for (const c of governing) {
+    if (!c.rule.verbs.connect && !c.rule.verbs.bind) continue; // most rules: a named look-up each, not a keyed one per verb
     for (const verb of NET_VERBS) {
       for (const t of c.rule.verbs[verb] ?? []) {
         if (t.kind !== 'net') continue;

@@ -236,20 +236,49 @@ const byScan: CoverFinder = (governing) => (text) => {
  * lookup or two per key instead of a test of every rule. The directories of the
  * key being looked up are kept on a stack; keys in sorted order share most of it.
  */
-const byPrefixes: CoverFinder = (governing) => {
-  const empty: Candidate[] = [];
-  const none: Candidate[][] = FILE_VERBS.map(() => empty);
-  const at = new Map<string, Candidate[][]>();
-  for (const c of governing) {
-    for (let verb = 0; verb < c.forms.length; verb++) {
-      for (const text of c.forms[verb]) {
-        let e = at.get(text);
-        if (!e) at.set(text, (e = [...none]));
-        if (e[verb] === empty) e[verb] = [c];
-        else if (!e[verb].includes(c)) e[verb].push(c);
-      }
+const byPrefixes: CoverFinder = (governing) => coversIn(formIndex(governing));
+
+/** A role's rules by stored form: form text → per verb (FILE_VERBS index), the rules with that form. */
+export type FormIndex = Map<string, Candidate[][]>;
+
+/** Shared by every verb no rule of a form names (never added to). */
+const NO_RULES: Candidate[] = [];
+
+export function formIndex(governing: Candidate[]): FormIndex {
+  const at: FormIndex = new Map();
+  for (const c of governing) addToIndex(at, c);
+  return at;
+}
+
+/** Adds a rule under each of its forms (once per verb and form, in the order given). */
+export function addToIndex(at: FormIndex, c: Candidate): void {
+  for (let verb = 0; verb < c.forms.length; verb++) {
+    for (const text of c.forms[verb]) {
+      let e = at.get(text);
+      if (!e) at.set(text, (e = FILE_VERBS.map(() => NO_RULES)));
+      if (e[verb] === NO_RULES) e[verb] = [c];
+      else if (!e[verb].includes(c)) e[verb].push(c);
     }
   }
+}
+
+/** Takes a rule out of the index under each of its forms; a form no rule has any more leaves it. */
+export function removeFromIndex(at: FormIndex, c: Candidate): void {
+  for (let verb = 0; verb < c.forms.length; verb++) {
+    for (const text of c.forms[verb]) {
+      const e = at.get(text);
+      if (!e || !e[verb].includes(c)) continue;
+      const rest = e[verb].filter((x) => x !== c);
+      e[verb] = rest.length ? rest : NO_RULES;
+      if (e.every((list) => list === NO_RULES)) at.delete(text);
+    }
+  }
+}
+
+/** The cover finder over an index of the role's forms (see byPrefixes). */
+export function coversIn(at: FormIndex): (keyText: string) => Candidate[][] {
+  const empty = NO_RULES;
+  const none: Candidate[][] = FILE_VERBS.map(() => empty);
   const merge = (base: Candidate[][], own: Candidate[][]) =>
     base.map((b, v) => (own[v] === empty ? b : b === empty ? own[v] : b.concat(own[v].filter((c) => !b.includes(c)))));
   // stack[i] is a directory of the current key (each the previous one plus one component) and its rules.
@@ -275,7 +304,7 @@ const byPrefixes: CoverFinder = (governing) => {
 };
 
 export function compilePolicy(input: Policy[], opts: CompileOptions = {}): CompiledPolicy {
-  return compileWith(input, opts, byPrefixes);
+  return compileWith(input, opts, computedPaths(byPrefixes));
 }
 
 /**
@@ -284,10 +313,77 @@ export function compilePolicy(input: Policy[], opts: CompileOptions = {}): Compi
  * compilePolicy computes; tests compare the two.
  */
 export function compilePolicyByScan(input: Policy[], opts: CompileOptions = {}): CompiledPolicy {
-  return compileWith(input, opts, byScan);
+  return compileWith(input, opts, computedPaths(byScan));
 }
 
-function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder): CompiledPolicy {
+/**
+ * Where compileWith gets each rule's candidate (with its stored forms) and each role's path entries:
+ * the parts of a compile that grow with the rules. computedPaths computes them;
+ * the incremental compiler (compile-incremental.ts) keeps them from its previous
+ * compile where the rules they come from did not change.
+ */
+export interface PathSource {
+  /** A rule as the compile works with it, its forms computed (or known). */
+  candidate(policyIdx: number, policy: Policy, rule: Rule, ruleId: number): Candidate;
+  /** One role's path entries in key order. */
+  roleEntries(role: string, roleId: number, governing: Candidate[], defaultMode: number, decide: (cands: Candidate[]) => Verdict): PathEntry[];
+}
+
+export function computedPaths(finder: CoverFinder): PathSource {
+  return {
+    candidate: (policyIdx, policy, rule, ruleId) => ({ policyIdx, policy, rule, ruleId, forms: ruleForms(rule) }),
+    roleEntries: (_role, roleId, governing, dmode, decide) => rolePathEntries(finder(governing), roleKeys(governing), roleId, dmode, decide),
+  };
+}
+
+/** The stored texts of a rule's path targets, per FILE_VERBS index. */
+export function ruleForms(rule: Rule): string[][] {
+  return FILE_VERBS.map((verb) => (rule.verbs[verb] ?? []).flatMap((t) => (t.kind === 'path' ? storedTexts(t) : [])));
+}
+
+/** Every stored key of a role, sorted: the root entry and every form of its rules. */
+export function roleKeys(governing: Candidate[]): string[] {
+  const keys = new Set<string>(['']);
+  for (const c of governing) for (const list of c.forms) for (const text of list) keys.add(text);
+  // sort() without a comparator orders strings code unit by code unit: for latin1
+  // text, byte by byte — the order of Buffer.compare.
+  return [...keys].sort();
+}
+
+/** One role's path entries for these keys (sorted), each the fold of the rules covering it. */
+export function rolePathEntries(
+  covering: (keyText: string) => Candidate[][],
+  keys: string[],
+  roleId: number,
+  dmode: number,
+  decide: (cands: Candidate[]) => Verdict,
+): PathEntry[] {
+  // Keys below one directory mostly share its rules' lists: decide each list once.
+  const decided = new Map<Candidate[], Verdict>();
+  const decideOnce = (cands: Candidate[]) => {
+    let v = decided.get(cands);
+    if (!v) decided.set(cands, (v = decide(cands)));
+    return v;
+  };
+  return keys.map((text) => pathEntry(roleId, text, covering(text).map(decideOnce), dmode));
+}
+
+/** The entry of one key, given its verdicts in FILE_VERBS order. */
+export function pathEntry(roleId: number, text: string, byVerbOrder: Verdict[], dmode: number): PathEntry {
+  return { roleId, data: Buffer.from(text, 'latin1'), verdicts: reorder(byVerbOrder), defaultMode: dmode };
+}
+
+function anyLongerThan(forms: string[][], bytes: number): boolean {
+  for (const list of forms) for (const form of list) if (form.length > bytes) return true;
+  return false;
+}
+
+/** Policies in name order, as they get their ids. */
+export function inNameOrder(input: Policy[]): Policy[] {
+  return [...input].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
+
+export function compileWith(input: Policy[], opts: CompileOptions, paths: PathSource): CompiledPolicy {
   const stat = opts.stat ?? defaultStat;
   const readdir = opts.readdir ?? defaultReaddir;
   const walkBudget = opts.walkBudget ?? 5000;
@@ -295,7 +391,7 @@ function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder)
   const warnings: PolicyDiagnostic[] = [];
 
   // Policies in name order, so ids do not depend on file order.
-  const policies = [...input].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const policies = inNameOrder(input);
 
   // Role ids: stable across generations.
   const roles = new Map(opts.roleIds ?? []);
@@ -314,13 +410,14 @@ function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder)
       if (ruleId > 0xffff) {
         errors.push({ severity: 'error', loc: rule.loc, message: `more than ${0xffff} rules in one set of policies` });
       }
-      const forms = FILE_VERBS.map((verb) => (rule.verbs[verb] ?? []).flatMap((t) => (t.kind === 'path' ? storedTexts(t) : [])));
-      candidates.push({ policyIdx, policy, rule, ruleId, forms });
+      candidates.push(paths.candidate(policyIdx, policy, rule, ruleId));
     }
   });
   if (policies.length > 0xffff) errors.push({ severity: 'error', loc: policies[0].loc, message: 'too many policies' });
 
   for (const c of candidates) {
+    // The forms say whether a target is too long; its location is looked up only then.
+    if (!anyLongerThan(c.forms, HELM_PATH_BUF)) continue;
     for (const verb of FILE_VERBS) {
       for (const t of c.rule.verbs[verb] ?? []) {
         if (t.kind !== 'path') continue;
@@ -341,33 +438,18 @@ function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder)
   const unixEntries: UnixEntry[] = [];
   const socketEntries: SocketEntry[] = [];
   const nameIds = new Map(opts.nameIds ?? []);
-  const conds = new ConditionTables(new Map(opts.labelIds ?? []), policies.flatMap((p) => p.rules), errors);
+  const conds = new ConditionTables(new Map(opts.labelIds ?? []), allRules(policies), errors);
   const decideWith = (cands: Candidate[], r: string) => decide(cands, r, conds);
   const walks: Walker = { stat, readdir, budget: walkBudget, memo: new Map() };
   for (const role of [...roles.keys()].sort()) {
     if (!roleNames.has(role) && !policies.some((p) => governs(p, role))) continue;
     const roleId = roles.get(role)!;
-    const governing = candidates.filter((c) => governs(c.policy, role));
+    const governed = policies.map((p) => governs(p, role));
+    const governing = candidates.filter((c) => governed[c.policyIdx]);
     if (governing.length === 0 && !policies.some((p) => governs(p, role))) continue; // no entry: no policy → deny
     const dmode = MODE_CODE[defaultMode(policies, role)];
 
-    // Every stored key for this role: the root entry and every form of its rules.
-    const keys = new Set<string>(['']);
-    for (const c of governing) for (const list of c.forms) for (const text of list) keys.add(text);
-    const covering = finder(governing);
-    // Keys below one directory mostly share its rules' lists: decide each list once.
-    const decided = new Map<Candidate[], Verdict>();
-    const decideOnce = (cands: Candidate[]) => {
-      let v = decided.get(cands);
-      if (!v) decided.set(cands, (v = decideWith(cands, role)));
-      return v;
-    };
-    // sort() without a comparator orders strings code unit by code unit: for latin1
-    // text, byte by byte — the order of Buffer.compare.
-    for (const text of [...keys].sort()) {
-      const verdicts = covering(text).map(decideOnce);
-      pathEntries.push({ roleId, data: Buffer.from(text, 'latin1'), verdicts: reorder(verdicts), defaultMode: dmode });
-    }
+    for (const e of paths.roleEntries(role, roleId, governing, dmode, (cands) => decideWith(cands, role))) pathEntries.push(e);
     if (pathEntries.length > C.HELM_MAX_PATH_ENTRIES) {
       throw new PolicyError([{ severity: 'error', loc: policies[0].loc, message: `the policies need ${pathEntries.length} path entries; the kernel table holds ${C.HELM_MAX_PATH_ENTRIES}` }]);
     }
@@ -420,6 +502,12 @@ function compileWith(input: Policy[], opts: CompileOptions, finder: CoverFinder)
     labelIds: conds.labelIds,
     warnings,
   };
+}
+
+function allRules(policies: Policy[]): Rule[] {
+  const out: Rule[] = [];
+  for (const p of policies) for (const r of p.rules) out.push(r);
+  return out;
 }
 
 /** FILE_VERBS order is read, write, exec; the kernel indexes by HELM_OP_*. */

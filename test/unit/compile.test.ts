@@ -17,6 +17,7 @@ import { evaluateOperation, type FileOperation, type OperationContext } from '..
 import { parsePolicySource } from '../../daemon/policy/parse';
 import { FILE_VERBS, PolicyError, type FileVerb, type Mode, type Policy } from '../../daemon/policy/types';
 import { randomContext, randomWhen, resolveModel, showContext, type ProcessContext } from '../support/conditions';
+import { EVAL_ROLES, RANDOM_ROLES, randomConditionalPolicyYaml, randomPath, randomPolicyYaml } from '../support/random-policies';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -313,40 +314,6 @@ t.test('office policies: every role, verb and path agrees with the evaluator', a
   t.same([...seen].sort(), ['allow/rule', 'deny/default', 'deny/rule', 'would_deny/default', 'would_deny/rule']);
 });
 
-const SEGMENTS = ['a', 'b', 'bc', 'ab', 'é', 'x y'];
-
-function randomPath(rng: Rng, maxDepth: number): string {
-  const depth = rng.int(maxDepth + 1);
-  return '/' + Array.from({ length: depth }, () => rng.pick(SEGMENTS)).join('/');
-}
-
-/** A rule path: exact ("/a/b") or subtree ("/a/b/", "/"). */
-function randomTarget(rng: Rng): string {
-  const p = randomPath(rng, 3);
-  if (p === '/') return '/'; // written "/", it is the whole tree
-  return rng.chance(0.5) ? `${p}/` : p;
-}
-
-const RANDOM_ROLES = ['r1', 'r2', 'r3'];
-/** r4 is governed only by "*" policies; the daemon compiles attached agents' roles as extraRoles. */
-const EVAL_ROLES = [...RANDOM_ROLES, 'r4'];
-
-function randomPolicyYaml(rng: Rng, name: string): string {
-  const roles = rng.chance(0.25) ? ['*'] : rng.subset(RANDOM_ROLES);
-  const spec: Record<string, unknown> = { roles, mode: rng.chance(0.4) ? 'dry-run' : 'enforce' };
-  for (const kind of ['allow', 'block', 'contextual'] as const) {
-    const n = rng.int(kind === 'allow' ? 4 : 3);
-    if (n === 0) continue;
-    spec[kind] = Array.from({ length: n }, (_, i) => {
-      const rule: Record<string, unknown> = rng.chance(0.7) ? { id: `${kind}-${i}` } : {};
-      for (const verb of rng.subset(FILE_VERBS)) rule[verb] = Array.from({ length: 1 + rng.int(3) }, () => randomTarget(rng));
-      if (kind === 'contextual') rule.when = { role: rng.subset(roles[0] === '*' ? EVAL_ROLES : roles) };
-      return rule;
-    });
-  }
-  return stringify({ apiVersion: 'helm/v1', kind: 'Policy', metadata: { name }, spec });
-}
-
 t.test('random policies: simulated kernel equals the evaluator (seeded)', async (t) => {
   const rng = new Rng(0x5eed);
   let compared = 0;
@@ -373,23 +340,6 @@ t.test('random policies: simulated kernel equals the evaluator (seeded)', async 
   t.equal(compared, 80 * 400, `${compared} random operations agree`);
   t.same([...outcomes].sort(), ['allow', 'deny', 'would_deny'], 'all three decisions occurred');
 });
-
-/** As randomPolicyYaml, with contextual conditions on exe, label and uid (and role, sometimes). */
-function randomConditionalPolicyYaml(rng: Rng, name: string): string {
-  const roles = rng.chance(0.25) ? ['*'] : rng.subset(RANDOM_ROLES);
-  const spec: Record<string, unknown> = { roles, mode: rng.chance(0.4) ? 'dry-run' : 'enforce' };
-  for (const kind of ['allow', 'block', 'contextual'] as const) {
-    const n = kind === 'contextual' ? 1 + rng.int(2) : rng.int(kind === 'allow' ? 4 : 2);
-    if (n === 0) continue;
-    spec[kind] = Array.from({ length: n }, (_, i) => {
-      const rule: Record<string, unknown> = rng.chance(0.7) ? { id: `${kind}-${i}` } : {};
-      for (const verb of rng.subset(FILE_VERBS)) rule[verb] = Array.from({ length: 1 + rng.int(3) }, () => randomTarget(rng));
-      if (kind === 'contextual') rule.when = rng.chance(0.2) ? { role: rng.subset(roles[0] === '*' ? EVAL_ROLES : roles) } : randomWhen(rng, roles[0] === '*' ? EVAL_ROLES : roles);
-      return rule;
-    });
-  }
-  return stringify({ apiVersion: 'helm/v1', kind: 'Policy', metadata: { name }, spec });
-}
 
 t.test('random policies with exe, label and uid conditions: simulated kernel equals the evaluator (seeded)', async (t) => {
   const seed = Number(process.env.HELM_SEED ?? 0xc0d5);
