@@ -85,7 +85,10 @@ export class ConditionTables {
     rules: Rule[],
     private readonly errors: PolicyDiagnostic[],
   ) {
-    for (const rule of rules) for (const [k, v] of Object.entries(rule.when?.label ?? {})) this.labelId(rule, k, v);
+    for (const rule of rules) {
+      const label = rule.when?.label;
+      if (label) for (const [k, v] of Object.entries(label)) this.labelId(rule, k, v); // most rules have none: nothing allocated for them
+    }
   }
 
   private error(loc: PolicyDiagnostic['loc'], message: string): void {
