@@ -1184,7 +1184,7 @@ function checkLabels(labels: Record<string, string>): void {
   const entries = Object.entries(labels);
   if (entries.length > MAX_LABELS) throw invalidArgument(`at most ${MAX_LABELS} labels, got ${entries.length}`);
   for (const [k, v] of entries) {
-    if (!LABEL_KEY_RE.test(k)) throw invalidArgument(`label key must match ${LABEL_KEY_RE.source}, got ${JSON.stringify(k)}`);
+    if (!LABEL_KEY_RE.test(k) || k === '__proto__') throw invalidArgument(`label key must match ${LABEL_KEY_RE.source} and not be "__proto__", got ${JSON.stringify(k)}`);
     if (v.length > MAX_LABEL_VALUE || /[\u0000-\u001f]/.test(v)) throw invalidArgument(`label ${k}: value must be at most ${MAX_LABEL_VALUE} printable characters`);
   }
 }
