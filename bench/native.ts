@@ -159,17 +159,19 @@ function evaluator(layout: Layout, smoke: boolean): Row[] {
 }
 
 /**
- * From a parsed policy to the kernel deciding by it: compile, then the next
- * generation's tables written and switched in (KernelEnforcer.applyGeneration).
- * Each apply is an edit: the policy differs from the one before in one rule, as
- * when a user changes a line, and is compiled as helmd compiles it: from the
- * compile of the one before (IncrementalCompiler). `compile-full` is the same
- * compile from nothing, as helmd's first (not part of the total). Between applies the superseded generation is
- * retired, as helmd does after answering (not timed). `tables-new` is the same
- * write when every entry differs (the whole policy moved to another tree).
- * helm's programs are loaded network-only, as this kernel allows: the tables and
- * the switch are the same with the LSM programs. Parsing the file before is
- * measured on its own.
+ * From a policy file to the kernel deciding by it (`total`): the file parsed
+ * (`parse-json`), compiled (`compile`), then the next generation's tables written
+ * and switched in (`tables`, KernelEnforcer.applyGeneration). The file is JSON;
+ * the same policy as YAML is parsed too, on its own (`parse-yaml`): the YAML
+ * parser takes most of a second at 10,000 rules, which is why JSON is read
+ * without it. Each apply is an edit: the policy differs from the one before in
+ * one rule, as when a user changes a line, and is compiled as helmd compiles it:
+ * from the compile of the one before (IncrementalCompiler). `compile-full` is the
+ * same compile from nothing, as helmd's first (not part of the total). Between
+ * applies the superseded generation is retired, as helmd does after answering
+ * (not timed). `tables-new` is the same write when every entry differs (the whole
+ * policy moved to another tree). helm's programs are loaded network-only, as this
+ * kernel allows: the tables and the switch are the same with the LSM programs.
  */
 export async function applyToLive(root: string, data: string, smoke: boolean): Promise<Row[]> {
   const rows: Row[] = [];
@@ -183,18 +185,19 @@ export async function applyToLive(root: string, data: string, smoke: boolean): P
   }
   try {
     for (const n of apply) {
-      const file = path.join(root, `apply-${n}.yaml`);
-      const times = { total: [] as number[], parse: [] as number[], compile: [] as number[], 'compile-full': [] as number[], tables: [] as number[], 'tables-new': [] as number[] };
+      const file = path.join(root, `apply-${n}.json`);
+      const yamlFile = path.join(root, `apply-${n}.yaml`);
+      const times = { total: [] as number[], 'parse-json': [] as number[], 'parse-yaml': [] as number[], compile: [] as number[], 'compile-full': [] as number[], tables: [] as number[], 'tables-new': [] as number[] };
       const iterations = smoke ? 2 : scaled(n >= 10_000 ? 30 : 100);
       // helmd compiles each edit from the compile before it, as here.
       const compiler = new IncrementalCompiler();
       // Warm-up: every slot of the outer maps gets its tables.
       for (let i = 0; i < C.HELM_MAX_GENERATIONS; i++) {
-        enforcer.applyGeneration(compiler.compile(loadPolicies([writePolicy(file, applyPolicy(n, data, { edit: -1 - i }))]).policies));
+        enforcer.applyGeneration(compiler.compile(loadPolicies([writePolicy(file, applyPolicy(n, data, { edit: -1 - i }, 'json'))]).policies));
         await enforcer.retire();
       }
       for (let i = 0; i < iterations; i++) {
-        writePolicy(file, applyPolicy(n, data, { edit: i }));
+        writePolicy(file, applyPolicy(n, data, { edit: i }, 'json'));
         const t0 = performance.now();
         const { policies } = loadPolicies([file]);
         const t1 = performance.now();
@@ -203,21 +206,32 @@ export async function applyToLive(root: string, data: string, smoke: boolean): P
         enforcer.applyGeneration(compiled);
         const t3 = performance.now();
         await enforcer.retire();
+        if (policies[0].rules.length !== n) throw new Error(`apply-${n}: the JSON file does not hold ${n} rules`);
         const t4 = performance.now();
         compilePolicy(policies);
         times['compile-full'].push((performance.now() - t4) * 1e6);
-        times.total.push((t3 - t1) * 1e6);
-        times.parse.push((t1 - t0) * 1e6);
+        times.total.push((t3 - t0) * 1e6);
+        times['parse-json'].push((t1 - t0) * 1e6);
         times.compile.push((t2 - t1) * 1e6);
         times.tables.push((t3 - t2) * 1e6);
       }
       // Every entry new: each version in its own tree (the slot last held another one).
       for (let i = 0; i < Math.max(2, Math.ceil(iterations / 3)); i++) {
-        const compiled = compilePolicy(loadPolicies([writePolicy(file, applyPolicy(n, data, { tree: i }))]).policies);
+        const compiled = compilePolicy(loadPolicies([writePolicy(file, applyPolicy(n, data, { tree: i }, 'json'))]).policies);
         const t0 = performance.now();
         enforcer.applyGeneration(compiled);
         times['tables-new'].push((performance.now() - t0) * 1e6);
         await enforcer.retire();
+      }
+      // The same edits written as YAML, parsed in a loop of their own: the YAML parser's
+      // garbage (hundreds of MB at 10,000 rules) would otherwise be collected in the middle
+      // of the JSON applies and be counted there. Last, for the same reason.
+      for (let i = 0; i < iterations; i++) {
+        writePolicy(yamlFile, applyPolicy(n, data, { edit: i }));
+        const t0 = performance.now();
+        const { policies } = loadPolicies([yamlFile]);
+        times['parse-yaml'].push((performance.now() - t0) * 1e6);
+        if (policies[0].rules.length !== n) throw new Error(`apply-${n}: the YAML file does not hold ${n} rules`);
       }
       for (const [variant, v] of Object.entries(times)) rows.push({ section: 'apply', env: 'native', op: `apply-${n}`, variant, time: figure(v) });
     }

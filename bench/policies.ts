@@ -47,14 +47,15 @@ export function benchPolicy(name: string, role: string, rules: number, layout: B
 }
 
 /**
- * A policy of exactly `rules` synthetic rules, for apply-to-live. Versions of it:
- * `edit` n names another file in its first rule (an edit of one rule), `tree` n
- * puts every rule's path in another tree (every table entry differs).
+ * A policy of exactly `rules` synthetic rules, for apply-to-live, as YAML or (the
+ * same policy) JSON. Versions of it: `edit` n names another file in its first rule
+ * (an edit of one rule), `tree` n puts every rule's path in another tree (every
+ * table entry differs).
  */
-export function applyPolicy(rules: number, data: string, version: { edit?: number; tree?: number } = {}): string {
+export function applyPolicy(rules: number, data: string, version: { edit?: number; tree?: number } = {}, format: 'yaml' | 'json' = 'yaml'): string {
   const r = syntheticRules(rules, version.tree === undefined ? data : `${data}/v${version.tree}`, version.tree === undefined ? '' : `-v${version.tree}`);
   if (version.edit !== undefined && r.allow.length) r.allow[0] = { ...r.allow[0], read: [`${data}/edited-${version.edit}`] };
-  return policyText(`apply-${rules}`, 'apply', r.allow, r.block);
+  return policyText(`apply-${rules}`, 'apply', r.allow, r.block, format);
 }
 
 function syntheticRules(count: number, data: string, far = ''): { allow: Record<string, unknown>[]; block: Record<string, unknown>[] } {
@@ -71,9 +72,10 @@ function syntheticRules(count: number, data: string, far = ''): { allow: Record<
   return { allow, block };
 }
 
-function policyText(name: string, role: string, allow: Record<string, unknown>[], block: Record<string, unknown>[]): string {
+function policyText(name: string, role: string, allow: Record<string, unknown>[], block: Record<string, unknown>[], format: 'yaml' | 'json' = 'yaml'): string {
   const spec: Record<string, unknown> = { roles: [role], mode: 'enforce' };
   if (allow.length) spec.allow = allow;
   if (block.length) spec.block = block;
-  return stringify({ apiVersion: 'helm/v1', kind: 'Policy', metadata: { name }, spec }, { lineWidth: 0 });
+  const policy = { apiVersion: 'helm/v1', kind: 'Policy', metadata: { name }, spec };
+  return format === 'json' ? `${JSON.stringify(policy, null, 2)}\n` : stringify(policy, { lineWidth: 0 });
 }

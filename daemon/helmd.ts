@@ -647,31 +647,33 @@ export class Helmd implements ControlPlane {
   /** Re-reads the policy paths helmd was given and applies them (a file change, or SIGHUP). */
   reload(source: 'files' | 'sighup'): Promise<ApplyResult | undefined> {
     return this.recorded(this.queue.run((hold) => {
-      let sources: PolicySourceText[];
+      let loaded: ReturnType<typeof loadPolicies>;
       try {
-        sources = loadPolicies(this.opts.policyPaths).sources;
+        loaded = loadPolicies(this.opts.policyPaths);
       } catch (e) {
         this.rejected(e, source, 'helmd', this.opts.policyPaths);
         this.kernel!.setProtected(this.ownFiles());
         throw e;
       }
       // An event that changed no text (a touch, an editor's temporary file) is not a new policy.
-      if (source === 'files' && this.running?.origin === 'files' && sameSources(sources, this.running.sources)) return undefined;
+      if (source === 'files' && this.running?.origin === 'files' && sameSources(loaded.sources, this.running.sources)) return undefined;
       try {
-        return this.applySet(sources, source, undefined, 'helmd', hold);
+        // Parsed already: a large policy's parse is a good part of an apply.
+        return this.applySet(loaded.sources, source, undefined, 'helmd', hold, loaded.policies);
       } finally {
         this.kernel!.setProtected(this.ownFiles());
       }
     }));
   }
 
-  private applySet(sources: PolicySourceText[], source: ApplySource, expected: number | undefined, who: string, hold: (p: Promise<unknown>) => void): ApplyResult {
+  /** `parsed`: the policies of `sources`, when the caller has parsed them (see reload). */
+  private applySet(sources: PolicySourceText[], source: ApplySource, expected: number | undefined, who: string, hold: (p: Promise<unknown>) => void, parsed?: Policy[]): ApplyResult {
     const previous = this.generation;
     try {
       if (expected !== undefined && expected !== previous) {
         throw aborted(`expected generation ${expected}, but generation ${previous} is loaded (another change came first); get the policy again and retry`);
       }
-      const loaded = loadPolicySources(sources);
+      const loaded = parsed !== undefined ? { policies: parsed } : loadPolicySources(sources);
       const modes = new Map([...this.policyModes].filter(([name]) => loaded.policies.some((p) => p.name === name)));
       const compiled = this.compileFor(loaded.policies, modes);
       const generation = this.install(compiled);
@@ -1182,7 +1184,7 @@ function checkLabels(labels: Record<string, string>): void {
   const entries = Object.entries(labels);
   if (entries.length > MAX_LABELS) throw invalidArgument(`at most ${MAX_LABELS} labels, got ${entries.length}`);
   for (const [k, v] of entries) {
-    if (!LABEL_KEY_RE.test(k)) throw invalidArgument(`label key must match ${LABEL_KEY_RE.source}, got ${JSON.stringify(k)}`);
+    if (!LABEL_KEY_RE.test(k) || k === '__proto__') throw invalidArgument(`label key must match ${LABEL_KEY_RE.source} and not be "__proto__", got ${JSON.stringify(k)}`);
     if (v.length > MAX_LABEL_VALUE || /[\u0000-\u001f]/.test(v)) throw invalidArgument(`label ${k}: value must be at most ${MAX_LABEL_VALUE} printable characters`);
   }
 }

@@ -18,7 +18,7 @@ import { loadPolicies, parsePolicySource, readPolicySources } from '../policy/pa
 import { PolicyError, VERBS, formatDiagnostic, type Policy, type PolicyDiagnostic, type Verb } from '../policy/types';
 import { formatNote, lintPolicies } from '../policy/lint';
 import { checkCaseRules, defaultCanonicalize, formatResult, isVerb, readCases, runCases, type TestCase } from '../policy/cases';
-import { explain, formatExplanation, operationFromOptions } from '../policy/explain';
+import { explain, formatExplanation, labelsFromOptions, operationFromOptions } from '../policy/explain';
 import { verifyTrails } from '../audit/verify';
 import { parseTime, type AuditLineData, type LineFilter } from '../audit/filter';
 import { followTrail } from '../audit/follow';
@@ -73,14 +73,8 @@ function agentName(v: string): string {
 
 /** --label KEY=VALUE options as the agent's labels (matched by contextual rules' when.label). */
 function labelsOf(options: string[]): Record<string, string> {
-  const labels: Record<string, string> = {};
-  for (const l of options) {
-    const eq = l.indexOf('=');
-    if (eq <= 0) fail(`--label must be KEY=VALUE, got ${JSON.stringify(l)}`);
-    const key = l.slice(0, eq);
-    if (Object.prototype.hasOwnProperty.call(labels, key)) fail(`--label ${key} is given twice`);
-    labels[key] = l.slice(eq + 1);
-  }
+  const labels = labelsFromOptions(options);
+  if (typeof labels === 'string') fail(labels);
   return labels;
 }
 
@@ -552,12 +546,7 @@ connects(
     // The running policy, as helmd has it (modes as switched; the agent's and helmd's dry-run included).
     if (!o.role && !o.agent) fail('give --role ROLE or --agent ID');
     if (o.uid !== undefined && !/^(0|[1-9][0-9]*)$/.test(o.uid)) fail(`--uid must be a uid, got ${JSON.stringify(o.uid)}`);
-    const labels: Record<string, string> = {};
-    for (const l of o.label) {
-      const eq = l.indexOf('=');
-      if (eq <= 0) fail(`--label must be KEY=VALUE, got ${JSON.stringify(l)}`);
-      labels[l.slice(0, eq)] = l.slice(eq + 1);
-    }
+    const labels = labelsOf(o.label);
     const r = await call<{ text: string; json: string; generation: number }>(endpoint(o), 'PolicyService', 'Explain', {
       role: o.role ?? '',
       agent: o.agent ?? '',

@@ -372,6 +372,10 @@ export function readCases(text: string, file: string, opts: CaseOptions = {}): {
           if (!isScalar(k) || typeof k.value !== 'string' || k.value === '') {
             err(kLoc, `${what}: label keys must be non-empty strings, got ${describe(k)}`);
             ok = false;
+          } else if (k.value === '__proto__') {
+            // Assigned to the labels object it would set its prototype, and the label would vanish.
+            err(kLoc, `${what}: labels cannot have the key "__proto__"`);
+            ok = false;
           } else if (!isScalar(v) || typeof v.value !== 'string') {
             const quote = isScalar(v) && (typeof v.value === 'number' || typeof v.value === 'boolean') ? ` (quote it: "${v.source ?? String(v.value)}")` : '';
             err({ ...vLoc, pointer: `${labelsEntry.loc.pointer}/${k.value}` }, `${what}: label ${k.value} must be a string, got ${describe(v)}${quote}`);

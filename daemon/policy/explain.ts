@@ -202,14 +202,8 @@ export function operationFromOptions(verb: Verb, targetText: string, o: ExplainO
     context.uid = Number(o.uid);
   }
   if (o.label?.length) {
-    const labels: Record<string, string> = {};
-    for (const l of o.label) {
-      const eq = l.indexOf('=');
-      if (eq <= 0) return `--label must be KEY=VALUE, got ${q(l)}`;
-      const k = l.slice(0, eq);
-      if (Object.prototype.hasOwnProperty.call(labels, k)) return `--label ${k} is given twice`;
-      labels[k] = l.slice(eq + 1);
-    }
+    const labels = labelsFromOptions(o.label);
+    if (typeof labels === 'string') return labels;
     context.labels = labels;
   }
   if (target.kind === 'path') {
@@ -227,4 +221,19 @@ export function operationFromOptions(verb: Verb, targetText: string, o: ExplainO
   }
   const addr = target.addr ?? o.addr;
   return { role: o.role, verb: verb as NetVerb, port: target.port, ...(target.host !== undefined && { host: target.host }), ...(addr !== undefined && { addr }), ...context };
+}
+
+/** `--label KEY=VALUE` options as a labels object, or what is wrong with them. */
+export function labelsFromOptions(options: readonly string[]): Record<string, string> | string {
+  const labels: Record<string, string> = {};
+  for (const l of options) {
+    const eq = l.indexOf('=');
+    if (eq <= 0) return `--label must be KEY=VALUE, got ${JSON.stringify(l)}`;
+    const k = l.slice(0, eq);
+    // Assigned to a plain object, "__proto__" would set its prototype and the label would vanish.
+    if (k === '__proto__') return '--label cannot have the key "__proto__"';
+    if (Object.prototype.hasOwnProperty.call(labels, k)) return `--label ${k} is given twice`;
+    labels[k] = l.slice(eq + 1);
+  }
+  return labels;
 }

@@ -8,23 +8,12 @@
 import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
-import {
-  Document,
-  LineCounter,
-  Pair,
-  Scalar,
-  YAMLMap,
-  YAMLSeq,
-  isAlias,
-  isMap,
-  isScalar,
-  isSeq,
-  parseAllDocuments,
-  visit,
-} from 'yaml';
+import { Document, LineCounter, isScalar, isSeq, parseAllDocuments, visit } from 'yaml';
 import { MAX_RULE_PATH_BYTES } from '../kernel/limits';
 import { canonicalizeRulePath, type LookupCache } from './canonical';
 import { addressBytes } from './ip';
+import { readJsonTree } from './json-tree';
+import { describeNode, treeFromYaml, type TreeList, type TreeMap, type TreeNode } from './tree';
 import {
   Conditions,
   FILE_VERBS,
@@ -49,6 +38,11 @@ export interface ParseOptions {
    * to be independent of the host's filesystem. A trailing '/' is re-added when it drops it.
    */
   canonicalize?: (p: string) => string;
+  /**
+   * Read JSON sources with the YAML parser, as YAML sources are, instead of directly (see
+   * parseJsonDirectly). Both give the same result; tests compare them.
+   */
+  jsonViaYaml?: boolean;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -336,10 +330,35 @@ interface Ctx {
   canonicalize: (p: string) => string;
 }
 
-/** A YAML node with where it sits: JSON Pointer and source position (for messages). */
-interface At {
-  node: unknown;
-  loc: SourceLocation;
+/**
+ * A node with where it sits: JSON Pointer and source position. Both are worked out when first
+ * asked for: most nodes never need them (only rules, targets and conditions keep a location,
+ * and the rest only for messages), and on a 10,000-rule policy computing them all up front
+ * was a good part of the validation's time and garbage.
+ */
+class At {
+  private cachedPointer?: string;
+  private cachedLoc?: SourceLocation;
+  constructor(
+    private readonly ctx: Ctx,
+    readonly node: TreeNode | null,
+    /** The node holding this one, undefined at a document root (whose pointer is `token`). */
+    private readonly parent: At | undefined,
+    /** Key or index in `parent`. */
+    private readonly token: string | number,
+    /** Where the node is; where its key is when it has no position of its own. */
+    private readonly offset: number,
+  ) {}
+
+  get pointer(): string {
+    this.cachedPointer ??= this.parent === undefined ? String(this.token) : `${this.parent.pointer}/${typeof this.token === 'number' ? this.token : escapePointer(this.token)}`;
+    return this.cachedPointer;
+  }
+
+  get loc(): SourceLocation {
+    this.cachedLoc ??= offsetLoc(this.ctx, this.offset, this.pointer);
+    return this.cachedLoc;
+  }
 }
 
 interface Parsed {
@@ -355,14 +374,14 @@ function canonicalizerFor(cache: LookupCache): (p: string) => string {
 
 /** Parses one file, appending its diagnostics (sorted by position) to `diags`. */
 function parseSource(text: string, file: string, opts: ParseOptions, diags: PolicyDiagnostic[]): Parsed[] {
-  const ctx: Ctx = {
-    file,
-    lines: new LineCounter(),
-    diags: [],
-    canonicalize: opts.canonicalize ?? canonicalizerFor(new Map()),
-  };
+  const canonicalize = opts.canonicalize ?? canonicalizerFor(new Map());
   // A byte-order mark is invisible in editors: columns are counted without it.
   if (text.startsWith('\ufeff')) text = text.slice(1);
+  if (file.endsWith('.json') && !opts.jsonViaYaml) {
+    const direct = parseJsonDirectly(text, file, canonicalize);
+    if (direct !== undefined) return direct;
+  }
+  const ctx: Ctx = { file, lines: new LineCounter(), diags: [], canonicalize };
   let parsed: Parsed[];
   try {
     parsed = parseDocuments(ctx, text);
@@ -376,6 +395,30 @@ function parseSource(text: string, file: string, opts: ParseOptions, diags: Poli
   }
   diags.push(...ctx.diags.sort((a, b) => a.loc.line - b.loc.line || a.loc.col - b.loc.col));
   return parsed;
+}
+
+/**
+ * A .json source read without the YAML parser (./json-tree.ts): what the YAML reading gives,
+ * without its time (most of a second at 10,000 rules, against ~10 ms for reading the JSON;
+ * validation is the same for both). Undefined, for the caller to read the text with the YAML parser,
+ * when the text is not JSON, when the direct reading cannot vouch for giving the same tree
+ * (see readJsonTree), and when the source has any error at all: so errors are always found
+ * and located by the one reading, and this path only ever returns valid policies.
+ */
+function parseJsonDirectly(text: string, file: string, canonicalize: (p: string) => string): Parsed[] | undefined {
+  let tree: ReturnType<typeof readJsonTree>;
+  try {
+    JSON.parse(text);
+    tree = readJsonTree(text);
+  } catch (e) {
+    // Not JSON, or nested too deeply for the stack: the YAML reading reports which, and where.
+    if (e instanceof SyntaxError || e instanceof RangeError) return undefined;
+    throw e;
+  }
+  if (tree === undefined) return undefined;
+  const ctx: Ctx = { file, lines: tree.lines, diags: [], canonicalize };
+  const parsed = parsePolicies(ctx, policyRoots(ctx, tree.root, 0, true));
+  return parsed.length > 0 && ctx.diags.length === 0 ? parsed : undefined;
 }
 
 /** For a RangeError out of the YAML or JSON parser (see parseSource). */
@@ -420,11 +463,19 @@ function parseDocuments(ctx: Ctx, text: string): Parsed[] {
       fatal = true;
       continue; // its structure is unreliable: semantic checks would only add noise
     }
-    roots.push(...policyRoots(ctx, doc, isJson));
+    // A document with nothing in it (e.g. after a trailing `---`) holds no policy.
+    const contents = doc.contents;
+    if (contents === null || (isScalar(contents) && contents.value === null && contents.source === '')) continue;
+    roots.push(...policyRoots(ctx, treeFromYaml(contents), doc.range[0], isJson));
   }
   if (roots.length === 0 && !fatal) {
     error(ctx.diags, fileLoc(ctx.file), isJson ? 'no policy in file (empty array)' : 'no policy in file');
   }
+  return parsePolicies(ctx, roots);
+}
+
+/** The policies at `roots`, and duplicate names among them. */
+function parsePolicies(ctx: Ctx, roots: At[]): Parsed[] {
   const parsed: Parsed[] = [];
   const firstByName = new Map<string, SourceLocation>();
   for (const root of roots) {
@@ -495,23 +546,23 @@ function syntaxHint(code: string, text: string, pos: number): string {
   return '';
 }
 
-/** The policy objects of a document: the document itself, or (JSON) each element of an array. */
-function policyRoots(ctx: Ctx, doc: Document.Parsed, isJson: boolean): At[] {
-  const contents = doc.contents;
-  // A document with nothing in it (e.g. after a trailing `---`) holds no policy.
-  if (contents === null || (isScalar(contents) && contents.value === null && contents.source === '')) return [];
-  if (isJson && isSeq(contents)) {
-    return contents.items.map((item, i) => at(ctx, item, `/${i}`, contents.range?.[0] ?? 0));
+/**
+ * The policy objects of a document: the document itself, or (JSON) each element of an array.
+ * `docOffset`: where the document starts, for a root without a position.
+ */
+function policyRoots(ctx: Ctx, root: TreeNode | null, docOffset: number, isJson: boolean): At[] {
+  if (isJson && root?.kind === 'list') {
+    return root.items.map((item, i) => at(ctx, item, undefined, `/${i}`, root.offset ?? 0));
   }
-  return [at(ctx, contents, '', doc.range[0])];
+  return [at(ctx, root, undefined, '', docOffset)];
 }
 
 // ---------------------------------------------------------------------------------------------
 // Policy, spec, rules
 
 function parsePolicy(ctx: Ctx, v: At): Parsed | undefined {
-  if (!isMap(v.node)) {
-    const hint = isSeq(v.node) && !ctx.file.endsWith('.json') ? ' (separate policies with "---")' : '';
+  if (v.node?.kind !== 'map') {
+    const hint = v.node?.kind === 'list' && !ctx.file.endsWith('.json') ? ' (separate policies with "---")' : '';
     typeError(ctx, v, 'a policy', `a mapping with apiVersion, kind, metadata and spec${hint}`);
     return undefined;
   }
@@ -565,7 +616,7 @@ function parseSpec(ctx: Ctx, entry: Entry): Spec {
   const modeEntry = e.get('mode');
   if (modeEntry) spec.mode = (expectExactly(ctx, modeEntry.value, 'spec.mode', MODES) as Mode | undefined) ?? 'enforce';
 
-  const ids: { id: string; loc: SourceLocation }[] = [];
+  const ids: { id: string; at: At }[] = [];
   // Allow, then block, then contextual, each in file order: the order of Policy.rules.
   for (const kind of RULE_KINDS) {
     const list = e.get(kind);
@@ -575,7 +626,7 @@ function parseSpec(ctx: Ctx, entry: Entry): Spec {
       const r = parseRule(ctx, item, kind, index, roles);
       if (r === undefined) return;
       spec.rules.push(r.rule);
-      if (r.idLoc) ids.push({ id: r.rule.id, loc: r.idLoc });
+      if (r.idAt) ids.push({ id: r.rule.id, at: r.idAt });
     });
   }
   checkDuplicateIds(ctx, ids);
@@ -584,9 +635,9 @@ function parseSpec(ctx: Ctx, entry: Entry): Spec {
 
 function parseRoles(ctx: Ctx, v: At): string[] | undefined {
   // `roles: "*"` cannot be misread; any other single string must be written as a list.
-  if (isScalar(v.node) && v.node.value === '*') return ['*'];
-  if (!isSeq(v.node)) {
-    if (isScalar(v.node) && typeof v.node.value === 'string') {
+  if (v.node?.kind === 'scalar' && v.node.value === '*') return ['*'];
+  if (v.node?.kind !== 'list') {
+    if (v.node?.kind === 'scalar' && typeof v.node.value === 'string') {
       err(ctx, v.loc, `spec.roles must be a list, e.g. [${v.node.value}] (or ["*"] for every role)`);
     } else {
       typeError(ctx, v, 'spec.roles', 'a list of role names (or ["*"] for every role)');
@@ -619,8 +670,8 @@ function parseRoles(ctx: Ctx, v: At): string[] | undefined {
 
 /** The items of an allow/block/contextual list. */
 function rulesList(ctx: Ctx, v: At, kind: RuleKind): At[] {
-  if (!isSeq(v.node)) {
-    if (isScalar(v.node) && v.node.value === null) {
+  if (v.node?.kind !== 'list') {
+    if (v.node?.kind === 'scalar' && v.node.value === null) {
       err(ctx, v.loc, `spec.${kind} is empty: write a list of rules, or [] for none`);
     } else {
       typeError(ctx, v, `spec.${kind}`, 'a list of rules');
@@ -636,16 +687,16 @@ function parseRule(
   kind: RuleKind,
   index: number,
   policyRoles: string[] | undefined,
-): { rule: Rule; idLoc?: SourceLocation } | undefined {
+): { rule: Rule; idAt?: At } | undefined {
   const generatedId = `${kind}[${index}]`;
   // Messages about the rule name it by its id when it has a good one, wherever `id:` is written.
-  const idPair = isMap(v.node) ? (v.node.items as Pair<unknown, unknown>[]).find((p) => isScalar(p.key) && p.key.value === 'id') : undefined;
-  const idValue = isScalar(idPair?.value) ? idPair.value.value : undefined;
+  const idPair = v.node?.kind === 'map' ? v.node.pairs.find((p) => p.key?.kind === 'scalar' && p.key.value === 'id') : undefined;
+  const idValue = idPair?.value?.kind === 'scalar' ? idPair.value.value : undefined;
   const name = typeof idValue === 'string' && ID_RE.test(idValue) ? `rule "${idValue}"` : `rule ${generatedId}`;
   const e = entries(ctx, v, name, RULE_KEYS, MISPLACED_KEY_HINTS.rule);
   if (e === undefined) return undefined;
 
-  const { id, idLoc } = parseRuleId(ctx, e.get('id'));
+  const { id, idAt } = parseRuleId(ctx, e.get('id'));
   const rule: Rule = { id: id ?? generatedId, idWritten: id !== undefined, kind, verbs: {}, loc: v.loc };
 
   for (const verb of VERBS) {
@@ -664,10 +715,10 @@ function parseRule(
   } else {
     rule.when = parseWhen(ctx, when.value, name, policyRoles);
   }
-  return { rule, idLoc };
+  return { rule, idAt };
 }
 
-function parseRuleId(ctx: Ctx, entry: Entry | undefined): { id?: string; idLoc?: SourceLocation } {
+function parseRuleId(ctx: Ctx, entry: Entry | undefined): { id?: string; idAt?: At } {
   if (entry === undefined) return {};
   const id = str(ctx, entry.value, 'a rule id', true);
   if (id === undefined) return {};
@@ -679,12 +730,13 @@ function parseRuleId(ctx: Ctx, entry: Entry | undefined): { id?: string; idLoc?:
     );
     return {};
   }
-  return { id, idLoc: entry.value.loc };
+  return { id, idAt: entry.value };
 }
 
-function checkDuplicateIds(ctx: Ctx, ids: { id: string; loc: SourceLocation }[]): void {
+function checkDuplicateIds(ctx: Ctx, ids: { id: string; at: At }[]): void {
+  if (new Set(ids.map((i) => i.id)).size === ids.length) return;
   // In source order, so the error lands on the one written second whatever the list order.
-  const sorted = [...ids].sort((a, b) => a.loc.line - b.loc.line || a.loc.col - b.loc.col);
+  const sorted = ids.map(({ id, at }) => ({ id, loc: at.loc })).sort((a, b) => a.loc.line - b.loc.line || a.loc.col - b.loc.col);
   const first = new Map<string, SourceLocation>();
   for (const { id, loc } of sorted) {
     const prev = first.get(id);
@@ -699,7 +751,7 @@ function checkDuplicateIds(ctx: Ctx, ids: { id: string; loc: SourceLocation }[])
 function parseTargets(ctx: Ctx, v: At, verb: Verb, ruleName: string): Target[] {
   const targets: Target[] = [];
   for (const item of oneOrList(ctx, v, `${ruleName}: ${verb}`, 'targets')) {
-    if (isSeq(item.node) && !isFileVerb(verb)) {
+    if (item.node?.kind === 'list' && !isFileVerb(verb)) {
       // `[[::1]:53]` is a list inside the list to YAML.
       err(ctx, item.loc, `${ruleName}: ${verb} target is a list; quote bracketed IPv6 destinations, e.g. "[::1]:53"`);
       continue;
@@ -725,7 +777,7 @@ function pathTarget(ctx: Ctx, v: At, s: string, what: string): PathTarget | unde
   }
   // No path the kernel resolves is longer than PATH_MAX; refusing such a string before it is
   // canonicalised also keeps canonicalisation's cost bounded.
-  const written = Buffer.byteLength(s, 'utf8');
+  const written = utf8Length(s, MAX_SYSCALL_PATH_BYTES);
   if (written > MAX_SYSCALL_PATH_BYTES) {
     err(ctx, v.loc, `${what} ${q(`${s.slice(0, 40)}...`)} is ${written} bytes long; no path is longer than ${MAX_SYSCALL_PATH_BYTES} bytes (PATH_MAX with its NUL)`);
     return undefined;
@@ -741,13 +793,21 @@ function pathTarget(ctx: Ctx, v: At, s: string, what: string): PathTarget | unde
   if (subtree && !canonical.endsWith('/')) canonical += '/';
   // The kernel compares "<path>\0", and "<path>/\0" for a directory: the limit is on the path
   // without its trailing '/', for which room is kept.
-  const bytes = Buffer.byteLength(subtree && canonical !== '/' ? canonical.slice(0, -1) : canonical, 'utf8');
+  const bytes = utf8Length(subtree && canonical !== '/' ? canonical.slice(0, -1) : canonical, MAX_RULE_PATH_BYTES);
   if (bytes > MAX_RULE_PATH_BYTES) {
     const shown = canonical === s ? '' : ` (canonical form ${q(canonical)})`;
     err(ctx, v.loc, `${what} ${q(s)} is ${bytes} bytes long${shown}; the kernel compares at most ${MAX_RULE_PATH_BYTES}`);
     return undefined;
   }
   return { kind: 'path', written: s, canonical, subtree, loc: v.loc };
+}
+
+/**
+ * The length of `s` in UTF-8 where it may exceed `limit`, and a lower bound otherwise: no UTF-16
+ * code unit takes more than 3 bytes, so most paths need no counting.
+ */
+function utf8Length(s: string, limit: number): number {
+  return s.length * 3 <= limit ? s.length : Buffer.byteLength(s, 'utf8');
 }
 
 /** Why a written path is unacceptable, as the end of a sentence; undefined when it is fine. */
@@ -981,14 +1041,14 @@ function maskBytes(bytes: number[], prefix: number): number[] {
 
 function parseWhen(ctx: Ctx, v: At, ruleName: string, policyRoles: string[] | undefined): Conditions | undefined {
   const what = `${ruleName}: when`;
-  if (isScalar(v.node) && v.node.value === null) {
+  if (v.node?.kind === 'scalar' && v.node.value === null) {
     err(ctx, v.loc, `${what} is empty; give at least one of ${WHEN_KEYS.join(', ')}`);
     return undefined;
   }
   const e = entries(ctx, v, `when of ${ruleName}`, WHEN_KEYS, MISPLACED_KEY_HINTS.when);
   if (e === undefined) return undefined;
   // Only when nothing at all is written: unknown keys were reported already.
-  if ((v.node as YAMLMap).items.length === 0) {
+  if ((v.node as TreeMap).pairs.length === 0) {
     err(ctx, v.loc, `${what} is empty; give at least one of ${WHEN_KEYS.join(', ')}`);
     return undefined;
   }
@@ -1033,12 +1093,18 @@ function whenLabels(ctx: Ctx, v: At, what: string): Record<string, string> {
   const labels: Record<string, string> = {};
   const e = entries(ctx, v, `${what}.label`, null);
   if (e === undefined) return labels;
-  if ((v.node as YAMLMap).items.length === 0) err(ctx, v.loc, `${what}.label is empty; give key: value pairs or leave label out`);
+  if ((v.node as TreeMap).pairs.length === 0) err(ctx, v.loc, `${what}.label is empty; give key: value pairs or leave label out`);
   for (const [key, entry] of e) {
     if (key === '') err(ctx, entry.key.loc, `${what}.label has an empty key`);
+    if (key === '__proto__') {
+      // Assigning it to an object sets the prototype instead: the condition would silently lose
+      // the label, and hold for every agent of the role.
+      err(ctx, entry.key.loc, `${what}.label cannot have the key "__proto__"`);
+      continue;
+    }
     const n = entry.value.node;
-    if (isScalar(n) && typeof n.value === 'string') labels[key] = n.value;
-    else if (isScalar(n) && (typeof n.value === 'number' || typeof n.value === 'boolean')) {
+    if (n?.kind === 'scalar' && typeof n.value === 'string') labels[key] = n.value;
+    else if (n?.kind === 'scalar' && (typeof n.value === 'number' || typeof n.value === 'boolean')) {
       err(ctx, entry.value.loc, `${what}.label.${key} must be a string; quote it: "${n.source ?? String(n.value)}"`);
     } else typeError(ctx, entry.value, `${what}.label.${key}`, 'a string');
   }
@@ -1050,27 +1116,26 @@ function whenUids(ctx: Ctx, v: At, what: string): number[] {
   for (const item of oneOrList(ctx, v, `${what}.uid`, 'uids')) {
     const n = item.node;
     // Decimal only: YAML would also read 0o17 or 1e3 as numbers, which nobody means for a uid.
-    const decimal = isScalar(n) && typeof n.value === 'number' && /^(0|[1-9][0-9]*)$/.test(n.source ?? String(n.value));
+    const decimal = n?.kind === 'scalar' && typeof n.value === 'number' && /^(0|[1-9][0-9]*)$/.test(n.source ?? String(n.value));
     if (decimal && Number.isSafeInteger(n.value) && (n.value as number) <= MAX_UID) {
       uids.push(n.value as number);
     } else {
-      err(ctx, item.loc, `${what}.uid must be a non-negative integer uid (0-${MAX_UID}), got ${describe(n)}`);
+      err(ctx, item.loc, `${what}.uid must be a non-negative integer uid (0-${MAX_UID}), got ${describeNode(n)}`);
     }
   }
   return uids;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Typed access to YAML nodes
+// Typed access to tree nodes
 
 interface Entry {
   key: At;
   value: At;
 }
 
-function at(ctx: Ctx, node: unknown, pointer: string, fallbackOffset: number): At {
-  const range = (node as { range?: [number, number, number] } | null)?.range;
-  return { node, loc: offsetLoc(ctx, range ? range[0] : fallbackOffset, pointer) };
+function at(ctx: Ctx, node: TreeNode | null, parent: At | undefined, token: string | number, fallbackOffset: number): At {
+  return new At(ctx, node, parent, token, node?.offset ?? fallbackOffset);
 }
 
 /**
@@ -1084,28 +1149,27 @@ function entries(
   allowed: readonly string[] | null,
   hints: Record<string, string> = {},
 ): Map<string, Entry> | undefined {
-  if (!isMap(v.node)) {
+  const map = v.node;
+  if (map?.kind !== 'map') {
     typeError(ctx, v, what, 'a mapping');
     return undefined;
   }
-  const map = v.node as YAMLMap<unknown, unknown>;
   const out = new Map<string, Entry>();
-  for (const pair of map.items as Pair<unknown, unknown>[]) {
-    const keyOffset = (pair.key as Scalar | null)?.range?.[0] ?? map.range?.[0] ?? 0;
+  for (const pair of map.pairs) {
+    const keyOffset = pair.key?.offset ?? map.offset ?? 0;
     const k = pair.key;
-    if (!isScalar(k) || typeof k.value !== 'string') {
-      err(ctx, offsetLoc(ctx, keyOffset, v.loc.pointer), `keys in ${what} must be strings, got ${describe(k)}`);
+    if (k?.kind !== 'scalar' || typeof k.value !== 'string') {
+      err(ctx, offsetLoc(ctx, keyOffset, v.pointer), `keys in ${what} must be strings, got ${describeNode(k)}`);
       continue;
     }
-    const pointer = `${v.loc.pointer}/${escapePointer(k.value)}`;
-    const key = at(ctx, k, pointer, keyOffset);
+    const key = at(ctx, k, v, k.value, keyOffset);
     if (allowed !== null && !allowed.includes(k.value)) {
       err(ctx, key.loc, `unknown key ${q(k.value)} in ${what}${unknownKeyHint(k.value, allowed, hints)}`);
       continue;
     }
     // `key:` with no value is a null scalar positioned after the colon; keep the key's position
     // when there is no node at all.
-    out.set(k.value, { key, value: at(ctx, pair.value, pointer, keyOffset) });
+    out.set(k.value, { key, value: at(ctx, pair.value, v, k.value, keyOffset) });
   }
   return out;
 }
@@ -1141,15 +1205,15 @@ function expectExactly(ctx: Ctx, v: At, what: string, values: readonly string[])
  */
 function str(ctx: Ctx, v: At, what: string, freeText = false): string | undefined {
   const n = v.node;
-  if (isScalar(n) && typeof n.value === 'string') return n.value;
-  const quoteIt = freeText && isScalar(n) && (typeof n.value === 'number' || typeof n.value === 'boolean');
-  err(ctx, v.loc, `${what} must be a string, got ${describe(n)}${quoteIt ? ` (quote it: "${n.source ?? String(n.value)}")` : ''}`);
+  if (n?.kind === 'scalar' && typeof n.value === 'string') return n.value;
+  const quoteIt = freeText && n?.kind === 'scalar' && (typeof n.value === 'number' || typeof n.value === 'boolean');
+  err(ctx, v.loc, `${what} must be a string, got ${describeNode(n)}${quoteIt ? ` (quote it: "${n.source ?? String(n.value)}")` : ''}`);
   return undefined;
 }
 
 function seqItems(ctx: Ctx, v: At): At[] {
-  const seq = v.node as YAMLSeq<unknown>;
-  return seq.items.map((item, i) => at(ctx, item, `${v.loc.pointer}/${i}`, seq.range?.[0] ?? 0));
+  const list = v.node as TreeList;
+  return list.items.map((item, i) => at(ctx, item, v, i, list.offset ?? 0));
 }
 
 /**
@@ -1158,15 +1222,15 @@ function seqItems(ctx: Ctx, v: At): At[] {
  */
 function oneOrList(ctx: Ctx, v: At, what: string, plural: string): At[] {
   const n = v.node;
-  if (isScalar(n) && n.value === null) {
+  if (n?.kind === 'scalar' && n.value === null) {
     err(ctx, v.loc, `${what} has no ${plural}; give one or a list`);
     return [];
   }
-  if (isMap(n)) {
+  if (n?.kind === 'map') {
     typeError(ctx, v, what, `one value or a list of ${plural}`);
     return [];
   }
-  if (!isSeq(n)) return [v];
+  if (n?.kind !== 'list') return [v];
   const items = seqItems(ctx, v);
   if (items.length === 0) err(ctx, v.loc, `${what} is an empty list; give at least one (an empty list matches nothing)`);
   return items;
@@ -1174,25 +1238,11 @@ function oneOrList(ctx: Ctx, v: At, what: string, plural: string): At[] {
 
 function typeError(ctx: Ctx, v: At, what: string, expected: string): void {
   // Aliases were reported by checkDocumentSyntax, and their documents skipped.
-  err(ctx, v.loc, `${what} must be ${expected}, got ${describe(v.node)}`);
+  err(ctx, v.loc, `${what} must be ${expected}, got ${describeNode(v.node)}`);
 }
 
-/** What a YAML node is, for "must be X, got Y" messages. */
-export function describe(n: unknown): string {
-  if (n === null || n === undefined) return 'nothing';
-  if (isMap(n)) return 'a mapping';
-  if (isSeq(n)) return 'a list';
-  if (isAlias(n)) return 'an alias';
-  if (isScalar(n)) {
-    const value = n.value;
-    if (value === null) return 'an empty value';
-    if (typeof value === 'string') return `the string ${q(value)}`;
-    if (typeof value === 'number') return `the number ${n.source ?? value}`;
-    if (typeof value === 'boolean') return `the boolean ${value}`;
-    return `a ${typeof value} value`;
-  }
-  return 'an unsupported value';
-}
+/** What a YAML node is, for the messages of the other YAML readers (./cases.ts, ../config.ts). */
+export { describeYaml as describe } from './tree';
 
 // ---------------------------------------------------------------------------------------------
 // Diagnostics and small helpers
@@ -1223,6 +1273,7 @@ function q(s: string): string {
 }
 
 function escapePointer(token: string): string {
+  if (!token.includes('~') && !token.includes('/')) return token;
   return token.replace(/~/g, '~0').replace(/\//g, '~1');
 }
 

@@ -51,7 +51,7 @@ t.test('bench --smoke: every row has a figure or the reason it could not run', a
   for (const op of ['read', 'exec', 'connect']) want.push(`ungoverned/vm/${op}/helm-loaded`);
   want.push('ungoverned/native/connect/helm-loaded');
   for (const op of ['evaluate-5', 'evaluate-large']) want.push(`evaluator/native/${op}/reference evaluator`);
-  for (const n of res.meta.sizes.apply) for (const v of ['total', 'compile', 'tables', 'parse']) want.push(`apply/native/apply-${n}/${v}`);
+  for (const n of res.meta.sizes.apply) for (const v of ['total', 'parse-json', 'parse-yaml', 'compile', 'tables']) want.push(`apply/native/apply-${n}/${v}`);
   for (const n of res.meta.sizes.apply) want.push(`apply/vm/apply-${n}/rpc-to-live`);
   want.push('audit/vm/events-per-second/helmd');
   want.push('audit/vm/trail-throughput/audit-throughput');

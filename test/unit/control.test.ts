@@ -307,6 +307,7 @@ t.test('malformed and oversize requests', async (t) => {
     [{ cgroup_path: '/sys/fs/cgroup/x', role: 'bad role' }, /role must match/],
     [{ cgroup_path: '/sys/fs/cgroup/x', role: 'worker', name: 'a/b' }, /agent name must match/],
     [{ cgroup_path: '/sys/fs/cgroup/x', role: 'worker', labels: { 'bad key': 'v' } }, /label key/],
+    [{ cgroup_path: '/sys/fs/cgroup/x', role: 'worker', labels: JSON.parse('{"__proto__": "v"}') }, /label key.*__proto__/],
     [{ cgroup_path: 'relative', role: 'worker' }, /not below the cgroup v2 mount/],
   ];
   for (const [req, msg] of attachCases) {

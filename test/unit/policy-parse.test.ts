@@ -609,6 +609,8 @@ t.test('when.label', async (t) => {
   t.same(ctx('{label: {a: [x]}}'), ['test.yaml:9:25: rule contextual[0]: when.label.a must be a string, got a list']);
   t.same(ctx('{label: {a: }}'), ['test.yaml:9:25: rule contextual[0]: when.label.a must be a string, got an empty value']);
   t.same(ctx('{label: {"": x}}'), ['test.yaml:9:22: rule contextual[0]: when.label has an empty key']);
+  // Once silently dropped (an object's __proto__ is its prototype), leaving a condition that always held.
+  t.same(ctx('{label: {__proto__: x}}'), ['test.yaml:9:22: rule contextual[0]: when.label cannot have the key "__proto__"']);
   t.same(ctx('{label: {1: x}}'), ['test.yaml:9:22: keys in rule contextual[0]: when.label must be strings, got the number 1']);
 });
 

@@ -676,6 +676,7 @@ t.test('cases: every problem located, all at once', async (t) => {
 - { role: r, verb: read, target: /x, expect: deny, rule: "a b" }
 - { role: r, verb: read, target: /x, expcet: deny }
 - { role: 7, verb: read, target: /x, expect: deny, name: "" }
+- { role: r, verb: read, target: /x, expect: deny, labels: { __proto__: x } }
 - just a string
 `),
     [
@@ -702,7 +703,8 @@ t.test('cases: every problem located, all at once', async (t) => {
       'c.yaml:20:38: unknown key "expcet" in case 16 (did you mean "expect"?)',
       'c.yaml:21:11: case 17: role must be a string, got the number 7 (quote it: "7")',
       'c.yaml:21:58: case 17: name is empty',
-      'c.yaml:22:3: case 18 must be a mapping with role, verb, target and expect, got the string "just a string"',
+      'c.yaml:22:62: case 18: labels cannot have the key "__proto__"',
+      'c.yaml:23:3: case 19 must be a mapping with role, verb, target and expect, got the string "just a string"',
     ],
   );
 });
@@ -917,6 +919,7 @@ t.test('explain: the operation from the command line', async (t) => {
     [['read', '/x', { label: ['team'] }], '--label must be KEY=VALUE, got "team"'],
     [['read', '/x', { label: ['=a'] }], '--label must be KEY=VALUE, got "=a"'],
     [['read', '/x', { label: ['a=1', 'a=2'] }], '--label a is given twice'],
+    [['read', '/x', { label: ['__proto__=a'] }], '--label cannot have the key "__proto__"'],
     [['read', '/x', { addr: '1.2.3.4' }], '--addr is for a HOST:PORT target'],
     [['connect', '1.2.3.4:1', { addr: '1.2.3.4' }], '--addr is for a HOST:PORT target (the target already is an address)'],
     [['connect', 'h.example:1', { addr: 'nope' }], '--addr "nope" is not an IPv4 or IPv6 address'],
