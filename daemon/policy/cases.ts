@@ -23,7 +23,7 @@ import * as net from 'net';
 import { Document, LineCounter, Pair, YAMLMap, isMap, isScalar, isSeq, parseAllDocuments, visit } from 'yaml';
 import { canonicalizeRulePath } from './canonical';
 import { traceOperation, type Decision, type Operation, type Outcome, type SocketSubject, type Trace } from './evaluate';
-import { RAW_PROTOCOLS, deepestOffset, describe, hostNameProblem, suggest, tooDeepMessage } from './parse';
+import { RAW_PROTOCOLS, describe, hostNameProblem, nestingTooDeep, suggest, tooDeepMessage } from './parse';
 import { FILE_VERBS, PolicyError, VERBS, type FileVerb, type Policy, type PolicyDiagnostic, type SourceLocation, type Verb } from './types';
 
 export interface TestCase {
@@ -176,15 +176,19 @@ export function readCases(text: string, file: string, opts: CaseOptions = {}): {
 
   if (text.startsWith('\ufeff')) text = text.slice(1);
   let docs: Document.Parsed[];
+  const tooDeepAt = nestingTooDeep(text);
+  if (tooDeepAt !== undefined) {
+    const before = text.slice(0, tooDeepAt);
+    err({ file, line: before.split('\n').length, col: tooDeepAt - before.lastIndexOf('\n'), pointer: '' }, tooDeepMessage());
+    return done([]);
+  }
   try {
     docs = parseAllDocuments(text, { lineCounter: lines, prettyErrors: false, version: '1.2' });
     // visit() below recurses too.
     for (const doc of docs) visit(doc, {});
   } catch (e) {
     if (!(e instanceof RangeError)) throw e;
-    const at = deepestOffset(text);
-    const before = text.slice(0, at);
-    err({ file, line: before.split('\n').length, col: at - before.lastIndexOf('\n'), pointer: '' }, tooDeepMessage(e));
+    err({ file, line: 1, col: 1, pointer: '' }, tooDeepMessage(e));
     return done([]);
   }
   const fileLoc: SourceLocation = { file, line: 1, col: 1, pointer: '' };

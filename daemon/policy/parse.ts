@@ -383,15 +383,21 @@ function parseSource(text: string, file: string, opts: ParseOptions, diags: Poli
   }
   const ctx: Ctx = { file, lines: new LineCounter(), diags: [], canonicalize };
   let parsed: Parsed[];
-  try {
-    parsed = parseDocuments(ctx, text);
-  } catch (e) {
-    // The YAML library recurses once per level of nesting: thousands of levels ("- - - ...",
-    // "[[[[...") exhaust the stack. That is a property of the input, reported as such.
-    if (!(e instanceof RangeError)) throw e;
-    const { line, col } = linePosIn(text, deepestOffset(text));
-    ctx.diags = [{ severity: 'error', loc: { file, line, col, pointer: '' }, message: tooDeepMessage(e) }];
+  // The YAML library recurses once per level of nesting: hundreds of levels ("- - - ...",
+  // "[[[[...") exhaust the stack. That is a property of the input, reported as such.
+  const tooDeepAt = nestingTooDeep(text);
+  if (tooDeepAt !== undefined) {
+    const { line, col } = linePosIn(text, tooDeepAt);
+    ctx.diags = [{ severity: 'error', loc: { file, line, col, pointer: '' }, message: tooDeepMessage() }];
     parsed = [];
+  } else {
+    try {
+      parsed = parseDocuments(ctx, text);
+    } catch (e) {
+      if (!(e instanceof RangeError)) throw e;
+      ctx.diags = [{ severity: 'error', loc: { file, line: 1, col: 1, pointer: '' }, message: tooDeepMessage(e) }];
+      parsed = [];
+    }
   }
   diags.push(...ctx.diags.sort((a, b) => a.loc.line - b.loc.line || a.loc.col - b.loc.col));
   return parsed;
@@ -421,33 +427,64 @@ function parseJsonDirectly(text: string, file: string, canonicalize: (p: string)
   return parsed.length > 0 && ctx.diags.length === 0 ? parsed : undefined;
 }
 
-/** For a RangeError out of the YAML or JSON parser (see parseSource). */
-export function tooDeepMessage(e: RangeError): string {
-  return `the document is nested too deeply to be parsed (${e.message}); a policy is a few levels deep`;
+/**
+ * Nesting a document may have, counted as nestingTooDeep counts it. A policy needs about ten
+ * levels; the YAML parser recurses once per level and exhausts the stack somewhere past 800,
+ * at a depth that moves as V8 optimises it, so the same document could fail at different places
+ * or, near the edge, parse. Refused before parsing, a deep document is refused the same way
+ * every time.
+ */
+export const MAX_NESTING = 200;
+
+/** For a document past MAX_NESTING, or a RangeError out of a parser (see parseSource). */
+export function tooDeepMessage(e?: RangeError): string {
+  return `the document is nested too deeply to be parsed (${e ? e.message : `more than ${MAX_NESTING} levels`}); a policy is a few levels deep`;
 }
 
 /**
- * Where a document is nested deepest (first reached), to point at when it is too deep to parse:
- * block nesting counted by indentation and "- " items, flow nesting by "[" and "{" (quotes and
- * comments are not told apart: this only chooses where to point).
+ * Where a document's nesting first goes past `max`, or undefined if it never does. Block
+ * nesting is counted in levels of indentation (a line indented further than the one before
+ * opens one level; each "- " or "? " at a line's start opens another), flow nesting by "[" and
+ * "{" less "]" and "}". Quotes and comments are not told apart: a bracket inside a string
+ * counts too, which can only make the count larger, and a policy would need a hundred and more
+ * unmatched brackets in its strings to be refused for them.
  */
-export function deepestOffset(text: string): number {
-  let best = 0;
-  let bestOffset = 0;
+export function nestingTooDeep(text: string, max = MAX_NESTING): number | undefined {
+  const indents: number[] = [];
   let flow = 0;
-  let offset = 0;
-  for (const line of text.split('\n')) {
-    const block = /^[ \t]*(?:-[ \t]+)*/.exec(line)![0].length;
-    for (let i = 0; i < line.length; i++) {
-      const c = line[i];
-      if (c === '[' || c === '{') flow++;
-      else if ((c === ']' || c === '}') && flow > 0) flow--;
-      const depth = flow + (i < block ? i : block);
-      if (depth > best) [best, bestOffset] = [depth, offset + i];
+  let i = 0;
+  const n = text.length;
+  while (i < n) {
+    // The line's indentation, then its leading sequence and complex-key indicators.
+    const lineStart = i;
+    while (i < n && (text.charCodeAt(i) === 0x20 || text.charCodeAt(i) === 0x09)) i++;
+    let col = i - lineStart;
+    const c = text.charCodeAt(i);
+    if (i < n && c !== 0x0a && c !== 0x0d && c !== 0x23 /* # */) {
+      while (indents.length > 0 && indents[indents.length - 1] >= col) indents.pop();
+      indents.push(col);
+      for (;;) {
+        const d = text.charCodeAt(i);
+        const next = text.charCodeAt(i + 1);
+        if ((d !== 0x2d && d !== 0x3f) || (next !== 0x20 && next !== 0x09)) break; // "- " or "? "
+        i += 2;
+        while (i < n && (text.charCodeAt(i) === 0x20 || text.charCodeAt(i) === 0x09)) i++;
+        col = i - lineStart;
+        indents.push(col);
+        if (indents.length + flow > max) return i;
+      }
     }
-    offset += line.length + 1;
+    for (; i < n; i++) {
+      const d = text.charCodeAt(i);
+      if (d === 0x0a) break;
+      if (d === 0x5b || d === 0x7b) {
+        if (indents.length + ++flow > max) return i;
+      } else if ((d === 0x5d || d === 0x7d) && flow > 0) flow--;
+    }
+    if (indents.length + flow > max) return lineStart;
+    i++;
   }
-  return bestOffset;
+  return undefined;
 }
 
 function parseDocuments(ctx: Ctx, text: string): Parsed[] {

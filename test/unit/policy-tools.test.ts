@@ -15,7 +15,7 @@ import { checkCaseRules, formatResult, parseCases, runCases, type TestCase } fro
 import { evaluateOperation, traceOperation, type Operation, type Outcome } from '../../daemon/policy/evaluate';
 import { explain, formatExplanation, operationFromOptions, type ExplainOptions } from '../../daemon/policy/explain';
 import { lintPolicies, type LintOptions } from '../../daemon/policy/lint';
-import { parsePolicySource } from '../../daemon/policy/parse';
+import { nestingTooDeep, parsePolicySource } from '../../daemon/policy/parse';
 import { PolicyError, formatDiagnostic, type Policy } from '../../daemon/policy/types';
 
 // Tests run from dist/test/unit.
@@ -1036,6 +1036,39 @@ t.test('parser: too deep a document is a located error, not a crash', async (t) 
   }
   // The cases parser likewise.
   t.throws(() => parseCases(`- ${'['.repeat(30000)}\n`, 'c.yaml'), PolicyError);
+});
+
+t.test('parser: a document nested past MAX_NESTING is refused before parsing, at the same place every time', async (t) => {
+  const messages = (text: string) => {
+    try {
+      parsePolicySource(text, 'deep.yaml', { canonicalize: id });
+      return ['parsed'];
+    } catch (e) {
+      return (e as PolicyError).diagnostics.map((d) => `${d.loc.line}:${d.loc.col}: ${d.message}`);
+    }
+  };
+  const head = 'apiVersion: helm/v1\nkind: Policy\nmetadata: { name: deep }\nspec:\n';
+  const block = (levels: number) => head + Array.from({ length: levels }, (_, i) => `${' '.repeat(i + 1)}- `).join('\n') + 'x\n';
+  const flow = (levels: number) => `${head}  roles: ${'['.repeat(levels)}${']'.repeat(levels)}\n`;
+  for (const [what, text] of [
+    ['block, 1000 levels', block(1000)],
+    ['flow, 1000 levels', flow(1000)],
+    ['block, 5000 levels', block(5000)],
+  ] as const) {
+    const first = messages(text);
+    t.match(first[0], /nested too deeply to be parsed \(more than 200 levels\)/, what);
+    for (let i = 0; i < 4; i++) t.same(messages(text), first, `${what}: the same error, at the same place, every time`);
+  }
+  t.match(messages(flow(1000))[0], /^5:\d+: /, 'located on the line that goes too deep');
+  // Under the limit the parser reads the document and the validator says what is wrong with it.
+  t.notMatch(messages(block(150)).join('\n'), /nested too deeply/, '150 levels are parsed');
+  t.notMatch(messages(flow(150)).join('\n'), /nested too deeply/);
+  // Indentation alone is not nesting: a block scalar indented far is one level.
+  const indented = `${head}  roles: [r]\n  allow:\n    - id: a\n      read: [/srv/a]\nmetadata2: |\n${' '.repeat(400)}text\n`;
+  t.notMatch(messages(indented).join('\n'), /nested too deeply/, 'a far-indented block scalar is not deep');
+  t.equal(nestingTooDeep('a: [[1]]\n', 2), 4, 'the offset where the count first passes the limit (the second "[")');
+  t.equal(nestingTooDeep('a:\n  b:\n    c: 1\n', 3), undefined, 'three block levels are three');
+  t.equal(nestingTooDeep('a:\n  b:\n    c: 1\n', 2), 8, 'and pass a limit of two at the start of the third line');
 });
 
 t.test('parser: a path longer than PATH_MAX is refused before it is canonicalised', async (t) => {
