@@ -158,8 +158,18 @@ export async function followTrail(target: string, opts: FollowOptions): Promise<
         // helmd writes nothing more to a file once it has renamed it: read it to its end.
         await deliver(reader.read());
         if (now) {
+          // Opened before the old one is closed: if it is gone again (rotated once more since
+          // the stat), the old reader stays, read to its end, and the next look tries again.
+          // (Closing first left reader.fd closed for the finally below to close twice.)
+          let fd: number;
+          try {
+            fd = fs.openSync(file, 'r');
+          } catch (e) {
+            if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
+            throw e;
+          }
           fs.closeSync(reader.fd);
-          reader = new LineReader(fs.openSync(file, 'r'));
+          reader = new LineReader(fd);
           opts.onNote?.(`${file}: rotated; following the new file`);
           await deliver(reader.read());
         }
