@@ -23,7 +23,7 @@ import * as net from 'net';
 import { Document, LineCounter, Pair, YAMLMap, isMap, isScalar, isSeq, parseAllDocuments, visit } from 'yaml';
 import { canonicalizeRulePath } from './canonical';
 import { traceOperation, type Decision, type Operation, type Outcome, type SocketSubject, type Trace } from './evaluate';
-import { RAW_PROTOCOLS, describe, hostNameProblem, nestingTooDeep, suggest, tooDeepMessage } from './parse';
+import { RAW_PROTOCOLS, describe, hostNameProblem, linePosIn, nestingTooDeep, suggest, tooDeepMessage } from './parse';
 import { FILE_VERBS, PolicyError, VERBS, type FileVerb, type Policy, type PolicyDiagnostic, type SourceLocation, type Verb } from './types';
 
 export interface TestCase {
@@ -178,8 +178,7 @@ export function readCases(text: string, file: string, opts: CaseOptions = {}): {
   let docs: Document.Parsed[];
   const tooDeepAt = nestingTooDeep(text);
   if (tooDeepAt !== undefined) {
-    const before = text.slice(0, tooDeepAt);
-    err({ file, line: before.split('\n').length, col: tooDeepAt - before.lastIndexOf('\n'), pointer: '' }, tooDeepMessage());
+    err({ file, ...linePosIn(text, tooDeepAt), pointer: '' }, tooDeepMessage());
     return done([]);
   }
   try {

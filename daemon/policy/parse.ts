@@ -1364,7 +1364,8 @@ function checkJsonSyntax(ctx: Ctx, text: string): boolean {
   }
 }
 
-function linePosIn(text: string, offset: number): { line: number; col: number } {
+/** The line and column (1-based) of an offset into text. */
+export function linePosIn(text: string, offset: number): { line: number; col: number } {
   const before = text.slice(0, offset);
   const line = before.split('\n').length;
   return { line, col: offset - (before.lastIndexOf('\n') + 1) + 1 };
