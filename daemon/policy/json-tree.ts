@@ -23,6 +23,12 @@ export interface JsonTree {
   root: TreeNode;
   /** Where the lines start, for turning offsets into line:col as the YAML reading does. */
   lines: LineCounter;
+  /**
+   * The value starting at an offset of the text (a deferred rule), or undefined where readJsonTree
+   * would have given up (a repeated key). One reader for the whole text: what it learnt of the
+   * text (where the backslashes are) serves every rule.
+   */
+  valueAt(offset: number): TreeNode | undefined;
 }
 
 const LONE_CR = /\r(?!\n)/;
@@ -33,22 +39,15 @@ const LONE_CR = /\r(?!\n)/;
  * `deferRules`: the rules of a policy (the mappings in the lists under spec.allow, spec.block and
  * spec.contextual, at a document's root or in a root list of policies) are not read: each is a
  * mapping with no pairs and `deferred` set to its text, for the parser to read with
- * readJsonValue when it does not have that rule already (parse.ts, RuleCache). Reading them is
+ * JsonTree.valueAt when it does not have that rule already (parse.ts, RuleCache). Reading them is
  * most of the tree's time and garbage on a large policy, where an edit changes a few.
  */
 export function readJsonTree(text: string, deferRules = false): JsonTree | undefined {
   // indexOf first: most texts have no CR at all, and it is much faster than the expression.
   if (text.includes('\r') && LONE_CR.test(text)) return undefined;
-  const root = jsonReader(text, deferRules).root();
-  return root === undefined ? undefined : { root, lines: lineCounterOf(text) };
-}
-
-/**
- * The value starting at `offset` of a text readJsonTree read (a deferred rule), or undefined
- * where readJsonTree would have given up (a repeated key).
- */
-export function readJsonValue(text: string, offset: number): TreeNode | undefined {
-  return jsonReader(text, false).at(offset);
+  const reader = jsonReader(text, deferRules);
+  const root = reader.root();
+  return root === undefined ? undefined : { root, lines: lineCounterOf(text), valueAt: reader.at };
 }
 
 /** Line starts of a text, as the YAML parser's LineCounter has them (JSON strings hold no raw newline). */
@@ -203,6 +202,8 @@ function jsonReader(text: string, defer: boolean) {
       return duplicateKey ? undefined : root;
     },
     at(offset: number): TreeNode | undefined {
+      // `backslash` holds for positions after the last one read; before it, it is found again.
+      if (offset < i) backslash = -1;
       i = offset;
       const node = value(Place.Other);
       return duplicateKey ? undefined : node;

@@ -12,7 +12,7 @@ import { Document, LineCounter, isScalar, isSeq, parseAllDocuments, visit } from
 import { MAX_RULE_PATH_BYTES } from '../kernel/limits';
 import { LookupCache, canonicalizeRulePath } from './canonical';
 import { addressBytes } from './ip';
-import { readJsonTree, readJsonValue } from './json-tree';
+import { readJsonTree, type JsonTree } from './json-tree';
 import { describeNode, treeFromYaml, type TreeList, type TreeMap, type TreeNode } from './tree';
 import {
   Conditions,
@@ -397,8 +397,8 @@ interface Ctx {
   lines: LineCounter;
   diags: PolicyDiagnostic[];
   canonicalize: (p: string) => string;
-  /** JSON read directly: the text, for reading deferred rules (TreeMap.deferred), and the rules of the parse before. */
-  json?: { text: string; cache?: RuleCache };
+  /** JSON read directly: its tree, for reading deferred rules (TreeMap.deferred), and the rules of the parse before. */
+  json?: { tree: JsonTree; cache?: RuleCache };
 }
 
 /**
@@ -498,12 +498,14 @@ function parseJsonDirectly(text: string, file: string, canonicalize: (p: string)
     throw e;
   }
   if (tree === undefined) return undefined;
-  const ctx: Ctx = { file, lines: tree.lines, diags: [], canonicalize, json: { text, cache } };
+  const ctx: Ctx = { file, lines: tree.lines, diags: [], canonicalize, json: { tree, cache } };
   let parsed: Parsed[];
   try {
     parsed = parsePolicies(ctx, policyRoots(ctx, tree.root, 0, true));
   } catch (e) {
-    if (e instanceof RepeatedKey) return undefined;
+    // A deferred rule holding a key twice, or nested too deeply for the stack: the YAML reading
+    // reports which, and where.
+    if (e instanceof RepeatedKey || e instanceof RangeError) return undefined;
     throw e;
   }
   return parsed.length > 0 && ctx.diags.length === 0 ? parsed : undefined;
@@ -822,7 +824,7 @@ function parseRule(
     // YAML reading (parseJsonDirectly): the rule's will do.
     return { rule: cached, idAt: cached.idWritten ? v : undefined };
   }
-  const node = readJsonValue(ctx.json.text, v.node!.offset!);
+  const node = ctx.json.tree.valueAt(v.node!.offset!);
   if (node === undefined) throw new RepeatedKey();
   const errors = ctx.diags.length;
   const r = readRule(ctx, v.holding(node), kind, index, policyRoles);

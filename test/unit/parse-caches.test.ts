@@ -92,6 +92,35 @@ t.test('a parse through the rule cache gives what a parse without it gives, over
   t.ok(reused > rules * 0.4, `rules reused across an edit: ${reused} of ${rules}`);
 });
 
+t.test('deferred rules with escapes, read out of order, are read as the YAML reading reads them', async (t) => {
+  // block is written before allow, so the rules are read back and forth over the text; escapes
+  // lie before, between and after them.
+  const text = `{"apiVersion": "helm\\/v1", "kind": "Policy", "metadata": {"name": "p"}, "spec": {"roles": ["dev"],
+ "block": [{"id": "b\\u0031", "read": ["/srv/q\\"uote"]}, {"read": ["/srv/plain"]}],
+ "allow": [{"id": "a1", "write": ["/srv/tab\\\\x", "/srv/\\u00e9t\\u00e9/"]}, {"exec": ["/usr/bin/x"]}]}}`;
+  const cache = new RuleCache();
+  const direct = outcome(() => loadPolicySources([{ file: 'p.json', text }], { ruleCache: cache }).policies);
+  const viaYaml = outcome(() => loadPolicySources([{ file: 'p.json', text }], { jsonViaYaml: true }).policies);
+  t.equal(direct, viaYaml);
+  t.match(direct, /srv\/q\\"uote/);
+  // Read directly (only then are rules cached), not handed to the YAML reading.
+  const again = loadPolicySources([{ file: 'p.json', text }], { ruleCache: cache }).policies;
+  t.equal(again[0].rules[0], loadPolicySources([{ file: 'p.json', text }], { ruleCache: cache }).policies[0].rules[0]);
+});
+
+t.test('a deferred rule nested too deeply, or holding a key twice, is refused as the YAML reading refuses it', async (t) => {
+  const policy = (rule: string) => `{"apiVersion": "helm/v1", "kind": "Policy", "metadata": {"name": "p"}, "spec": {"roles": ["dev"],\n "allow": [{"read": ["/a"]},\n ${rule}]}}`;
+  for (const [what, rule] of [
+    ['nested 20,000 deep', `{"read": ${'['.repeat(20_000)}${']'.repeat(20_000)}}`],
+    ['a key twice', '{"read": ["/b"], "read": ["/c"]}'],
+  ]) {
+    const text = policy(rule);
+    const direct = outcome(() => loadPolicySources([{ file: 'p.json', text }], { ruleCache: new RuleCache() }).policies);
+    t.match(direct, /^errors: .*"line":3/, `${what}: refused, located`);
+    t.equal(direct, outcome(() => loadPolicySources([{ file: 'p.json', text }], { jsonViaYaml: true }).policies), `${what}: as the YAML reading says`);
+  }
+});
+
 t.test('a reused rule follows a symlink changed on disk', async (t) => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'helm-rule-cache-'));
   t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
