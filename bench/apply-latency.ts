@@ -30,6 +30,8 @@ import { scratchPins } from '../test/support/scratch-pins';
 const ROOT = path.resolve(__dirname, '..', '..');
 const DIR = '/srv/helm-bench-apply';
 const PROBE = `${DIR}/probe`;
+// In a directory of its own: helmd protects its trail's directory, and the probe must stay readable.
+const AUDIT = `${DIR}/audit/audit.jsonl`;
 const EXISTING = process.argv.includes('--socket') ? process.argv[process.argv.indexOf('--socket') + 1] : undefined;
 const SOCK = EXISTING ?? '/run/helm/bench-apply.sock';
 const ROLE = 'bench';
@@ -90,6 +92,16 @@ function stats(ms: number[]): Stats {
 
 const nowNs = () => Number(process.hrtime.bigint());
 
+/** The trail's last denial, for an error message. */
+function lastDenial(): string {
+  try {
+    const lines = fs.readFileSync(AUDIT, 'utf8').trim().split('\n');
+    return [...lines].reverse().find((l) => l.includes('"deny"')) ?? 'none';
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
+
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 function unary<Res>(c: any, method: string, req: object): Promise<Res> {
   return new Promise((resolve, reject) => c[method](req, { deadline: Date.now() + 600_000 }, (err: grpc.ServiceError | null, res: Res) => (err ? reject(new Error(`${method}: ${err.details}`)) : resolve(res))));
@@ -112,6 +124,7 @@ async function main(): Promise<void> {
   }
   fs.rmSync(DIR, { recursive: true, force: true });
   fs.mkdirSync(`${DIR}/policy`, { recursive: true });
+  fs.mkdirSync(path.dirname(AUDIT));
   fs.writeFileSync(PROBE, 'probe\n');
   fs.writeFileSync(`${DIR}/policy/bench.json`, policy(1, true));
 
@@ -122,14 +135,14 @@ async function main(): Promise<void> {
   if (!EXISTING) {
     // Its own pins, removed once it has stopped: the benchmark leaves no enforcement behind.
     const pins = scratchPins('bench');
-    const started = spawn(path.join(ROOT, 'bin', 'helmd'), ['--policy', `${DIR}/policy`, '--audit-log', `${DIR}/audit.jsonl`, '--socket', SOCK, '--no-watch', '--log-level', 'warn', ...pins.args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const started = spawn(path.join(ROOT, 'bin', 'helmd'), ['--policy', `${DIR}/policy`, '--audit-log', AUDIT, '--socket', SOCK, '--no-watch', '--log-level', 'warn', ...pins.args], { stdio: ['ignore', 'pipe', 'pipe'] });
     started.stdout!.on('data', (d) => (log += d));
     started.stderr!.on('data', (d) => (log += d));
     helmdExited = new Promise((r) => started.once('exit', r));
     cleanup.push(async () => {
       if (started.exitCode === null && started.signalCode === null) started.kill('SIGTERM');
       await helmdExited;
-      pins.remove(`${DIR}/audit.jsonl`);
+      pins.remove(AUDIT);
     });
     helmd = started;
   }
@@ -191,7 +204,7 @@ async function main(): Promise<void> {
         const seen = denials.length;
         agent.stdin!.write('go\n');
         await new Promise((r) => setTimeout(r, 20)); // let it probe (allowed) first
-        if (denials.length !== seen) throw new Error('the probe was denied before the apply: the policies are wrong');
+        if (denials.length !== seen) throw new Error(`the probe was denied before the apply: the policies are wrong (the trail's last denial: ${lastDenial()})`);
         const t0 = nowNs();
         const r = await unary<{ generation: number }>(pol, 'Apply', { sources: [{ file: 'bench.json', content: sources.off }], expected_generation: generation });
         rpc.push((nowNs() - t0) / 1e6);
