@@ -313,16 +313,18 @@ const orNull = (v: string | null | undefined): string => (v === undefined || v =
  * The decision line of `e`, exactly as JSON.stringify(toAuditRecord(e, seq, ...))
  * writes it (same fields, same order: test/unit/audit-format.test.ts holds them
  * to it), built as text without the intermediate object: this is the drain's
- * hot path, one call per event.
+ * hot path, one call per event. `info`, if given, gets the line's ts.
  */
-export function formatDecision(e: RawEvent, realtimeOffsetNs: bigint, ctx: AuditContext, arena: LineArena = defaultArena): FormattedLine {
+export function formatDecision(e: RawEvent, realtimeOffsetNs: bigint, ctx: AuditContext, arena: LineArena = defaultArena, info?: { ts: string }): FormattedLine {
   const names = ctx.generation(e.generation);
   const rule = e.ruleId ? names?.rules[e.ruleId - 1] : undefined;
   const agent = ctx.agent(e.agentId);
   const isNet = isNetworkTarget(e);
   const path = reportedPath(e, isNet);
   // One string by concatenation (written into the arena at once, then garbage of the young generation).
-  const head = `{"v":${AUDIT_SCHEMA_VERSION},"ts":"${tsText(e.tsBootNs, splitOffset(realtimeOffsetNs))}","seq":`;
+  const ts = tsText(e.tsBootNs, splitOffset(realtimeOffsetNs));
+  if (info) info.ts = ts;
+  const head = `{"v":${AUDIT_SCHEMA_VERSION},"ts":"${ts}","seq":`;
   let t = `,"type":"decision","decision":"${DECISIONS[e.decision] ?? 'deny'}","op":${json(opName(e.op))}`;
   if (e.op < C.HELM_FILE_OPS || e.op === C.HELM_OP_CONTROL || e.op === C.HELM_OP_CONNECT || e.op === C.HELM_OP_BIND) t += `,"detail":${json(DETAILS[e.detail] ?? `detail${e.detail}`)}`;
   else if (e.op === C.HELM_OP_SIGNAL || e.op === C.HELM_OP_PTRACE) t += `,"arg":${e.detail},"target_pid":${e.targetPid}`;

@@ -8,7 +8,7 @@
 import os from 'node:os';
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
-import { C, LAYOUT, decodeEvent, type AgentCounters } from '../kernel/layout';
+import { C, LAYOUT, EventDecoder, type AgentCounters } from '../kernel/layout';
 import type { AuditLevel, EventSource, KernelBinding, Ring } from '../kernel/binding';
 import type { RingSizes } from '../kernel/enforcer';
 import type { Policy } from '../policy/types';
@@ -115,6 +115,9 @@ export class AuditRecorder {
   private readonly lastCounters = new Map<bigint, { at: string; counters: AgentCounters }>();
   private readonly agents = new Map<bigint, RecordedAgent>();
   private decisions = 0n;
+  /** Decodes each record into the same object (the drain's hot path). */
+  private readonly decoder = new EventDecoder();
+  private readonly lineInfo = { ts: '' };
   private readonly log: Logger;
 
   private constructor(
@@ -209,11 +212,11 @@ export class AuditRecorder {
   }
 
   private onEvent(view: DataView): void {
-    const raw = decodeEvent(view);
+    const raw = this.decoder.decode(view);
     if (raw.type !== C.HELM_EVENT_DECISION) return;
     this.decisions++;
-    const line = formatDecision(raw, this.realtimeOffset, this.ctx);
-    this.opts.onDecision?.(DECISIONS[raw.decision] ?? 'deny', line.ts, raw.agentId);
+    const line = formatDecision(raw, this.realtimeOffset, this.ctx, undefined, this.lineInfo);
+    this.opts.onDecision?.(DECISIONS[raw.decision] ?? 'deny', this.lineInfo.ts, raw.agentId);
     this.pending.push(line);
     this.flushSoon();
   }

@@ -4,7 +4,7 @@
 
 import t from 'tap';
 import * as fs from 'fs';
-import { C, LAYOUT, decodeEvent, kernelDev, type RawEvent } from '../../daemon/kernel/layout';
+import { C, EventDecoder, LAYOUT, decodeEvent, kernelDev, type RawEvent } from '../../daemon/kernel/layout';
 import { HELM_PATH_BUF } from '../../daemon/kernel/limits';
 import { formatDecision, rfc3339Nanos, toAuditRecord, type AuditContext } from '../../daemon/audit/record';
 import { Rng } from '../rng';
@@ -445,6 +445,33 @@ function randomEvent(rng: Rng): RawEvent {
     parentExe,
   };
 }
+
+t.test('EventDecoder decodes what decodeEvent does, through runs of repeated and changed events in one drain buffer', async (t) => {
+  const rng = new Rng(11);
+  const dec = new EventDecoder();
+  const size = LAYOUT.helm_event.size;
+  let mismatches = 0;
+  let checked = 0;
+  for (let round = 0; round < 40; round++) {
+    // One drain buffer of records, as the ring reader hands them over; runs of the same event with a new ts and pid.
+    const events: Buffer[] = [];
+    while (events.length < 60) {
+      const e = randomEvent(rng);
+      for (let k = rng.int(5); k >= 0; k--) events.push(encodeEvent({ ...e, tsBootNs: e.tsBootNs + BigInt(k), pid: rng.chance(0.5) ? e.pid : rng.int(1 << 22) }));
+    }
+    const buf = Buffer.alloc(events.length * size);
+    events.forEach((b, i) => b.copy(buf, i * size));
+    for (let i = 0; i < events.length; i++) {
+      const v = new DataView(buf.buffer, buf.byteOffset + i * size, size);
+      const want = decodeEvent(v);
+      const got = dec.decode(v);
+      checked++;
+      if (!t.same({ ...got, addr: Buffer.from(got.addr) }, want, `round ${round} event ${i}`, { diagnostic: false }) && mismatches++ > 3) return;
+    }
+  }
+  t.equal(mismatches, 0, `${checked} events, field for field`);
+  t.throws(() => dec.decode(new DataView(new ArrayBuffer(size - 1))), RangeError, 'a short record is refused');
+});
 
 t.test('formatDecision writes the very text of JSON.stringify(toAuditRecord(...)), for random events', async (t) => {
   const rng = new Rng(7);
