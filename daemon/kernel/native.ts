@@ -67,6 +67,8 @@ export interface NativeApi {
   helm_ring_commit_to(ring: unknown, pos: number | bigint): void;
   helm_ring_pending(ring: unknown): bigint;
   helm_ring_close(ring: unknown): void;
+  /** The audit hash chain over a batch of lines in place (see native/helm_shim.c); `prev` in and out. */
+  helm_chain_lines(buf: Buffer, start: number, ends: Int32Array, n: number, prev: Buffer): number;
 }
 
 let cached: NativeApi | undefined;
@@ -121,6 +123,7 @@ export function native(): NativeApi {
     helm_ring_commit_to: lib.func('void helm_ring_commit_to(helm_ring *r, long long pos)'),
     helm_ring_pending: lib.func('long long helm_ring_pending(helm_ring *r)'),
     helm_ring_close: lib.func('void helm_ring_close(helm_ring *r)'),
+    helm_chain_lines: lib.func('int helm_chain_lines(_Inout_ uint8_t *buf, int start, const int *ends, int n, _Inout_ uint8_t *prev)'),
   } as unknown as NativeApi;
   return cached;
 }

@@ -142,6 +142,40 @@ t.test('lines formatted ahead (all but their seq) and records written together: 
   t.equal(FormattedLine.fromText(text(1), text(1).indexOf('"seq":') + 6).ts, '2026-11-30T12:00:00.000000000Z', 'a formatted line knows its ts');
 });
 
+t.test('the chain computed natively (helm_chain_lines) and in JS: the same bytes, batch after batch', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'helm-audit-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const at = new Date('2026-11-30T12:00:00Z');
+  const odd = ['é', '"', '\\', '\n', '\u0001', '𝄞', '/', ' '];
+  const write = async (chain: 'native' | 'js'): Promise<string> => {
+    const file = path.join(dir, chain, 'audit.jsonl');
+    const w = await AuditTrail.open(trailOptions(file, { chain, maxBatch: 7, now: () => at }));
+    for (let b = 0; b < 20; b++) {
+      const batch: (object | FormattedLine)[] = [];
+      for (let i = 0; i <= (b * 5) % 13; i++) {
+        const p = `/srv/${odd[(b + i) % odd.length].repeat(1 + ((b * i) % 40))}${i}`;
+        const text = `{"v":1,"ts":"2026-11-30T12:00:00.000000000Z","seq":,"type":"decision","path":${JSON.stringify(p)}}`;
+        batch.push(i % 3 ? FormattedLine.fromText(text, text.indexOf('"seq":') + 6) : decisionLine({ path: p }));
+      }
+      w.append(batch);
+      if (b % 4 === 0) await w.written();
+    }
+    await w.close();
+    return fs.readFileSync(file, 'utf8');
+  };
+  const js = await write('js');
+  const nat = await write('native');
+  t.ok(js.split('\n').length > 100, 'a trail of many batches');
+  t.equal(nat, js, 'byte for byte');
+  t.hasStrict(verifyChain(nat), { ok: true }, 'and it verifies');
+  // The library's function itself: it is there, and refuses a body that is not an object.
+  const { native } = await import('../../daemon/kernel/native');
+  const buf = Buffer.alloc(200, 0x20);
+  const n = buf.write('{"a":1}', 76);
+  t.equal(native().helm_chain_lines(buf, 0, Int32Array.of(76 + n), 1, Buffer.from(CHAIN_GENESIS)), 0, 'the native chain is loaded');
+  t.equal(native().helm_chain_lines(buf, 0, Int32Array.of(76 + 2), 1, Buffer.from(CHAIN_GENESIS)), -22, 'not an object: EINVAL');
+});
+
 t.test('the live feed keeps the last lines and parses a record only when asked', async (t) => {
   const feed = new AuditFeed(3);
   const lines = trail(5);
