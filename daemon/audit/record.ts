@@ -207,6 +207,8 @@ export class FormattedLine {
     readonly start: number,
     readonly at: number,
     readonly end: number,
+    /** The arena that made it, if it wants to know when its bytes are copied out (LineArena.consumed). */
+    readonly arena?: LineArena,
   ) {}
 
   /** A line from its text (`text` without the seq, which goes at character `at`), in a buffer of its own. */
@@ -230,24 +232,52 @@ export class FormattedLine {
 /**
  * Where formatted lines are written: chunks of 1 MiB outside the JS heap, each
  * freed once no waiting line refers to it any more.
+ *
+ * With `reuse`, chunks are used again rather than freed (a fresh chunk costs
+ * its page faults and, freed, an munmap and a collection): the writer calls
+ * consumed() for each of the arena's lines once it has copied it out, in the
+ * order they were made; once it reaches a line in another chunk, every line
+ * of the chunk before is copied, and that chunk goes back to a small pool.
+ * The lines of such an arena must go to that writer only, and not be read
+ * after it took them.
  */
 export class LineArena {
   private buf: Buffer = Buffer.allocUnsafeSlow(0);
   private used = 0;
+  private readonly pool: Buffer[] = [];
+  private lastConsumed: Buffer | undefined;
 
-  constructor(private readonly chunk = 1 << 20) {}
+  constructor(
+    private readonly chunk = 1 << 20,
+    /** Chunks kept for reuse at most (0: none, every chunk is left to the collector). */
+    private readonly reuse = 0,
+  ) {}
 
   /** `text` (a line without its seq, which goes at character `at`; `at` counts ASCII characters only) as a FormattedLine. */
   line(text: string, at: number): FormattedLine {
     // UTF-8 takes at most 3 bytes per UTF-16 unit.
     if (this.buf.length - this.used < text.length * 3) {
-      this.buf = Buffer.allocUnsafeSlow(Math.max(this.chunk, text.length * 3));
+      const need = text.length * 3;
+      this.buf = (need <= this.chunk && this.pool.pop()) || Buffer.allocUnsafeSlow(Math.max(this.chunk, need));
       this.used = 0;
     }
     const start = this.used;
     const n = this.buf.write(text, start);
     this.used = start + n;
-    return new FormattedLine(this.buf, start, start + at, start + n);
+    return new FormattedLine(this.buf, start, start + at, start + n, this.reuse ? this : undefined);
+  }
+
+  /** `line`, one of this arena's, has been copied out (see the class comment). */
+  consumed(line: FormattedLine): void {
+    const done = this.lastConsumed;
+    if (line.buf === done) return;
+    this.lastConsumed = line.buf;
+    if (done && done !== this.buf && done.length === this.chunk && this.pool.length < this.reuse) this.pool.push(done);
+  }
+
+  /** Chunks waiting to be reused. */
+  get pooled(): number {
+    return this.pool.length;
   }
 }
 

@@ -13,7 +13,7 @@ import type { AuditLevel, EventSource, KernelBinding, Ring } from '../kernel/bin
 import type { RingSizes } from '../kernel/enforcer';
 import type { Policy } from '../policy/types';
 import { AuditTrail, MAX_BATCH, formatFsyncPolicy, type WrittenLines, type FsyncPolicy, type RotationPolicy, type TrailStatus } from './writer';
-import { AUDIT_SCHEMA_VERSION, DECISIONS, FormattedLine, formatDecision, rfc3339Nanos, type AuditContext, type LossSource } from './record';
+import { AUDIT_SCHEMA_VERSION, DECISIONS, FormattedLine, LineArena, formatDecision, rfc3339Nanos, type AuditContext, type LossSource } from './record';
 
 export interface RecorderOptions {
   file: string;
@@ -118,6 +118,12 @@ export class AuditRecorder {
   /** Decodes each record into the same object (the drain's hot path). */
   private readonly decoder = new EventDecoder();
   private readonly lineInfo = { ts: '' };
+  /**
+   * Where decision lines wait for the writer: 1 MiB chunks, reused once the writer has
+   * copied their lines (the lines go to the trail only, in order). Four kept at most:
+   * what a flood needs beyond that is allocated and freed.
+   */
+  private readonly arena = new LineArena(1 << 20, 4);
   private readonly log: Logger;
 
   private constructor(
@@ -215,7 +221,7 @@ export class AuditRecorder {
     const raw = this.decoder.decode(view);
     if (raw.type !== C.HELM_EVENT_DECISION) return;
     this.decisions++;
-    const line = formatDecision(raw, this.realtimeOffset, this.ctx, undefined, this.lineInfo);
+    const line = formatDecision(raw, this.realtimeOffset, this.ctx, this.arena, this.lineInfo);
     this.opts.onDecision?.(DECISIONS[raw.decision] ?? 'deny', this.lineInfo.ts, raw.agentId);
     this.pending.push(line);
     this.flushSoon();

@@ -550,6 +550,7 @@ export class AuditTrail {
         e = b + f.buf.copy(out, b, f.start, f.at);
         e = writeUint(out, e, seq);
         e += f.buf.copy(out, e, f.at, f.end);
+        f.arena?.consumed(f);
       } else e = b + out.write(text, b);
       if (out[b] !== 0x7b || out[e - 1] !== 0x7d || e - b < 3) throw new TypeError('an audit record is a non-empty object');
       starts[i] = o;

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { CHAIN_GENESIS, chainLine, verifyChain } from '../../daemon/audit/chain';
 import { AuditTrail } from '../../daemon/audit/writer';
-import { FormattedLine } from '../../daemon/audit/record';
+import { FormattedLine, LineArena } from '../../daemon/audit/record';
 import { AuditFeed } from '../../daemon/audit/feed';
 import { decisionLine, trailOptions } from '../audit-fixtures';
 
@@ -174,6 +174,40 @@ t.test('the chain computed natively (helm_chain_lines) and in JS: the same bytes
   const n = buf.write('{"a":1}', 76);
   t.equal(native().helm_chain_lines(buf, 0, Int32Array.of(76 + n), 1, Buffer.from(CHAIN_GENESIS)), 0, 'the native chain is loaded');
   t.equal(native().helm_chain_lines(buf, 0, Int32Array.of(76 + 2), 1, Buffer.from(CHAIN_GENESIS)), -22, 'not an object: EINVAL');
+});
+
+t.test('an arena that reuses its chunks: every line reaches the file intact, while lines wait in the queue across chunks', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'helm-audit-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'audit.jsonl');
+  const arena = new LineArena(4096, 3);
+  const w = await AuditTrail.open(trailOptions(file, { maxBatch: 50 }));
+  const want: string[] = [];
+  let n = 0;
+  for (let b = 0; b < 60; b++) {
+    const batch: (object | FormattedLine)[] = [];
+    // 1 to 120 lines of 40 to 400 bytes: a batch spans several 4 KiB chunks, and the queue more.
+    for (let i = 0; i <= (b * 37) % 120; i++) {
+      n++;
+      const text = `{"v":1,"seq":,"type":"decision","path":"/srv/${'é'.repeat(n % 7)}${String(n).repeat(1 + (n % 50))}"}`;
+      want.push(text.replace('"seq":,', `"seq":${n + 1},`));
+      batch.push(i % 17 === 5 ? decisionLine({ path: `/srv/o${n}` }) : arena.line(text, text.indexOf('"seq":') + 6));
+      if (i % 17 === 5) want[want.length - 1] = JSON.stringify(decisionLine({ path: `/srv/o${n}`, seq: n + 1 }));
+    }
+    w.append(batch);
+    // The writer takes 50 lines at a time while more are formatted: the queue holds lines of many chunks,
+    // some of them made after a chunk came back. Sometimes it runs dry.
+    if (b % 9 === 8) await w.written();
+    else for (let k = b % 4; k >= 0; k--) await new Promise((r) => setImmediate(r));
+  }
+  await w.close();
+  const lines = fs.readFileSync(file, 'utf8').trim().split('\n');
+  t.hasStrict(verifyChain(`${lines.join('\n')}\n`), { ok: true, lines: n + 1 }, 'the file verifies');
+  const bodies = lines.slice(1).map((l) => l.replace(/,"chain":"[0-9a-f]{64}"\}$/, '}'));
+  let bad = 0;
+  for (let i = 0; i < n; i++) if (bodies[i] !== want[i] && bad++ < 3) t.equal(bodies[i], want[i], `line ${i + 2}`);
+  t.equal(bad, 0, `${n} lines as formatted`);
+  t.ok(arena.pooled > 0, 'chunks came back to the pool');
 });
 
 t.test('the live feed keeps the last lines and parses a record only when asked', async (t) => {
