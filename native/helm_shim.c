@@ -949,3 +949,4 @@ int helm_chain_lines(unsigned char *buf, int start, const int *ends, int n, char
 	}
 	return 0;
 }
+

@@ -267,6 +267,25 @@ export class LineArena {
     return new FormattedLine(this.buf, start, start + at, start + n, this.reuse ? this : undefined);
   }
 
+  /** The current chunk, with at least `bytes` free after `used` (a new chunk if need be): for writers other than line(). */
+  room(bytes: number): { buf: Buffer; used: number } {
+    if (this.buf.length - this.used < bytes) {
+      this.buf = (bytes <= this.chunk && this.pool.pop()) || Buffer.allocUnsafeSlow(Math.max(this.chunk, bytes));
+      this.used = 0;
+    }
+    return { buf: this.buf, used: this.used };
+  }
+
+  /** After room(): the current chunk is used up to `used`; lines written there are this arena's (made with line()'s arena argument). */
+  commit(used: number): void {
+    this.used = used;
+  }
+
+  /** The arena to give the FormattedLines written into it after room(). */
+  get owner(): LineArena | undefined {
+    return this.reuse ? this : undefined;
+  }
+
   /** `line`, one of this arena's, has been copied out (see the class comment). */
   consumed(line: FormattedLine): void {
     const done = this.lastConsumed;
@@ -346,9 +365,6 @@ const orNull = (v: string | null | undefined): string => (v === undefined || v =
  * hot path, one call per event. `info`, if given, gets the line's ts.
  */
 export function formatDecision(e: RawEvent, realtimeOffsetNs: bigint, ctx: AuditContext, arena: LineArena = defaultArena, info?: { ts: string }): FormattedLine {
-  const names = ctx.generation(e.generation);
-  const rule = e.ruleId ? names?.rules[e.ruleId - 1] : undefined;
-  const agent = ctx.agent(e.agentId);
   const isNet = isNetworkTarget(e);
   const path = reportedPath(e, isNet);
   // One string by concatenation (written into the arena at once, then garbage of the young generation).
@@ -377,14 +393,28 @@ export function formatDecision(e: RawEvent, realtimeOffsetNs: bigint, ctx: Audit
   const exe = exeOf(e);
   t += `,"pid":${e.pid},"tid":${e.tid},"ppid":${e.ppid},"uid":${e.uid},"gid":${e.gid},"exe":${exe === null ? 'null' : memoExe(exe)}`;
   t += `,"parent_exe":${e.parentExe === undefined ? 'null' : memoParentExe(e.parentExe)},"comm":${memoComm(e.comm)}`;
-  t += `,"cgroup":{"id":"${cgroupIdText(e.cgroupId)}","path":${agent ? agentText(agent) : 'null},"agent":null,"labels":{}'}`;
-  const role = ctx.roleName(e.roleId);
-  const policy = rule?.policy ?? (e.policyId ? `#${e.policyId}` : null);
-  t += `,"role":${role === null ? 'null' : memoRole(role)},"policy":${policy === null ? 'null' : memoPolicy(policy)}`;
-  t += `,"rule":${memoRule(rule?.rule ?? (e.ruleId ? `#${e.ruleId}` : 'default'))},"mode":"${e.mode === C.HELM_MODE_DRY_RUN ? 'dry-run' : 'enforce'}","reason":"${REASONS[e.reason] ?? 'rule'}","generation":${e.generation}`;
+  t += `,"cgroup":{"id":"${cgroupIdText(e.cgroupId)}","path":${namesText(e, ctx)}`;
+  t += `,"mode":"${e.mode === C.HELM_MODE_DRY_RUN ? 'dry-run' : 'enforce'}","reason":"${REASONS[e.reason] ?? 'rule'}","generation":${e.generation}`;
   if (!isNet) t += `,"inode":{"dev":${e.dev},"ino":"${e.ino}"}`;
   if (e.flags & C.HELM_EVENT_FLAG_SAMPLED) t += ',"sampled":true';
   return arena.line(`${head}${t}}`, head.length);
+}
+
+/**
+ * A decision line's JSON from the value of the cgroup's path to the rule's value: what helmd
+ * knows of the event's ids (the agent, its labels, the role, policy and rule names).
+ */
+export function namesText(e: Pick<RawEvent, 'agentId' | 'roleId' | 'generation' | 'ruleId' | 'policyId'>, ctx: AuditContext): string {
+  const names = ctx.generation(e.generation);
+  const rule = e.ruleId ? names?.rules[e.ruleId - 1] : undefined;
+  const agent = ctx.agent(e.agentId);
+  const role = ctx.roleName(e.roleId);
+  // A rule decided but its names are gone (a very old generation): say so rather than claim the default.
+  const policy = rule?.policy ?? (e.policyId ? `#${e.policyId}` : null);
+  return (
+    `${agent ? agentText(agent) : 'null},"agent":null,"labels":{}'},"role":${role === null ? 'null' : memoRole(role)},"policy":${policy === null ? 'null' : memoPolicy(policy)}` +
+    `,"rule":${memoRule(rule?.rule ?? (e.ruleId ? `#${e.ruleId}` : 'default'))}`
+  );
 }
 
 /** JSON.stringify of a string, remembering the last one: a flood repeats the same exe, comm, rule. */
