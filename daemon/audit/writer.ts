@@ -187,6 +187,11 @@ export class WrittenLines {
     return this.buf.toString('utf8', this.starts[i], this.starts[i + 1] - 1);
   }
 
+  /** The bytes of the lines, each followed by its newline, and where each starts (one more entry: the end). */
+  raw(): { buf: Buffer; starts: readonly number[] } {
+    return { buf: this.buf, starts: this.starts };
+  }
+
   *[Symbol.iterator](): IterableIterator<string> {
     for (let i = 0; i < this.length; i++) yield this.at(i);
   }

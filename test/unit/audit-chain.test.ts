@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { CHAIN_GENESIS, chainLine, verifyChain } from '../../daemon/audit/chain';
-import { AuditTrail } from '../../daemon/audit/writer';
+import { AuditTrail, WrittenLines } from '../../daemon/audit/writer';
 import { FormattedLine, LineArena } from '../../daemon/audit/record';
 import { AuditFeed } from '../../daemon/audit/feed';
 import { decisionLine, trailOptions } from '../audit-fixtures';
@@ -208,6 +208,42 @@ t.test('an arena that reuses its chunks: every line reaches the file intact, whi
   for (let i = 0; i < n; i++) if (bodies[i] !== want[i] && bad++ < 3) t.equal(bodies[i], want[i], `line ${i + 2}`);
   t.equal(bad, 0, `${n} lines as formatted`);
   t.ok(arena.pooled > 0, 'chunks came back to the pool');
+});
+
+t.test('the live feed keeps the last lines of the writer\'s batches as bytes until asked: the same lines as one by one', async (t) => {
+  const all = trail(400);
+  // WrittenLines as the writer makes them: the batch's bytes, each line followed by a newline.
+  const batch = (lines: string[]): WrittenLines => {
+    const starts: number[] = [0];
+    const text = lines.map((l) => `${l}\n`).join('');
+    for (const l of lines) starts.push(starts[starts.length - 1] + Buffer.byteLength(l) + 1);
+    return new WrittenLines(Buffer.from(text), starts);
+  };
+  const lazy = new AuditFeed(50);
+  const plain = new AuditFeed(50);
+  let at = 0;
+  let i = 0;
+  const seen: string[] = [];
+  while (at < all.length) {
+    const n = [1, 3, 80, 49, 50, 51, 7, 200][i++ % 8];
+    const part = all.slice(at, at + n);
+    at += n;
+    lazy.publish(batch(part));
+    plain.publish(part);
+    if (i % 5 === 0) t.same(lazy.last(1000, () => true).map((r) => r.line), plain.last(1000, () => true).map((r) => r.line), `after batch ${i}`);
+    if (i === 6) {
+      // A subscriber for one batch: it sees every line, and what is kept stays the same.
+      const stop = lazy.subscribe(() => true, (r) => void seen.push(r.line));
+      const more = all.slice(at, at + 60);
+      at += 60;
+      lazy.publish(batch(more));
+      plain.publish(more);
+      stop();
+      t.same(seen, more, 'the subscriber saw the batch');
+    }
+  }
+  t.same(lazy.last(1000, () => true).map((r) => r.line), all.slice(-50), 'the last 50 lines at the end');
+  t.same(lazy.last(5, (r) => (r.seq as number) % 2 === 0).map((r) => r.record.seq), [392, 394, 396, 398, 400], 'filtered');
 });
 
 t.test('the live feed keeps the last lines and parses a record only when asked', async (t) => {
