@@ -43,19 +43,16 @@ const SAMPLES = arg('--samples', '30,30,5').split(',').map(Number);
 const INTERVAL_US = Number(arg('--probe-interval-us', '200'));
 const BASELINE_CALLS = 50;
 
-/** A set of `rules` rules: one that lets the agent run (and read the probe when `on`), and fillers. */
+/**
+ * A set of `rules` rules: one that lets the agent run (and read the probe when `on`), and fillers.
+ * JSON, one rule a line, as a large policy is best written (helmd reads JSON without the YAML
+ * parser, and an edit's unchanged rules from the parse before; bench/native.ts shows YAML's cost).
+ */
 function policy(rules: number, on: boolean): string {
-  const lines = [
-    'apiVersion: helm/v1',
-    'kind: Policy',
-    'metadata: { name: bench }',
-    'spec:',
-    `  roles: [${ROLE}]`,
-    '  allow:',
-    `    - { id: agent, exec: [/usr/bin/, /usr/lib/], read: [/usr/, /etc/ld.so.cache, /dev/null${on ? `, ${PROBE}` : ''}] }`,
-  ];
-  for (let i = 1; i < rules; i++) lines.push(`    - { id: fill${i}, read: [${DIR}/fill/f${i}] }`);
-  return lines.join('\n') + '\n';
+  const allow = [JSON.stringify({ id: 'agent', exec: ['/usr/bin/', '/usr/lib/'], read: ['/usr/', '/etc/ld.so.cache', '/dev/null', ...(on ? [PROBE] : [])] })];
+  for (let i = 1; i < rules; i++) allow.push(JSON.stringify({ id: `fill${i}`, read: [`${DIR}/fill/f${i}`] }));
+  const head = JSON.stringify({ apiVersion: 'helm/v1', kind: 'Policy', metadata: { name: 'bench' } });
+  return `${head.slice(0, -1)},\n"spec": {"roles": ${JSON.stringify([ROLE])}, "allow": [\n${allow.join(',\n')}\n]}}\n`;
 }
 
 // The agent: on each line "go" from stdin, opens the probe until an open is denied,
@@ -116,7 +113,7 @@ async function main(): Promise<void> {
   fs.rmSync(DIR, { recursive: true, force: true });
   fs.mkdirSync(`${DIR}/policy`, { recursive: true });
   fs.writeFileSync(PROBE, 'probe\n');
-  fs.writeFileSync(`${DIR}/policy/bench.yaml`, policy(1, true));
+  fs.writeFileSync(`${DIR}/policy/bench.json`, policy(1, true));
 
   let log = '';
   let helmd: ChildProcess | undefined;
@@ -147,7 +144,7 @@ async function main(): Promise<void> {
     cleanup.push(() => sys.close(), () => pol.close());
     const { generation: current } = await unary<{ generation: number }>(sys, 'Status', {}); // connect once: no call below pays for it
     // A helmd of someone else's: the agent's policy goes in first (a started one read it from DIR).
-    if (EXISTING) await unary(pol, 'Apply', { sources: [{ file: 'bench.yaml', content: policy(1, true) }], expected_generation: current });
+    if (EXISTING) await unary(pol, 'Apply', { sources: [{ file: 'bench.json', content: policy(1, true) }], expected_generation: current });
 
     const agent = spawn(path.join(ROOT, 'bin', 'helmctl'), ['run', '--socket', SOCK, '--role', ROLE, '--name', 'bench', '--', 'perl', '-e', AGENT, PROBE, String(INTERVAL_US)], { stdio: ['pipe', 'pipe', 'inherit'] });
     const agentExited = new Promise((r) => agent.once('exit', r));
@@ -190,13 +187,13 @@ async function main(): Promise<void> {
       const rpc: number[] = [];
       for (let i = 0; i < samples; i++) {
         // Allowed, settled: the switch is done when Apply answers.
-        generation = (await unary<{ generation: number }>(pol, 'Apply', { sources: [{ file: 'bench.yaml', content: sources.on }], expected_generation: generation })).generation;
+        generation = (await unary<{ generation: number }>(pol, 'Apply', { sources: [{ file: 'bench.json', content: sources.on }], expected_generation: generation })).generation;
         const seen = denials.length;
         agent.stdin!.write('go\n');
         await new Promise((r) => setTimeout(r, 20)); // let it probe (allowed) first
         if (denials.length !== seen) throw new Error('the probe was denied before the apply: the policies are wrong');
         const t0 = nowNs();
-        const r = await unary<{ generation: number }>(pol, 'Apply', { sources: [{ file: 'bench.yaml', content: sources.off }], expected_generation: generation });
+        const r = await unary<{ generation: number }>(pol, 'Apply', { sources: [{ file: 'bench.json', content: sources.off }], expected_generation: generation });
         rpc.push((nowNs() - t0) / 1e6);
         generation = r.generation;
         await waitFor('the first denied open', () => denials.length > seen, 600_000, agent);

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { loadPolicies } from '../daemon/policy/parse';
+import { RuleCache, loadPolicies } from '../daemon/policy/parse';
 import { compilePolicy } from '../daemon/policy/compile';
 import { IncrementalCompiler } from '../daemon/policy/compile-incremental';
 import { evaluateOperation } from '../daemon/policy/evaluate';
@@ -191,15 +191,16 @@ export async function applyToLive(root: string, data: string, smoke: boolean): P
       const iterations = smoke ? 2 : scaled(n >= 10_000 ? 30 : 100);
       // helmd compiles each edit from the compile before it, as here.
       const compiler = new IncrementalCompiler();
+      const ruleCache = new RuleCache(); // and parses each from the parse before
       // Warm-up: every slot of the outer maps gets its tables.
       for (let i = 0; i < C.HELM_MAX_GENERATIONS; i++) {
-        enforcer.applyGeneration(compiler.compile(loadPolicies([writePolicy(file, applyPolicy(n, data, { edit: -1 - i }, 'json'))]).policies));
+        enforcer.applyGeneration(compiler.compile(loadPolicies([writePolicy(file, applyPolicy(n, data, { edit: -1 - i }, 'json'))], { ruleCache }).policies));
         await enforcer.retire();
       }
       for (let i = 0; i < iterations; i++) {
         writePolicy(file, applyPolicy(n, data, { edit: i }, 'json'));
         const t0 = performance.now();
-        const { policies } = loadPolicies([file]);
+        const { policies } = loadPolicies([file], { ruleCache });
         const t1 = performance.now();
         const compiled = compiler.compile(policies);
         const t2 = performance.now();

@@ -16,7 +16,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import type { CompiledPolicy } from './policy/compile';
 import { IncrementalCompiler } from './policy/compile-incremental';
-import { loadPolicies, loadPolicySources, type PolicySourceText } from './policy/parse';
+import { RuleCache, loadPolicies, loadPolicySources, type PolicySourceText } from './policy/parse';
 import { PolicyError, formatDiagnostic, type Mode, type Policy, type PolicyDiagnostic } from './policy/types';
 import { explain, formatExplanation, operationFromOptions } from './policy/explain';
 import { defaultCanonicalize, isVerb } from './policy/cases';
@@ -196,6 +196,8 @@ export class Helmd implements ControlPlane {
   private compiled?: CompiledPolicy;
   /** Compiles each policy edit from what the compile before computed: an edit of one rule costs about one rule. */
   private readonly compiler = new IncrementalCompiler();
+  /** The rules of the last policy parsed, for the next parse to reuse (a large policy's edit reads the rules it changed). */
+  private readonly ruleCache = new RuleCache();
   private dryRun: boolean;
   private readonly queue = new SerialQueue();
   readonly feed = new AuditFeed();
@@ -238,7 +240,7 @@ export class Helmd implements ControlPlane {
 
   async start(): Promise<void> {
     // 1. The policy first: a bad file must stop us before we touch the kernel.
-    const loaded = loadPolicies(this.opts.policyPaths);
+    const loaded = loadPolicies(this.opts.policyPaths, { ruleCache: this.ruleCache });
     const pinned = !this.opts.kernel;
     if (pinned) {
       // 2. One helmd at a time: from here the state and the pins are ours.
@@ -649,7 +651,7 @@ export class Helmd implements ControlPlane {
     return this.recorded(this.queue.run((hold) => {
       let loaded: ReturnType<typeof loadPolicies>;
       try {
-        loaded = loadPolicies(this.opts.policyPaths);
+        loaded = loadPolicies(this.opts.policyPaths, { ruleCache: this.ruleCache });
       } catch (e) {
         this.rejected(e, source, 'helmd', this.opts.policyPaths);
         this.kernel!.setProtected(this.ownFiles());
@@ -673,7 +675,7 @@ export class Helmd implements ControlPlane {
       if (expected !== undefined && expected !== previous) {
         throw aborted(`expected generation ${expected}, but generation ${previous} is loaded (another change came first); get the policy again and retry`);
       }
-      const loaded = parsed !== undefined ? { policies: parsed } : loadPolicySources(sources);
+      const loaded = parsed !== undefined ? { policies: parsed } : loadPolicySources(sources, { ruleCache: this.ruleCache });
       const modes = new Map([...this.policyModes].filter(([name]) => loaded.policies.some((p) => p.name === name)));
       const compiled = this.compileFor(loaded.policies, modes);
       const generation = this.install(compiled);
@@ -718,7 +720,7 @@ export class Helmd implements ControlPlane {
 
   validate(sources: PolicySourceText[]): ValidateResult {
     try {
-      const loaded = loadPolicySources(sources);
+      const loaded = loadPolicySources(sources, { ruleCache: this.ruleCache });
       const compiled = this.compileFor(loaded.policies, this.policyModes);
       return {
         valid: true,

@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import { C, LAYOUT, EventDecoder, type AgentCounters } from '../kernel/layout';
 import type { AuditLevel, EventSource, KernelBinding, Ring } from '../kernel/binding';
 import type { RingSizes } from '../kernel/enforcer';
-import type { Policy } from '../policy/types';
+import type { Policy, Rule } from '../policy/types';
 import { AuditTrail, MAX_BATCH, formatFsyncPolicy, type WrittenLines, type FsyncPolicy, type RotationPolicy, type TrailStatus } from './writer';
 import { AUDIT_SCHEMA_VERSION, DECISIONS, FormattedLine, LineArena, formatDecision, rfc3339Nanos, type AuditContext, type LossSource } from './record';
 import { BatchFormatter, nativeFormatter, type BatchSink } from './format-batch';
@@ -104,8 +104,30 @@ const same = (a: AgentCounters, b: AgentCounters): boolean => Object.keys(a).eve
 
 /** A digest of what policies say (not where they were written): equal digests, equal policies. */
 export function policyDigest(policies: Policy[]): string {
-  const text = JSON.stringify(policies, (k, v) => (k === 'loc' ? undefined : v));
-  return createHash('sha256').update(text).digest('hex');
+  // The bytes of JSON.stringify(policies) without locations, put together from each rule's text,
+  // kept per rule object: helmd reuses the rules an edit did not touch (RuleCache), and on a
+  // 10,000-rule policy writing every rule out again took longer than the apply before it.
+  const parts: string[] = [];
+  for (const p of policies) {
+    const text = JSON.stringify(p, (k, v) => (k === 'loc' ? undefined : k === 'rules' ? RULES_HERE : v));
+    const at = text.indexOf(RULES_HERE_JSON);
+    parts.push(at < 0 ? text : `${text.slice(0, at)}[${p.rules.map(ruleJson).join(',')}]${text.slice(at + RULES_HERE_JSON.length)}`);
+  }
+  return createHash('sha256').update(`[${parts.join(',')}]`).digest('hex');
+}
+
+/** Stands for a policy's rules in its text (no name, role or mode can hold a NUL). */
+const RULES_HERE = '\0rules\0';
+const RULES_HERE_JSON = JSON.stringify(RULES_HERE);
+const ruleTexts = new WeakMap<Rule, string>();
+
+function ruleJson(rule: Rule): string {
+  let text = ruleTexts.get(rule);
+  if (text === undefined) {
+    text = JSON.stringify(rule, (k, v) => (k === 'loc' ? undefined : v));
+    ruleTexts.set(rule, text);
+  }
+  return text;
 }
 
 export class AuditRecorder {

@@ -22,7 +22,23 @@ export interface CanonicalPath {
  * share their directories, and each lookup is a system call. (A rename during the
  * parse is seen or not, as with any lookup; the cache lives no longer than the parse.)
  */
-export type LookupCache = Map<string, string | null | undefined>;
+export class LookupCache {
+  /** Per path: its symlink target, null for another object, undefined where it cannot be looked at. */
+  readonly links = new Map<string, string | null | undefined>();
+  /** Per directory of a plain rule path (see resolvePlain): where the walk to it ends. */
+  readonly dirs = new Map<string, Resolved>([['/', { path: '/', reached: true, asWritten: true }]]);
+}
+
+interface Resolved {
+  path: string;
+  /** Every component was reached (none kept lexically): what is below it must be looked at. */
+  reached: boolean;
+  /** For resolvePlain: `path` is the plain path itself (no symlink on the way). */
+  asWritten?: boolean;
+  /** For a directory reached: how often a name in it was looked at this parse, and its listing once made (see LIST_AFTER; false: a file or directory). */
+  lookups?: number;
+  listing?: Map<string, boolean> | null;
+}
 
 /**
  * Canonicalise an absolute rule path. Throws on a relative path or one containing NUL: the parser
@@ -32,7 +48,7 @@ export function canonicalizeRulePath(written: string, cache?: LookupCache): Cano
   if (!written.startsWith('/')) throw new Error(`not an absolute path: ${JSON.stringify(written)}`);
   if (written.includes('\0')) throw new Error(`path contains a NUL byte: ${JSON.stringify(written)}`);
   const subtree = written.endsWith('/');
-  const real = resolvePath(written.split('/'), cache);
+  const real = (cache && resolvePlain(written, subtree, cache)) ?? resolvePath(written.split('/'), cache).path;
   const canonical = subtree && real !== '/' ? `${real}/` : real;
   return { canonical, subtree, resolved: canonical !== written };
 }
@@ -49,7 +65,7 @@ const MAX_SYMLINKS = 40;
  * Symlinks under /proc are not followed: they depend on who looks (/proc/self, /proc/<pid>/exe,
  * /proc/self/fd/0 behind /dev/stdin) and would be pinned to the process that compiled the policy.
  */
-function resolvePath(components: string[], cache?: LookupCache): string {
+function resolvePath(components: string[], cache?: LookupCache): Resolved {
   let base = '/'; // reached and free of symlinks
   const rest: string[] = []; // below `base`, kept as written
   const todo = [...components];
@@ -67,11 +83,7 @@ function resolvePath(components: string[], cache?: LookupCache): string {
       rest.push(part);
       continue;
     }
-    let target = cache?.get(next);
-    if (target === undefined && !cache?.has(next)) {
-      target = symlinkTarget(next);
-      cache?.set(next, target);
-    }
+    const target = lookup(next, cache);
     if (target === null) {
       base = next; // exists, not a symlink
     } else if (target === undefined || ++links > MAX_SYMLINKS) {
@@ -81,7 +93,91 @@ function resolvePath(components: string[], cache?: LookupCache): string {
       todo.unshift(...target.split('/'));
     }
   }
-  return rest.length > 0 ? joinPath(base, rest.join('/')) : base;
+  return rest.length > 0 ? { path: joinPath(base, rest.join('/')), reached: false } : { path: base, reached: true };
+}
+
+/**
+ * resolvePath's result for a plain path (no "//", "." or "..", not under /proc: what nearly every
+ * rule is), built from its parent directory's, which the paths of a large policy share: each
+ * directory is walked once per parse, and each path costs one step. Undefined where the path is
+ * not plain: resolvePath walks it whole.
+ */
+function resolvePlain(written: string, subtree: boolean, cache: LookupCache): string | undefined {
+  const body = subtree ? written.slice(0, -1) : written;
+  if (body.length < 2 || body.includes('//') || body.includes('/./') || body.includes('/../') || body.endsWith('/.') || body.endsWith('/..') || body.startsWith('/proc/')) return undefined;
+  // The path itself is not kept: rules seldom name each other's directories.
+  return resolveStep(body, cache).path;
+}
+
+/** resolvePath(plain.split('/')) of a directory (see resolvePlain), kept for the paths below it. */
+function resolvePlainDir(plain: string, cache: LookupCache): Resolved {
+  let resolved = cache.dirs.get(plain);
+  if (resolved === undefined) {
+    resolved = resolveStep(plain, cache);
+    cache.dirs.set(plain, resolved);
+  }
+  return resolved;
+}
+
+/** resolvePath(plain.split('/')), one component past its parent's. */
+function resolveStep(plain: string, cache: LookupCache): Resolved {
+  const slash = plain.lastIndexOf('/');
+  const parent = resolvePlainDir(slash === 0 ? '/' : plain.slice(0, slash), cache);
+  // Nothing above was rewritten: the path is as written (no new string for it).
+  const next = parent.asWritten ? plain : joinPath(parent.path, plain.slice(slash + 1));
+  if (!parent.reached || next.startsWith('/proc/')) return { path: next, reached: false, asWritten: parent.asWritten };
+  const target = childTarget(parent, plain.slice(slash + 1), next, cache);
+  if (target === null) return { path: next, reached: true, asWritten: parent.asWritten };
+  if (target === undefined) return { path: next, reached: false, asWritten: parent.asWritten };
+  // A symlink: resolvePath follows it, and counts it against MAX_SYMLINKS with those before.
+  return { ...resolvePath(plain.split('/'), cache), asWritten: false };
+}
+
+/**
+ * Looked at this many times in one parse, a directory is listed instead (one getdents for what
+ * would be an lstat per rule: a policy naming thousands of files in one directory); one with
+ * more entries than LISTED_AT_MOST is not, and its names are looked at one by one.
+ */
+const LIST_AFTER = 32;
+const LISTED_AT_MOST = 16_384;
+
+/** symlinkTarget(next) for `name` in the directory `parent` reached, from its listing once it has one. */
+function childTarget(parent: Resolved, name: string, next: string, cache: LookupCache): string | null | undefined {
+  if (parent.listing === undefined && (parent.lookups = (parent.lookups ?? 0) + 1) >= LIST_AFTER) parent.listing = listing(parent.path);
+  const entry = parent.listing?.get(name);
+  if (parent.listing && entry === undefined) return undefined; // not there (when it was listed)
+  if (entry === false) return null; // a file or directory
+  return lookup(next, cache);
+}
+
+/** A directory's names, false for a file or directory, true for what must be looked at (a symlink); null when it cannot be read or is too large (see LIST_AFTER). */
+function listing(dir: string): Map<string, boolean> | null {
+  let d: fs.Dir | undefined;
+  try {
+    d = fs.opendirSync(dir, { bufferSize: 1024 });
+    const names = new Map<string, boolean>();
+    for (let e = d.readSync(); e !== null; e = d.readSync()) {
+      if (names.size >= LISTED_AT_MOST) return null;
+      // A type the filesystem does not tell (DT_UNKNOWN) is looked at as a symlink would be.
+      names.set(e.name, !(e.isFile() || e.isDirectory()));
+    }
+    return names;
+  } catch {
+    return null;
+  } finally {
+    d?.closeSync();
+  }
+}
+
+/** symlinkTarget, looked at once per parse. */
+function lookup(p: string, cache: LookupCache | undefined): string | null | undefined {
+  if (cache === undefined) return symlinkTarget(p);
+  let target = cache.links.get(p);
+  if (target === undefined && !cache.links.has(p)) {
+    target = symlinkTarget(p);
+    cache.links.set(p, target);
+  }
+  return target;
 }
 
 /** A symlink's target; null when `p` exists and is not a symlink; undefined when it cannot be looked at. */

@@ -116,6 +116,35 @@ function defaultStat(p: string): StatInfo | undefined {
   }
 }
 
+/**
+ * `stat` for one compile's block targets: each path looked at once whatever the roles it is
+ * blocked for, and none below a directory that is not there (a policy's thousands of block rules
+ * mostly name paths in a few trees, often absent from the host: one stat of the top of such a tree
+ * stands for all of them). What changes on disk during the compile is seen or not, as with any lookup.
+ */
+function statOnce(stat: (p: string) => StatInfo | undefined): (p: string) => StatInfo | undefined {
+  const seen = new Map<string, StatInfo | undefined>();
+  const dirs = new Map<string, boolean>([['/', true]]);
+  const isDir = (dir: string): boolean => {
+    let present = dirs.get(dir);
+    if (present === undefined) {
+      const parent = dir.slice(0, Math.max(1, dir.lastIndexOf('/')));
+      present = isDir(parent) && (seen.has(dir) ? seen.get(dir) : stat(dir))?.isDirectory === true;
+      dirs.set(dir, present);
+    }
+    return present;
+  };
+  return (p) => {
+    if (seen.has(p)) return seen.get(p);
+    // p is canonical: absolute, no "." or ".." (a subtree's trailing "/" looked at as the directory).
+    const path = p.length > 1 && p.endsWith('/') ? p.slice(0, -1) : p;
+    const parent = path.slice(0, Math.max(1, path.lastIndexOf('/')));
+    const s = path === '/' || isDir(parent) ? stat(p) : undefined;
+    seen.set(p, s);
+    return s;
+  };
+}
+
 /** Names in a directory, without symlinks: the walk looks for this tree's own files. */
 function defaultReaddir(p: string): string[] {
   try {
@@ -387,6 +416,7 @@ export function compileWith(input: Policy[], opts: CompileOptions, paths: PathSo
   const stat = opts.stat ?? defaultStat;
   const readdir = opts.readdir ?? defaultReaddir;
   const walkBudget = opts.walkBudget ?? 5000;
+  const blockedStat = statOnce(stat);
   const errors: PolicyDiagnostic[] = [];
   const warnings: PolicyDiagnostic[] = [];
 
@@ -454,7 +484,7 @@ export function compileWith(input: Policy[], opts: CompileOptions, paths: PathSo
       throw new PolicyError([{ severity: 'error', loc: policies[0].loc, message: `the policies need ${pathEntries.length} path entries; the kernel table holds ${C.HELM_MAX_PATH_ENTRIES}` }]);
     }
 
-    inodeEntries.push(...blockInodes(governing, roleId, stat, walks, warnings));
+    inodeEntries.push(...blockInodes(governing, roleId, blockedStat, walks, warnings));
 
     const net = compileNetwork(governing, role, roleId, dmode, nameIds, decideWith, errors);
     netEntries.push(...net.netEntries);

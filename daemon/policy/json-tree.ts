@@ -23,16 +23,57 @@ export interface JsonTree {
   root: TreeNode;
   /** Where the lines start, for turning offsets into line:col as the YAML reading does. */
   lines: LineCounter;
+  /**
+   * The value starting at an offset of the text (a deferred rule), or undefined where readJsonTree
+   * would have given up (a repeated key). One reader for the whole text: what it learnt of the
+   * text (where the backslashes are) serves every rule.
+   */
+  valueAt(offset: number): TreeNode | undefined;
 }
 
 const LONE_CR = /\r(?!\n)/;
 
-/** The tree of a JSON text JSON.parse accepts, or undefined where the YAML reading may differ (see above). */
-export function readJsonTree(text: string): JsonTree | undefined {
-  if (LONE_CR.test(text)) return undefined;
+/**
+ * The tree of a JSON text JSON.parse accepts, or undefined where the YAML reading may differ (see above).
+ *
+ * `deferRules`: the rules of a policy (the mappings in the lists under spec.allow, spec.block and
+ * spec.contextual, at a document's root or in a root list of policies) are not read: each is a
+ * mapping with no pairs and `deferred` set to its text, for the parser to read with
+ * JsonTree.valueAt when it does not have that rule already (parse.ts, RuleCache). Reading them is
+ * most of the tree's time and garbage on a large policy, where an edit changes a few.
+ */
+export function readJsonTree(text: string, deferRules = false): JsonTree | undefined {
+  // indexOf first: most texts have no CR at all, and it is much faster than the expression.
+  if (text.includes('\r') && LONE_CR.test(text)) return undefined;
+  const reader = jsonReader(text, deferRules);
+  const root = reader.root();
+  return root === undefined ? undefined : { root, lines: lineCounterOf(text), valueAt: reader.at };
+}
+
+/** Line starts of a text, as the YAML parser's LineCounter has them (JSON strings hold no raw newline). */
+function lineCounterOf(text: string): LineCounter {
   const lines = new LineCounter();
-  const lineStarts = lines.lineStarts;
-  lineStarts.push(0);
+  const starts = lines.lineStarts;
+  starts.push(0);
+  for (let nl = text.indexOf('\n'); nl >= 0; nl = text.indexOf('\n', nl + 1)) starts.push(nl + 1);
+  return lines;
+}
+
+/** Where a deferred value is in the document (see readJsonTree): its depth and the keys above it. */
+const enum Place {
+  /** Anywhere a rule cannot be. */
+  Other,
+  /** A policy: the document, or an item of a root list. */
+  Policy,
+  /** A policy's spec. */
+  Spec,
+  /** A list of rules (spec.allow, spec.block, spec.contextual). */
+  Rules,
+  /** An item of such a list. */
+  Rule,
+}
+
+function jsonReader(text: string, defer: boolean) {
   let i = 0;
   // The next backslash at or after i: a string holds escapes only if one lies inside it. Kept
   // across strings so that finding it costs one pass over the text, not one per string.
@@ -46,8 +87,7 @@ export function readJsonTree(text: string): JsonTree | undefined {
   const space = (): void => {
     for (;;) {
       const c = text.charCodeAt(i);
-      if (c === 0x20 || c === 0x09 || c === 0x0d) i++;
-      else if (c === 0x0a) lineStarts.push(++i);
+      if (c === 0x20 || c === 0x09 || c === 0x0d || c === 0x0a) i++;
       else return;
     }
   };
@@ -72,12 +112,29 @@ export function readJsonTree(text: string): JsonTree | undefined {
     return { kind: 'scalar', offset: start, value, source: value };
   };
 
-  const value = (): TreeNode => {
+  /** Past the object or array at i (the text is JSON: only strings need care). */
+  const skip = (): void => {
+    let depth = 0;
+    for (;;) {
+      const c = text.charCodeAt(i++);
+      if (c === 0x22) {
+        for (let d = text.charCodeAt(i); d !== 0x22; d = text.charCodeAt(++i)) if (d === 0x5c) i++;
+        i++;
+      } else if (c === 0x7b || c === 0x5b) depth++;
+      else if ((c === 0x7d || c === 0x5d) && --depth === 0) return;
+    }
+  };
+
+  const value = (place: Place): TreeNode => {
     const start = i;
     const c = text.charCodeAt(i);
     if (c === 0x22) return string();
     if (c === 0x7b) {
       // {
+      if (place === Place.Rule && defer) {
+        skip();
+        return { kind: 'map', offset: start, pairs: [], deferred: text.slice(start, i) };
+      }
       const node: TreeMap = { kind: 'map', offset: start, pairs: [] };
       i++;
       space();
@@ -92,7 +149,8 @@ export function readJsonTree(text: string): JsonTree | undefined {
         space();
         i++; // :
         space();
-        pending.push({ key, value: value() });
+        const inner = place === Place.Policy && key.value === 'spec' ? Place.Spec : place === Place.Spec && RULE_LISTS.has(key.value as string) ? Place.Rules : Place.Other;
+        pending.push({ key, value: value(inner) });
         space();
         if (text.charCodeAt(i++) === 0x7d) break; // else ","
       }
@@ -109,10 +167,12 @@ export function readJsonTree(text: string): JsonTree | undefined {
         i++;
         return node;
       }
+      // A root list holds policies; a rules list, rules; nothing else holds either.
+      const inner = place === Place.Rules ? Place.Rule : start === rootStart && place === Place.Policy ? Place.Policy : Place.Other;
       const first = pending.length;
       for (;;) {
         space();
-        pending.push(value());
+        pending.push(value(inner));
         space();
         if (text.charCodeAt(i++) === 0x5d) break; // else ","
       }
@@ -131,11 +191,27 @@ export function readJsonTree(text: string): JsonTree | undefined {
     return { kind: 'scalar', offset: start, value: Number(source), source };
   };
 
-  space();
-  if (text.charCodeAt(i) !== 0x7b && text.charCodeAt(i) !== 0x5b) return undefined;
-  const root = value();
-  return duplicateKey ? undefined : { root, lines };
+  let rootStart = -1;
+  return {
+    /** The document's value: undefined for a bare scalar or a repeated key (see above). */
+    root(): TreeNode | undefined {
+      space();
+      if (text.charCodeAt(i) !== 0x7b && text.charCodeAt(i) !== 0x5b) return undefined;
+      rootStart = i;
+      const root = value(Place.Policy);
+      return duplicateKey ? undefined : root;
+    },
+    at(offset: number): TreeNode | undefined {
+      // `backslash` holds for positions after the last one read; before it, it is found again.
+      if (offset < i) backslash = -1;
+      i = offset;
+      const node = value(Place.Other);
+      return duplicateKey ? undefined : node;
+    },
+  };
 }
+
+const RULE_LISTS = new Set(['allow', 'block', 'contextual']);
 
 /** A JSON number (the text is known to be JSON: this only finds where it ends). */
 const NUMBER = /-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?/y;

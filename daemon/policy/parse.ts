@@ -10,9 +10,9 @@ import * as net from 'net';
 import * as path from 'path';
 import { Document, LineCounter, isScalar, isSeq, parseAllDocuments, visit } from 'yaml';
 import { MAX_RULE_PATH_BYTES } from '../kernel/limits';
-import { canonicalizeRulePath, type LookupCache } from './canonical';
+import { LookupCache, canonicalizeRulePath } from './canonical';
 import { addressBytes } from './ip';
-import { readJsonTree } from './json-tree';
+import { readJsonTree, type JsonTree } from './json-tree';
 import { describeNode, treeFromYaml, type TreeList, type TreeMap, type TreeNode } from './tree';
 import {
   Conditions,
@@ -43,6 +43,74 @@ export interface ParseOptions {
    * parseJsonDirectly). Both give the same result; tests compare them.
    */
   jsonViaYaml?: boolean;
+  /** Rules of the parse before, reused where their text comes again (see RuleCache). */
+  ruleCache?: RuleCache;
+}
+
+/**
+ * The rules of the JSON sources a parse met, for the next parse to reuse (helmd keeps one: it
+ * parses edit after edit of the same policies, and on a 10,000-rule policy reading and checking
+ * every rule again was most of an apply). A rule read directly from JSON is taken from here when
+ * its text is the same, at the same place (file, JSON Pointer, line and column: everything its
+ * locations are made of), under the same policy roles, and its paths canonicalise to the same
+ * forms as before (a symlink may have changed since): then parsing it again would give the same
+ * rule, field for field. Only rules parsed without any error are kept, and only from the last
+ * set of sources parsed. test/unit/parse-caches.test.ts compares parses through a cache with
+ * parses without one over random edits.
+ */
+export class RuleCache {
+  /** Per rules list (file and JSON Pointer of the list): its rules by index. */
+  private previous = new Map<string, (CachedRule | undefined)[]>();
+  private current = new Map<string, (CachedRule | undefined)[]>();
+
+  /**
+   * The cache of one rules list: its rules as the parse before left them, and those of this
+   * parse. By index, because the index is part of a rule's place (its pointer) anyway: only the
+   * texts are compared, never hashed.
+   */
+  list(file: string, pointer: string): RuleListCache {
+    const key = `${file}\0${pointer}`;
+    const kept: (CachedRule | undefined)[] = [];
+    this.current.set(key, kept);
+    return { before: this.previous.get(key) ?? [], kept };
+  }
+
+  /** A set of sources has been parsed: what it did not meet is forgotten. */
+  rotate(): void {
+    this.previous = this.current;
+    this.current = new Map();
+  }
+}
+
+interface RuleListCache {
+  before: readonly (CachedRule | undefined)[];
+  kept: (CachedRule | undefined)[];
+}
+
+interface CachedRule {
+  /** The rule's JSON text. */
+  text: string;
+  line: number;
+  col: number;
+  /** The policy's roles (a contextual rule's when.role is checked against them), joined. */
+  roles: string;
+  rule: Rule;
+  /** Its path targets, canonicalised again on every reuse. */
+  paths: PathTarget[];
+}
+
+/** The rule parsed before, if it still stands (see RuleCache). */
+function cachedRule(ctx: Ctx, hit: CachedRule | undefined, text: string, line: number, col: number, roles: string): Rule | undefined {
+  if (hit === undefined || hit.line !== line || hit.col !== col || hit.roles !== roles || hit.text !== text) return undefined;
+  for (const t of hit.paths) if (canonicalTarget(ctx, t.written) !== t.canonical) return undefined;
+  return hit.rule;
+}
+
+function cacheEntry(text: string, line: number, col: number, roles: string, rule: Rule): CachedRule {
+  const paths: PathTarget[] = [];
+  for (const targets of Object.values(rule.verbs)) for (const t of targets) if (t.kind === 'path') paths.push(t);
+  if (rule.when?.exe) paths.push(...rule.when.exe);
+  return { text, line, col, roles, rule, paths };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -210,6 +278,7 @@ function parseSources(sources: PolicySourceText[], opts: ParseOptions, diags: Po
     }
     for (const [name, loc] of inThisFile) firstByName.set(name, loc);
   }
+  opts.ruleCache?.rotate();
   return { policies, files: sources.map((s) => s.file).filter((f) => !skipped.includes(f)), skipped };
 }
 
@@ -328,6 +397,8 @@ interface Ctx {
   lines: LineCounter;
   diags: PolicyDiagnostic[];
   canonicalize: (p: string) => string;
+  /** JSON read directly: its tree, for reading deferred rules (TreeMap.deferred), and the rules of the parse before. */
+  json?: { tree: JsonTree; cache?: RuleCache };
 }
 
 /**
@@ -359,6 +430,11 @@ class At {
     this.cachedLoc ??= offsetLoc(this.ctx, this.offset, this.pointer);
     return this.cachedLoc;
   }
+
+  /** The same place holding `node` (a deferred rule, once read). */
+  holding(node: TreeNode): At {
+    return new At(this.ctx, node, this.parent, this.token, this.offset);
+  }
 }
 
 interface Parsed {
@@ -374,11 +450,11 @@ function canonicalizerFor(cache: LookupCache): (p: string) => string {
 
 /** Parses one file, appending its diagnostics (sorted by position) to `diags`. */
 function parseSource(text: string, file: string, opts: ParseOptions, diags: PolicyDiagnostic[]): Parsed[] {
-  const canonicalize = opts.canonicalize ?? canonicalizerFor(new Map());
+  const canonicalize = opts.canonicalize ?? canonicalizerFor(new LookupCache());
   // A byte-order mark is invisible in editors: columns are counted without it.
   if (text.startsWith('\ufeff')) text = text.slice(1);
   if (file.endsWith('.json') && !opts.jsonViaYaml) {
-    const direct = parseJsonDirectly(text, file, canonicalize);
+    const direct = parseJsonDirectly(text, file, canonicalize, opts.ruleCache);
     if (direct !== undefined) return direct;
   }
   const ctx: Ctx = { file, lines: new LineCounter(), diags: [], canonicalize };
@@ -411,19 +487,27 @@ function parseSource(text: string, file: string, opts: ParseOptions, diags: Poli
  * (see readJsonTree), and when the source has any error at all: so errors are always found
  * and located by the one reading, and this path only ever returns valid policies.
  */
-function parseJsonDirectly(text: string, file: string, canonicalize: (p: string) => string): Parsed[] | undefined {
+function parseJsonDirectly(text: string, file: string, canonicalize: (p: string) => string, cache: RuleCache | undefined): Parsed[] | undefined {
   let tree: ReturnType<typeof readJsonTree>;
   try {
     JSON.parse(text);
-    tree = readJsonTree(text);
+    tree = readJsonTree(text, true);
   } catch (e) {
     // Not JSON, or nested too deeply for the stack: the YAML reading reports which, and where.
     if (e instanceof SyntaxError || e instanceof RangeError) return undefined;
     throw e;
   }
   if (tree === undefined) return undefined;
-  const ctx: Ctx = { file, lines: tree.lines, diags: [], canonicalize };
-  const parsed = parsePolicies(ctx, policyRoots(ctx, tree.root, 0, true));
+  const ctx: Ctx = { file, lines: tree.lines, diags: [], canonicalize, json: { tree, cache } };
+  let parsed: Parsed[];
+  try {
+    parsed = parsePolicies(ctx, policyRoots(ctx, tree.root, 0, true));
+  } catch (e) {
+    // A deferred rule holding a key twice, or nested too deeply for the stack: the YAML reading
+    // reports which, and where.
+    if (e instanceof RepeatedKey || e instanceof RangeError) return undefined;
+    throw e;
+  }
   return parsed.length > 0 && ctx.diags.length === 0 ? parsed : undefined;
 }
 
@@ -654,13 +738,15 @@ function parseSpec(ctx: Ctx, entry: Entry): Spec {
   if (modeEntry) spec.mode = (expectExactly(ctx, modeEntry.value, 'spec.mode', MODES) as Mode | undefined) ?? 'enforce';
 
   const ids: { id: string; at: At }[] = [];
+  const rolesKey = roles === undefined ? '\0' : roles.join('\n');
   // Allow, then block, then contextual, each in file order: the order of Policy.rules.
   for (const kind of RULE_KINDS) {
     const list = e.get(kind);
     if (list === undefined) continue;
     const items = rulesList(ctx, list.value, kind);
+    const cache = ctx.json?.cache?.list(ctx.file, list.value.pointer);
     items.forEach((item, index) => {
-      const r = parseRule(ctx, item, kind, index, roles);
+      const r = parseRule(ctx, item, kind, index, roles, rolesKey, cache);
       if (r === undefined) return;
       spec.rules.push(r.rule);
       if (r.idAt) ids.push({ id: r.rule.id, at: r.idAt });
@@ -719,6 +805,37 @@ function rulesList(ctx: Ctx, v: At, kind: RuleKind): At[] {
 }
 
 function parseRule(
+  ctx: Ctx,
+  v: At,
+  kind: RuleKind,
+  index: number,
+  policyRoles: string[] | undefined,
+  rolesKey: string,
+  cache: RuleListCache | undefined,
+): { rule: Rule; idAt?: At } | undefined {
+  const text = v.node?.kind === 'map' ? v.node.deferred : undefined;
+  if (text === undefined || ctx.json === undefined) return readRule(ctx, v, kind, index, policyRoles);
+  // A rule the JSON reader deferred: the one parsed before from the same text, or read now.
+  const { line, col } = ctx.lines.linePos(v.node!.offset!);
+  const cached = cache && cachedRule(ctx, cache.before[index], text, line, col, rolesKey);
+  if (cached !== undefined) {
+    cache!.kept[index] = cache!.before[index];
+    // Its id's own location is only for a duplicate-id error, which sends the whole source to the
+    // YAML reading (parseJsonDirectly): the rule's will do.
+    return { rule: cached, idAt: cached.idWritten ? v : undefined };
+  }
+  const node = ctx.json.tree.valueAt(v.node!.offset!);
+  if (node === undefined) throw new RepeatedKey();
+  const errors = ctx.diags.length;
+  const r = readRule(ctx, v.holding(node), kind, index, policyRoles);
+  if (cache && r !== undefined && ctx.diags.length === errors) cache.kept[index] = cacheEntry(text, line, col, rolesKey, r.rule);
+  return r;
+}
+
+/** A deferred rule holds a key twice: the YAML reading reports it (see parseJsonDirectly). */
+class RepeatedKey extends Error {}
+
+function readRule(
   ctx: Ctx,
   v: At,
   kind: RuleKind,
@@ -821,13 +938,12 @@ function pathTarget(ctx: Ctx, v: At, s: string, what: string): PathTarget | unde
   }
   let canonical: string;
   try {
-    canonical = ctx.canonicalize(s);
+    canonical = canonicalForm(ctx, s);
   } catch (e) {
     err(ctx, v.loc, `${what} ${q(s)} cannot be canonicalised: ${(e as Error).message}`);
     return undefined;
   }
   const subtree = s.endsWith('/');
-  if (subtree && !canonical.endsWith('/')) canonical += '/';
   // The kernel compares "<path>\0", and "<path>/\0" for a directory: the limit is on the path
   // without its trailing '/', for which room is kept.
   const bytes = utf8Length(subtree && canonical !== '/' ? canonical.slice(0, -1) : canonical, MAX_RULE_PATH_BYTES);
@@ -837,6 +953,21 @@ function pathTarget(ctx: Ctx, v: At, s: string, what: string): PathTarget | unde
     return undefined;
   }
   return { kind: 'path', written: s, canonical, subtree, loc: v.loc };
+}
+
+/** A written path's canonical form, with the trailing '/' of a subtree kept. Throws as ctx.canonicalize does. */
+function canonicalForm(ctx: Ctx, s: string): string {
+  const canonical = ctx.canonicalize(s);
+  return s.endsWith('/') && !canonical.endsWith('/') ? `${canonical}/` : canonical;
+}
+
+/** canonicalForm, or undefined where it throws (RuleCache.take: the rule is then read again, and the error reported). */
+function canonicalTarget(ctx: Ctx, s: string): string | undefined {
+  try {
+    return canonicalForm(ctx, s);
+  } catch {
+    return undefined;
+  }
 }
 
 /**

@@ -15,6 +15,11 @@ export interface TreeMap {
   /** Where the node starts; undefined when the syntax tree gave no position. */
   offset: number | undefined;
   pairs: TreePair[];
+  /**
+   * A rule's mapping that the JSON reader did not read (readJsonTree's `deferRules`): `pairs` is
+   * empty, and this is the mapping's text. Only the parser's rule reading meets one.
+   */
+  deferred?: string;
 }
 
 /** A mapping entry; key or value is null where nothing at all is written (YAML `? x`, `x:`). */

@@ -17,6 +17,8 @@ import { CgroupError } from '../../daemon/control/cgroups';
 import { C } from '../../daemon/kernel/layout';
 import { FakeKernel } from '../fake-kernel';
 import { labelPairKey } from '../../daemon/policy/compile-cond';
+import { loadPolicySources } from '../../daemon/policy/parse';
+import { policyDigest } from '../../daemon/audit/recorder';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const HELMCTL = path.join(ROOT, 'bin', 'helmctl');
@@ -132,6 +134,7 @@ function helmctl(args: string[], opts: { uid?: number; gid?: number } = {}): Pro
 }
 
 const src = (file: string, content: string) => ({ file, content });
+const src2 = (file: string, text: string) => ({ file, text });
 
 interface Status {
   generation: number;
@@ -181,6 +184,40 @@ t.test('apply: a valid set becomes a new generation; the old one is freed after 
   t.same(env.kernel.liveGenerations, [3]);
   const applies = controlLines(env, 'apply');
   t.match(applies[1], { source: 'api', by: 'unix', generation: 2, previous_generation: 1, files: ['b.yaml'] });
+});
+
+t.test('apply: edits of a JSON policy, each from the parse before, as a parse from nothing would give them', async (t) => {
+  const env = await startHelmd(t);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'helm-json-apply-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.mkdirSync(path.join(dir, 'one'));
+  fs.mkdirSync(path.join(dir, 'two'));
+  fs.symlinkSync('one', path.join(dir, 'link'));
+  const json = (first: string) => {
+    const rules = [{ id: 'through', read: [`${dir}/link/${first}`] }, ...Array.from({ length: 60 }, (_, i) => ({ id: `fill${i}`, read: [`/srv/fill/f${i}`] }))];
+    return `{"apiVersion": "helm/v1", "kind": "Policy", "metadata": {"name": "base"},\n"spec": {"roles": ["worker"], "allow": [\n${rules.map((r) => JSON.stringify(r)).join(',\n')}\n]}}\n`;
+  };
+  // Path keys are "<path>\0" (and "<path>/\0" for what is below it).
+  const keys = () => env.kernel.active!.pathEntries.map((e) => e.data.toString().replace(/\0$/, ''));
+  const apply = (text: string) => call<{ generation: number; rules: number }>(env.socket, 'PolicyService', 'Apply', { sources: [src('p.json', text)] });
+  t.match(await apply(json('x')), { rules: 61 });
+  t.ok(keys().includes(`${dir}/one/x`) && keys().includes('/srv/fill/f59'));
+  t.match(await apply(json('y')), { rules: 61 });
+  t.ok(keys().includes(`${dir}/one/y`) && !keys().includes(`${dir}/one/x`) && keys().includes('/srv/fill/f59'), 'an edit of one rule: the kernel runs the edit and the rest');
+  // The same text again after the symlink moved: the rule follows it.
+  fs.unlinkSync(path.join(dir, 'link'));
+  fs.symlinkSync('two', path.join(dir, 'link'));
+  await apply(json('y'));
+  t.ok(keys().includes(`${dir}/two/y`) && !keys().includes(`${dir}/one/y`), 'the same text after a symlink moved: the new target');
+  // A broken edit is refused, located (line 3: the first rule), and changes nothing.
+  const generation = env.kernel.activeGeneration;
+  const e = await rpcError(apply(json('y').replace(`${dir}/link/y`, 'relative/y')));
+  t.equal(e.code, grpc.status.INVALID_ARGUMENT);
+  t.match(e.diagnostics[0], { file: 'p.json', line: 3, message: /relative/ });
+  t.equal(env.kernel.activeGeneration, generation);
+  // The digest each apply audits is that of the policy parsed from nothing.
+  const fresh = loadPolicySources([src2('p.json', json('y'))]).policies;
+  t.equal(controlLines(env, 'apply').at(-1)!.digest, policyDigest(fresh));
 });
 
 t.test('apply: an invalid set is refused with located errors and changes nothing', async (t) => {

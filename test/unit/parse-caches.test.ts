@@ -1,0 +1,231 @@
+// What makes a large JSON policy's parse cheap must not change what it gives:
+//   - RuleCache (daemon/policy/parse.ts): helmd's parses reuse the rules of the parse before;
+//     over random edits, a parse through it must give exactly what a parse without it gives,
+//     errors included, and a reused rule must not outlive a symlink changed on disk;
+//   - LookupCache (daemon/policy/canonical.ts): plain paths are canonicalised from their parent
+//     directory's walk, and a directory looked into often is listed; over random paths through
+//     symlinks (relative, absolute, chained, dangling, looping), the result must be the full walk's;
+//   - policyDigest (daemon/audit/recorder.ts) keeps each rule's text: the digest must stay the
+//     hash of the policies' JSON without locations, as audit trails already hold it.
+// Seeded: HELM_SEED replays a run (the seed and the failing step are printed).
+import t from 'tap';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { Rng } from '../rng';
+import { createHash } from 'crypto';
+import { policyDigest } from '../../daemon/audit/recorder';
+import { LookupCache, canonicalizeRulePath } from '../../daemon/policy/canonical';
+import { RuleCache, loadPolicySources } from '../../daemon/policy/parse';
+import { PolicyError, type PathTarget, type Policy } from '../../daemon/policy/types';
+import { mutateText } from '../policy-fuzz';
+import { POLICY_NAMES, randomConditionalPolicyDoc, randomEdit, randomPolicyDoc, type PolicyDoc } from '../support/random-policies';
+
+/** A parse's whole outcome as text: the policies with every location, or every error. */
+function outcome(parse: () => Policy[]): string {
+  try {
+    return JSON.stringify(parse());
+  } catch (e) {
+    if (e instanceof PolicyError) return `errors: ${JSON.stringify(e.diagnostics)}`;
+    throw e;
+  }
+}
+
+function jsonText(docs: PolicyDoc[], asList: boolean, indent: string | number): string {
+  return `${JSON.stringify(docs.length === 1 && !asList ? docs[0] : docs, null, indent)}\n`;
+}
+
+t.test('a parse through the rule cache gives what a parse without it gives, over random edits (seeded)', async (t) => {
+  const seed = Number(process.env.HELM_SEED ?? 0x7c4e);
+  const rng = new Rng(seed);
+  let parses = 0;
+  let rules = 0;
+  let reused = 0; // rules of a parse that are the very objects of the parse before
+  for (let run = 0; run < 60; run++) {
+    const conditional = run % 4 === 3;
+    const docs = rng
+      .shuffle(POLICY_NAMES)
+      .slice(0, 1 + rng.int(3))
+      .map((n) => (conditional ? randomConditionalPolicyDoc(rng, n) : randomPolicyDoc(rng, n)));
+    const cache = new RuleCache();
+    const indent = rng.pick([0, 2, '\t']);
+    const asList = rng.chance(0.5);
+    let before = new Set<unknown>();
+    const history: string[] = ['initial'];
+    for (let step = 0; step < 25; step++) {
+      if (step > 0) history.push(randomEdit(rng, docs, conditional));
+      let text = jsonText(docs, asList, indent);
+      // Now and then the text itself is broken or twisted: errors must come out the same too.
+      if (rng.chance(0.1)) {
+        text = mutateText(rng, text);
+        history.push('text mutated');
+      }
+      const file = rng.chance(0.97) ? 'p.json' : 'q.json';
+      const cached = outcome(() => loadPolicySources([{ file, text }], { ruleCache: cache }).policies);
+      const fresh = outcome(() => loadPolicySources([{ file, text }]).policies);
+      parses++;
+      if (cached !== fresh) {
+        t.fail(`seed ${seed}, run ${run}, step ${step}: the cached parse differs\n${history.join('\n')}\n${text}`, { cached, fresh });
+        return;
+      }
+      // The same text again: every rule is the very object of the parse before.
+      let now: Policy[] = [];
+      try {
+        now = loadPolicySources([{ file, text }], { ruleCache: cache }).policies;
+      } catch {
+        continue; // errors: compared above
+      }
+      const again = loadPolicySources([{ file, text }], { ruleCache: cache }).policies;
+      if (!again.every((p, i) => p.rules.every((r, j) => r === now[i].rules[j]))) {
+        t.fail(`seed ${seed}, run ${run}, step ${step}: the same text again was not taken from the cache\n${text}`);
+        return;
+      }
+      // Across an edit: the rules it did not touch (nor move) are reused.
+      for (const p of now) for (const r of p.rules) if (before.has(r)) reused++;
+      rules += now.reduce((n, p) => n + p.rules.length, 0);
+      before = new Set(now.flatMap((p) => p.rules));
+    }
+  }
+  t.pass(`${parses} parses through the cache equal parses without it`);
+  // About half: a third of the runs write JSON on one line, where an edit moves (and so reads
+  // again) every rule after it; added and removed rules renumber those after them.
+  t.ok(reused > rules * 0.4, `rules reused across an edit: ${reused} of ${rules}`);
+});
+
+t.test('deferred rules with escapes, read out of order, are read as the YAML reading reads them', async (t) => {
+  // block is written before allow, so the rules are read back and forth over the text; escapes
+  // lie before, between and after them.
+  const text = `{"apiVersion": "helm\\/v1", "kind": "Policy", "metadata": {"name": "p"}, "spec": {"roles": ["dev"],
+ "block": [{"id": "b\\u0031", "read": ["/srv/q\\"uote"]}, {"read": ["/srv/plain"]}],
+ "allow": [{"id": "a1", "write": ["/srv/tab\\\\x", "/srv/\\u00e9t\\u00e9/"]}, {"exec": ["/usr/bin/x"]}]}}`;
+  const cache = new RuleCache();
+  const direct = outcome(() => loadPolicySources([{ file: 'p.json', text }], { ruleCache: cache }).policies);
+  const viaYaml = outcome(() => loadPolicySources([{ file: 'p.json', text }], { jsonViaYaml: true }).policies);
+  t.equal(direct, viaYaml);
+  t.match(direct, /srv\/q\\"uote/);
+  // Read directly (only then are rules cached), not handed to the YAML reading.
+  const again = loadPolicySources([{ file: 'p.json', text }], { ruleCache: cache }).policies;
+  t.equal(again[0].rules[0], loadPolicySources([{ file: 'p.json', text }], { ruleCache: cache }).policies[0].rules[0]);
+});
+
+t.test('a deferred rule nested too deeply, or holding a key twice, is refused as the YAML reading refuses it', async (t) => {
+  const policy = (rule: string) => `{"apiVersion": "helm/v1", "kind": "Policy", "metadata": {"name": "p"}, "spec": {"roles": ["dev"],\n "allow": [{"read": ["/a"]},\n ${rule}]}}`;
+  for (const [what, rule] of [
+    ['nested 20,000 deep', `{"read": ${'['.repeat(20_000)}${']'.repeat(20_000)}}`],
+    ['a key twice', '{"read": ["/b"], "read": ["/c"]}'],
+  ]) {
+    const text = policy(rule);
+    const direct = outcome(() => loadPolicySources([{ file: 'p.json', text }], { ruleCache: new RuleCache() }).policies);
+    t.match(direct, /^errors: .*"line":3/, `${what}: refused, located`);
+    t.equal(direct, outcome(() => loadPolicySources([{ file: 'p.json', text }], { jsonViaYaml: true }).policies), `${what}: as the YAML reading says`);
+  }
+});
+
+t.test('a reused rule follows a symlink changed on disk', async (t) => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'helm-rule-cache-'));
+  t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
+  fs.mkdirSync(path.join(root, 'a'));
+  fs.mkdirSync(path.join(root, 'b'));
+  fs.symlinkSync('a', path.join(root, 'link'));
+  const policy = (extra: string[]) => ({
+    file: 'p.json',
+    text: JSON.stringify({ apiVersion: 'helm/v1', kind: 'Policy', metadata: { name: 'p' }, spec: { roles: ['dev'], allow: [{ id: 'through', read: [`${root}/link/file`] }, { id: 'other', read: [`${root}/a/x`, ...extra] }] } }, null, 2),
+  });
+  const cache = new RuleCache();
+  const first = loadPolicySources([policy([])], { ruleCache: cache }).policies[0].rules;
+  t.equal((first[0].verbs.read![0] as PathTarget).canonical, `${root}/a/file`);
+  fs.unlinkSync(path.join(root, 'link'));
+  fs.symlinkSync(path.join(root, 'b'), path.join(root, 'link'));
+  const second = loadPolicySources([policy([])], { ruleCache: cache }).policies[0].rules;
+  t.equal((second[0].verbs.read![0] as PathTarget).canonical, `${root}/b/file`, 'the symlink is followed where it points now');
+  t.not(second[0], first[0], 'the rule is read again');
+  t.equal(second[1], first[1], 'the rule whose paths did not change is reused');
+  const third = loadPolicySources([policy([`${root}/b/y`])], { ruleCache: cache }).policies[0].rules;
+  t.equal(third[0], second[0], 'an edit of one rule leaves the other reused');
+  t.not(third[1], second[1]);
+  t.same(third[1].verbs.read!.map((p) => (p as PathTarget).canonical), [`${root}/a/x`, `${root}/b/y`]);
+});
+
+t.test("a contextual rule is checked again against the policy's new roles", async (t) => {
+  const policy = (roles: string[]) => ({
+    file: 'p.json',
+    text: JSON.stringify({ apiVersion: 'helm/v1', kind: 'Policy', metadata: { name: 'p' }, spec: { roles, contextual: [{ id: 'c', read: ['/srv/x'], when: { role: ['ops'] } }] } }, null, 2),
+  });
+  const cache = new RuleCache();
+  t.equal(loadPolicySources([policy(['dev', 'ops'])], { ruleCache: cache }).policies[0].rules.length, 1);
+  // The rule's text and place are the same; its when.role now names a role the policy lacks.
+  t.throws(() => loadPolicySources([policy(['dev', 'qa'])], { ruleCache: cache }), /role "ops"|"ops"/);
+});
+
+t.test('plain paths canonicalised from their directory equal the full walk (seeded)', async (t) => {
+  const seed = Number(process.env.HELM_SEED ?? 0x5d1f);
+  const rng = new Rng(seed);
+  const root = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'helm-canonical-')));
+  t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
+  // A tree with every kind of symlink, and a directory with many names (it gets listed).
+  fs.mkdirSync(path.join(root, 'd/e/f'), { recursive: true });
+  fs.mkdirSync(path.join(root, 'many'));
+  for (let i = 0; i < 80; i++) fs.writeFileSync(path.join(root, 'many', `f${i}`), '');
+  for (let i = 0; i < 10; i++) fs.symlinkSync(i % 2 ? '../d' : `${root}/d/e`, path.join(root, 'many', `l${i}`));
+  fs.writeFileSync(path.join(root, 'd/file'), '');
+  fs.symlinkSync('d/e', path.join(root, 'rel'));
+  fs.symlinkSync(path.join(root, 'd'), path.join(root, 'abs'));
+  fs.symlinkSync('rel', path.join(root, 'chain'));
+  fs.symlinkSync('nowhere', path.join(root, 'dangling'));
+  fs.symlinkSync('loop2', path.join(root, 'loop1'));
+  fs.symlinkSync('loop1', path.join(root, 'loop2'));
+  fs.symlinkSync('/', path.join(root, 'top'));
+  fs.symlinkSync('file', path.join(root, 'd/tofile'));
+  const parts = ['d', 'e', 'f', 'file', 'tofile', 'rel', 'abs', 'chain', 'dangling', 'loop1', 'top', 'many', 'missing', 'x'];
+  const manyNames = [...Array.from({ length: 90 }, (_, i) => `f${i}`), ...Array.from({ length: 12 }, (_, i) => `l${i}`)];
+  let compared = 0;
+  for (let run = 0; run < 40; run++) {
+    const cache = new LookupCache(); // one parse's
+    for (let i = 0; i < 200; i++) {
+      let p: string;
+      if (rng.chance(0.4)) {
+        p = `${root}/many/${rng.pick(manyNames)}${rng.chance(0.3) ? `/${rng.pick(parts)}` : ''}`;
+      } else {
+        const depth = 1 + rng.int(4);
+        p = `${root}/${Array.from({ length: depth }, () => rng.pick(parts)).join('/')}`;
+      }
+      if (rng.chance(0.1)) p = p.replace(/\/([^/]+)$/, '/../$1'); // not plain: walked whole
+      if (rng.chance(0.05)) p = '/' + p;
+      if (rng.chance(0.05)) p = rng.pick(['/', '/proc/self/x', '/etc', '/usr/lib']);
+      if (rng.chance(0.4)) p += '/';
+      const viaCache = canonicalizeRulePath(p, cache);
+      const walked = canonicalizeRulePath(p);
+      compared++;
+      if (viaCache.canonical !== walked.canonical || viaCache.resolved !== walked.resolved) {
+        t.fail(`seed ${seed}, run ${run}: ${p}`, { viaCache, walked });
+        return;
+      }
+    }
+  }
+  t.pass(`${compared} paths: the cached canonical form is the walked one`);
+  // A symlink made after a directory was listed (in another parse) is seen by the next parse.
+  const cache = new LookupCache();
+  for (let i = 0; i < 40; i++) canonicalizeRulePath(`${root}/many/f${i}`, cache);
+  fs.symlinkSync(`${root}/d`, path.join(root, 'many', 'late'));
+  t.equal(canonicalizeRulePath(`${root}/many/late/file`, new LookupCache()).canonical, `${root}/d/file`);
+});
+
+t.test('the policy digest is the hash of the policies without locations, rules reused or not (seeded)', async (t) => {
+  const seed = Number(process.env.HELM_SEED ?? 0x2b9d);
+  const rng = new Rng(seed);
+  const plain = (policies: Policy[]) => createHash('sha256').update(JSON.stringify(policies, (k, v) => (k === 'loc' ? undefined : v))).digest('hex');
+  const cache = new RuleCache();
+  const docs = POLICY_NAMES.slice(0, 3).map((n) => randomConditionalPolicyDoc(rng, n));
+  const digests = new Set<string>();
+  for (let step = 0; step < 40; step++) {
+    if (step > 0) randomEdit(rng, docs, true);
+    const policies = loadPolicySources([{ file: 'p.json', text: jsonText(docs, true, 2) }], { ruleCache: cache }).policies;
+    const digest = policyDigest(policies);
+    t.equal(digest, plain(policies), `step ${step}`);
+    t.equal(policyDigest(policies), digest, 'the same again');
+    digests.add(digest);
+  }
+  t.ok(digests.size > 20, `edits change the digest (${digests.size} different in 40 steps)`);
+  const empty = loadPolicySources([{ file: 'e.json', text: JSON.stringify({ apiVersion: 'helm/v1', kind: 'Policy', metadata: { name: 'e' }, spec: { roles: ['x'], allow: [] } }) }]).policies;
+  t.equal(policyDigest(empty), plain(empty), 'a policy without rules');
+});
