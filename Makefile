@@ -60,9 +60,9 @@ $(BUILD)/test/slow-decision.bpf.o: test/vm-preempt/slow-decision.bpf.c $(BUILD)/
 	@mkdir -p $(@D)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
-$(BUILD)/libhelm.so: native/helm_shim.c
+$(BUILD)/libhelm.so: native/helm_shim.c native/audit_format.c bpf/helm.h
 	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_NATIVE) -shared -fPIC $< -o $@ -lbpf -lelf -lz
+	$(CC) $(CFLAGS_NATIVE) -Ibpf -shared -fPIC $(filter %.c,$^) -o $@ -lbpf -lelf -lz
 
 $(BUILD)/helm-enter: native/helm_enter.c
 	@mkdir -p $(BUILD)

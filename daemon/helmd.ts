@@ -299,7 +299,7 @@ export class Helmd implements ControlPlane {
         ...audit,
         version: VERSION,
         logger: this.log,
-        onDecision: (decision, ts, agentId) => this.counted(decision, ts, agentId),
+        onDecision: (decision, ts, agentId, count) => this.counted(decision, ts, agentId, count),
         onWritten: (lines) => this.feed.publish(lines),
         // The pinned loss counters outlive helmd: what earlier runs wrote is not reported again.
         lostBaseline: samePins ? { deny: BigInt(this.state!.lostReported), allow: BigInt(this.state!.lostReportedAllow), since: this.state!.lostSince } : undefined,
@@ -1044,11 +1044,11 @@ export class Helmd implements ControlPlane {
   }
 
   /** Per-agent figures for the agent list, from each decision line as it is made. */
-  private counted(decision: string, ts: string, agentId: bigint): void {
+  private counted(decision: string, ts: string, agentId: bigint, count: number): void {
     const agent = this.agentsById.get(agentId);
     if (!agent) return;
-    if (decision === 'deny') agent.denied++;
-    else if (decision === 'would_deny') agent.wouldDeny++;
+    if (decision === 'deny') agent.denied += BigInt(count);
+    else if (decision === 'would_deny') agent.wouldDeny += BigInt(count);
     agent.lastDecisionAt = ts;
   }
 

@@ -25,17 +25,54 @@ interface Subscriber {
   deliver: (r: FedRecord) => void;
 }
 
+/** Lines as the writer hands them on: by index, and (WrittenLines) as the bytes they were written as. */
+export interface PublishedLines {
+  readonly length: number;
+  at(i: number): string | undefined;
+  /** The lines' bytes, each followed by a newline; starts[i] is where line i begins, starts[length] the end. */
+  raw?(): { buf: Buffer; starts: readonly number[] };
+}
+
 export class AuditFeed {
   private readonly recent: FedRecord[] = [];
   private readonly subscribers = new Set<Subscriber>();
+  /**
+   * The last lines published while nobody subscribed, as bytes (a buffer reused from
+   * one batch to the next), made FedRecords only when asked for or when a later, smaller
+   * batch leaves some of them among the last `keep`: under a flood, batches of thousands
+   * of lines, no string is made for them at all (kept until the next batch, a string per
+   * line lived long enough to be moved to V8's old generation, and grew it by tens of MB).
+   */
+  private lazy: Buffer = Buffer.allocUnsafeSlow(0);
+  private lazyStarts: number[] = [];
+  private lazyCount = 0;
 
   constructor(private readonly keep = 1000) {}
 
   /** `lines`: an array, or the writer's WrittenLines (read as asked for: only the last `keep` when nobody subscribes). */
-  publish(lines: { readonly length: number; at(i: number): string | undefined }): void {
+  publish(lines: PublishedLines): void {
+    const n = lines.length;
+    if (!this.subscribers.size && lines.raw && n > 0) {
+      const from = Math.max(0, n - this.keep);
+      if (n - from < this.keep) this.settle(); // the lines before still count among the last `keep`
+      else {
+        this.lazyCount = 0;
+        this.recent.length = 0;
+      }
+      const { buf, starts } = lines.raw();
+      const s0 = starts[from];
+      const bytes = starts[n] - s0;
+      if (this.lazy.length < bytes) this.lazy = Buffer.allocUnsafeSlow(Math.max(bytes, 2 * this.lazy.length, 1 << 16));
+      buf.copy(this.lazy, 0, s0, starts[n]);
+      this.lazyStarts.length = 0;
+      for (let i = from; i <= n; i++) this.lazyStarts.push(starts[i] - s0);
+      this.lazyCount = n - from;
+      return;
+    }
+    this.settle();
     // Every line goes to the subscribers; only the last `keep` need to be remembered.
-    const from = this.subscribers.size ? 0 : Math.max(0, lines.length - this.keep);
-    for (let i = from; i < lines.length; i++) {
+    const from = this.subscribers.size ? 0 : Math.max(0, n - this.keep);
+    for (let i = from; i < n; i++) {
       const fed = new FedRecord(lines.at(i)!);
       this.recent.push(fed);
       for (const s of this.subscribers) if (s.filter(fed.record)) s.deliver(fed);
@@ -43,8 +80,18 @@ export class AuditFeed {
     if (this.recent.length > this.keep) this.recent.splice(0, this.recent.length - this.keep);
   }
 
+  /** The lines kept as bytes, made FedRecords. */
+  private settle(): void {
+    if (!this.lazyCount) return;
+    const st = this.lazyStarts;
+    for (let i = 0; i < this.lazyCount; i++) this.recent.push(new FedRecord(this.lazy.toString('utf8', st[i], st[i + 1] - 1)));
+    this.lazyCount = 0;
+    if (this.recent.length > this.keep) this.recent.splice(0, this.recent.length - this.keep);
+  }
+
   /** The last `n` records that pass `filter`, oldest first. */
   last(n: number, filter: RecordFilter): FedRecord[] {
+    this.settle();
     const out: FedRecord[] = [];
     for (let i = this.recent.length - 1; i >= 0 && out.length < n; i--) if (filter(this.recent[i].record)) out.push(this.recent[i]);
     return out.reverse();

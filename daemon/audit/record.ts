@@ -207,6 +207,8 @@ export class FormattedLine {
     readonly start: number,
     readonly at: number,
     readonly end: number,
+    /** The arena that made it, if it wants to know when its bytes are copied out (LineArena.consumed). */
+    readonly arena?: LineArena,
   ) {}
 
   /** A line from its text (`text` without the seq, which goes at character `at`), in a buffer of its own. */
@@ -230,24 +232,71 @@ export class FormattedLine {
 /**
  * Where formatted lines are written: chunks of 1 MiB outside the JS heap, each
  * freed once no waiting line refers to it any more.
+ *
+ * With `reuse`, chunks are used again rather than freed (a fresh chunk costs
+ * its page faults and, freed, an munmap and a collection): the writer calls
+ * consumed() for each of the arena's lines once it has copied it out, in the
+ * order they were made; once it reaches a line in another chunk, every line
+ * of the chunk before is copied, and that chunk goes back to a small pool.
+ * The lines of such an arena must go to that writer only, and not be read
+ * after it took them.
  */
 export class LineArena {
   private buf: Buffer = Buffer.allocUnsafeSlow(0);
   private used = 0;
+  private readonly pool: Buffer[] = [];
+  private lastConsumed: Buffer | undefined;
 
-  constructor(private readonly chunk = 1 << 20) {}
+  constructor(
+    private readonly chunk = 1 << 20,
+    /** Chunks kept for reuse at most (0: none, every chunk is left to the collector). */
+    private readonly reuse = 0,
+  ) {}
 
   /** `text` (a line without its seq, which goes at character `at`; `at` counts ASCII characters only) as a FormattedLine. */
   line(text: string, at: number): FormattedLine {
     // UTF-8 takes at most 3 bytes per UTF-16 unit.
     if (this.buf.length - this.used < text.length * 3) {
-      this.buf = Buffer.allocUnsafeSlow(Math.max(this.chunk, text.length * 3));
+      const need = text.length * 3;
+      this.buf = (need <= this.chunk && this.pool.pop()) || Buffer.allocUnsafeSlow(Math.max(this.chunk, need));
       this.used = 0;
     }
     const start = this.used;
     const n = this.buf.write(text, start);
     this.used = start + n;
-    return new FormattedLine(this.buf, start, start + at, start + n);
+    return new FormattedLine(this.buf, start, start + at, start + n, this.reuse ? this : undefined);
+  }
+
+  /** The current chunk, with at least `bytes` free after `used` (a new chunk if need be): for writers other than line(). */
+  room(bytes: number): { buf: Buffer; used: number } {
+    if (this.buf.length - this.used < bytes) {
+      this.buf = (bytes <= this.chunk && this.pool.pop()) || Buffer.allocUnsafeSlow(Math.max(this.chunk, bytes));
+      this.used = 0;
+    }
+    return { buf: this.buf, used: this.used };
+  }
+
+  /** After room(): the current chunk is used up to `used`; lines written there are this arena's (made with line()'s arena argument). */
+  commit(used: number): void {
+    this.used = used;
+  }
+
+  /** The arena to give the FormattedLines written into it after room(). */
+  get owner(): LineArena | undefined {
+    return this.reuse ? this : undefined;
+  }
+
+  /** `line`, one of this arena's, has been copied out (see the class comment). */
+  consumed(line: FormattedLine): void {
+    const done = this.lastConsumed;
+    if (line.buf === done) return;
+    this.lastConsumed = line.buf;
+    if (done && done !== this.buf && done.length === this.chunk && this.pool.length < this.reuse) this.pool.push(done);
+  }
+
+  /** Chunks waiting to be reused. */
+  get pooled(): number {
+    return this.pool.length;
   }
 }
 
@@ -313,16 +362,15 @@ const orNull = (v: string | null | undefined): string => (v === undefined || v =
  * The decision line of `e`, exactly as JSON.stringify(toAuditRecord(e, seq, ...))
  * writes it (same fields, same order: test/unit/audit-format.test.ts holds them
  * to it), built as text without the intermediate object: this is the drain's
- * hot path, one call per event.
+ * hot path, one call per event. `info`, if given, gets the line's ts.
  */
-export function formatDecision(e: RawEvent, realtimeOffsetNs: bigint, ctx: AuditContext, arena: LineArena = defaultArena): FormattedLine {
-  const names = ctx.generation(e.generation);
-  const rule = e.ruleId ? names?.rules[e.ruleId - 1] : undefined;
-  const agent = ctx.agent(e.agentId);
+export function formatDecision(e: RawEvent, realtimeOffsetNs: bigint, ctx: AuditContext, arena: LineArena = defaultArena, info?: { ts: string }): FormattedLine {
   const isNet = isNetworkTarget(e);
   const path = reportedPath(e, isNet);
   // One string by concatenation (written into the arena at once, then garbage of the young generation).
-  const head = `{"v":${AUDIT_SCHEMA_VERSION},"ts":"${tsText(e.tsBootNs, splitOffset(realtimeOffsetNs))}","seq":`;
+  const ts = tsText(e.tsBootNs, splitOffset(realtimeOffsetNs));
+  if (info) info.ts = ts;
+  const head = `{"v":${AUDIT_SCHEMA_VERSION},"ts":"${ts}","seq":`;
   let t = `,"type":"decision","decision":"${DECISIONS[e.decision] ?? 'deny'}","op":${json(opName(e.op))}`;
   if (e.op < C.HELM_FILE_OPS || e.op === C.HELM_OP_CONTROL || e.op === C.HELM_OP_CONNECT || e.op === C.HELM_OP_BIND) t += `,"detail":${json(DETAILS[e.detail] ?? `detail${e.detail}`)}`;
   else if (e.op === C.HELM_OP_SIGNAL || e.op === C.HELM_OP_PTRACE) t += `,"arg":${e.detail},"target_pid":${e.targetPid}`;
@@ -345,14 +393,28 @@ export function formatDecision(e: RawEvent, realtimeOffsetNs: bigint, ctx: Audit
   const exe = exeOf(e);
   t += `,"pid":${e.pid},"tid":${e.tid},"ppid":${e.ppid},"uid":${e.uid},"gid":${e.gid},"exe":${exe === null ? 'null' : memoExe(exe)}`;
   t += `,"parent_exe":${e.parentExe === undefined ? 'null' : memoParentExe(e.parentExe)},"comm":${memoComm(e.comm)}`;
-  t += `,"cgroup":{"id":"${cgroupIdText(e.cgroupId)}","path":${agent ? agentText(agent) : 'null},"agent":null,"labels":{}'}`;
-  const role = ctx.roleName(e.roleId);
-  const policy = rule?.policy ?? (e.policyId ? `#${e.policyId}` : null);
-  t += `,"role":${role === null ? 'null' : memoRole(role)},"policy":${policy === null ? 'null' : memoPolicy(policy)}`;
-  t += `,"rule":${memoRule(rule?.rule ?? (e.ruleId ? `#${e.ruleId}` : 'default'))},"mode":"${e.mode === C.HELM_MODE_DRY_RUN ? 'dry-run' : 'enforce'}","reason":"${REASONS[e.reason] ?? 'rule'}","generation":${e.generation}`;
+  t += `,"cgroup":{"id":"${cgroupIdText(e.cgroupId)}","path":${namesText(e, ctx)}`;
+  t += `,"mode":"${e.mode === C.HELM_MODE_DRY_RUN ? 'dry-run' : 'enforce'}","reason":"${REASONS[e.reason] ?? 'rule'}","generation":${e.generation}`;
   if (!isNet) t += `,"inode":{"dev":${e.dev},"ino":"${e.ino}"}`;
   if (e.flags & C.HELM_EVENT_FLAG_SAMPLED) t += ',"sampled":true';
   return arena.line(`${head}${t}}`, head.length);
+}
+
+/**
+ * A decision line's JSON from the value of the cgroup's path to the rule's value: what helmd
+ * knows of the event's ids (the agent, its labels, the role, policy and rule names).
+ */
+export function namesText(e: Pick<RawEvent, 'agentId' | 'roleId' | 'generation' | 'ruleId' | 'policyId'>, ctx: AuditContext): string {
+  const names = ctx.generation(e.generation);
+  const rule = e.ruleId ? names?.rules[e.ruleId - 1] : undefined;
+  const agent = ctx.agent(e.agentId);
+  const role = ctx.roleName(e.roleId);
+  // A rule decided but its names are gone (a very old generation): say so rather than claim the default.
+  const policy = rule?.policy ?? (e.policyId ? `#${e.policyId}` : null);
+  return (
+    `${agent ? agentText(agent) : 'null},"agent":null,"labels":{}'},"role":${role === null ? 'null' : memoRole(role)},"policy":${policy === null ? 'null' : memoPolicy(policy)}` +
+    `,"rule":${memoRule(rule?.rule ?? (e.ruleId ? `#${e.ruleId}` : 'default'))}`
+  );
 }
 
 /** JSON.stringify of a string, remembering the last one: a flood repeats the same exe, comm, rule. */

@@ -8,12 +8,13 @@
 import os from 'node:os';
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
-import { C, LAYOUT, decodeEvent, type AgentCounters } from '../kernel/layout';
+import { C, LAYOUT, EventDecoder, type AgentCounters } from '../kernel/layout';
 import type { AuditLevel, EventSource, KernelBinding, Ring } from '../kernel/binding';
 import type { RingSizes } from '../kernel/enforcer';
 import type { Policy, Rule } from '../policy/types';
 import { AuditTrail, MAX_BATCH, formatFsyncPolicy, type WrittenLines, type FsyncPolicy, type RotationPolicy, type TrailStatus } from './writer';
-import { AUDIT_SCHEMA_VERSION, DECISIONS, FormattedLine, formatDecision, rfc3339Nanos, type AuditContext, type LossSource } from './record';
+import { AUDIT_SCHEMA_VERSION, DECISIONS, FormattedLine, LineArena, formatDecision, rfc3339Nanos, type AuditContext, type LossSource } from './record';
+import { BatchFormatter, nativeFormatter, type BatchSink } from './format-batch';
 
 export interface RecorderOptions {
   file: string;
@@ -26,8 +27,10 @@ export interface RecorderOptions {
   lostPollMs?: number;
   version: string;
   logger: Logger;
-  /** Each decision as its line is made: what it was, its ts (helmd keeps per-agent figures for its agent list). */
-  onDecision?: (decision: string, ts: string, agentId: bigint) => void;
+  /** Decisions as their lines are made: what they were, the last one's ts, how many (helmd keeps per-agent figures for its agent list). */
+  onDecision?: (decision: string, ts: string, agentId: bigint, count: number) => void;
+  /** Decision lines formatted natively, a drained batch at a time, where build/libhelm.so has it (default true; false: all in JS, the same bytes). */
+  nativeFormat?: boolean;
   /** Lines as written, chain included (the control plane's live tail). */
   onWritten?: (lines: WrittenLines) => void;
   /**
@@ -137,6 +140,25 @@ export class AuditRecorder {
   private readonly lastCounters = new Map<bigint, { at: string; counters: AgentCounters }>();
   private readonly agents = new Map<bigint, RecordedAgent>();
   private decisions = 0n;
+  /** Decodes each record into the same object (the drain's hot path). */
+  private readonly decoder = new EventDecoder();
+  private readonly lineInfo = { ts: '' };
+  /**
+   * Where decision lines wait for the writer: 1 MiB chunks, reused once the writer has
+   * copied their lines (the lines go to the trail only, in order). Four kept at most:
+   * what a flood needs beyond that is allocated and freed.
+   */
+  private readonly arena = new LineArena(1 << 20, 4);
+  /** Where the lines formatDecision writes go when the batch formatter writes into `arena` (whose chunks must hold lines in queue order). */
+  private readonly jsArena = new LineArena();
+  /** The native batch formatter, where it loads. */
+  private batcher?: BatchFormatter;
+  private readonly sink: BatchSink;
+  /** Records the per-record path could not take, in batches the formatter took (the readers count the rest). */
+  private undecoded = 0n;
+  private decodeError?: Error;
+  /** A run of native lines of one agent and decision, for onDecision. */
+  private run: { agentId: bigint; decision: number; count: number; line?: FormattedLine } = { agentId: 0n, decision: 0, count: 0 };
   private readonly log: Logger;
 
   private constructor(
@@ -147,6 +169,56 @@ export class AuditRecorder {
     readonly trail: AuditTrail,
   ) {
     this.log = opts.logger;
+    const fmt = opts.nativeFormat === false ? null : nativeFormatter();
+    if (fmt) this.batcher = new BatchFormatter(fmt, ctx, realtimeOffset, this.arena);
+    this.sink = {
+      line: (line, decision, agentId) => {
+        this.decisions++;
+        this.pending.push(line);
+        const run = this.run;
+        if (run.count && (run.agentId !== agentId || run.decision !== decision)) this.endRun();
+        run.agentId = agentId;
+        run.decision = decision;
+        run.count++;
+        run.line = line;
+      },
+      record: (view) => {
+        this.endRun();
+        try {
+          this.onEvent(view);
+        } catch (e) {
+          this.undecoded++;
+          this.decodeError = e as Error;
+        }
+      },
+    };
+  }
+
+  /** onDecision for the run of native lines so far. */
+  private endRun(): void {
+    const run = this.run;
+    if (!run.count) return;
+    const line = run.line!;
+    this.opts.onDecision?.(DECISIONS[run.decision] ?? 'deny', line.buf.toString('latin1', line.start + 13, line.at - 8), run.agentId, run.count);
+    run.count = 0;
+    run.line = undefined;
+  }
+
+  /** A drained batch, through the native formatter. */
+  private onRecords(buf: Buffer, bytes: number): void {
+    try {
+      this.batcher!.format(buf, bytes, this.sink);
+    } catch (e) {
+      // Before any record went on (see BatchFormatter.format): each the per-record way.
+      this.log.error({ err: e }, 'formatting audit lines natively failed; formatting them one by one');
+      for (let off = 0; off + 8 <= bytes; off += 8 + ((buf.readUInt32LE(off) + 7) & ~7)) this.sink.record(new DataView(buf.buffer, buf.byteOffset + off + 8, buf.readUInt32LE(off)));
+    }
+    this.endRun();
+    if (this.decodeError) {
+      this.log.error({ err: this.decodeError }, 'audit record could not be decoded');
+      this.decodeError = undefined;
+    }
+    this.flushSoon();
   }
 
   /** Opens the trail, sets the kernel's allow-log level, and starts draining both rings. */
@@ -188,7 +260,7 @@ export class AuditRecorder {
       reader.start(
         (rec) => r.onEvent(rec),
         (e) => log.error({ err: e, ring }, 'ring buffer drain failed'),
-        { gate: () => r.room(), pollMs: DRAIN_POLL_MS, onBatch: () => r.written() },
+        { gate: () => r.room(), pollMs: DRAIN_POLL_MS, onBatch: () => r.written(), batch: r.batcher ? (buf, bytes) => r.onRecords(buf, bytes) : undefined },
       );
     }
     r.lostTimer = setInterval(() => r.reportLost(), opts.lostPollMs ?? 1000);
@@ -231,11 +303,11 @@ export class AuditRecorder {
   }
 
   private onEvent(view: DataView): void {
-    const raw = decodeEvent(view);
+    const raw = this.decoder.decode(view);
     if (raw.type !== C.HELM_EVENT_DECISION) return;
     this.decisions++;
-    const line = formatDecision(raw, this.realtimeOffset, this.ctx);
-    this.opts.onDecision?.(DECISIONS[raw.decision] ?? 'deny', line.ts, raw.agentId);
+    const line = formatDecision(raw, this.realtimeOffset, this.ctx, this.batcher ? this.jsArena : this.arena, this.lineInfo);
+    this.opts.onDecision?.(DECISIONS[raw.decision] ?? 'deny', this.lineInfo.ts, raw.agentId, 1);
     this.pending.push(line);
     this.flushSoon();
   }
@@ -289,7 +361,7 @@ export class AuditRecorder {
 
   /** Loss so far, per source. */
   lost(): Record<LossSource, bigint> {
-    let decode = 0n;
+    let decode = this.undecoded;
     for (const r of this.readers.values()) decode += r.undelivered;
     return {
       'deny-ring': this.kernel.lostEvents('deny'),

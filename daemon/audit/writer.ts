@@ -18,6 +18,7 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import { pipeline } from 'node:stream/promises';
 import { CHAIN_GENESIS, chainOf, sha256Hex } from './chain';
+import { native } from '../kernel/native';
 import { lastCompleteLine, lastCompleteLineSync, rotatedFiles, rotatedName } from './files';
 import { AUDIT_SCHEMA_VERSION, FormattedLine } from './record';
 
@@ -74,6 +75,8 @@ export interface TrailOptions {
   onWritten?: (lines: WrittenLines) => void;
   /** Most records taken into one write (bounds a batch's size and the rotation overshoot). */
   maxBatch?: number;
+  /** How the hash chain is computed: in native code where it loads (the default), or in JS (the same bytes). */
+  chain?: 'native' | 'js';
   reminderMs?: number;
   now?: () => Date;
 }
@@ -114,8 +117,54 @@ const ROTATE_RETRY_MS = 60_000;
 /** While writes fail, how often to try again when nothing new arrives (to record the loss once the disk has room). */
 const RETRY_MS = 2_000;
 
-/** Bytes a line takes beyond its body: the prev chain and newline hashed before it, the chain after it. */
-const CHAIN_ROOM = 65 + 10 + 64 + 3;
+/**
+ * Room left before each line's body in the batch buffer: what the line grows by once chained
+ * (`,"chain":"`, 64 hex digits, `"}` and a newline, less the body's own closing brace). The
+ * prev chain and a newline, hashed with the body, are put in its last 65 bytes.
+ */
+const CHAIN_GAP = 10 + 64 + 3 - 1;
+const ENOSYS = 38;
+
+type ChainLines = (buf: Buffer, start: number, ends: Int32Array, n: number, prev: Buffer) => number;
+let nativeChain: ChainLines | null | undefined;
+
+/** The native chain (build/libhelm.so's helm_chain_lines), or null where it cannot be loaded. */
+function chainLinesNative(): ChainLines | null {
+  if (nativeChain === undefined) {
+    try {
+      nativeChain = native().helm_chain_lines;
+    } catch {
+      nativeChain = null;
+    }
+  }
+  return nativeChain;
+}
+
+/**
+ * The chain over a batch in the layout helm_chain_lines (native/helm_shim.c) takes, in JS: slot
+ * i is CHAIN_GAP bytes of room then line i's body, ending at ends[i]; each slot becomes the body
+ * chained. Returns the last chain.
+ */
+function chainLinesJs(out: Buffer, start: number, ends: Int32Array, n: number, prev: string): string {
+  let chain = prev;
+  let slot = start;
+  for (let i = 0; i < n; i++) {
+    const b = slot + CHAIN_GAP;
+    const e = ends[i];
+    out.write(chain, b - 65, 'latin1');
+    out[b - 1] = 0x0a;
+    chain = sha256Hex(out.subarray(b - 65, e));
+    out.copyWithin(slot, b, e - 1);
+    let o = slot + e - 1 - b;
+    o += out.write(',"chain":"', o, 'latin1');
+    o += out.write(chain, o, 'latin1');
+    out[o++] = 0x22;
+    out[o++] = 0x7d;
+    out[o++] = 0x0a;
+    slot = e;
+  }
+  return chain;
+}
 
 /**
  * The lines of a batch just written, read out of the batch's buffer as asked
@@ -136,6 +185,11 @@ export class WrittenLines {
   /** Line i, chain included, without its newline. */
   at(i: number): string {
     return this.buf.toString('utf8', this.starts[i], this.starts[i + 1] - 1);
+  }
+
+  /** The bytes of the lines, each followed by its newline, and where each starts (one more entry: the end). */
+  raw(): { buf: Buffer; starts: readonly number[] } {
+    return { buf: this.buf, starts: this.starts };
   }
 
   *[Symbol.iterator](): IterableIterator<string> {
@@ -224,6 +278,10 @@ export class AuditTrail {
   private prefix = '';
   /** Where a batch is written before it goes to the file (reused: one batch is written at a time). */
   private out: Buffer = Buffer.allocUnsafeSlow(0);
+  /** Where each line of the batch being built ends (reused). */
+  private ends = new Int32Array(0);
+  /** The chain before a batch and after it, as helm_chain_lines takes it. */
+  private readonly chainHex = Buffer.alloc(64);
   private running: Promise<void> | undefined;
   private diskLoss: DiskLoss | undefined;
   private lossTotal = 0;
@@ -462,17 +520,20 @@ export class AuditTrail {
       });
     }
     for (const r of batch) records.push(r);
-    // The batch is written into one reused buffer: each line's `prev chain, newline, body` is
-    // hashed where it lies, then the body moved over the prefix and the chain appended. No
-    // string per line, no join, no second copy into a Buffer.
+    // The batch is written into one reused buffer: each line's body after room for its chain,
+    // then the chain computed over the whole batch in one pass (natively where it can), each
+    // line's `prev chain, newline, body` hashed where it lies and the chained line put in its
+    // slot. No string per line, no join, no second copy into a Buffer.
     let out = this.out;
     let o = 0;
     if (this.prefix) {
       if (out.length < this.prefix.length) out = this.grow(0, this.prefix.length);
       o = out.write(this.prefix, 0, 'latin1');
     }
+    const first = o;
     const starts: number[] = new Array(records.length + 1);
-    let chain = this.prev;
+    if (this.ends.length < records.length) this.ends = new Int32Array(Math.max(records.length, 2 * this.ends.length));
+    const ends = this.ends;
     let seq = this.seq;
     for (let i = 0; i < records.length; i++) {
       const r = records[i];
@@ -485,32 +546,33 @@ export class AuditTrail {
         text = JSON.stringify(r);
         need = text.length * 3;
       }
-      need += CHAIN_ROOM;
+      need += CHAIN_GAP;
       if (out.length - o < need) out = this.grow(o, need);
-      // prev chain (64 hex digits) and a newline, then the body: what the chain hashes.
-      out.write(chain, o, 'latin1');
-      out[o + 64] = 0x0a;
-      const b = o + 65;
+      const b = o + CHAIN_GAP;
       let e: number;
       if (text === undefined) {
         const f = r as FormattedLine;
         e = b + f.buf.copy(out, b, f.start, f.at);
         e = writeUint(out, e, seq);
         e += f.buf.copy(out, e, f.at, f.end);
+        f.arena?.consumed(f);
       } else e = b + out.write(text, b);
       if (out[b] !== 0x7b || out[e - 1] !== 0x7d || e - b < 3) throw new TypeError('an audit record is a non-empty object');
-      chain = sha256Hex(out.subarray(o, e));
-      // The body without its closing brace, moved to where the line starts; then the chain.
-      out.copyWithin(o, b, e - 1);
       starts[i] = o;
-      o += e - 1 - b;
-      o += out.write(',"chain":"', o, 'latin1');
-      o += out.write(chain, o, 'latin1');
-      out[o++] = 0x22;
-      out[o++] = 0x7d;
-      out[o++] = 0x0a;
+      ends[i] = e;
+      o = e;
     }
     starts[records.length] = o;
+    let chain: string | undefined;
+    const chainNative = this.opts.chain === 'js' ? null : chainLinesNative();
+    if (chainNative) {
+      this.chainHex.write(this.prev, 0, 'latin1');
+      const rc = chainNative(out, first, ends, records.length, this.chainHex);
+      if (rc === 0) chain = this.chainHex.toString('latin1');
+      else if (rc === -ENOSYS) nativeChain = null; // no OpenSSL in this process: nothing was touched, JS does it
+      else throw new Error(`cannot chain the audit lines (errno ${-rc})`);
+    }
+    chain ??= chainLinesJs(out, first, ends, records.length, this.prev);
     const buf = out.subarray(0, o);
     const lines = new WrittenLines(out, starts);
     const at = this.size;

@@ -29,8 +29,13 @@ export interface EventSource {
   readonly undelivered: bigint;
   /** `gate` is awaited before each drain (while it waits, events stay in the ring); `onBatch` runs after each batch
    *  is handed over, and the kernel gets the batch's space back once what it returns resolves (the batch is written
-   *  out), in drain order; the next drain does not wait for it. */
-  start(each: (record: DataView) => void, onError: (e: Error) => void, opts?: { pollMs?: number; gate?: () => Promise<void>; onBatch?: () => void | Promise<void> }): void;
+   *  out), in drain order; the next drain does not wait for it. `batch`, if given, takes each drained batch whole
+   *  (records as [u32 len][u32 0][record, padded to 8] in buf[0, bytes)) instead of `each` per record, and must not throw. */
+  start(
+    each: (record: DataView) => void,
+    onError: (e: Error) => void,
+    opts?: { pollMs?: number; gate?: () => Promise<void>; onBatch?: () => void | Promise<void>; batch?: (buf: Buffer, bytes: number) => void },
+  ): void;
   stop(each: (record: DataView) => void, onBatch?: () => void | Promise<void>): Promise<void>;
   close(): void;
 }

@@ -339,6 +339,16 @@ export class RingReader {
     return count;
   }
 
+  private walkBatch(bytes: number, batch: (buf: Buffer, bytes: number) => void): void {
+    try {
+      batch(this.buf, bytes);
+    } catch (e) {
+      // Not expected (the handler takes every record itself): which records it took is unknown, so all count as lost.
+      for (let off = 0; off + 8 <= bytes; off += 8 + ((this.buf.readUInt32LE(off) + 7) & ~7)) this.undelivered++;
+      this.lastError = e as Error;
+    }
+  }
+
   /** The last error a record handler threw, once. */
   takeError(): Error | undefined {
     const e = this.lastError;
@@ -368,7 +378,13 @@ export class RingReader {
   start(
     each: (record: DataView) => void,
     onError: (e: Error) => void,
-    opts: { pollMs?: number; gate?: () => Promise<void>; onBatch?: () => void | Promise<void> } = {},
+    opts: {
+      pollMs?: number;
+      gate?: () => Promise<void>;
+      onBatch?: () => void | Promise<void>;
+      /** Takes a whole drained batch (buf[0, bytes), records as walk() reads them) instead of `each` per record; must not throw. */
+      batch?: (buf: Buffer, bytes: number) => void;
+    } = {},
   ): void {
     if (this.running) return;
     const pollMs = opts.pollMs ?? 100;
@@ -388,7 +404,8 @@ export class RingReader {
           busy = n > 0;
           if (n < 0) throw new KernelError(`cannot drain ring buffer: ${errnoName(-n)}`, -n);
           if (n > 0) {
-            this.walk(n, each);
+            if (opts.batch) this.walkBatch(n, opts.batch);
+            else this.walk(n, each);
             const pos = native().helm_ring_position(this.ring);
             const done = opts.onBatch ? opts.onBatch() : undefined;
             committed = Promise.all([committed, done]).then(

@@ -598,6 +598,123 @@ export function decodeEvent(view: DataView): RawEvent {
   };
 }
 
+/** A C string field read as decodeEvent's cString reads it, remembering the last one: a flood repeats the same exe, comm, parent. */
+class CStringMemo {
+  private readonly last: Uint8Array;
+  private len = -1;
+  private text = '';
+
+  constructor(max: number) {
+    this.last = new Uint8Array(max);
+  }
+
+  /** The string at `at` in `bytes` (up to its NUL, or `max` bytes), the same string object as last time when its bytes are. */
+  read(bytes: Uint8Array, at: number, max: number): string {
+    const last = this.last;
+    let same = true;
+    let n = 0;
+    for (; n < max; n++) {
+      const c = bytes[at + n];
+      if (c === 0) break;
+      if (same && c !== last[n]) same = false;
+    }
+    if (same && n === this.len) return this.text;
+    last.set(bytes.subarray(at, at + n));
+    this.len = n;
+    this.text = Buffer.from(bytes.buffer, bytes.byteOffset + at, n).toString('utf8');
+    return this.text;
+  }
+}
+
+/** A u64 field as a bigint, the same bigint as last time when it has the same value. */
+class U64Memo {
+  private lo = -1;
+  private hi = -1;
+  private value = 0n;
+
+  read(view: DataView, at: number): bigint {
+    const lo = view.getUint32(at, true);
+    const hi = view.getUint32(at + 4, true);
+    if (lo !== this.lo || hi !== this.hi) {
+      this.lo = lo;
+      this.hi = hi;
+      this.value = view.getBigUint64(at, true);
+    }
+    return this.value;
+  }
+}
+
+/**
+ * decodeEvent for the drain's hot path: the same fields, decoded into one
+ * object that every call reuses (its `addr` too), with the strings and ids
+ * that repeat from one event to the next (exe, comm, parent, agent, cgroup)
+ * kept rather than decoded again. What it returns is valid until the next call.
+ */
+export class EventDecoder {
+  private readonly F = LAYOUT.helm_event.fields;
+  private bytes = new Uint8Array(0);
+  private readonly comm = new CStringMemo(LAYOUT.helm_event.fields.comm[1]);
+  private readonly exe = new CStringMemo(LAYOUT.helm_event.fields.exe[1]);
+  private readonly path = new CStringMemo(LAYOUT.helm_event.fields.path[1]);
+  private readonly parentExe = new CStringMemo(LAYOUT.helm_event.fields.parent_exe[1]);
+  private readonly cgroupId = new U64Memo();
+  private readonly agentId = new U64Memo();
+  private readonly ino = new U64Memo();
+  private readonly e: RawEvent = {
+    tsBootNs: 0n, cgroupId: 0n, agentId: 0n, ino: 0n, type: 0, pid: 0, tid: 0, ppid: 0, uid: 0, gid: 0, roleId: 0, generation: 0, dev: 0,
+    policyId: 0, ruleId: 0, op: 0, decision: 0, mode: 0, reason: 0, flags: 0, detail: 0, targetPid: 0, addr: Buffer.alloc(16), port: 0, proto: 0,
+    family: 0, pathLen: 0, exeLen: 0, comm: '', exe: undefined, path: undefined, ops: 0, argc: 0, argv: undefined, parentExeLen: 0, parentExe: undefined,
+  };
+
+  decode(view: DataView): RawEvent {
+    const F = this.F;
+    if (view.byteLength < LAYOUT.helm_event.size) {
+      throw new RangeError(`event record of ${view.byteLength} bytes, expected ${LAYOUT.helm_event.size}`);
+    }
+    if (this.bytes.buffer !== view.buffer) this.bytes = new Uint8Array(view.buffer as ArrayBuffer);
+    const bytes = this.bytes;
+    const b = view.byteOffset;
+    const e = this.e;
+    e.pathLen = view.getInt32(F.path_len[0], true);
+    e.exeLen = view.getInt32(F.exe_len[0], true);
+    e.argc = view.getInt32(F.argc[0], true);
+    e.parentExeLen = view.getInt32(F.parent_exe_len[0], true);
+    e.tsBootNs = view.getBigUint64(F.ts_boot_ns[0], true);
+    e.cgroupId = this.cgroupId.read(view, F.cgroup_id[0]);
+    e.agentId = this.agentId.read(view, F.agent_id[0]);
+    e.ino = this.ino.read(view, F.ino[0]);
+    e.type = view.getUint32(F.type[0], true);
+    e.pid = view.getUint32(F.pid[0], true);
+    e.tid = view.getUint32(F.tid[0], true);
+    e.ppid = view.getUint32(F.ppid[0], true);
+    e.uid = view.getUint32(F.uid[0], true);
+    e.gid = view.getUint32(F.gid[0], true);
+    e.roleId = view.getUint32(F.role_id[0], true);
+    e.generation = view.getUint32(F.generation[0], true);
+    e.dev = view.getUint32(F.dev[0], true);
+    e.policyId = view.getUint16(F.policy_id[0], true);
+    e.ruleId = view.getUint16(F.rule_id[0], true);
+    e.op = view.getUint8(F.op[0]);
+    e.decision = view.getUint8(F.decision[0]);
+    e.mode = view.getUint8(F.mode[0]);
+    e.reason = view.getUint8(F.reason[0]);
+    e.flags = view.getUint32(F.flags[0], true);
+    e.detail = view.getUint32(F.detail[0], true);
+    e.targetPid = view.getUint32(F.target_pid[0], true);
+    e.addr.set(bytes.subarray(b + F.addr[0], b + F.addr[0] + F.addr[1]));
+    e.port = view.getUint16(F.port[0], true);
+    e.proto = view.getUint8(F.proto[0]);
+    e.family = view.getUint8(F.family[0]);
+    e.comm = this.comm.read(bytes, b + F.comm[0], F.comm[1]);
+    e.exe = e.exeLen > 0 ? this.exe.read(bytes, b + F.exe[0], F.exe[1]) : undefined;
+    e.path = e.pathLen > 0 ? this.path.read(bytes, b + F.path[0], F.path[1]) : undefined;
+    e.ops = view.getUint32(F.ops[0], true);
+    e.argv = e.argc > 0 ? argvStrings(view, F.argv[0], Math.min(view.getUint32(F.argv_len[0], true), F.argv[1]), e.argc) : undefined;
+    e.parentExe = e.parentExeLen > 0 ? this.parentExe.read(bytes, b + F.parent_exe[0], F.parent_exe[1]) : undefined;
+    return e;
+  }
+}
+
 /** NUL-separated strings; the last one may lack its NUL when the kernel cut it short. */
 function argvStrings(view: DataView, at: number, len: number, argc: number): string[] {
   const bytes = Buffer.from(view.buffer, view.byteOffset + at, len);

@@ -67,6 +67,10 @@ export interface NativeApi {
   helm_ring_commit_to(ring: unknown, pos: number | bigint): void;
   helm_ring_pending(ring: unknown): bigint;
   helm_ring_close(ring: unknown): void;
+  /** The audit hash chain over a batch of lines in place (see native/helm_shim.c); `prev` in and out. */
+  helm_chain_lines(buf: Buffer, start: number, ends: Int32Array, n: number, prev: Buffer): number;
+  /** Decision lines for a drained batch (native/audit_format.c; daemon/audit/format-batch.ts). */
+  helm_format_decisions(...args: unknown[]): number;
 }
 
 let cached: NativeApi | undefined;
@@ -121,6 +125,10 @@ export function native(): NativeApi {
     helm_ring_commit_to: lib.func('void helm_ring_commit_to(helm_ring *r, long long pos)'),
     helm_ring_pending: lib.func('long long helm_ring_pending(helm_ring *r)'),
     helm_ring_close: lib.func('void helm_ring_close(helm_ring *r)'),
+    helm_format_decisions: lib.func(
+      'int helm_format_decisions(const uint8_t *recs, int nbytes, int from, int from_off, const uint8_t *names, const int *name_at, const int *name_idx, _Out_ uint8_t *out, int out_off, int out_cap, _Out_ int *res, long long off_sec, long long off_ns)',
+    ),
+    helm_chain_lines: lib.func('int helm_chain_lines(_Inout_ uint8_t *buf, int start, const int *ends, int n, _Inout_ uint8_t *prev)'),
   } as unknown as NativeApi;
   return cached;
 }

@@ -6,8 +6,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { CHAIN_GENESIS, chainLine, verifyChain } from '../../daemon/audit/chain';
-import { AuditTrail } from '../../daemon/audit/writer';
-import { FormattedLine } from '../../daemon/audit/record';
+import { AuditTrail, WrittenLines } from '../../daemon/audit/writer';
+import { FormattedLine, LineArena } from '../../daemon/audit/record';
 import { AuditFeed } from '../../daemon/audit/feed';
 import { decisionLine, trailOptions } from '../audit-fixtures';
 
@@ -140,6 +140,110 @@ t.test('lines formatted ahead (all but their seq) and records written together: 
   t.same(records.slice(1).map((r) => r.path), ['/srv/f1', '/srv/o2', '/srv/f3', '/srv/f4', '/srv/f5', '/srv/o6', '/srv/f7'], 'in the order appended');
   t.same(written, lines, 'onWritten sees the lines as in the file');
   t.equal(FormattedLine.fromText(text(1), text(1).indexOf('"seq":') + 6).ts, '2026-11-30T12:00:00.000000000Z', 'a formatted line knows its ts');
+});
+
+t.test('the chain computed natively (helm_chain_lines) and in JS: the same bytes, batch after batch', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'helm-audit-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const at = new Date('2026-11-30T12:00:00Z');
+  const odd = ['é', '"', '\\', '\n', '\u0001', '𝄞', '/', ' '];
+  const write = async (chain: 'native' | 'js'): Promise<string> => {
+    const file = path.join(dir, chain, 'audit.jsonl');
+    const w = await AuditTrail.open(trailOptions(file, { chain, maxBatch: 7, now: () => at }));
+    for (let b = 0; b < 20; b++) {
+      const batch: (object | FormattedLine)[] = [];
+      for (let i = 0; i <= (b * 5) % 13; i++) {
+        const p = `/srv/${odd[(b + i) % odd.length].repeat(1 + ((b * i) % 40))}${i}`;
+        const text = `{"v":1,"ts":"2026-11-30T12:00:00.000000000Z","seq":,"type":"decision","path":${JSON.stringify(p)}}`;
+        batch.push(i % 3 ? FormattedLine.fromText(text, text.indexOf('"seq":') + 6) : decisionLine({ path: p }));
+      }
+      w.append(batch);
+      if (b % 4 === 0) await w.written();
+    }
+    await w.close();
+    return fs.readFileSync(file, 'utf8');
+  };
+  const js = await write('js');
+  const nat = await write('native');
+  t.ok(js.split('\n').length > 100, 'a trail of many batches');
+  t.equal(nat, js, 'byte for byte');
+  t.hasStrict(verifyChain(nat), { ok: true }, 'and it verifies');
+  // The library's function itself: it is there, and refuses a body that is not an object.
+  const { native } = await import('../../daemon/kernel/native');
+  const buf = Buffer.alloc(200, 0x20);
+  const n = buf.write('{"a":1}', 76);
+  t.equal(native().helm_chain_lines(buf, 0, Int32Array.of(76 + n), 1, Buffer.from(CHAIN_GENESIS)), 0, 'the native chain is loaded');
+  t.equal(native().helm_chain_lines(buf, 0, Int32Array.of(76 + 2), 1, Buffer.from(CHAIN_GENESIS)), -22, 'not an object: EINVAL');
+});
+
+t.test('an arena that reuses its chunks: every line reaches the file intact, while lines wait in the queue across chunks', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'helm-audit-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'audit.jsonl');
+  const arena = new LineArena(4096, 3);
+  const w = await AuditTrail.open(trailOptions(file, { maxBatch: 50 }));
+  const want: string[] = [];
+  let n = 0;
+  for (let b = 0; b < 60; b++) {
+    const batch: (object | FormattedLine)[] = [];
+    // 1 to 120 lines of 40 to 400 bytes: a batch spans several 4 KiB chunks, and the queue more.
+    for (let i = 0; i <= (b * 37) % 120; i++) {
+      n++;
+      const text = `{"v":1,"seq":,"type":"decision","path":"/srv/${'é'.repeat(n % 7)}${String(n).repeat(1 + (n % 50))}"}`;
+      want.push(text.replace('"seq":,', `"seq":${n + 1},`));
+      batch.push(i % 17 === 5 ? decisionLine({ path: `/srv/o${n}` }) : arena.line(text, text.indexOf('"seq":') + 6));
+      if (i % 17 === 5) want[want.length - 1] = JSON.stringify(decisionLine({ path: `/srv/o${n}`, seq: n + 1 }));
+    }
+    w.append(batch);
+    // The writer takes 50 lines at a time while more are formatted: the queue holds lines of many chunks,
+    // some of them made after a chunk came back. Sometimes it runs dry.
+    if (b % 9 === 8) await w.written();
+    else for (let k = b % 4; k >= 0; k--) await new Promise((r) => setImmediate(r));
+  }
+  await w.close();
+  const lines = fs.readFileSync(file, 'utf8').trim().split('\n');
+  t.hasStrict(verifyChain(`${lines.join('\n')}\n`), { ok: true, lines: n + 1 }, 'the file verifies');
+  const bodies = lines.slice(1).map((l) => l.replace(/,"chain":"[0-9a-f]{64}"\}$/, '}'));
+  let bad = 0;
+  for (let i = 0; i < n; i++) if (bodies[i] !== want[i] && bad++ < 3) t.equal(bodies[i], want[i], `line ${i + 2}`);
+  t.equal(bad, 0, `${n} lines as formatted`);
+  t.ok(arena.pooled > 0, 'chunks came back to the pool');
+});
+
+t.test('the live feed keeps the last lines of the writer\'s batches as bytes until asked: the same lines as one by one', async (t) => {
+  const all = trail(400);
+  // WrittenLines as the writer makes them: the batch's bytes, each line followed by a newline.
+  const batch = (lines: string[]): WrittenLines => {
+    const starts: number[] = [0];
+    const text = lines.map((l) => `${l}\n`).join('');
+    for (const l of lines) starts.push(starts[starts.length - 1] + Buffer.byteLength(l) + 1);
+    return new WrittenLines(Buffer.from(text), starts);
+  };
+  const lazy = new AuditFeed(50);
+  const plain = new AuditFeed(50);
+  let at = 0;
+  let i = 0;
+  const seen: string[] = [];
+  while (at < all.length) {
+    const n = [1, 3, 80, 49, 50, 51, 7, 200][i++ % 8];
+    const part = all.slice(at, at + n);
+    at += n;
+    lazy.publish(batch(part));
+    plain.publish(part);
+    if (i % 5 === 0) t.same(lazy.last(1000, () => true).map((r) => r.line), plain.last(1000, () => true).map((r) => r.line), `after batch ${i}`);
+    if (i === 6) {
+      // A subscriber for one batch: it sees every line, and what is kept stays the same.
+      const stop = lazy.subscribe(() => true, (r) => void seen.push(r.line));
+      const more = all.slice(at, at + 60);
+      at += 60;
+      lazy.publish(batch(more));
+      plain.publish(more);
+      stop();
+      t.same(seen, more, 'the subscriber saw the batch');
+    }
+  }
+  t.same(lazy.last(1000, () => true).map((r) => r.line), all.slice(-50), 'the last 50 lines at the end');
+  t.same(lazy.last(5, (r) => (r.seq as number) % 2 === 0).map((r) => r.record.seq), [392, 394, 396, 398, 400], 'filtered');
 });
 
 t.test('the live feed keeps the last lines and parses a record only when asked', async (t) => {

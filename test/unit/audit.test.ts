@@ -4,9 +4,10 @@
 
 import t from 'tap';
 import * as fs from 'fs';
-import { C, LAYOUT, decodeEvent, kernelDev, type RawEvent } from '../../daemon/kernel/layout';
+import { C, EventDecoder, LAYOUT, decodeEvent, kernelDev, type RawEvent } from '../../daemon/kernel/layout';
 import { HELM_PATH_BUF } from '../../daemon/kernel/limits';
-import { formatDecision, rfc3339Nanos, toAuditRecord, type AuditContext } from '../../daemon/audit/record';
+import { FormattedLine, LineArena, formatDecision, rfc3339Nanos, toAuditRecord, type AuditContext } from '../../daemon/audit/record';
+import { BatchFormatter, nativeFormatter } from '../../daemon/audit/format-batch';
 import { Rng } from '../rng';
 
 // ---------------------------------------------------------------------------------------------
@@ -446,6 +447,33 @@ function randomEvent(rng: Rng): RawEvent {
   };
 }
 
+t.test('EventDecoder decodes what decodeEvent does, through runs of repeated and changed events in one drain buffer', async (t) => {
+  const rng = new Rng(11);
+  const dec = new EventDecoder();
+  const size = LAYOUT.helm_event.size;
+  let mismatches = 0;
+  let checked = 0;
+  for (let round = 0; round < 40; round++) {
+    // One drain buffer of records, as the ring reader hands them over; runs of the same event with a new ts and pid.
+    const events: Buffer[] = [];
+    while (events.length < 60) {
+      const e = randomEvent(rng);
+      for (let k = rng.int(5); k >= 0; k--) events.push(encodeEvent({ ...e, tsBootNs: e.tsBootNs + BigInt(k), pid: rng.chance(0.5) ? e.pid : rng.int(1 << 22) }));
+    }
+    const buf = Buffer.alloc(events.length * size);
+    events.forEach((b, i) => b.copy(buf, i * size));
+    for (let i = 0; i < events.length; i++) {
+      const v = new DataView(buf.buffer, buf.byteOffset + i * size, size);
+      const want = decodeEvent(v);
+      const got = dec.decode(v);
+      checked++;
+      if (!t.same({ ...got, addr: Buffer.from(got.addr) }, want, `round ${round} event ${i}`, { diagnostic: false }) && mismatches++ > 3) return;
+    }
+  }
+  t.equal(mismatches, 0, `${checked} events, field for field`);
+  t.throws(() => dec.decode(new DataView(new ArrayBuffer(size - 1))), RangeError, 'a short record is refused');
+});
+
 t.test('formatDecision writes the very text of JSON.stringify(toAuditRecord(...)), for random events', async (t) => {
   const rng = new Rng(7);
   const hostCtx: AuditContext = { ...ctx, hostOf: (agentId, addr16) => (agentId === 42n && addr16[15] % 2 ? 'api.example.com' : undefined) };
@@ -461,6 +489,67 @@ t.test('formatDecision writes the very text of JSON.stringify(toAuditRecord(...)
     if (line.ts !== JSON.parse(want).ts) t.fail(`event ${i}: ts ${line.ts}`);
   }
   t.equal(mismatches, 0, '3000 random events, byte for byte');
+});
+
+t.test('the native batch formatter writes what formatDecision writes, and hands back in place what it leaves', async (t) => {
+  const fmt = nativeFormatter();
+  if (!fmt) return t.fail('build/libhelm.so has no helm_format_decisions');
+  const rng = new Rng(23);
+  // Labels and names above 0x7f are helmd's text, copied as they are; unknown ids too.
+  const names: AuditContext = {
+    ...ctx,
+    agent: (id) => (id === 42n ? { name: 'agent-é', cgroupPath: CGROUP, labels: { team: 'payments', 'ticket"': 'PAY-1\n' } } : undefined),
+    hostOf: (agentId, addr16) => (agentId === 42n && addr16[15] % 5 === 0 ? 'api.example.com' : undefined),
+  };
+  const ascii = (s: string | undefined) => (s === undefined ? s : s.replace(/[^\x00-\x7f]/g, 'q'));
+  const size = LAYOUT.helm_event.size;
+  const span = 8 + ((size + 7) & ~7);
+  const arena = new LineArena(1 << 16, 2); // small chunks: a batch spans several
+  const batcher = new BatchFormatter(fmt, names, REALTIME_OFFSET, arena);
+  let native = 0;
+  let perRecord = 0;
+  let mismatches = 0;
+  let count = 0;
+  for (let round = 0; round < 30; round++) {
+    const events: RawEvent[] = [];
+    for (let i = 0; i < 150; i++) {
+      let e = randomEvent(rng);
+      // Mostly strings without bytes above 0x7f (what the native path takes), some with.
+      if (rng.chance(0.8)) {
+        e = { ...e, path: ascii(e.path), exe: ascii(e.exe), parentExe: ascii(e.parentExe), comm: ascii(e.comm)! };
+        e = { ...e, pathLen: e.path ? cLen(e.path) : e.pathLen, exeLen: e.exe ? cLen(e.exe) : e.exeLen, parentExeLen: e.parentExe ? cLen(e.parentExe) : e.parentExeLen };
+      }
+      if (rng.chance(0.05)) e = { ...e, type: 2 }; // not a decision
+      if (rng.chance(0.1)) e = { ...e, tsBootNs: BigInt(rng.int(2 ** 31)) * 1_000_000_000n + 999_999_999n }; // the end of a second
+      events.push(e);
+    }
+    const buf = Buffer.alloc(events.length * span + 64);
+    events.forEach((e, i) => {
+      buf.writeUInt32LE(size, i * span);
+      encodeEvent(e).copy(buf, i * span + 8);
+    });
+    const got: (FormattedLine | DataView)[] = [];
+    batcher.format(buf, events.length * span, { line: (l) => void got.push(l), record: (v) => void got.push(v) });
+    if (got.length !== events.length) return t.fail(`round ${round}: ${got.length} of ${events.length} records came back`);
+    for (let i = 0; i < events.length; i++) {
+      const g = got[i];
+      const v = new DataView(buf.buffer, buf.byteOffset + i * span + 8, size);
+      if (g instanceof DataView) {
+        perRecord++;
+        if (g.byteOffset !== v.byteOffset) return t.fail(`round ${round}: record ${i} handed back out of place`);
+        continue;
+      }
+      native++;
+      count++;
+      const e = decodeEvent(v);
+      if (e.type !== C.HELM_EVENT_DECISION) return t.fail('a record that is no decision was formatted');
+      const seq = 1 + rng.int(2 ** 40);
+      const want = formatDecision(e, REALTIME_OFFSET, names).withSeq(seq);
+      if (g.withSeq(seq) !== want && mismatches++ < 3) t.equal(g.withSeq(seq), want, `round ${round} event ${i}`);
+    }
+  }
+  t.equal(mismatches, 0, `${count} lines formatted natively, byte for byte`);
+  t.ok(native > 1500 && perRecord > 500, `both paths taken (${native} native, ${perRecord} per record)`);
 });
 
 t.test('formatDecision: the time of day is formatted once per second, the nanoseconds every time', async (t) => {

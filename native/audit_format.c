@@ -1,0 +1,330 @@
+// Audit decision lines formatted natively, part of build/libhelm.so (see helm_shim.c for the rest).
+#include <errno.h>
+#include <string.h>
+#include "helm.h"
+/*
+ * Decision lines, formatted natively: helmd's drain calls this once per batch
+ * of ring records, for the byte-for-byte text formatDecision
+ * (daemon/audit/record.ts) writes; whatever this does not handle exactly
+ * (bytes above 0x7f in a string, IPv6 addresses, exec arguments, an exe the
+ * kernel could not resolve, a date past 9999) it hands back to formatDecision.
+ * The names (agent, labels, role, policy, rule) come from helmd as text.
+ * unit: test/unit/audit.test.ts, against formatDecision on random events.
+ */
+
+static const char *const fmt_ops[] = {"read", "write", "exec", "bpf", "signal", "ptrace", "mount", "module", "control", "connect", "bind"};
+static const char *const fmt_details[] = {"open", "create", "mkdir", "unlink", "rmdir", "rename-from", "rename-to", "link-from", "link-to", "symlink", "chmod",
+					  "chown", "truncate", "mmap-exec", "receive", "xattr", "connect", "sendmsg", "bind", "unix", "raw", "packet"};
+static const char *const fmt_decisions[] = {"allow", "deny", "would_deny"};
+static const char *const fmt_reasons[] = {"rule", "default", "no-policy", "path-error", "no-table", "inode-rule", "self-protection"};
+#define FMT_COUNT(a) ((unsigned)(sizeof(a) / sizeof((a)[0])))
+
+struct fmt_out {
+	char *p;
+};
+
+static void fmt_str(struct fmt_out *o, const char *s)
+{
+	size_t n = strlen(s);
+	memcpy(o->p, s, n);
+	o->p += n;
+}
+
+static void fmt_u64(struct fmt_out *o, unsigned long long v)
+{
+	char tmp[24];
+	int n = 0;
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n)
+		*o->p++ = tmp[--n];
+}
+
+static void fmt_digits(struct fmt_out *o, unsigned v, int width)
+{
+	for (int i = width - 1; i >= 0; i--) {
+		o->p[i] = (char)('0' + v % 10);
+		v /= 10;
+	}
+	o->p += width;
+}
+
+/* A C string field (up to its NUL or `max` bytes) as JSON; 0 if it holds a byte above 0x7f (formatDecision's UTF-8 decoding is left to JS). */
+static int fmt_cstr(struct fmt_out *o, const char *s, int max, int strip_slash_dir)
+{
+	static const char hex[] = "0123456789abcdef";
+	const char *end = memchr(s, 0, (size_t)max);
+	int n = end ? (int)(end - s) : max;
+
+	if (strip_slash_dir && n > 1 && s[n - 1] == '/')
+		n--;
+	*o->p++ = '"';
+	for (int i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c >= 0x80)
+			return 0;
+		if (c == '"' || c == '\\') {
+			*o->p++ = '\\';
+			*o->p++ = (char)c;
+		} else if (c < 0x20) {
+			*o->p++ = '\\';
+			switch (c) {
+			case '\b': *o->p++ = 'b'; break;
+			case '\f': *o->p++ = 'f'; break;
+			case '\n': *o->p++ = 'n'; break;
+			case '\r': *o->p++ = 'r'; break;
+			case '\t': *o->p++ = 't'; break;
+			default:
+				memcpy(o->p, "u00", 3);
+				o->p[3] = hex[c >> 4];
+				o->p[4] = hex[c & 15];
+				o->p += 5;
+			}
+		} else
+			*o->p++ = (char)c;
+	}
+	*o->p++ = '"';
+	return 1;
+}
+
+static void fmt_name(struct fmt_out *o, const char *const *table, unsigned count, unsigned i, const char *prefix)
+{
+	*o->p++ = '"';
+	if (i < count)
+		fmt_str(o, table[i]);
+	else {
+		fmt_str(o, prefix);
+		fmt_u64(o, i);
+	}
+	*o->p++ = '"';
+}
+
+static void fmt_proto(struct fmt_out *o, unsigned proto)
+{
+	const char *name = proto == 1 ? "icmp" : proto == 6 ? "tcp" : proto == 17 ? "udp" : proto == 58 ? "icmpv6" : proto == 132 ? "sctp" : proto == 136 ? "udplite" : NULL;
+	*o->p++ = '"';
+	if (name)
+		fmt_str(o, name);
+	else
+		fmt_u64(o, proto);
+	*o->p++ = '"';
+}
+
+/* Days since 1970-01-01 as a civil date (H. Hinnant's days_from_civil, inverted). */
+static void civil(long long z, long long *y, unsigned *m, unsigned *d)
+{
+	z += 719468;
+	long long era = (z >= 0 ? z : z - 146096) / 146097;
+	unsigned doe = (unsigned)(z - era * 146097);
+	unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	unsigned mp = (5 * doy + 2) / 153;
+	*d = doy - (153 * mp + 2) / 5 + 1;
+	*m = mp < 10 ? mp + 3 : mp - 9;
+	*y = (long long)yoe + era * 400 + (*m <= 2);
+}
+
+/* One decision line; 1 if written, 0 if formatDecision must write it. */
+static int fmt_decision(struct fmt_out *o, const struct helm_event *e, long long off_sec, long long off_ns)
+{
+	unsigned long long boot = e->ts_boot_ns;
+	long long sec = (long long)(boot / 1000000000ull) + off_sec;
+	long long ns = (long long)(boot % 1000000000ull) + off_ns;
+	long long y, days;
+	unsigned mo, d, sod;
+
+	if (e->exe_len <= 0 || e->argc > 0)
+		return 0; /* /proc is read for the exe; arguments: formatDecision */
+	if (ns >= 1000000000) {
+		ns -= 1000000000;
+		sec++;
+	}
+	if (sec < 0)
+		return 0;
+	days = sec / 86400;
+	sod = (unsigned)(sec % 86400);
+	civil(days, &y, &mo, &d);
+	if (y > 9999)
+		return 0;
+	fmt_str(o, "{\"v\":1,\"ts\":\"");
+	fmt_digits(o, (unsigned)y, 4);
+	*o->p++ = '-';
+	fmt_digits(o, mo, 2);
+	*o->p++ = '-';
+	fmt_digits(o, d, 2);
+	*o->p++ = 'T';
+	fmt_digits(o, sod / 3600, 2);
+	*o->p++ = ':';
+	fmt_digits(o, sod / 60 % 60, 2);
+	*o->p++ = ':';
+	fmt_digits(o, sod % 60, 2);
+	*o->p++ = '.';
+	fmt_digits(o, (unsigned)ns, 9);
+	fmt_str(o, "Z\",\"seq\":");
+	return 1;
+}
+
+/* The rest of the line, after its seq. */
+static int fmt_decision_rest(struct fmt_out *o, const struct helm_event *e, const char *names, int names_len)
+{
+	int is_net = (e->op == HELM_OP_CONNECT || e->op == HELM_OP_BIND) && e->detail != HELM_DETAIL_UNIX;
+
+	fmt_str(o, ",\"type\":\"decision\",\"decision\":\"");
+	fmt_str(o, e->decision < FMT_COUNT(fmt_decisions) ? fmt_decisions[e->decision] : "deny");
+	fmt_str(o, "\",\"op\":");
+	fmt_name(o, fmt_ops, FMT_COUNT(fmt_ops), e->op, "op");
+	if (e->op < HELM_FILE_OPS || e->op == HELM_OP_CONTROL || e->op == HELM_OP_CONNECT || e->op == HELM_OP_BIND) {
+		fmt_str(o, ",\"detail\":");
+		fmt_name(o, fmt_details, FMT_COUNT(fmt_details), e->detail, "detail");
+	} else {
+		fmt_str(o, ",\"arg\":");
+		fmt_u64(o, e->detail);
+		if (e->op == HELM_OP_SIGNAL || e->op == HELM_OP_PTRACE) {
+			fmt_str(o, ",\"target_pid\":");
+			fmt_u64(o, e->target_pid);
+		}
+	}
+	fmt_str(o, ",\"path\":");
+	if (is_net || e->path_len <= 0)
+		fmt_str(o, "null");
+	else if (!fmt_cstr(o, e->path, HELM_PATH_BUF, e->flags & HELM_EVENT_FLAG_DIR))
+		return 0;
+	if (e->flags & HELM_EVENT_FLAG_DIR)
+		fmt_str(o, ",\"dir\":true");
+	if (is_net) {
+		if (e->detail == HELM_DETAIL_RAW) {
+			fmt_str(o, ",\"proto\":");
+			fmt_proto(o, e->proto);
+		} else if (e->detail == HELM_DETAIL_PACKET) {
+			static const char hex[] = "0123456789abcdef";
+			fmt_str(o, ",\"ethertype\":\"0x");
+			for (int s = 12; s >= 0; s -= 4)
+				*o->p++ = hex[(e->port >> s) & 15];
+			*o->p++ = '"';
+		} else {
+			const __u8 *a = e->addr;
+			for (int i = 0; i < 10; i++)
+				if (a[i])
+					return 0; /* IPv6: formatDecision */
+			if (a[10] != 0xff || a[11] != 0xff)
+				return 0;
+			fmt_str(o, ",\"addr\":\"");
+			for (int i = 12; i < 16; i++) {
+				fmt_u64(o, a[i]);
+				*o->p++ = i < 15 ? '.' : '"';
+			}
+			fmt_str(o, ",\"port\":");
+			fmt_u64(o, e->port);
+			fmt_str(o, ",\"proto\":");
+			fmt_proto(o, e->proto);
+		}
+	}
+	if (e->ops & (e->ops - 1)) {
+		int first = 1;
+		fmt_str(o, ",\"ops\":[");
+		for (unsigned i = 0; i < 32; i++) {
+			if (!(e->ops & (1u << i)))
+				continue;
+			if (!first)
+				*o->p++ = ',';
+			first = 0;
+			fmt_name(o, fmt_ops, FMT_COUNT(fmt_ops), i, "op");
+		}
+		*o->p++ = ']';
+	}
+	if (e->flags & HELM_EVENT_FLAG_ARGV_TRUNCATED)
+		fmt_str(o, ",\"argv_truncated\":true");
+	fmt_str(o, ",\"pid\":");
+	fmt_u64(o, e->pid);
+	fmt_str(o, ",\"tid\":");
+	fmt_u64(o, e->tid);
+	fmt_str(o, ",\"ppid\":");
+	fmt_u64(o, e->ppid);
+	fmt_str(o, ",\"uid\":");
+	fmt_u64(o, e->uid);
+	fmt_str(o, ",\"gid\":");
+	fmt_u64(o, e->gid);
+	fmt_str(o, ",\"exe\":");
+	if (!fmt_cstr(o, e->exe, HELM_PATH_BUF, 0))
+		return 0;
+	fmt_str(o, ",\"parent_exe\":");
+	if (e->parent_exe_len <= 0)
+		fmt_str(o, "null");
+	else if (!fmt_cstr(o, e->parent_exe, HELM_PATH_BUF, 0))
+		return 0;
+	fmt_str(o, ",\"comm\":");
+	if (!fmt_cstr(o, e->comm, sizeof(e->comm), 0))
+		return 0;
+	fmt_str(o, ",\"cgroup\":{\"id\":\"");
+	fmt_u64(o, e->cgroup_id);
+	fmt_str(o, "\",\"path\":");
+	memcpy(o->p, names, (size_t)names_len);
+	o->p += names_len;
+	fmt_str(o, e->mode == HELM_MODE_DRY_RUN ? ",\"mode\":\"dry-run\",\"reason\":\"" : ",\"mode\":\"enforce\",\"reason\":\"");
+	fmt_str(o, e->reason < FMT_COUNT(fmt_reasons) ? fmt_reasons[e->reason] : "rule");
+	fmt_str(o, "\",\"generation\":");
+	fmt_u64(o, e->generation);
+	if (!is_net) {
+		fmt_str(o, ",\"inode\":{\"dev\":");
+		fmt_u64(o, e->dev);
+		fmt_str(o, ",\"ino\":\"");
+		fmt_u64(o, e->ino);
+		fmt_str(o, "\"}");
+	}
+	if (e->flags & HELM_EVENT_FLAG_SAMPLED)
+		fmt_str(o, ",\"sampled\":true");
+	*o->p++ = '}';
+	return 1;
+}
+
+/*
+ * Records `from` on of a drained batch (`recs`: [u32 len][u32 0][record, padded
+ * to 8], record `from` at byte `from_off`), each with names[k]: an index into
+ * the names table (`names`, with name_at[2i], name_at[2i + 1] the bytes of text
+ * i: the line's JSON from the cgroup's path to the rule's value), or -1 (helmd
+ * formats it, or it is no decision line). Writes lines into out[out_off..out_cap)
+ * and, per record, res[4k..4k+3] = {1 written | 0 helmd's, start, where the seq
+ * goes, end}. Stops, before a record, where a line might not fit; returns the
+ * records done (from `from`), or -EINVAL.
+ */
+int helm_format_decisions(const unsigned char *recs, int nbytes, int from, int from_off, const char *names, const int *name_at, const int *name_idx,
+			  char *out, int out_off, int out_cap, int *res, long long off_sec, long long off_ns)
+{
+	int k = from, off = from_off;
+	struct fmt_out o;
+
+	if (off_ns < 0 || off_ns >= 1000000000)
+		return -EINVAL;
+	while (off + 8 <= nbytes) {
+		unsigned len;
+		const struct helm_event *e;
+		int idx = name_idx[k], names_len, start, at;
+
+		memcpy(&len, recs + off, 4);
+		e = (const struct helm_event *)(recs + off + 8);
+		res[4 * k] = 0;
+		if (idx >= 0 && len >= sizeof(*e)) {
+			names_len = name_at[2 * idx + 1] - name_at[2 * idx];
+			/* the longest line: every string escaped as \u00XX, and the names */
+			if ((long long)out_cap - out_off < 6LL * (3 * HELM_PATH_BUF + 16) + 2048 + names_len)
+				break;
+			o.p = out + out_off;
+			start = out_off;
+			if (fmt_decision(&o, e, off_sec, off_ns)) {
+				at = (int)(o.p - out);
+				if (fmt_decision_rest(&o, e, names + name_at[2 * idx], names_len)) {
+					res[4 * k] = 1;
+					res[4 * k + 1] = start;
+					res[4 * k + 2] = at;
+					res[4 * k + 3] = (int)(o.p - out);
+					out_off = res[4 * k + 3];
+				}
+			}
+		}
+		off += 8 + (int)((len + 7) & ~7u);
+		k++;
+	}
+	return k - from;
+}
