@@ -109,7 +109,7 @@ export function policyDigest(policies: Policy[]): string {
   // 10,000-rule policy writing every rule out again took longer than the apply before it.
   const parts: string[] = [];
   for (const p of policies) {
-    const text = JSON.stringify(p, (k, v) => (k === 'loc' ? undefined : k === 'rules' ? RULES_HERE : v));
+    const text = JSON.stringify(p, (k, v) => (k === 'rules' ? RULES_HERE : withoutLoc(k, v)));
     const at = text.indexOf(RULES_HERE_JSON);
     parts.push(at < 0 ? text : `${text.slice(0, at)}[${p.rules.map(ruleJson).join(',')}]${text.slice(at + RULES_HERE_JSON.length)}`);
   }
@@ -121,10 +121,15 @@ const RULES_HERE = '\0rules\0';
 const RULES_HERE_JSON = JSON.stringify(RULES_HERE);
 const ruleTexts = new WeakMap<Rule, string>();
 
+/** What a digest leaves out: where things were written. */
+function withoutLoc(k: string, v: unknown): unknown {
+  return k === 'loc' ? undefined : v;
+}
+
 function ruleJson(rule: Rule): string {
   let text = ruleTexts.get(rule);
   if (text === undefined) {
-    text = JSON.stringify(rule, (k, v) => (k === 'loc' ? undefined : v));
+    text = JSON.stringify(rule, withoutLoc);
     ruleTexts.set(rule, text);
   }
   return text;
