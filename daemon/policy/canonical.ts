@@ -123,10 +123,11 @@ function resolvePlainDir(plain: string, cache: LookupCache): Resolved {
 function resolveStep(plain: string, cache: LookupCache): Resolved {
   const slash = plain.lastIndexOf('/');
   const parent = resolvePlainDir(slash === 0 ? '/' : plain.slice(0, slash), cache);
+  const name = plain.slice(slash + 1);
   // Nothing above was rewritten: the path is as written (no new string for it).
-  const next = parent.asWritten ? plain : joinPath(parent.path, plain.slice(slash + 1));
+  const next = parent.asWritten ? plain : joinPath(parent.path, name);
   if (!parent.reached || next.startsWith('/proc/')) return { path: next, reached: false, asWritten: parent.asWritten };
-  const target = childTarget(parent, plain.slice(slash + 1), next, cache);
+  const target = childTarget(parent, name, next, cache);
   if (target === null) return { path: next, reached: true, asWritten: parent.asWritten };
   if (target === undefined) return { path: next, reached: false, asWritten: parent.asWritten };
   // A symlink: resolvePath follows it, and counts it against MAX_SYMLINKS with those before.
