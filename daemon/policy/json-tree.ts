@@ -50,8 +50,30 @@ export function readJsonTree(text: string, deferRules = false): JsonTree | undef
   return root === undefined ? undefined : { root, lines: lineCounterOf(text), valueAt: reader.at };
 }
 
+/**
+ * The `count` values of a list that start at `offset` of a JSON text, each with where it ends (for
+ * parse.ts, an edit of a source read before: the rules an edit replaced). Undefined where
+ * readJsonTree would give up: a repeated key. The text from `offset` must hold that many values
+ * separated by commas, as JSON.parse found.
+ */
+export function readJsonItems(text: string, offset: number, count: number): { node: TreeNode; end: number }[] | undefined {
+  const reader = jsonReader(text, false);
+  const items: { node: TreeNode; end: number }[] = [];
+  let at = offset;
+  for (let k = 0; k < count; k++) {
+    const node = reader.at(at);
+    if (node === undefined) return undefined;
+    const end = reader.position();
+    items.push({ node, end });
+    // Past the comma (between values there is only white space and one comma) to the next value.
+    at = end;
+    for (let c = text.charCodeAt(at); c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d || c === 0x2c; c = text.charCodeAt(++at));
+  }
+  return items;
+}
+
 /** Line starts of a text, as the YAML parser's LineCounter has them (JSON strings hold no raw newline). */
-function lineCounterOf(text: string): LineCounter {
+export function lineCounterOf(text: string): LineCounter {
   const lines = new LineCounter();
   const starts = lines.lineStarts;
   starts.push(0);
@@ -207,6 +229,10 @@ function jsonReader(text: string, defer: boolean) {
       i = offset;
       const node = value(Place.Other);
       return duplicateKey ? undefined : node;
+    },
+    /** Where the last value read ends. */
+    position(): number {
+      return i;
     },
   };
 }

@@ -12,7 +12,7 @@ import { Document, LineCounter, isScalar, isSeq, parseAllDocuments, visit } from
 import { MAX_RULE_PATH_BYTES } from '../kernel/limits';
 import { LookupCache, canonicalizeRulePath } from './canonical';
 import { addressBytes } from './ip';
-import { readJsonTree, type JsonTree } from './json-tree';
+import { readJsonItems, readJsonTree, type JsonTree } from './json-tree';
 import { describeNode, treeFromYaml, type TreeList, type TreeMap, type TreeNode } from './tree';
 import {
   Conditions,
@@ -62,6 +62,11 @@ export class RuleCache {
   /** Per rules list (file and JSON Pointer of the list): its rules by index. */
   private previous = new Map<string, (CachedRule | undefined)[]>();
   private current = new Map<string, (CachedRule | undefined)[]>();
+  /** Per file: its last parse, when it was read directly and without any error (see parseEdit). */
+  private previousSources = new Map<string, SourceSnapshot>();
+  private currentSources = new Map<string, SourceSnapshot>();
+  /** Sources parsed as an edit of their parse before (parseEdit), for tests and benchmarks to see that they were. */
+  editsParsed = 0;
 
   /**
    * The cache of one rules list: its rules as the parse before left them, and those of this
@@ -75,11 +80,51 @@ export class RuleCache {
     return { before: this.previous.get(key) ?? [], kept };
   }
 
+  /** The parse before of a file, if it was valid and read directly. */
+  source(file: string): SourceSnapshot | undefined {
+    return this.previousSources.get(file);
+  }
+
+  /** This parse of a file, valid: its snapshot, and its lists for list(). */
+  keepSource(snapshot: SourceSnapshot): void {
+    this.currentSources.set(snapshot.file, snapshot);
+    for (const l of snapshot.lists) this.current.set(`${snapshot.file}\0${l.pointer}`, l.kept);
+  }
+
   /** A set of sources has been parsed: what it did not meet is forgotten. */
   rotate(): void {
     this.previous = this.current;
     this.current = new Map();
+    this.previousSources = this.currentSources;
+    this.currentSources = new Map();
   }
+}
+
+/** A JSON source as its last valid parse left it: enough to parse an edit of it (see parseEdit). */
+interface SourceSnapshot {
+  file: string;
+  text: string;
+  /** Where its lines start (LineCounter.lineStarts). */
+  lineStarts: number[];
+  parsed: Parsed[];
+  /** Its rules lists, in no particular order. */
+  lists: ListSnapshot[];
+}
+
+/** A rules list of a SourceSnapshot. */
+interface ListSnapshot {
+  pointer: string;
+  kind: RuleKind;
+  /** The policy it belongs to (index in SourceSnapshot.parsed), and where its rules start in the policy's. */
+  policy: number;
+  first: number;
+  /** The policy's roles, as parseRule is given them. */
+  roles: string[] | undefined;
+  rolesKey: string;
+  /** Per rule: where its text starts and ends in the source, and its cache entry. */
+  starts: number[];
+  ends: number[];
+  kept: CachedRule[];
 }
 
 interface RuleListCache {
@@ -398,7 +443,7 @@ interface Ctx {
   diags: PolicyDiagnostic[];
   canonicalize: (p: string) => string;
   /** JSON read directly: its tree, for reading deferred rules (TreeMap.deferred), and the rules of the parse before. */
-  json?: { tree: JsonTree; cache?: RuleCache };
+  json?: { tree: JsonTree; cache?: RuleCache; lists: (ListSnapshot & { rules: Rule[] })[] };
 }
 
 /**
@@ -488,6 +533,9 @@ function parseSource(text: string, file: string, opts: ParseOptions, diags: Poli
  * and located by the one reading, and this path only ever returns valid policies.
  */
 function parseJsonDirectly(text: string, file: string, canonicalize: (p: string) => string, cache: RuleCache | undefined): Parsed[] | undefined {
+  const before = cache?.source(file);
+  const edited = before && parseEdit(before, text, canonicalize, cache!);
+  if (edited) return edited;
   let tree: ReturnType<typeof readJsonTree>;
   try {
     JSON.parse(text);
@@ -498,7 +546,7 @@ function parseJsonDirectly(text: string, file: string, canonicalize: (p: string)
     throw e;
   }
   if (tree === undefined) return undefined;
-  const ctx: Ctx = { file, lines: tree.lines, diags: [], canonicalize, json: { tree, cache } };
+  const ctx: Ctx = { file, lines: tree.lines, diags: [], canonicalize, json: { tree, cache, lists: [] } };
   let parsed: Parsed[];
   try {
     parsed = parsePolicies(ctx, policyRoots(ctx, tree.root, 0, true));
@@ -508,7 +556,204 @@ function parseJsonDirectly(text: string, file: string, canonicalize: (p: string)
     if (e instanceof RepeatedKey || e instanceof RangeError) return undefined;
     throw e;
   }
-  return parsed.length > 0 && ctx.diags.length === 0 ? parsed : undefined;
+  if (parsed.length === 0 || ctx.diags.length > 0) return undefined;
+  if (cache) keepSnapshot(cache, file, text, tree.lines.lineStarts, parsed, ctx.json!.lists);
+  return parsed;
+}
+
+/**
+ * A JSON source that differs from its last valid parse (`before`) inside a run of rules of one
+ * list, parsed from that parse: the rules in the run read again, every other rule taken as it
+ * was. Undefined, for the whole source to be read as usual, in every other case; so this only
+ * ever returns what reading the whole source would (test/unit/parse-caches.test.ts compares the
+ * two over random edits):
+ *   - the text changed outside the rules of one list (roles, mode, name, two lists...);
+ *   - the run does not hold as many rules as before (an index, hence a pointer or a generated id,
+ *     would move), or the edit adds or removes a line break, or anything located follows it on
+ *     its line (a line or column would move);
+ *   - the new rules are not JSON values the rest of the document can hold, hold a key twice, or
+ *     have any error at all, or a rule id is then written twice: the usual reading reports it;
+ *   - a path of any rule canonicalises differently now (a symlink moved).
+ * The document is valid JSON as a whole because it was before, and the run of values replacing
+ * the old run is valid on its own (JSON.parse says so, as a list): a value is replaced by a value.
+ * Why: reading a 10,000-rule source whole, only to find which rules an edit changed, was most of
+ * an apply's time.
+ */
+function parseEdit(before: SourceSnapshot, text: string, canonicalize: (p: string) => string, cache: RuleCache): Parsed[] | undefined {
+  const old = before.text;
+  const { file } = before;
+  const ctx: Ctx = { file, lines: new LineCounter(), diags: [], canonicalize };
+  let { parsed, lists, lineStarts } = before;
+  const fresh = new Set<CachedRule>();
+  if (text !== old) {
+    const [p, s] = commonEnds(old, text);
+    const delta = text.length - old.length;
+    const e0 = old.length - s;
+    const e1 = text.length - s;
+    const list = lists.find((l) => l.starts.length > 0 && l.starts[0] <= p && e0 <= l.ends[l.ends.length - 1]);
+    if (list === undefined) return undefined;
+    const i = lastAtOrBefore(list.starts, p);
+    const j = firstAtOrAfter(list.ends, e0);
+    const oldBreaks = breaksIn(old, p, e0);
+    if (oldBreaks !== breaksIn(text, p, e1) || !onlyClosersAfter(old, list.ends[j])) return undefined;
+    const runStart = list.starts[i];
+    const runEnd = list.ends[j] + delta;
+    const run = text.slice(runStart, runEnd);
+    if (run.includes('\r') || run.charCodeAt(0) !== 0x7b || run.charCodeAt(run.length - 1) !== 0x7d) return undefined;
+    const count = j - i + 1;
+    try {
+      const values: unknown = JSON.parse(`[${run}]`);
+      if (!Array.isArray(values) || values.length !== count || values.some((v) => v === null || typeof v !== 'object' || Array.isArray(v))) return undefined;
+    } catch (e) {
+      if (e instanceof SyntaxError || e instanceof RangeError) return undefined;
+      throw e;
+    }
+    let items: ReturnType<typeof readJsonItems>;
+    try {
+      items = readJsonItems(text, runStart, count);
+    } catch (e) {
+      if (e instanceof RangeError) return undefined;
+      throw e;
+    }
+    if (items === undefined || items[count - 1].end !== runEnd) return undefined;
+    lineStarts = editedLineStarts(lineStarts, text, p, e0, e1, delta, oldBreaks);
+    ctx.lines.lineStarts = lineStarts;
+
+    const policy = parsed[list.policy].policy;
+    const rules = policy.rules.slice();
+    const kept = list.kept.slice();
+    const starts = list.starts.slice();
+    const ends = list.ends.slice();
+    for (let k = 0; k < count; k++) {
+      const index = i + k;
+      const { node, end } = items[k];
+      const offset = node.offset!;
+      const r = readRule(ctx, new At(ctx, node, undefined, `${list.pointer}/${index}`, offset), list.kind, index, list.roles);
+      if (r === undefined || ctx.diags.length > 0) return undefined;
+      const { line, col } = ctx.lines.linePos(offset);
+      kept[index] = cacheEntry(text.slice(offset, end), line, col, list.rolesKey, r.rule);
+      fresh.add(kept[index]);
+      rules[list.first + index] = r.rule;
+      starts[index] = offset;
+      ends[index] = end;
+    }
+    for (let index = j + 1; index < starts.length; index++) {
+      starts[index] += delta;
+      ends[index] += delta;
+    }
+    if (repeatsAnId(rules, list.first + i, list.first + j)) return undefined;
+    parsed = parsed.slice();
+    parsed[list.policy] = { ...parsed[list.policy], policy: { ...policy, rules } };
+    lists = lists.map((l) =>
+      l === list
+        ? { ...l, starts, ends, kept }
+        : l.starts.length > 0 && l.starts[0] >= e0
+          ? { ...l, starts: l.starts.map((o) => o + delta), ends: l.ends.map((o) => o + delta) }
+          : l,
+    );
+  }
+  // Every path of every rule taken as it was is looked at again: the filesystem may have changed.
+  for (const l of lists) {
+    for (const entry of l.kept) {
+      if (fresh.has(entry)) continue;
+      for (const t of entry.paths) if (canonicalTarget(ctx, t.written) !== t.canonical) return undefined;
+    }
+  }
+  cache.keepSource({ file, text, lineStarts, parsed, lists });
+  cache.editsParsed++;
+  return parsed;
+}
+
+/** The lengths of the longest common prefix of two different strings, and of their longest common suffix not overlapping it. */
+function commonEnds(a: string, b: string): [number, number] {
+  const most = Math.min(a.length, b.length);
+  // Halving: comparing slices is a memory comparison, where a loop would compare a character at a time.
+  let lo = 0;
+  let hi = most;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (a.slice(lo, mid) === b.slice(lo, mid)) lo = mid;
+    else hi = mid - 1;
+  }
+  const prefix = lo;
+  lo = 0;
+  hi = most - prefix;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (a.slice(a.length - mid, a.length - lo) === b.slice(b.length - mid, b.length - lo)) lo = mid;
+    else hi = mid - 1;
+  }
+  return [prefix, lo];
+}
+
+/** The last index whose offset is at or before `at` (offsets ascending; the first is). */
+function lastAtOrBefore(offsets: number[], at: number): number {
+  let lo = 0;
+  let hi = offsets.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (offsets[mid] <= at) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+/** The first index whose offset is at or after `at` (offsets ascending; the last is). */
+function firstAtOrAfter(offsets: number[], at: number): number {
+  let lo = 0;
+  let hi = offsets.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (offsets[mid] >= at) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+function breaksIn(text: string, from: number, to: number): number {
+  let n = 0;
+  for (let nl = text.indexOf('\n', from); nl >= 0 && nl < to; nl = text.indexOf('\n', nl + 1)) n++;
+  return n;
+}
+
+/** Nothing but white space, commas and closing brackets from `at` to the end of its line: nothing there has a location. */
+function onlyClosersAfter(text: string, at: number): boolean {
+  for (let c = text.charCodeAt(at); at < text.length && c !== 0x0a; c = text.charCodeAt(++at)) {
+    if (c !== 0x20 && c !== 0x09 && c !== 0x2c && c !== 0x5d && c !== 0x7d) return false;
+  }
+  return true;
+}
+
+/** The line starts of a text edited from [p, e0) to [p, e1), with as many line breaks as before. */
+function editedLineStarts(starts: number[], text: string, p: number, e0: number, e1: number, delta: number, breaks: number): number[] {
+  if (breaks === 0 && delta === 0) return starts;
+  // A line starts after a break: those before p are the same, those after e0 moved by delta.
+  const kept = firstAtOrAfter(starts, p + 1);
+  const out = starts.slice(0, starts[kept] <= p ? kept + 1 : kept);
+  for (let nl = text.indexOf('\n', p); nl >= 0 && nl < e1; nl = text.indexOf('\n', nl + 1)) out.push(nl + 1);
+  for (let k = out.length; k < starts.length; k++) out.push(starts[k] + delta);
+  return out;
+}
+
+/** Whether a rule of rules[from..to] has a written id another rule of the policy has too. */
+function repeatsAnId(rules: Rule[], from: number, to: number): boolean {
+  for (let a = from; a <= to; a++) {
+    if (!rules[a].idWritten) continue;
+    for (let b = 0; b < rules.length; b++) if (b !== a && rules[b].idWritten && rules[b].id === rules[a].id) return true;
+  }
+  return false;
+}
+
+/** A valid direct parse, kept for parsing the next edit of its source (parseEdit). */
+function keepSnapshot(cache: RuleCache, file: string, text: string, lineStarts: number[], parsed: Parsed[], found: (ListSnapshot & { rules: Rule[] })[]): void {
+  const lists: ListSnapshot[] = [];
+  for (const { rules, ...list } of found) {
+    const policy = parsed.findIndex((p) => p.policy.rules === rules);
+    // Every rule of a valid parse was read directly and kept; anything else is not an edit's base.
+    if (policy < 0 || list.ends.includes(-1) || list.kept.length !== list.starts.length || list.kept.includes(undefined as unknown as CachedRule)) return;
+    lists.push({ ...list, policy });
+  }
+  cache.keepSource({ file, text, lineStarts, parsed, lists });
 }
 
 /**
@@ -745,12 +990,19 @@ function parseSpec(ctx: Ctx, entry: Entry): Spec {
     if (list === undefined) continue;
     const items = rulesList(ctx, list.value, kind);
     const cache = ctx.json?.cache?.list(ctx.file, list.value.pointer);
+    const first = spec.rules.length;
     items.forEach((item, index) => {
       const r = parseRule(ctx, item, kind, index, roles, rolesKey, cache);
       if (r === undefined) return;
       spec.rules.push(r.rule);
       if (r.idAt) ids.push({ id: r.rule.id, at: r.idAt });
     });
+    // Where each rule's text is, for parsing an edit of this source (parseEdit).
+    if (cache) {
+      const starts = items.map((item) => item.node?.offset ?? -1);
+      const ends = items.map((item, k) => (item.node?.kind === 'map' && item.node.deferred !== undefined ? starts[k] + item.node.deferred.length : -1));
+      ctx.json!.lists.push({ pointer: list.value.pointer, kind, rules: spec.rules, policy: -1, first, roles, rolesKey, starts, ends, kept: cache.kept as CachedRule[] });
+    }
   }
   checkDuplicateIds(ctx, ids);
   return spec;

@@ -18,7 +18,7 @@ import { policyDigest } from '../../daemon/audit/recorder';
 import { LookupCache, canonicalizeRulePath } from '../../daemon/policy/canonical';
 import { RuleCache, loadPolicySources } from '../../daemon/policy/parse';
 import { PolicyError, type PathTarget, type Policy } from '../../daemon/policy/types';
-import { mutateText } from '../policy-fuzz';
+import { SPECIAL_TEXT, mutateText } from '../policy-fuzz';
 import { POLICY_NAMES, randomConditionalPolicyDoc, randomEdit, randomPolicyDoc, type PolicyDoc } from '../support/random-policies';
 
 /** A parse's whole outcome as text: the policies with every location, or every error. */
@@ -90,6 +90,145 @@ t.test('a parse through the rule cache gives what a parse without it gives, over
   // About half: a third of the runs write JSON on one line, where an edit moves (and so reads
   // again) every rule after it; added and removed rules renumber those after them.
   t.ok(reused > rules * 0.4, `rules reused across an edit: ${reused} of ${rules}`);
+});
+
+/** Where the rules of a JSON policy text are: the spans of the objects in its allow, block and contextual lists. */
+function ruleSpans(text: string): [number, number][] {
+  const spans: [number, number][] = [];
+  for (const m of text.matchAll(/"(allow|block|contextual)":\s*\[/g)) {
+    let i = m.index! + m[0].length;
+    for (;;) {
+      while (/\s|,/.test(text[i])) i++;
+      if (text[i] !== '{') break;
+      const start = i;
+      let depth = 0;
+      do {
+        if (text[i] === '"') for (i++; text[i] !== '"'; i++) if (text[i] === '\\') i++;
+        else if (text[i] === '{' || text[i] === '[') depth++;
+        else if (text[i] === '}' || text[i] === ']') depth--;
+        i++;
+      } while (depth > 0);
+      spans.push([start, i]);
+    }
+  }
+  return spans;
+}
+
+/** A small change of the text inside or at the edges of a rule: what an editor does to one. */
+function editRuleText(rng: Rng, text: string, spans: [number, number][]): string {
+  const [start, end] = rng.pick(spans);
+  const at = start + rng.int(end - start + 1);
+  const other = rng.pick(spans);
+  switch (rng.int(7)) {
+    case 0: // a character or two out
+      return text.slice(0, at) + text.slice(at + 1 + rng.int(2));
+    case 1: // one in
+      return text.slice(0, at) + rng.pick([...SPECIAL_TEXT, 'x', '/', '0', '"x"', '"', ', ']) + text.slice(at);
+    case 2: // one character of a string changed (the common edit: a path)
+      return text.slice(0, at) + rng.pick(['a', 'b', '/', '-', 'é', '.', '..', '\\n', '\\"', '\\u0041']) + text.slice(at + 1);
+    case 3: // another rule's text over this one: an id written twice, or the same rule again
+      return text.slice(0, start) + text.slice(other[0], other[1]) + text.slice(end);
+    case 4: // a rule added next to it, on its line or on a line of its own
+      return text.slice(0, end) + rng.pick([', {"read": ["/srv/added"]}', ',\n{"id": "added", "write": ["/srv/w/"]}', ', {}']) + text.slice(end);
+    case 5: // the rule removed
+      return text.slice(0, start) + text.slice(end).replace(/^\s*,/, '');
+    default: // a key inside the rule: new, repeated, or misplaced
+      return text.slice(0, start + 1) + rng.pick(['"id": "dup", ', '"read": "/srv/r", ', '"role": "dev", ', '"exec": [], ', '"when": {"uid": 0}, ']) + text.slice(start + 1);
+  }
+}
+
+t.test('an edit parsed from the parse before gives what reading the whole source gives (seeded)', async (t) => {
+  const seed = Number(process.env.HELM_SEED ?? 0x51de);
+  const rng = new Rng(seed);
+  let steps = 0;
+  const cache = new RuleCache();
+  let asEdits = 0;
+  let valid = 0;
+  for (let run = 0; run < 80; run++) {
+    const docs = rng
+      .shuffle(POLICY_NAMES)
+      .slice(0, 1 + rng.int(3))
+      .map((n) => (run % 4 === 3 ? randomConditionalPolicyDoc(rng, n) : randomPolicyDoc(rng, n)));
+    const base = jsonText(docs, rng.chance(0.5), rng.pick([2, 2, '\t', 0]));
+    const file = `run-${run}.json`;
+    let last = base;
+    for (let step = 0; step < 30; step++) {
+      const spans = ruleSpans(last);
+      if (spans.length === 0) break;
+      // From the last text that parsed: only a valid parse is an edit's base.
+      const text = editRuleText(rng, last, spans);
+      const editsBefore = cache.editsParsed;
+      const cached = outcome(() => loadPolicySources([{ file, text }], { ruleCache: cache }).policies);
+      const fresh = outcome(() => loadPolicySources([{ file, text }]).policies);
+      steps++;
+      if (cached !== fresh) {
+        t.fail(`seed ${seed}, run ${run}, step ${step}: the parse through the cache differs\n--- before\n${last}\n--- after\n${text}`, { cached, fresh });
+        return;
+      }
+      if (cache.editsParsed > editsBefore) asEdits++;
+      if (cached.startsWith('errors: ')) {
+        // The next parse has no valid parse before it: it reads the whole source, and is compared too.
+        const again = outcome(() => loadPolicySources([{ file, text: last }], { ruleCache: cache }).policies);
+        if (again !== outcome(() => loadPolicySources([{ file, text: last }]).policies)) {
+          t.fail(`seed ${seed}, run ${run}, step ${step}: the text before, parsed again, differs`);
+          return;
+        }
+      } else {
+        valid++;
+        last = text;
+      }
+    }
+  }
+  t.pass(`${steps} edits of rules' text, parsed through the cache, equal parses without it`);
+  // Only a valid parse can be an edit; most of these are valid edits of indented JSON.
+  t.ok(asEdits > valid * 0.5, `${asEdits} of the ${valid} valid (of ${steps}) parsed as an edit of the parse before`);
+});
+
+t.test('an edit of one rule reads that rule alone; any other change reads the whole source', async (t) => {
+  const rules = Array.from({ length: 6 }, (_, i) => ({ id: `r${i}`, read: [`/srv/r${i}`] }));
+  const text = (allow: object[], roles = ['dev'], indent = 2) =>
+    JSON.stringify({ apiVersion: 'helm/v1', kind: 'Policy', metadata: { name: 'p' }, spec: { roles, allow } }, null, indent);
+  const parse = (cache: RuleCache, s: string) => loadPolicySources([{ file: 'p.json', text: s }], { ruleCache: cache }).policies[0].rules;
+  const changed = (allow: object[], i: number, rule: object) => allow.map((r, k) => (k === i ? rule : r));
+  for (const [what, next, asEdit] of [
+    ['a path changed', text(changed(rules, 2, { id: 'r2', read: ['/srv/other'] })), true],
+    ['an id changed', text(changed(rules, 2, { id: 'renamed', read: ['/srv/r2'] })), true],
+    ['the same text', text(rules), true],
+    ['a line added inside the rule', text(changed(rules, 2, { id: 'r2', read: ['/srv/r2', '/srv/more'] })), false],
+    ['a rule added', text([...rules.slice(0, 3), { read: ['/srv/new'] }, ...rules.slice(3)]), false],
+    ['the roles changed', text(rules, ['dev', 'ops']), false],
+    ['one line of JSON', text(changed(rules, 2, { id: 'r2', read: ['/srv/other'] }), ['dev'], 0), false],
+  ] as const) {
+    const cache = new RuleCache();
+    // The parse before is of the same layout (one line, or indented).
+    const first = parse(cache, what === 'one line of JSON' ? text(rules, ['dev'], 0) : text(rules));
+    const edits = cache.editsParsed;
+    const now = parse(cache, next);
+    t.equal(cache.editsParsed - edits, asEdit ? 1 : 0, `${what}: ${asEdit ? 'parsed as an edit' : 'read whole'}`);
+    t.equal(JSON.stringify(now), JSON.stringify(loadPolicySources([{ file: 'p.json', text: next }]).policies[0].rules), `${what}: as read without the cache`);
+    if (asEdit) t.ok(now.every((r, k) => k === 2 || r === first[k]), `${what}: the other rules are the ones parsed before`);
+  }
+});
+
+t.test('an edit that breaks the document, repeats an id or a key is reported as reading the whole source reports it', async (t) => {
+  const doc = (second: string) => `{\n  "apiVersion": "helm/v1", "kind": "Policy", "metadata": {"name": "p"},\n  "spec": {"roles": ["dev"], "allow": [\n    {"id": "a", "read": ["/srv/a"]},\n    ${second},\n    {"id": "c", "read": ["/srv/c"]}\n  ]}\n}\n`;
+  for (const [what, second] of [
+    ['an id written twice', '{"id": "a", "read": ["/srv/b"]}'],
+    ['a key twice', '{"id": "b", "read": ["/srv/b"], "read": ["/srv/x"]}'],
+    ['the list closed early', '{"id": "b", "read": ["/srv/b"]}], "block": [{"read": ["/x"]}'],
+    ['a string left open', '{"id": "b", "read": ["/srv/b]}'],
+    ['two rules for one', '{"id": "b", "read": ["/srv/b"]}, {"id": "b2", "read": ["/srv/b2"]}'],
+    ['not a rule', '["/srv/b"]'],
+    ['a lone carriage return', '{"id": "b",\r "read": ["/srv/b"]}'],
+    ['nested too deeply', `{"id": "b", "read": ${'['.repeat(5000)}${']'.repeat(5000)}}`],
+  ]) {
+    const cache = new RuleCache();
+    loadPolicySources([{ file: 'p.json', text: doc('{"id": "b", "read": ["/srv/b"]}') }], { ruleCache: cache });
+    const text = doc(second);
+    const cached = outcome(() => loadPolicySources([{ file: 'p.json', text }], { ruleCache: cache }).policies);
+    t.equal(cached, outcome(() => loadPolicySources([{ file: 'p.json', text }]).policies), what);
+    t.equal(cache.editsParsed, 0, `${what}: not taken as an edit`);
+  }
 });
 
 t.test('deferred rules with escapes, read out of order, are read as the YAML reading reads them', async (t) => {
