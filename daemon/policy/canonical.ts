@@ -23,11 +23,15 @@ export interface CanonicalPath {
  * parse is seen or not, as with any lookup; the cache lives no longer than the parse.)
  */
 export class LookupCache {
+  /** Which cache this is, for the directories of PathSplitter (kept longer): they are walked again once for each. */
+  readonly stamp = ++lookupCaches;
   /** Per path: its symlink target, null for another object, undefined where it cannot be looked at. */
   readonly links = new Map<string, string | null | undefined>();
   /** Per directory of a plain rule path (see resolvePlain): where the walk to it ends. */
   readonly dirs = new Map<string, Resolved>([['/', { path: '/', reached: true, asWritten: true }]]);
 }
+
+let lookupCaches = 0;
 
 interface Resolved {
   path: string;
@@ -104,9 +108,78 @@ function resolvePath(components: string[], cache?: LookupCache): Resolved {
  */
 function resolvePlain(written: string, subtree: boolean, cache: LookupCache): string | undefined {
   const body = subtree ? written.slice(0, -1) : written;
-  if (body.length < 2 || body.includes('//') || body.includes('/./') || body.includes('/../') || body.endsWith('/.') || body.endsWith('/..') || body.startsWith('/proc/')) return undefined;
+  if (!isPlain(body)) return undefined;
   // The path itself is not kept: rules seldom name each other's directories.
   return resolveStep(body, cache).path;
+}
+
+function isPlain(body: string): boolean {
+  return !(body.length < 2 || body.includes('//') || body.includes('/./') || body.includes('/../') || body.endsWith('/.') || body.endsWith('/..') || body.startsWith('/proc/'));
+}
+
+/**
+ * A plain rule path (see resolvePlain) split once into its name and directory, for a process that
+ * canonicalises the same paths parse after parse (helmd, through parse.ts's RuleCache). The
+ * directories are shared objects (PathSplitter): each is walked again once per LookupCache, as
+ * resolvePlainDir walks it, but found without building and hashing its name again.
+ */
+export interface PlainPath {
+  body: string;
+  dir: DirNode;
+  name: string;
+  subtree: boolean;
+}
+
+/** A directory of PlainPaths, and its walk for the last LookupCache that asked. */
+interface DirNode {
+  plain: string;
+  parent: DirNode | undefined;
+  name: string;
+  stamp: number;
+  resolved: Resolved | undefined;
+}
+
+/** Splits plain paths, each directory into one DirNode for all the paths below it. */
+export class PathSplitter {
+  private nodes = new Map<string, DirNode>();
+
+  split(written: string): PlainPath | undefined {
+    if (!written.startsWith('/') || written.includes('\0')) return undefined;
+    const subtree = written.endsWith('/');
+    const body = subtree ? written.slice(0, -1) : written;
+    if (!isPlain(body)) return undefined;
+    const slash = body.lastIndexOf('/');
+    // What no path uses any more stays until there is a great deal of it; paths split before
+    // keep their own directories, which are then walked without being shared.
+    if (this.nodes.size > 1_000_000) this.nodes.clear();
+    return { body, dir: this.node(slash === 0 ? '/' : body.slice(0, slash)), name: body.slice(slash + 1), subtree };
+  }
+
+  private node(plain: string): DirNode {
+    let node = this.nodes.get(plain);
+    if (node === undefined) {
+      const slash = plain.lastIndexOf('/');
+      const parent = plain === '/' ? undefined : this.node(slash === 0 ? '/' : plain.slice(0, slash));
+      node = { plain, parent, name: plain.slice(slash + 1), stamp: 0, resolved: undefined };
+      this.nodes.set(plain, node);
+    }
+    return node;
+  }
+}
+
+/** canonicalizeRulePath(written, cache).canonical, for the path PathSplitter.split(written) gave. */
+export function canonicalizePlain(p: PlainPath, cache: LookupCache): string {
+  const real = stepBelow(p.body, resolveNode(p.dir, cache), p.name, cache).path;
+  return p.subtree && real !== '/' ? `${real}/` : real;
+}
+
+/** resolvePlainDir(node.plain, cache), for a DirNode. */
+function resolveNode(node: DirNode, cache: LookupCache): Resolved {
+  if (node.stamp !== cache.stamp) {
+    node.resolved = node.parent === undefined ? { path: '/', reached: true, asWritten: true } : stepBelow(node.plain, resolveNode(node.parent, cache), node.name, cache);
+    node.stamp = cache.stamp;
+  }
+  return node.resolved!;
 }
 
 /** resolvePath(plain.split('/')) of a directory (see resolvePlain), kept for the paths below it. */
@@ -122,8 +195,11 @@ function resolvePlainDir(plain: string, cache: LookupCache): Resolved {
 /** resolvePath(plain.split('/')), one component past its parent's. */
 function resolveStep(plain: string, cache: LookupCache): Resolved {
   const slash = plain.lastIndexOf('/');
-  const parent = resolvePlainDir(slash === 0 ? '/' : plain.slice(0, slash), cache);
-  const name = plain.slice(slash + 1);
+  return stepBelow(plain, resolvePlainDir(slash === 0 ? '/' : plain.slice(0, slash), cache), plain.slice(slash + 1), cache);
+}
+
+/** resolveStep of `plain`, which is `name` in the directory whose walk is `parent`. */
+function stepBelow(plain: string, parent: Resolved, name: string, cache: LookupCache): Resolved {
   // Nothing above was rewritten: the path is as written (no new string for it).
   const next = parent.asWritten ? plain : joinPath(parent.path, name);
   if (!parent.reached || next.startsWith('/proc/')) return { path: next, reached: false, asWritten: parent.asWritten };

@@ -10,7 +10,7 @@ import * as net from 'net';
 import * as path from 'path';
 import { Document, LineCounter, isScalar, isSeq, parseAllDocuments, visit } from 'yaml';
 import { MAX_RULE_PATH_BYTES } from '../kernel/limits';
-import { LookupCache, canonicalizeRulePath } from './canonical';
+import { LookupCache, PathSplitter, canonicalizePlain, canonicalizeRulePath, type PlainPath } from './canonical';
 import { addressBytes } from './ip';
 import { readJsonItems, readJsonTree, type JsonTree } from './json-tree';
 import { describeNode, treeFromYaml, type TreeList, type TreeMap, type TreeNode } from './tree';
@@ -65,6 +65,8 @@ export class RuleCache {
   /** Per file: its last parse, when it was read directly and without any error (see parseEdit). */
   private previousSources = new Map<string, SourceSnapshot>();
   private currentSources = new Map<string, SourceSnapshot>();
+  /** Splits the paths of the rules kept (CachedRule.plain). */
+  readonly splitter = new PathSplitter();
   /** Sources parsed as an edit of their parse before (parseEdit), for tests and benchmarks to see that they were. */
   editsParsed = 0;
 
@@ -77,7 +79,7 @@ export class RuleCache {
     const key = `${file}\0${pointer}`;
     const kept: (CachedRule | undefined)[] = [];
     this.current.set(key, kept);
-    return { before: this.previous.get(key) ?? [], kept };
+    return { before: this.previous.get(key) ?? [], kept, splitter: this.splitter };
   }
 
   /** The parse before of a file, if it was valid and read directly. */
@@ -130,6 +132,7 @@ interface ListSnapshot {
 interface RuleListCache {
   before: readonly (CachedRule | undefined)[];
   kept: (CachedRule | undefined)[];
+  splitter: PathSplitter;
 }
 
 interface CachedRule {
@@ -140,22 +143,32 @@ interface CachedRule {
   /** The policy's roles (a contextual rule's when.role is checked against them), joined. */
   roles: string;
   rule: Rule;
-  /** Its path targets, canonicalised again on every reuse. */
+  /** Its path targets, canonicalised again on every reuse, and each split once where it is plain (canonical.ts, PlainPath). */
   paths: PathTarget[];
+  plain: (PlainPath | undefined)[];
 }
 
 /** The rule parsed before, if it still stands (see RuleCache). */
 function cachedRule(ctx: Ctx, hit: CachedRule | undefined, text: string, line: number, col: number, roles: string): Rule | undefined {
   if (hit === undefined || hit.line !== line || hit.col !== col || hit.roles !== roles || hit.text !== text) return undefined;
-  for (const t of hit.paths) if (canonicalTarget(ctx, t.written) !== t.canonical) return undefined;
-  return hit.rule;
+  return canonicalAsBefore(ctx, hit) ? hit.rule : undefined;
 }
 
-function cacheEntry(text: string, line: number, col: number, roles: string, rule: Rule): CachedRule {
+/** Whether every path of a rule parsed before canonicalises as it did then (the filesystem may have changed since). */
+function canonicalAsBefore(ctx: Ctx, hit: CachedRule): boolean {
+  const { paths, plain } = hit;
+  for (let k = 0; k < paths.length; k++) {
+    const split = plain[k];
+    if ((split && ctx.lookups ? canonicalizePlain(split, ctx.lookups) : canonicalTarget(ctx, paths[k].written)) !== paths[k].canonical) return false;
+  }
+  return true;
+}
+
+function cacheEntry(text: string, line: number, col: number, roles: string, rule: Rule, splitter: PathSplitter): CachedRule {
   const paths: PathTarget[] = [];
   for (const targets of Object.values(rule.verbs)) for (const t of targets) if (t.kind === 'path') paths.push(t);
   if (rule.when?.exe) paths.push(...rule.when.exe);
-  return { text, line, col, roles, rule, paths };
+  return { text, line, col, roles, rule, paths, plain: paths.map((t) => splitter.split(t.written)) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -442,6 +455,8 @@ interface Ctx {
   lines: LineCounter;
   diags: PolicyDiagnostic[];
   canonicalize: (p: string) => string;
+  /** The lookups `canonicalize` makes, when it is the default one (canonicalizeRulePath). */
+  lookups?: LookupCache;
   /** JSON read directly: its tree, for reading deferred rules (TreeMap.deferred), and the rules of the parse before. */
   json?: { tree: JsonTree; cache?: RuleCache; lists: (ListSnapshot & { rules: Rule[] })[] };
 }
@@ -495,11 +510,12 @@ function canonicalizerFor(cache: LookupCache): (p: string) => string {
 
 /** Parses one file, appending its diagnostics (sorted by position) to `diags`. */
 function parseSource(text: string, file: string, opts: ParseOptions, diags: PolicyDiagnostic[]): Parsed[] {
-  const canonicalize = opts.canonicalize ?? canonicalizerFor(new LookupCache());
+  const lookups = opts.canonicalize ? undefined : new LookupCache();
+  const canonicalize = opts.canonicalize ?? canonicalizerFor(lookups!);
   // A byte-order mark is invisible in editors: columns are counted without it.
   if (text.startsWith('\ufeff')) text = text.slice(1);
   if (file.endsWith('.json') && !opts.jsonViaYaml) {
-    const direct = parseJsonDirectly(text, file, canonicalize, opts.ruleCache);
+    const direct = parseJsonDirectly(text, file, canonicalize, lookups, opts.ruleCache);
     if (direct !== undefined) return direct;
   }
   const ctx: Ctx = { file, lines: new LineCounter(), diags: [], canonicalize };
@@ -532,9 +548,9 @@ function parseSource(text: string, file: string, opts: ParseOptions, diags: Poli
  * (see readJsonTree), and when the source has any error at all: so errors are always found
  * and located by the one reading, and this path only ever returns valid policies.
  */
-function parseJsonDirectly(text: string, file: string, canonicalize: (p: string) => string, cache: RuleCache | undefined): Parsed[] | undefined {
+function parseJsonDirectly(text: string, file: string, canonicalize: (p: string) => string, lookups: LookupCache | undefined, cache: RuleCache | undefined): Parsed[] | undefined {
   const before = cache?.source(file);
-  const edited = before && parseEdit(before, text, canonicalize, cache!);
+  const edited = before && parseEdit(before, text, canonicalize, lookups, cache!);
   if (edited) return edited;
   let tree: ReturnType<typeof readJsonTree>;
   try {
@@ -546,7 +562,7 @@ function parseJsonDirectly(text: string, file: string, canonicalize: (p: string)
     throw e;
   }
   if (tree === undefined) return undefined;
-  const ctx: Ctx = { file, lines: tree.lines, diags: [], canonicalize, json: { tree, cache, lists: [] } };
+  const ctx: Ctx = { file, lines: tree.lines, diags: [], canonicalize, lookups, json: { tree, cache, lists: [] } };
   let parsed: Parsed[];
   try {
     parsed = parsePolicies(ctx, policyRoots(ctx, tree.root, 0, true));
@@ -579,10 +595,10 @@ function parseJsonDirectly(text: string, file: string, canonicalize: (p: string)
  * Why: reading a 10,000-rule source whole, only to find which rules an edit changed, was most of
  * an apply's time.
  */
-function parseEdit(before: SourceSnapshot, text: string, canonicalize: (p: string) => string, cache: RuleCache): Parsed[] | undefined {
+function parseEdit(before: SourceSnapshot, text: string, canonicalize: (p: string) => string, lookups: LookupCache | undefined, cache: RuleCache): Parsed[] | undefined {
   const old = before.text;
   const { file } = before;
-  const ctx: Ctx = { file, lines: new LineCounter(), diags: [], canonicalize };
+  const ctx: Ctx = { file, lines: new LineCounter(), diags: [], canonicalize, lookups };
   let { parsed, lists, lineStarts } = before;
   const fresh = new Set<CachedRule>();
   if (text !== old) {
@@ -631,7 +647,7 @@ function parseEdit(before: SourceSnapshot, text: string, canonicalize: (p: strin
       const r = readRule(ctx, new At(ctx, node, undefined, `${list.pointer}/${index}`, offset), list.kind, index, list.roles);
       if (r === undefined || ctx.diags.length > 0) return undefined;
       const { line, col } = ctx.lines.linePos(offset);
-      kept[index] = cacheEntry(text.slice(offset, end), line, col, list.rolesKey, r.rule);
+      kept[index] = cacheEntry(text.slice(offset, end), line, col, list.rolesKey, r.rule, cache.splitter);
       fresh.add(kept[index]);
       rules[list.first + index] = r.rule;
       starts[index] = offset;
@@ -653,12 +669,7 @@ function parseEdit(before: SourceSnapshot, text: string, canonicalize: (p: strin
     );
   }
   // Every path of every rule taken as it was is looked at again: the filesystem may have changed.
-  for (const l of lists) {
-    for (const entry of l.kept) {
-      if (fresh.has(entry)) continue;
-      for (const t of entry.paths) if (canonicalTarget(ctx, t.written) !== t.canonical) return undefined;
-    }
-  }
+  for (const l of lists) for (const entry of l.kept) if (!fresh.has(entry) && !canonicalAsBefore(ctx, entry)) return undefined;
   cache.keepSource({ file, text, lineStarts, parsed, lists });
   cache.editsParsed++;
   return parsed;
@@ -1080,7 +1091,7 @@ function parseRule(
   if (node === undefined) throw new RepeatedKey();
   const errors = ctx.diags.length;
   const r = readRule(ctx, v.holding(node), kind, index, policyRoles);
-  if (cache && r !== undefined && ctx.diags.length === errors) cache.kept[index] = cacheEntry(text, line, col, rolesKey, r.rule);
+  if (cache && r !== undefined && ctx.diags.length === errors) cache.kept[index] = cacheEntry(text, line, col, rolesKey, r.rule, cache.splitter);
   return r;
 }
 

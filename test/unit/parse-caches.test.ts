@@ -15,7 +15,7 @@ import * as path from 'path';
 import { Rng } from '../rng';
 import { createHash } from 'crypto';
 import { policyDigest } from '../../daemon/audit/recorder';
-import { LookupCache, canonicalizeRulePath } from '../../daemon/policy/canonical';
+import { LookupCache, PathSplitter, canonicalizePlain, canonicalizeRulePath } from '../../daemon/policy/canonical';
 import { RuleCache, loadPolicySources } from '../../daemon/policy/parse';
 import { PolicyError, type PathTarget, type Policy } from '../../daemon/policy/types';
 import { SPECIAL_TEXT, mutateText } from '../policy-fuzz';
@@ -348,6 +348,66 @@ t.test('plain paths canonicalised from their directory equal the full walk (seed
   fs.symlinkSync(`${root}/d`, path.join(root, 'many', 'late'));
   t.equal(canonicalizeRulePath(`${root}/many/late/file`, new LookupCache()).canonical, `${root}/d/file`);
 });
+
+t.test('paths split once and canonicalised again parse after parse follow the filesystem as it is each time (seeded)', async (t) => {
+  const seed = Number(process.env.HELM_SEED ?? 0x5e11);
+  const rng = new Rng(seed);
+  const root = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'helm-split-')));
+  t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
+  const at = (p: string) => path.join(root, p);
+  fs.mkdirSync(at('d/e/f'), { recursive: true });
+  fs.mkdirSync(at('x/y'), { recursive: true });
+  fs.mkdirSync(at('many'));
+  for (let i = 0; i < 60; i++) fs.writeFileSync(at(`many/f${i}`), '');
+  fs.symlinkSync('d/e', at('rel'));
+  const parts = ['d', 'e', 'f', 'x', 'y', 'rel', 'many', 'missing', 'z'];
+  const randomPath = () =>
+    rng.chance(0.4)
+      ? `${root}/many/${rng.pick(['f1', 'f2', 'f30', 'f59', 'l1', 'l2', 'new'])}${rng.chance(0.3) ? `/${rng.pick(parts)}` : ''}${rng.chance(0.3) ? '/' : ''}`
+      : `${root}/${Array.from({ length: 1 + rng.int(4) }, () => rng.pick(parts)).join('/')}${rng.chance(0.3) ? '/' : ''}`;
+  // What a user or an attacker does between two applies.
+  const changes: [string, () => void][] = [
+    ['rel retargeted', () => (fs.rmSync(at('rel')), fs.symlinkSync(rng.pick(['d/e', 'd', 'many', 'x/y', '/', 'nowhere']), at('rel')))],
+    ['a directory swapped for a symlink, or back', () => (fs.lstatSync(at('x')).isSymbolicLink() ? (fs.rmSync(at('x')), fs.mkdirSync(at('x/y'), { recursive: true })) : (fs.rmSync(at('x'), { recursive: true }), fs.symlinkSync(rng.pick(['d', 'd/e', 'rel']), at('x'))))],
+    ['a missing directory made, or removed', () => (fs.existsSync(at('missing')) ? fs.rmSync(at('missing'), { recursive: true }) : fs.mkdirSync(at('missing/e'), { recursive: true }))],
+    ['a symlink added to a listed directory, or removed', () => { const l = at(`many/l${rng.int(3)}`); if (fs.existsSync(l) || isLink(l)) fs.rmSync(l); else fs.symlinkSync(rng.pick(['../d', `${root}/x`, 'f1']), l); }],
+    ['a file of a listed directory turned into a symlink', () => { const f = at(`many/f${rng.pick([1, 2, 30])}`); fs.rmSync(f); fs.symlinkSync(rng.pick(['../d', 'f59']), f); }],
+  ];
+  const splitter = new PathSplitter();
+  const paths = Array.from({ length: 300 }, randomPath);
+  let split = paths.map((p) => ({ p, split: splitter.split(p)! }));
+  t.ok(split.every((s) => s.split !== undefined), 'every path of the test is plain');
+  let compared = 0;
+  const happened: string[] = [];
+  for (let parse = 0; parse < 60; parse++) {
+    if (parse > 0) {
+      const [what, change] = rng.pick(changes);
+      change();
+      happened.push(what);
+      // New rules come with new paths, split against the same directories.
+      split = [...split.slice(20), ...Array.from({ length: 20 }, () => { const p = randomPath(); return { p, split: splitter.split(p)! }; })];
+    }
+    const cache = new LookupCache(); // this parse's
+    for (const { p, split: s } of rng.shuffle(split)) {
+      const again = canonicalizePlain(s, cache);
+      const walked = canonicalizeRulePath(p).canonical;
+      compared++;
+      if (again !== walked) {
+        t.fail(`seed ${seed}, parse ${parse}: ${p}\n${happened.join('\n')}`, { again, walked });
+        return;
+      }
+    }
+  }
+  t.pass(`${compared} paths canonicalised again over 60 parses with the filesystem changing: each is the full walk's`);
+});
+
+function isLink(p: string): boolean {
+  try {
+    return fs.lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
 
 t.test('the policy digest is the hash of the policies without locations, rules reused or not (seeded)', async (t) => {
   const seed = Number(process.env.HELM_SEED ?? 0x2b9d);
