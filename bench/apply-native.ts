@@ -18,7 +18,7 @@ async function main(): Promise<void> {
     const rows = await applyToLive(root, data, process.argv.includes('--smoke'));
     for (const r of rows) {
       const cell = r.time ? `${formatNs(r.time.median)} · p99 ${formatNs(r.time.p99)} (n=${r.time.n})` : `could not run: ${r.couldNotRun}`;
-      process.stdout.write(`${r.op.padEnd(12)} ${r.variant.padEnd(10)} ${cell}\n`);
+      process.stdout.write(`${r.op.padEnd(12)} ${r.variant.padEnd(10)} ${cell}${r.note ? ` (${r.note})` : ''}\n`);
     }
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
