@@ -120,29 +120,66 @@ function defaultStat(p: string): StatInfo | undefined {
  * `stat` for one compile's block targets: each path looked at once whatever the roles it is
  * blocked for, and none below a directory that is not there (a policy's thousands of block rules
  * mostly name paths in a few trees, often absent from the host: one stat of the top of such a tree
- * stands for all of them). What changes on disk during the compile is seen or not, as with any lookup.
+ * stands for all of them). With `list`, a directory looked into LIST_AFTER times is listed once,
+ * and only the names it holds are stat'ed (thousands of block rules naming files of one directory,
+ * most of them absent). What changes on disk during the compile is seen or not, as with any lookup.
  */
-function statOnce(stat: (p: string) => StatInfo | undefined): (p: string) => StatInfo | undefined {
+function statOnce(stat: (p: string) => StatInfo | undefined, list?: (dir: string) => Set<string> | null): (p: string) => StatInfo | undefined {
   const seen = new Map<string, StatInfo | undefined>();
-  const dirs = new Map<string, boolean>([['/', true]]);
-  const isDir = (dir: string): boolean => {
-    let present = dirs.get(dir);
-    if (present === undefined) {
-      const parent = dir.slice(0, Math.max(1, dir.lastIndexOf('/')));
-      present = isDir(parent) && (seen.has(dir) ? seen.get(dir) : stat(dir))?.isDirectory === true;
-      dirs.set(dir, present);
+  const dirs = new Map<string, DirLooks>([['/', { present: true, lookups: 0 }]]);
+  const dirState = (dir: string): DirLooks => {
+    let d = dirs.get(dir);
+    if (d === undefined) {
+      const slash = dir.lastIndexOf('/');
+      const parent = dirState(dir.slice(0, Math.max(1, slash)));
+      d = { present: parent.present && (seen.has(dir) ? seen.get(dir) : lookIn(parent, dir, slash))?.isDirectory === true, lookups: 0 };
+      dirs.set(dir, d);
     }
-    return present;
+    return d;
+  };
+  const lookIn = (parent: DirLooks, p: string, slash: number): StatInfo | undefined => {
+    if (!parent.present) return undefined;
+    if (list && parent.names === undefined && ++parent.lookups >= LIST_AFTER) parent.names = list(p.slice(0, Math.max(1, slash)));
+    return parent.names && !parent.names.has(p.slice(slash + 1)) ? undefined : stat(p);
   };
   return (p) => {
     if (seen.has(p)) return seen.get(p);
     // p is canonical: absolute, no "." or ".." (a subtree's trailing "/" looked at as the directory).
     const path = p.length > 1 && p.endsWith('/') ? p.slice(0, -1) : p;
-    const parent = path.slice(0, Math.max(1, path.lastIndexOf('/')));
-    const s = path === '/' || isDir(parent) ? stat(p) : undefined;
+    const slash = path.lastIndexOf('/');
+    const s = path === '/' ? stat(p) : lookIn(dirState(path.slice(0, Math.max(1, slash))), path, slash);
     seen.set(p, s);
     return s;
   };
+}
+
+/** A directory statOnce looked into: whether it is one, how often, and its names once listed (null: not listable). */
+interface DirLooks {
+  present: boolean;
+  lookups: number;
+  names?: Set<string> | null;
+}
+
+/** See statOnce (as canonical.ts lists the directories of rule paths). */
+const LIST_AFTER = 32;
+const LISTED_AT_MOST = 16_384;
+
+/** Every name in a directory, symlinks included; null when it cannot be read or has more than LISTED_AT_MOST. */
+function directoryNames(dir: string): Set<string> | null {
+  let d: fs.Dir | undefined;
+  try {
+    d = fs.opendirSync(dir, { bufferSize: 1024 });
+    const names = new Set<string>();
+    for (let e = d.readSync(); e !== null; e = d.readSync()) {
+      if (names.size >= LISTED_AT_MOST) return null;
+      names.add(e.name);
+    }
+    return names;
+  } catch {
+    return null;
+  } finally {
+    d?.closeSync();
+  }
 }
 
 /** Names in a directory, without symlinks: the walk looks for this tree's own files. */
@@ -416,7 +453,8 @@ export function compileWith(input: Policy[], opts: CompileOptions, paths: PathSo
   const stat = opts.stat ?? defaultStat;
   const readdir = opts.readdir ?? defaultReaddir;
   const walkBudget = opts.walkBudget ?? 5000;
-  const blockedStat = statOnce(stat);
+  // Listing is only for the host's filesystem: a `stat` of the caller's has its own.
+  const blockedStat = statOnce(stat, opts.stat ? undefined : directoryNames);
   const errors: PolicyDiagnostic[] = [];
   const warnings: PolicyDiagnostic[] = [];
 
