@@ -49,7 +49,9 @@ export function compileSockets(
     [C.HELM_SOCKET_PACKET, []],
   ]);
   for (const c of governing) {
-    for (const t of c.rule.verbs.connect ?? []) {
+    const connect = c.rule.verbs.connect;
+    if (!connect) continue; // most rules (no new list for each)
+    for (const t of connect) {
       if (t.kind !== 'socket') continue;
       const k = t.socket;
       if (k.family === 'unix') {
