@@ -15,16 +15,21 @@
 //
 // Needs root and a kernel that runs BPF LSM programs; elsewhere run it in the VM:
 //   bash scripts/vm/run.sh --timeout 3000 -- node dist/bench/apply-latency.js
-// Options: --rules 1,100,10000  --samples 30,30,5  --probe-interval-us 200
+// or natively with --network: the probe is then a TCP connect to a loopback port this
+// process listens on (helm's connect hook is a cgroup program, which kernels that refuse
+// BPF LSM still run), and the helmd started runs --network-only.
+// Options: --rules 1,100,10000  --samples 30,30,5  --probe-interval-us 200  --network
 //          --socket PATH: apply to the helmd already serving PATH instead of starting
 //          one (its policies are replaced; make bench does this to start one helmd less)
 // Prints one JSON object, then a Markdown table (header and one row per size).
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import type * as grpc from '@grpc/grpc-js';
 import { client } from '../daemon/control/client';
+import { C } from '../daemon/kernel/layout';
 import { scratchPins } from '../test/support/scratch-pins';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -43,6 +48,7 @@ function arg(name: string, fallback: string): string {
 const SIZES = arg('--rules', '1,100,10000').split(',').map(Number);
 const SAMPLES = arg('--samples', '30,30,5').split(',').map(Number);
 const INTERVAL_US = Number(arg('--probe-interval-us', '200'));
+const NETWORK = process.argv.includes('--network');
 const BASELINE_CALLS = 50;
 
 /**
@@ -50,24 +56,39 @@ const BASELINE_CALLS = 50;
  * JSON, one rule a line, as a large policy is best written (helmd reads JSON without the YAML
  * parser, and an edit's unchanged rules from the parse before; bench/native.ts shows YAML's cost).
  */
-function policy(rules: number, on: boolean): string {
-  const allow = [JSON.stringify({ id: 'agent', exec: ['/usr/bin/', '/usr/lib/'], read: ['/usr/', '/etc/ld.so.cache', '/dev/null', ...(on ? [PROBE] : [])] })];
+function policy(rules: number, on: boolean, port: number): string {
+  const probe = NETWORK ? { connect: [`127.0.0.1:${on ? port : 9}`] } : {};
+  const allow = [JSON.stringify({ id: 'agent', exec: ['/usr/bin/', '/usr/lib/'], read: ['/usr/', '/etc/ld.so.cache', '/dev/null', ...(on && !NETWORK ? [PROBE] : [])], ...probe })];
   for (let i = 1; i < rules; i++) allow.push(JSON.stringify({ id: `fill${i}`, read: [`${DIR}/fill/f${i}`] }));
   const head = JSON.stringify({ apiVersion: 'helm/v1', kind: 'Policy', metadata: { name: 'bench' } });
   return `${head.slice(0, -1)},\n"spec": {"roles": ${JSON.stringify([ROLE])}, "allow": [\n${allow.join(',\n')}\n]}}\n`;
 }
 
-// The agent: on each line "go" from stdin, opens the probe until an open is denied,
-// then prints "T <seconds>" (CLOCK_MONOTONIC) and waits for the next line. EOF ends it.
+// The agent: on each line "go" from stdin, opens the probe (or connects to the port, with
+// --network) until that is denied, then prints "T <seconds>" (CLOCK_MONOTONIC) and waits for
+// the next line. EOF ends it. A connect refused for another reason than the policy (EPERM)
+// stops it with an error rather than count as the switch.
 const AGENT = String.raw`
 use strict; use warnings;
+use Errno qw(EPERM);
+use Socket qw(PF_INET SOCK_STREAM pack_sockaddr_in inet_aton);
 use Time::HiRes qw(clock_gettime CLOCK_MONOTONIC usleep);
 $| = 1;
-my ($probe, $interval) = @ARGV;
+my ($probe, $interval, $port) = @ARGV;
+sub probe {
+  if (!$port) { open(my $fh, '<', $probe) or return 0; close $fh; return 1; }
+  socket(my $s, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
+  my $ok = connect($s, pack_sockaddr_in($port, inet_aton('127.0.0.1')));
+  my $err = $! + 0;
+  close $s;
+  return 1 if $ok;
+  die "connect: $!" unless $err == EPERM;
+  return 0;
+}
 print "READY\n";
 while (my $cmd = <STDIN>) {
   while (1) {
-    if (open(my $fh, '<', $probe)) { close $fh; usleep($interval) if $interval; next; }
+    if (probe()) { usleep($interval) if $interval; next; }
     printf "T %.9f\n", clock_gettime(CLOCK_MONOTONIC);
     last;
   }
@@ -118,7 +139,7 @@ async function waitFor(what: string, cond: () => boolean, timeoutMs: number, ali
 
 async function main(): Promise<void> {
   const lsm = fs.existsSync('/sys/kernel/security/lsm') ? fs.readFileSync('/sys/kernel/security/lsm', 'utf8') : '';
-  if (process.getuid?.() !== 0 || !lsm.split(',').includes('bpf')) {
+  if (process.getuid?.() !== 0 || (!NETWORK && !lsm.split(',').includes('bpf'))) {
     process.stderr.write('apply-latency: needs root and a kernel with BPF LSM; run it in the VM:\n  bash scripts/vm/run.sh --timeout 3000 -- node dist/bench/apply-latency.js\n');
     process.exit(2);
   }
@@ -126,16 +147,20 @@ async function main(): Promise<void> {
   fs.mkdirSync(`${DIR}/policy`, { recursive: true });
   fs.mkdirSync(path.dirname(AUDIT));
   fs.writeFileSync(PROBE, 'probe\n');
-  fs.writeFileSync(`${DIR}/policy/bench.json`, policy(1, true));
+  // With --network, the probe's port: accepted and closed at once.
+  const listener = NETWORK ? net.createServer((c) => c.destroy()) : undefined;
+  if (listener) await new Promise<void>((r) => listener.listen(0, '127.0.0.1', r));
+  const port = listener ? (listener.address() as net.AddressInfo).port : 0;
+  fs.writeFileSync(`${DIR}/policy/bench.json`, policy(1, true, port));
 
   let log = '';
   let helmd: ChildProcess | undefined;
   let helmdExited: Promise<unknown> = Promise.resolve();
-  const cleanup: (() => unknown)[] = [];
+  const cleanup: (() => unknown)[] = [() => listener?.close()];
   if (!EXISTING) {
     // Its own pins, removed once it has stopped: the benchmark leaves no enforcement behind.
     const pins = scratchPins('bench');
-    const started = spawn(path.join(ROOT, 'bin', 'helmd'), ['--policy', `${DIR}/policy`, '--audit-log', AUDIT, '--socket', SOCK, '--no-watch', '--log-level', 'warn', ...pins.args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const started = spawn(path.join(ROOT, 'bin', 'helmd'), ['--policy', `${DIR}/policy`, '--audit-log', AUDIT, '--socket', SOCK, '--no-watch', '--log-level', 'warn', ...(NETWORK ? ['--network-only'] : []), ...pins.args], { stdio: ['ignore', 'pipe', 'pipe'] });
     started.stdout!.on('data', (d) => (log += d));
     started.stderr!.on('data', (d) => (log += d));
     helmdExited = new Promise((r) => started.once('exit', r));
@@ -157,9 +182,9 @@ async function main(): Promise<void> {
     cleanup.push(() => sys.close(), () => pol.close());
     const { generation: current } = await unary<{ generation: number }>(sys, 'Status', {}); // connect once: no call below pays for it
     // A helmd of someone else's: the agent's policy goes in first (a started one read it from DIR).
-    if (EXISTING) await unary(pol, 'Apply', { sources: [{ file: 'bench.json', content: policy(1, true) }], expected_generation: current });
+    if (EXISTING) await unary(pol, 'Apply', { sources: [{ file: 'bench.json', content: policy(1, true, port) }], expected_generation: current });
 
-    const agent = spawn(path.join(ROOT, 'bin', 'helmctl'), ['run', '--socket', SOCK, '--role', ROLE, '--name', 'bench', '--', 'perl', '-e', AGENT, PROBE, String(INTERVAL_US)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const agent = spawn(path.join(ROOT, 'bin', 'helmctl'), ['run', '--socket', SOCK, '--role', ROLE, '--name', 'bench', '--', 'perl', '-e', AGENT, PROBE, String(INTERVAL_US), String(port)], { stdio: ['pipe', 'pipe', 'inherit'] });
     const agentExited = new Promise((r) => agent.once('exit', r));
     // The agent goes first, so that helmctl run can still release its cgroup.
     cleanup.unshift(async () => {
@@ -194,8 +219,14 @@ async function main(): Promise<void> {
     for (let s = 0; s < SIZES.length; s++) {
       const rules = SIZES[s];
       const samples = SAMPLES[s] ?? SAMPLES[SAMPLES.length - 1];
-      const sources = { on: policy(rules, true), off: policy(rules, false) };
+      const sources = { on: policy(rules, true, port), off: policy(rules, false, port) };
       let generation = (await unary<{ generation: number }>(sys, 'Status', {})).generation;
+      // Warm-up at this size: every generation slot gets tables of it (the first apply into a
+      // slot creates them, and the kernel waits a grace period per table to place them), and
+      // V8 compiles the paths an apply takes. What follows is an apply into a running helmd.
+      for (let i = 0; i < 2 * C.HELM_MAX_GENERATIONS; i++) {
+        generation = (await unary<{ generation: number }>(pol, 'Apply', { sources: [{ file: 'bench.json', content: i % 2 ? sources.on : sources.off }], expected_generation: generation })).generation;
+      }
       const live: number[] = [];
       const rpc: number[] = [];
       for (let i = 0; i < samples; i++) {
@@ -209,7 +240,7 @@ async function main(): Promise<void> {
         const r = await unary<{ generation: number }>(pol, 'Apply', { sources: [{ file: 'bench.json', content: sources.off }], expected_generation: generation });
         rpc.push((nowNs() - t0) / 1e6);
         generation = r.generation;
-        await waitFor('the first denied open', () => denials.length > seen, 600_000, agent);
+        await waitFor(`the first denied ${NETWORK ? 'connect' : 'open'}`, () => denials.length > seen, 600_000, agent);
         live.push((denials[seen] - t0) / 1e6);
       }
       const st = stats(live);
@@ -218,6 +249,7 @@ async function main(): Promise<void> {
 
     const report = {
       bench: 'apply-latency',
+      probe: NETWORK ? 'connect' : 'open',
       kernel: os.release(),
       cpus: os.cpus().length,
       node: process.version,
