@@ -22,6 +22,7 @@ import { measureOps } from './operations';
 import { UngovernedSession, alternate } from './ungoverned';
 import { networkRulesCompile, probeNetwork } from './network';
 import { auditThroughputRows } from './audit-rows';
+import { applyLatencyRows } from './apply-rows';
 
 export interface NativeResult {
   rows: Row[];
@@ -81,6 +82,10 @@ export async function runNative(smoke: boolean, say: (s: string) => void): Promi
     rows.push(...evaluator(layout, smoke));
     say('apply-to-live');
     rows.push(...(await applyToLive(layout.root, layout.data, smoke)));
+    // And as a user gets it: an Apply call to helmd --network-only, to the first connect decided by it.
+    say('apply-to-live through helmd --network-only (bench/apply-latency.js --network)');
+    const { apply } = sizes(smoke);
+    rows.push(...applyLatencyRows('native', apply, apply.map(() => (smoke ? 1 : scaled(30))), ['--network']));
     // helmd --network-only's own trail, fed by denied connects: the whole audit path natively.
     say('audit: bench/audit-throughput.js (denied connects, helmd --network-only, fsync every batch)');
     rows.push(...auditThroughputRows('native', ['--load', 'denied-connect', '--seconds', smoke ? '1' : '10']));

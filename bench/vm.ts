@@ -13,12 +13,11 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
 import { loadPolicies } from '../daemon/policy/parse';
 import { compilePolicy } from '../daemon/policy/compile';
 import { KernelEnforcer } from '../daemon/kernel/enforcer';
 import type { Row } from './model';
-import { FILE_OPS, NET_OPS, ROOT, scaled, type Layout, makeLayout, pickPorts, startServers, workerArgv } from './ops';
+import { FILE_OPS, NET_OPS, scaled, type Layout, makeLayout, pickPorts, startServers, workerArgv } from './ops';
 import { benchPolicy, sizes } from './policies';
 import { BenchCgroups, attach, cpuPercent, procSample, startHelmd, status, type RunningHelmd } from './helmd-process';
 import { Worker } from './worker';
@@ -26,6 +25,7 @@ import { networkRulesCompile, probeNetwork } from './network';
 import { measureOps } from './operations';
 import { UngovernedSession, alternate } from './ungoverned';
 import { auditThroughputRows } from './audit-rows';
+import { applyLatencyRows } from './apply-rows';
 
 const smoke = process.argv.includes('--smoke');
 const rows: Row[] = [];
@@ -79,28 +79,10 @@ async function loadPrograms(layout: Layout): Promise<{ stop: () => Promise<void>
  */
 function applyThroughHelmd(socket: string): void {
   const { apply } = sizes(smoke);
-  const script = path.join(ROOT, 'dist', 'bench', 'apply-latency.js');
-  const fail = (why: string) => {
-    for (const n of apply) rows.push({ section: 'apply', env: 'vm', op: `apply-${n}`, variant: 'rpc-to-live', couldNotRun: why });
-  };
-  if (!fs.existsSync(script)) return fail('bench/apply-latency.ts is not in this tree');
   say('apply-to-live through helmd (bench/apply-latency.js)');
-  // Emulated, one apply of 10,000 rules takes minutes (parsing): few samples of the largest.
+  // Emulated, one apply of 10,000 rules takes seconds: few samples of the largest.
   const samples = smoke ? apply.map(() => 1) : apply.map((n) => (n >= 10_000 ? 3 : scaled(20)));
-  const r = spawnSync(process.execPath, [script, '--socket', socket, '--rules', apply.join(','), '--samples', samples.join(',')], { encoding: 'utf8', timeout: 3_600_000, maxBuffer: 16 << 20 });
-  const first = (r.stdout ?? '').split('\n')[0];
-  let report: { baseline_status_rpc_ms: Ms; results: { rules: number; apply_to_live_ms: Ms; apply_rpc_ms: Ms }[] };
-  try {
-    report = JSON.parse(first);
-  } catch {
-    return fail(`bench/apply-latency.js failed (exit ${r.status}): ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ') || 'no output'}`);
-  }
-  const fig = (m: Ms) => ({ median: m.p50 * 1e6, p99: m.p99 * 1e6, n: m.n });
-  for (const res of report.results) {
-    const base = fig(report.baseline_status_rpc_ms);
-    rows.push({ section: 'apply', env: 'vm', op: `apply-${res.rules}`, variant: 'rpc-to-live', time: fig(res.apply_to_live_ms), baseline: base });
-    rows.push({ section: 'apply', env: 'vm', op: `apply-${res.rules}`, variant: 'rpc', time: fig(res.apply_rpc_ms), baseline: base });
-  }
+  rows.push(...applyLatencyRows('vm', apply, samples, ['--socket', socket]));
 }
 
 /**
@@ -112,12 +94,6 @@ function applyThroughHelmd(socket: string): void {
 function auditThroughput(): void {
   say('audit: bench/audit-throughput.js (its own helmd, fsync every batch)');
   rows.push(...auditThroughputRows('vm', ['--in-vm', '--seconds', smoke ? '1' : '10']));
-}
-
-interface Ms {
-  n: number;
-  p50: number;
-  p99: number;
 }
 
 /** helmd's own files: policies, audit trail, socket (helmd protects them from governed tasks). */

@@ -159,7 +159,11 @@ function namesFileOf(stateDir: string, names: GenerationNames): string | undefin
 function sameNames(a: GenerationNames, b: GenerationNames): boolean {
   if (a.policies.length !== b.policies.length || a.rules.length !== b.rules.length) return false;
   for (let i = 0; i < a.policies.length; i++) if (a.policies[i].name !== b.policies[i].name || a.policies[i].mode !== b.policies[i].mode) return false;
-  for (let i = 0; i < a.rules.length; i++) if (a.rules[i].policy !== b.rules[i].policy || a.rules[i].rule !== b.rules[i].rule) return false;
+  for (let i = 0; i < a.rules.length; i++) {
+    const x = a.rules[i];
+    const y = b.rules[i];
+    if (x !== y && (x.policy !== y.policy || x.rule !== y.rule)) return false;
+  }
   return true;
 }
 

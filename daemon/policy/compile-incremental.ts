@@ -26,6 +26,7 @@ import {
   type FormIndex,
   type PathEntry,
   type PathSource,
+  type RuleRef,
   addToIndex,
   compileWith,
   removeFromIndex,
@@ -65,6 +66,7 @@ const PATCH_SHARE = 0.25;
 
 export class IncrementalCompiler {
   private kept: Kept | undefined;
+  private rules: readonly RuleRef[] | undefined;
 
   /** compilePolicy(input, opts), reusing what the previous compile computed. */
   compile(input: Policy[], opts: CompileOptions = {}): CompiledPolicy {
@@ -101,8 +103,9 @@ export class IncrementalCompiler {
         return paths.entries;
       },
     };
-    const compiled = compileWith(input, opts, source);
+    const compiled = compileWith(input, opts, { ...source, previousRules: this.rules });
     this.kept = next;
+    this.rules = compiled.rules;
     return compiled;
   }
 }

@@ -393,6 +393,8 @@ export interface PathSource {
   candidate(policyIdx: number, policy: Policy, rule: Rule, ruleId: number): Candidate;
   /** One role's path entries in key order. */
   roleEntries(role: string, roleId: number, governing: Candidate[], defaultMode: number, decide: (cands: Candidate[]) => Verdict): PathEntry[];
+  /** The rule names of the compile before, whose objects are kept where they are the same (they live as long as their generation's names). */
+  previousRules?: readonly RuleRef[];
 }
 
 export function computedPaths(finder: CoverFinder): PathSource {
@@ -473,7 +475,8 @@ export function compileWith(input: Policy[], opts: CompileOptions, paths: PathSo
   const candidates: Candidate[] = [];
   policies.forEach((policy, policyIdx) => {
     for (const rule of policy.rules) {
-      rules.push({ policy: policy.name, rule: rule.id, kind: rule.kind });
+      const before = paths.previousRules?.[rules.length];
+      rules.push(before && before.policy === policy.name && before.rule === rule.id && before.kind === rule.kind ? before : { policy: policy.name, rule: rule.id, kind: rule.kind });
       const ruleId = rules.length;
       if (ruleId > 0xffff) {
         errors.push({ severity: 'error', loc: rule.loc, message: `more than ${0xffff} rules in one set of policies` });
