@@ -122,6 +122,8 @@ export function saveState(stateDir: string, state: HelmdState): void {
     files[g] = file;
   }
   writeDurably(statePath(stateDir), JSON.stringify({ ...state, format: STATE_FORMAT, generations: files }, null, 1) + '\n');
+  // Durable before the kernel changes, not only whole: the trail's records of what follows
+  // name the generation this numbers, and a state lost to a power cut would number it again.
   const dir = fs.openSync(stateDir, 'r');
   try {
     fs.fsyncSync(dir);
