@@ -103,6 +103,7 @@ export function saveState(stateDir: string, state: HelmdState): void {
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   // Each generation's names: a file already holding them, or a new one (durable before the state names it).
   const files: Record<string, string> = {};
+  let written = false;
   for (const [g, names] of Object.entries(state.generations)) {
     let file = namesFileOf(stateDir, names);
     if (file === undefined) {
@@ -117,25 +118,23 @@ export function saveState(stateDir: string, state: HelmdState): void {
     if (file === undefined) {
       file = `names-${g}.json`;
       writeDurably(path.join(stateDir, file), JSON.stringify(names));
+      written = true;
     }
     namesFiles.set(names, { dir: stateDir, file });
     files[g] = file;
   }
+  // New names files are on disk before a state naming them can be.
+  if (written) syncDirectory(stateDir);
   writeDurably(statePath(stateDir), JSON.stringify({ ...state, format: STATE_FORMAT, generations: files }, null, 1) + '\n');
   // Durable before the kernel changes, not only whole: the trail's records of what follows
   // name the generation this numbers, and a state lost to a power cut would number it again.
-  const dir = fs.openSync(stateDir, 'r');
-  try {
-    fs.fsyncSync(dir);
-  } finally {
-    fs.closeSync(dir);
-  }
+  syncDirectory(stateDir);
   // Names no generation of the state has any more (the state that named them is replaced).
   const kept = new Set(Object.values(files));
   for (const n of fs.readdirSync(stateDir)) if (NAMES_FILE.test(n) && !kept.has(n)) fs.rmSync(path.join(stateDir, n), { force: true });
 }
 
-/** A file's new content: a temporary file, fsync, rename (the directory is fsync'd by the caller). */
+/** A file's new content, whole or not at all: a temporary file, fsync, rename (the directory is synced by the caller). */
 function writeDurably(file: string, text: string): void {
   const tmp = `${file}.${process.pid}.tmp`;
   const fd = fs.openSync(tmp, 'w', 0o600);
@@ -231,4 +230,13 @@ export function lockState(stateDir: string): number {
   fs.ftruncateSync(fd, 0);
   fs.writeSync(fd, `${process.pid}\n`, 0);
   return fd;
+}
+
+function syncDirectory(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
