@@ -328,3 +328,40 @@ int helm_format_decisions(const unsigned char *recs, int nbytes, int from, int f
 	}
 	return k - from;
 }
+
+/*
+ * The audit writer's side of a run of lines helm_format_decisions wrote: line i
+ * (pos[4(first + i)..]: {1, start, where the seq goes, end} in `src`) is copied
+ * into out[off..cap) after HELM_PLACE_GAP bytes of room for its chain, with its
+ * seq (seq + i, in decimal) put in at its place, and ends[ends_at + i] set to
+ * where it ends: the layout helm_chain_lines (helm_shim.c) takes, byte for byte
+ * what daemon/audit/writer.ts writes in JS. One call per run rather than two
+ * copies and a number per line from JS. Returns where the last line ends, or
+ * -EINVAL (a position out of order) or -ENOSPC (out too short: nothing trusted).
+ */
+#define HELM_PLACE_GAP 76 /* helm_shim.c's HELM_CHAIN_GAP */
+int helm_place_lines(const unsigned char *src, const int *pos, int first, int n, unsigned char *out, int off, int cap, long long seq, int *ends,
+		     int ends_at)
+{
+	if (seq < 0 || n < 0 || first < 0 || off < 0)
+		return -EINVAL;
+	for (int i = 0; i < n; i++) {
+		const int *p = pos + 4 * (first + i);
+		int start = p[1], at = p[2], end = p[3];
+		struct fmt_out o;
+
+		if (start < 0 || at < start || end < at)
+			return -EINVAL;
+		if ((long long)off + HELM_PLACE_GAP + (end - start) + 20 > cap)
+			return -ENOSPC;
+		o.p = (char *)out + off + HELM_PLACE_GAP;
+		memcpy(o.p, src + start, (size_t)(at - start));
+		o.p += at - start;
+		fmt_u64(&o, (unsigned long long)(seq + i));
+		memcpy(o.p, src + at, (size_t)(end - at));
+		o.p += end - at;
+		off = (int)(o.p - (char *)out);
+		ends[ends_at + i] = off;
+	}
+	return off;
+}

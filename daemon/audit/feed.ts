@@ -30,7 +30,7 @@ export interface PublishedLines {
   readonly length: number;
   at(i: number): string | undefined;
   /** The lines' bytes, each followed by a newline; starts[i] is where line i begins, starts[length] the end. */
-  raw?(): { buf: Buffer; starts: readonly number[] };
+  raw?(): { buf: Buffer; starts: ArrayLike<number> };
 }
 
 export class AuditFeed {
@@ -38,13 +38,16 @@ export class AuditFeed {
   private readonly subscribers = new Set<Subscriber>();
   /**
    * The last lines published while nobody subscribed, as bytes (a buffer reused from
-   * one batch to the next), made FedRecords only when asked for or when a later, smaller
-   * batch leaves some of them among the last `keep`: under a flood, batches of thousands
-   * of lines, no string is made for them at all (kept until the next batch, a string per
-   * line lived long enough to be moved to V8's old generation, and grew it by tens of MB).
+   * one batch to the next), made FedRecords only when asked for: no string is made for
+   * them at all while nobody asks. A batch of fewer than `keep` lines keeps the newest
+   * lines of the batches before it as bytes too (moved to the front of the buffer):
+   * made strings there, they were kept for the next thousand lines, long enough to be
+   * moved to V8's old generation, and under a flood of small batches grew it by tens of MB.
+   * `recent` holds older lines than these.
    */
   private lazy: Buffer = Buffer.allocUnsafeSlow(0);
-  private lazyStarts: number[] = [];
+  /** Where each lazy line starts (in `lazy`); entry lazyCount is the end of the last. */
+  private lazyStarts = new Int32Array(1);
   private lazyCount = 0;
 
   constructor(private readonly keep = 1000) {}
@@ -54,19 +57,32 @@ export class AuditFeed {
     const n = lines.length;
     if (!this.subscribers.size && lines.raw && n > 0) {
       const from = Math.max(0, n - this.keep);
-      if (n - from < this.keep) this.settle(); // the lines before still count among the last `keep`
-      else {
-        this.lazyCount = 0;
-        this.recent.length = 0;
-      }
+      const count = n - from;
+      // The newest lines already kept that still count among the last `keep`, and older ones in `recent`.
+      const old = Math.min(this.lazyCount, this.keep - count);
+      const older = Math.min(this.recent.length, this.keep - count - old);
+      if (older < this.recent.length) this.recent.splice(0, this.recent.length - older);
       const { buf, starts } = lines.raw();
+      const st = this.lazyStarts;
+      const o0 = st[this.lazyCount - old];
+      const oldBytes = st[this.lazyCount] - o0;
       const s0 = starts[from];
-      const bytes = starts[n] - s0;
-      if (this.lazy.length < bytes) this.lazy = Buffer.allocUnsafeSlow(Math.max(bytes, 2 * this.lazy.length, 1 << 16));
-      buf.copy(this.lazy, 0, s0, starts[n]);
-      this.lazyStarts.length = 0;
-      for (let i = from; i <= n; i++) this.lazyStarts.push(starts[i] - s0);
-      this.lazyCount = n - from;
+      const bytes = oldBytes + starts[n] - s0;
+      if (this.lazy.length < bytes) {
+        const bigger = Buffer.allocUnsafeSlow(Math.max(bytes, 2 * this.lazy.length, 1 << 16));
+        this.lazy.copy(bigger, 0, o0, o0 + oldBytes);
+        this.lazy = bigger;
+      } else if (oldBytes && o0) this.lazy.copyWithin(0, o0, o0 + oldBytes);
+      buf.copy(this.lazy, oldBytes, s0, starts[n]);
+      if (this.lazyStarts.length < old + count + 1) {
+        const grown = new Int32Array(Math.max(old + count + 1, this.keep + 1));
+        grown.set(st.subarray(0, this.lazyCount + 1));
+        this.lazyStarts = grown;
+      }
+      const ls = this.lazyStarts;
+      for (let i = 0; i < old; i++) ls[i] = ls[this.lazyCount - old + i] - o0;
+      for (let i = from; i <= n; i++) ls[old + i - from] = oldBytes + starts[i] - s0;
+      this.lazyCount = old + count;
       return;
     }
     this.settle();

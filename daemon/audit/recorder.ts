@@ -13,7 +13,7 @@ import type { AuditLevel, EventSource, KernelBinding, Ring } from '../kernel/bin
 import type { RingSizes } from '../kernel/enforcer';
 import type { Policy, Rule } from '../policy/types';
 import { AuditTrail, MAX_BATCH, formatFsyncPolicy, type WrittenLines, type FsyncPolicy, type RotationPolicy, type TrailStatus } from './writer';
-import { AUDIT_SCHEMA_VERSION, DECISIONS, FormattedLine, LineArena, formatDecision, rfc3339Nanos, type AuditContext, type LossSource } from './record';
+import { AUDIT_SCHEMA_VERSION, DECISIONS, FormattedLine, LineArena, LineRun, formatDecision, rfc3339Nanos, type AuditContext, type LossSource } from './record';
 import { BatchFormatter, nativeFormatter, type BatchSink } from './format-batch';
 
 export interface RecorderOptions {
@@ -139,7 +139,7 @@ export class AuditRecorder {
   private readers = new Map<Ring, EventSource>();
   private lostTimer?: NodeJS.Timeout;
   private countersTimer?: NodeJS.Timeout;
-  private pending: (object | FormattedLine)[] = [];
+  private pending: (object | FormattedLine | LineRun)[] = [];
   private flushQueued = false;
   private readonly lostReported = new Map<LossSource, { total: bigint; since: string }>();
   private readonly lastCounters = new Map<bigint, { at: string; counters: AgentCounters }>();
@@ -163,7 +163,7 @@ export class AuditRecorder {
   private undecoded = 0n;
   private decodeError?: Error;
   /** A run of native lines of one agent and decision, for onDecision. */
-  private run: { agentId: bigint; decision: number; count: number; line?: FormattedLine } = { agentId: 0n, decision: 0, count: 0 };
+  private run: { agentId: bigint; decision: number; count: number; line?: FormattedLine; lines?: LineRun; i: number } = { agentId: 0n, decision: 0, count: 0, i: 0 };
   private readonly log: Logger;
 
   private constructor(
@@ -186,6 +186,21 @@ export class AuditRecorder {
         run.decision = decision;
         run.count++;
         run.line = line;
+        run.lines = undefined;
+      },
+      run: (lines) => {
+        this.pending.push(lines);
+      },
+      decided: (decision, agentId, lines, i) => {
+        this.decisions++;
+        const run = this.run;
+        if (run.count && (run.agentId !== agentId || run.decision !== decision)) this.endRun();
+        run.agentId = agentId;
+        run.decision = decision;
+        run.count++;
+        run.line = undefined;
+        run.lines = lines;
+        run.i = i;
       },
       record: (view) => {
         this.endRun();
@@ -203,10 +218,23 @@ export class AuditRecorder {
   private endRun(): void {
     const run = this.run;
     if (!run.count) return;
-    const line = run.line!;
-    this.opts.onDecision?.(DECISIONS[run.decision] ?? 'deny', line.buf.toString('latin1', line.start + 13, line.at - 8), run.agentId, run.count);
+    let buf: Buffer, start: number, at: number;
+    if (run.lines) {
+      const k = 4 * (run.lines.first + run.i);
+      buf = run.lines.buf;
+      start = run.lines.pos[k + 1];
+      at = run.lines.pos[k + 2];
+    } else {
+      const line = run.line!;
+      buf = line.buf;
+      start = line.start;
+      at = line.at;
+    }
+    // The line's ts: after `{"v":1,"ts":"`, up to `","seq":`.
+    this.opts.onDecision?.(DECISIONS[run.decision] ?? 'deny', buf.toString('latin1', start + 13, at - 8), run.agentId, run.count);
     run.count = 0;
     run.line = undefined;
+    run.lines = undefined;
   }
 
   /** A drained batch, through the native formatter. */
