@@ -348,9 +348,9 @@ export class AuditTrail {
   }
 
   /**
-   * Opens (or creates) the trail: continues the chain and seq of what is there —
-   * the active file, or the last rotated one if the active file is missing or
-   * empty — closes a line cut short by a crash, finishes what a crash
+   * Opens (or creates) the trail: continues the chain and seq of what is there
+   * (the active file, or the last rotated one if the active file is missing or
+   * empty), closes a line cut short by a crash, finishes what a crash
    * interrupted (compression), and starts a new file with its "file" line.
    */
   static async open(opts: TrailOptions): Promise<AuditTrail> {
