@@ -37,17 +37,19 @@ export class AuditFeed {
   private readonly recent: FedRecord[] = [];
   private readonly subscribers = new Set<Subscriber>();
   /**
-   * The last lines published while nobody subscribed, as bytes (a buffer reused from
-   * one batch to the next), made FedRecords only when asked for: no string is made for
-   * them at all while nobody asks. A batch of fewer than `keep` lines keeps the newest
-   * lines of the batches before it as bytes too (moved to the front of the buffer):
-   * made strings there, they were kept for the next thousand lines, long enough to be
-   * moved to V8's old generation, and under a flood of small batches grew it by tens of MB.
+   * The last lines published while nobody subscribed, as bytes, made FedRecords only
+   * when asked for: no string is made for them while nobody asks (made strings, they
+   * were kept for the next thousand lines, long enough to be moved to V8's old
+   * generation, and under a flood grew it by tens of MB). The kept lines are the
+   * `lazyCount` lines from entry `lazyFirst` of `lazyStarts` (where each starts in
+   * `lazy`; the entry after the last is its end). Each batch's newest lines are
+   * appended after them; the window moves to the buffer's start only when the
+   * buffer is full, so a byte is copied about once, whatever the batches' sizes.
    * `recent` holds older lines than these.
    */
   private lazy: Buffer = Buffer.allocUnsafeSlow(0);
-  /** Where each lazy line starts (in `lazy`); entry lazyCount is the end of the last. */
   private lazyStarts = new Int32Array(1);
+  private lazyFirst = 0;
   private lazyCount = 0;
 
   constructor(private readonly keep = 1000) {}
@@ -62,26 +64,34 @@ export class AuditFeed {
       const old = Math.min(this.lazyCount, this.keep - count);
       const older = Math.min(this.recent.length, this.keep - count - old);
       if (older < this.recent.length) this.recent.splice(0, this.recent.length - older);
+      this.lazyFirst += this.lazyCount - old;
+      this.lazyCount = old;
+      if (!old) this.lazyFirst = 0;
       const { buf, starts } = lines.raw();
-      const st = this.lazyStarts;
-      const o0 = st[this.lazyCount - old];
-      const oldBytes = st[this.lazyCount] - o0;
       const s0 = starts[from];
-      const bytes = oldBytes + starts[n] - s0;
-      if (this.lazy.length < bytes) {
-        const bigger = Buffer.allocUnsafeSlow(Math.max(bytes, 2 * this.lazy.length, 1 << 16));
-        this.lazy.copy(bigger, 0, o0, o0 + oldBytes);
-        this.lazy = bigger;
-      } else if (oldBytes && o0) this.lazy.copyWithin(0, o0, o0 + oldBytes);
-      buf.copy(this.lazy, oldBytes, s0, starts[n]);
-      if (this.lazyStarts.length < old + count + 1) {
-        const grown = new Int32Array(Math.max(old + count + 1, this.keep + 1));
-        grown.set(st.subarray(0, this.lazyCount + 1));
-        this.lazyStarts = grown;
+      const add = starts[n] - s0;
+      let ls = this.lazyStarts;
+      const w0 = old ? ls[this.lazyFirst] : 0;
+      const w1 = old ? ls[this.lazyFirst + old] : 0;
+      if (w1 + add > this.lazy.length || this.lazyFirst + old + count + 1 > ls.length) {
+        // Full: the kept lines to the start (into a bigger buffer if they and the new ones need more than half of it).
+        const bytes = w1 - w0 + add;
+        if (2 * bytes > this.lazy.length) {
+          const bigger = Buffer.allocUnsafeSlow(Math.max(2 * bytes, 1 << 16));
+          this.lazy.copy(bigger, 0, w0, w1);
+          this.lazy = bigger;
+        } else if (w0) this.lazy.copyWithin(0, w0, w1);
+        if (2 * (old + count + 1) > ls.length) {
+          const grown = new Int32Array(2 * (old + count + 1));
+          for (let i = 0; i <= old; i++) grown[i] = ls[this.lazyFirst + i] - w0;
+          this.lazyStarts = ls = grown;
+        } else for (let i = 0; i <= old; i++) ls[i] = ls[this.lazyFirst + i] - w0;
+        this.lazyFirst = 0;
       }
-      const ls = this.lazyStarts;
-      for (let i = 0; i < old; i++) ls[i] = ls[this.lazyCount - old + i] - o0;
-      for (let i = from; i <= n; i++) ls[old + i - from] = oldBytes + starts[i] - s0;
+      const at = old ? ls[this.lazyFirst + old] : 0;
+      buf.copy(this.lazy, at, s0, starts[n]);
+      const base = this.lazyFirst + old - from;
+      for (let i = from; i <= n; i++) ls[base + i] = at + starts[i] - s0;
       this.lazyCount = old + count;
       return;
     }
@@ -100,8 +110,9 @@ export class AuditFeed {
   private settle(): void {
     if (!this.lazyCount) return;
     const st = this.lazyStarts;
-    for (let i = 0; i < this.lazyCount; i++) this.recent.push(new FedRecord(this.lazy.toString('utf8', st[i], st[i + 1] - 1)));
+    for (let i = this.lazyFirst; i < this.lazyFirst + this.lazyCount; i++) this.recent.push(new FedRecord(this.lazy.toString('utf8', st[i], st[i + 1] - 1)));
     this.lazyCount = 0;
+    this.lazyFirst = 0;
     if (this.recent.length > this.keep) this.recent.splice(0, this.recent.length - this.keep);
   }
 

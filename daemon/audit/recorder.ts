@@ -160,10 +160,13 @@ export class AuditRecorder {
   private readonly lineInfo = { ts: '' };
   /**
    * Where decision lines wait for the writer: 1 MiB chunks, reused once the writer has
-   * copied their lines (the lines go to the trail only, in order). Four kept at most:
-   * what a flood needs beyond that is allocated and freed.
+   * copied their lines (the lines go to the trail only, in order). Eight kept at most:
+   * what a flood keeps waiting (one batch of MAX_BATCH lines of some 600 bytes, BACKLOG_HIGH)
+   * fits, so no chunk is dropped under a flood; a dropped chunk's memory stays until V8
+   * collects its buffer, which with few collections (the drain allocates little) was
+   * long after: 15-20 MB of dropped chunks resident at a flood's end, when only four were kept.
    */
-  private readonly arena = new LineArena(1 << 20, 4);
+  private readonly arena = new LineArena(1 << 20, 8);
   /** Where the lines formatDecision writes go when the batch formatter writes into `arena` (whose chunks must hold lines in queue order). */
   private readonly jsArena = new LineArena();
   /** The native batch formatter, where it loads. */

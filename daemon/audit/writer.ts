@@ -596,7 +596,9 @@ export class AuditTrail {
       if (r instanceof LineRun) {
         // A run: each line after its chain's room, its seq put in, in one native call (or the same in JS).
         const need = r.bytes + r.count * (20 + CHAIN_GAP);
-        if (out.length - o < need) out = this.grow(o, need);
+        // Grown at once for the batch's lines, if the others are like these (not doubled step by step:
+        // each buffer left behind stays resident until V8 collects it).
+        if (out.length - o < need) out = this.grow(o, Math.ceil((need / r.count) * (nLines - line)));
         if (place) {
           const e = place(r.buf, r.pos, r.first, r.count, out, o, out.length, seq + 1, ends, line);
           if (e < 0) throw new Error(`cannot place the audit lines (errno ${-e})`);
