@@ -24,7 +24,11 @@ export async function startHelmd(args: { policy: string; audit: string; socket: 
   const pins = scratchPins('bench');
   const helmdArgs = ['--policy', args.policy, '--audit-log', args.audit, '--socket', args.socket, ...pins.args, ...(args.extra ?? [])];
   const proc = args.nodeArgs
-    ? spawn(process.execPath, ['--max-semi-space-size=4', ...args.nodeArgs, path.join(ROOT, 'dist', 'bundle', 'helmd.js'), ...helmdArgs], { stdio: ['ignore', 'pipe', 'pipe'] })
+    ? // bin/helmd's node options and environment (keep them in step), then these.
+      spawn(process.execPath, ['--max-semi-space-size=2', ...args.nodeArgs, path.join(ROOT, 'dist', 'bundle', 'helmd.js'), ...helmdArgs], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, MALLOC_MMAP_THRESHOLD_: '131072' },
+      })
     : spawn(HELMD, helmdArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
   proc.stdout!.on('data', (d) => (output += d));
   proc.stderr!.on('data', (d) => (output += d));

@@ -188,7 +188,7 @@ export class Helmd implements ControlPlane {
   private watcher?: PolicyWatcher;
   private sweepTimer?: NodeJS.Timeout;
   private learned?: LearnedAddresses;
-  /** role id → its host-name patterns, for the DNS forwarders. */
+  /** role id to its host-name patterns, for the DNS forwarders. */
   private namesByRole = new Map<number, NameEntry[]>();
   private running?: RunningSet;
   /** Policy modes switched at run time (SetMode), by policy name; they outlive applies that keep the policy. */
@@ -203,7 +203,7 @@ export class Helmd implements ControlPlane {
   readonly feed = new AuditFeed();
   private readonly generations = new Map<number, GenerationNames>();
   private readonly agents = new Map<bigint, AgentState>(); // by cgroup id
-  /** Indexes for naming events on the drain path: agent id → agent, role id → role name. */
+  /** Indexes for naming events on the drain path: agent id to agent, role id to role name. */
   private readonly agentsById = new Map<bigint, AgentState>();
   private roleNames = new Map<number, string>();
   /** Role ids ever handed out (state and kernel): kept stable across generations and restarts. */

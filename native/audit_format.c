@@ -30,6 +30,16 @@ static void fmt_str(struct fmt_out *o, const char *s)
 	o->p += n;
 }
 
+/* A string literal: its length known when compiled (no strlen per field per line). */
+#define FMT_LIT(o, lit)                                   \
+	do {                                              \
+		memcpy((o)->p, (lit), sizeof(lit) - 1);   \
+		(o)->p += sizeof(lit) - 1;                \
+	} while (0)
+
+/* 1 for the bytes a JSON string holds as they are: 0x20..0x7f but for '"' (0x22) and '\\' (0x5c) (GNU C ranges). */
+static const unsigned char fmt_plain[256] = {[0x20 ... 0x21] = 1, [0x23 ... 0x5b] = 1, [0x5d ... 0x7f] = 1};
+
 static void fmt_u64(struct fmt_out *o, unsigned long long v)
 {
 	char tmp[24];
@@ -63,6 +73,16 @@ static int fmt_cstr(struct fmt_out *o, const char *s, int max, int strip_slash_d
 	*o->p++ = '"';
 	for (int i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
+		if (fmt_plain[c]) {
+			/* a run of bytes that need no escape, copied at once */
+			int j = i + 1;
+			while (j < n && fmt_plain[(unsigned char)s[j]])
+				j++;
+			memcpy(o->p, s + i, (size_t)(j - i));
+			o->p += j - i;
+			i = j - 1;
+			continue;
+		}
 		if (c >= 0x80)
 			return 0;
 		if (c == '"' || c == '\\') {
@@ -148,7 +168,7 @@ static int fmt_decision(struct fmt_out *o, const struct helm_event *e, long long
 	civil(days, &y, &mo, &d);
 	if (y > 9999)
 		return 0;
-	fmt_str(o, "{\"v\":1,\"ts\":\"");
+	FMT_LIT(o, "{\"v\":1,\"ts\":\"");
 	fmt_digits(o, (unsigned)y, 4);
 	*o->p++ = '-';
 	fmt_digits(o, mo, 2);
@@ -162,7 +182,7 @@ static int fmt_decision(struct fmt_out *o, const struct helm_event *e, long long
 	fmt_digits(o, sod % 60, 2);
 	*o->p++ = '.';
 	fmt_digits(o, (unsigned)ns, 9);
-	fmt_str(o, "Z\",\"seq\":");
+	FMT_LIT(o, "Z\",\"seq\":");
 	return 1;
 }
 
@@ -171,35 +191,35 @@ static int fmt_decision_rest(struct fmt_out *o, const struct helm_event *e, cons
 {
 	int is_net = (e->op == HELM_OP_CONNECT || e->op == HELM_OP_BIND) && e->detail != HELM_DETAIL_UNIX;
 
-	fmt_str(o, ",\"type\":\"decision\",\"decision\":\"");
+	FMT_LIT(o, ",\"type\":\"decision\",\"decision\":\"");
 	fmt_str(o, e->decision < FMT_COUNT(fmt_decisions) ? fmt_decisions[e->decision] : "deny");
-	fmt_str(o, "\",\"op\":");
+	FMT_LIT(o, "\",\"op\":");
 	fmt_name(o, fmt_ops, FMT_COUNT(fmt_ops), e->op, "op");
 	if (e->op < HELM_FILE_OPS || e->op == HELM_OP_CONTROL || e->op == HELM_OP_CONNECT || e->op == HELM_OP_BIND) {
-		fmt_str(o, ",\"detail\":");
+		FMT_LIT(o, ",\"detail\":");
 		fmt_name(o, fmt_details, FMT_COUNT(fmt_details), e->detail, "detail");
 	} else {
-		fmt_str(o, ",\"arg\":");
+		FMT_LIT(o, ",\"arg\":");
 		fmt_u64(o, e->detail);
 		if (e->op == HELM_OP_SIGNAL || e->op == HELM_OP_PTRACE) {
-			fmt_str(o, ",\"target_pid\":");
+			FMT_LIT(o, ",\"target_pid\":");
 			fmt_u64(o, e->target_pid);
 		}
 	}
-	fmt_str(o, ",\"path\":");
+	FMT_LIT(o, ",\"path\":");
 	if (is_net || e->path_len <= 0)
-		fmt_str(o, "null");
+		FMT_LIT(o, "null");
 	else if (!fmt_cstr(o, e->path, HELM_PATH_BUF, e->flags & HELM_EVENT_FLAG_DIR))
 		return 0;
 	if (e->flags & HELM_EVENT_FLAG_DIR)
-		fmt_str(o, ",\"dir\":true");
+		FMT_LIT(o, ",\"dir\":true");
 	if (is_net) {
 		if (e->detail == HELM_DETAIL_RAW) {
-			fmt_str(o, ",\"proto\":");
+			FMT_LIT(o, ",\"proto\":");
 			fmt_proto(o, e->proto);
 		} else if (e->detail == HELM_DETAIL_PACKET) {
 			static const char hex[] = "0123456789abcdef";
-			fmt_str(o, ",\"ethertype\":\"0x");
+			FMT_LIT(o, ",\"ethertype\":\"0x");
 			for (int s = 12; s >= 0; s -= 4)
 				*o->p++ = hex[(e->port >> s) & 15];
 			*o->p++ = '"';
@@ -210,20 +230,20 @@ static int fmt_decision_rest(struct fmt_out *o, const struct helm_event *e, cons
 					return 0; /* IPv6: formatDecision */
 			if (a[10] != 0xff || a[11] != 0xff)
 				return 0;
-			fmt_str(o, ",\"addr\":\"");
+			FMT_LIT(o, ",\"addr\":\"");
 			for (int i = 12; i < 16; i++) {
 				fmt_u64(o, a[i]);
 				*o->p++ = i < 15 ? '.' : '"';
 			}
-			fmt_str(o, ",\"port\":");
+			FMT_LIT(o, ",\"port\":");
 			fmt_u64(o, e->port);
-			fmt_str(o, ",\"proto\":");
+			FMT_LIT(o, ",\"proto\":");
 			fmt_proto(o, e->proto);
 		}
 	}
 	if (e->ops & (e->ops - 1)) {
 		int first = 1;
-		fmt_str(o, ",\"ops\":[");
+		FMT_LIT(o, ",\"ops\":[");
 		for (unsigned i = 0; i < 32; i++) {
 			if (!(e->ops & (1u << i)))
 				continue;
@@ -235,46 +255,46 @@ static int fmt_decision_rest(struct fmt_out *o, const struct helm_event *e, cons
 		*o->p++ = ']';
 	}
 	if (e->flags & HELM_EVENT_FLAG_ARGV_TRUNCATED)
-		fmt_str(o, ",\"argv_truncated\":true");
-	fmt_str(o, ",\"pid\":");
+		FMT_LIT(o, ",\"argv_truncated\":true");
+	FMT_LIT(o, ",\"pid\":");
 	fmt_u64(o, e->pid);
-	fmt_str(o, ",\"tid\":");
+	FMT_LIT(o, ",\"tid\":");
 	fmt_u64(o, e->tid);
-	fmt_str(o, ",\"ppid\":");
+	FMT_LIT(o, ",\"ppid\":");
 	fmt_u64(o, e->ppid);
-	fmt_str(o, ",\"uid\":");
+	FMT_LIT(o, ",\"uid\":");
 	fmt_u64(o, e->uid);
-	fmt_str(o, ",\"gid\":");
+	FMT_LIT(o, ",\"gid\":");
 	fmt_u64(o, e->gid);
-	fmt_str(o, ",\"exe\":");
+	FMT_LIT(o, ",\"exe\":");
 	if (!fmt_cstr(o, e->exe, HELM_PATH_BUF, 0))
 		return 0;
-	fmt_str(o, ",\"parent_exe\":");
+	FMT_LIT(o, ",\"parent_exe\":");
 	if (e->parent_exe_len <= 0)
-		fmt_str(o, "null");
+		FMT_LIT(o, "null");
 	else if (!fmt_cstr(o, e->parent_exe, HELM_PATH_BUF, 0))
 		return 0;
-	fmt_str(o, ",\"comm\":");
+	FMT_LIT(o, ",\"comm\":");
 	if (!fmt_cstr(o, e->comm, sizeof(e->comm), 0))
 		return 0;
-	fmt_str(o, ",\"cgroup\":{\"id\":\"");
+	FMT_LIT(o, ",\"cgroup\":{\"id\":\"");
 	fmt_u64(o, e->cgroup_id);
-	fmt_str(o, "\",\"path\":");
+	FMT_LIT(o, "\",\"path\":");
 	memcpy(o->p, names, (size_t)names_len);
 	o->p += names_len;
 	fmt_str(o, e->mode == HELM_MODE_DRY_RUN ? ",\"mode\":\"dry-run\",\"reason\":\"" : ",\"mode\":\"enforce\",\"reason\":\"");
 	fmt_str(o, e->reason < FMT_COUNT(fmt_reasons) ? fmt_reasons[e->reason] : "rule");
-	fmt_str(o, "\",\"generation\":");
+	FMT_LIT(o, "\",\"generation\":");
 	fmt_u64(o, e->generation);
 	if (!is_net) {
-		fmt_str(o, ",\"inode\":{\"dev\":");
+		FMT_LIT(o, ",\"inode\":{\"dev\":");
 		fmt_u64(o, e->dev);
-		fmt_str(o, ",\"ino\":\"");
+		FMT_LIT(o, ",\"ino\":\"");
 		fmt_u64(o, e->ino);
-		fmt_str(o, "\"}");
+		FMT_LIT(o, "\"}");
 	}
 	if (e->flags & HELM_EVENT_FLAG_SAMPLED)
-		fmt_str(o, ",\"sampled\":true");
+		FMT_LIT(o, ",\"sampled\":true");
 	*o->p++ = '}';
 	return 1;
 }
@@ -327,4 +347,41 @@ int helm_format_decisions(const unsigned char *recs, int nbytes, int from, int f
 		k++;
 	}
 	return k - from;
+}
+
+/*
+ * The audit writer's side of a run of lines helm_format_decisions wrote: line i
+ * (pos[4(first + i)..]: {1, start, where the seq goes, end} in `src`) is copied
+ * into out[off..cap) after HELM_PLACE_GAP bytes of room for its chain, with its
+ * seq (seq + i, in decimal) put in at its place, and ends[ends_at + i] set to
+ * where it ends: the layout helm_chain_lines (helm_shim.c) takes, byte for byte
+ * what daemon/audit/writer.ts writes in JS. One call per run rather than two
+ * copies and a number per line from JS. Returns where the last line ends, or
+ * -EINVAL (a position out of order) or -ENOSPC (out too short: nothing trusted).
+ */
+#define HELM_PLACE_GAP 76 /* helm_shim.c's HELM_CHAIN_GAP */
+int helm_place_lines(const unsigned char *src, const int *pos, int first, int n, unsigned char *out, int off, int cap, long long seq, int *ends,
+		     int ends_at)
+{
+	if (seq < 0 || n < 0 || first < 0 || off < 0)
+		return -EINVAL;
+	for (int i = 0; i < n; i++) {
+		const int *p = pos + 4 * (first + i);
+		int start = p[1], at = p[2], end = p[3];
+		struct fmt_out o;
+
+		if (start < 0 || at < start || end < at)
+			return -EINVAL;
+		if ((long long)off + HELM_PLACE_GAP + (end - start) + 20 > cap)
+			return -ENOSPC;
+		o.p = (char *)out + off + HELM_PLACE_GAP;
+		memcpy(o.p, src + start, (size_t)(at - start));
+		o.p += at - start;
+		fmt_u64(&o, (unsigned long long)(seq + i));
+		memcpy(o.p, src + at, (size_t)(end - at));
+		o.p += end - at;
+		off = (int)(o.p - (char *)out);
+		ends[ends_at + i] = off;
+	}
+	return off;
 }

@@ -30,21 +30,26 @@ export interface PublishedLines {
   readonly length: number;
   at(i: number): string | undefined;
   /** The lines' bytes, each followed by a newline; starts[i] is where line i begins, starts[length] the end. */
-  raw?(): { buf: Buffer; starts: readonly number[] };
+  raw?(): { buf: Buffer; starts: ArrayLike<number> };
 }
 
 export class AuditFeed {
   private readonly recent: FedRecord[] = [];
   private readonly subscribers = new Set<Subscriber>();
   /**
-   * The last lines published while nobody subscribed, as bytes (a buffer reused from
-   * one batch to the next), made FedRecords only when asked for or when a later, smaller
-   * batch leaves some of them among the last `keep`: under a flood, batches of thousands
-   * of lines, no string is made for them at all (kept until the next batch, a string per
-   * line lived long enough to be moved to V8's old generation, and grew it by tens of MB).
+   * The last lines published while nobody subscribed, as bytes, made FedRecords only
+   * when asked for: no string is made for them while nobody asks (made strings, they
+   * were kept for the next thousand lines, long enough to be moved to V8's old
+   * generation, and under a flood grew it by tens of MB). The kept lines are the
+   * `lazyCount` lines from entry `lazyFirst` of `lazyStarts` (where each starts in
+   * `lazy`; the entry after the last is its end). Each batch's newest lines are
+   * appended after them; the window moves to the buffer's start only when the
+   * buffer is full, so a byte is copied about once, whatever the batches' sizes.
+   * `recent` holds older lines than these.
    */
   private lazy: Buffer = Buffer.allocUnsafeSlow(0);
-  private lazyStarts: number[] = [];
+  private lazyStarts = new Int32Array(1);
+  private lazyFirst = 0;
   private lazyCount = 0;
 
   constructor(private readonly keep = 1000) {}
@@ -54,19 +59,40 @@ export class AuditFeed {
     const n = lines.length;
     if (!this.subscribers.size && lines.raw && n > 0) {
       const from = Math.max(0, n - this.keep);
-      if (n - from < this.keep) this.settle(); // the lines before still count among the last `keep`
-      else {
-        this.lazyCount = 0;
-        this.recent.length = 0;
-      }
+      const count = n - from;
+      // The newest lines already kept that still count among the last `keep`, and older ones in `recent`.
+      const old = Math.min(this.lazyCount, this.keep - count);
+      const older = Math.min(this.recent.length, this.keep - count - old);
+      if (older < this.recent.length) this.recent.splice(0, this.recent.length - older);
+      this.lazyFirst += this.lazyCount - old;
+      this.lazyCount = old;
+      if (!old) this.lazyFirst = 0;
       const { buf, starts } = lines.raw();
       const s0 = starts[from];
-      const bytes = starts[n] - s0;
-      if (this.lazy.length < bytes) this.lazy = Buffer.allocUnsafeSlow(Math.max(bytes, 2 * this.lazy.length, 1 << 16));
-      buf.copy(this.lazy, 0, s0, starts[n]);
-      this.lazyStarts.length = 0;
-      for (let i = from; i <= n; i++) this.lazyStarts.push(starts[i] - s0);
-      this.lazyCount = n - from;
+      const add = starts[n] - s0;
+      let ls = this.lazyStarts;
+      const w0 = old ? ls[this.lazyFirst] : 0;
+      const w1 = old ? ls[this.lazyFirst + old] : 0;
+      if (w1 + add > this.lazy.length || this.lazyFirst + old + count + 1 > ls.length) {
+        // Full: the kept lines to the start (into a bigger buffer if they and the new ones need more than half of it).
+        const bytes = w1 - w0 + add;
+        if (2 * bytes > this.lazy.length) {
+          const bigger = Buffer.allocUnsafeSlow(Math.max(2 * bytes, 1 << 16));
+          this.lazy.copy(bigger, 0, w0, w1);
+          this.lazy = bigger;
+        } else if (w0) this.lazy.copyWithin(0, w0, w1);
+        if (2 * (old + count + 1) > ls.length) {
+          const grown = new Int32Array(2 * (old + count + 1));
+          for (let i = 0; i <= old; i++) grown[i] = ls[this.lazyFirst + i] - w0;
+          this.lazyStarts = ls = grown;
+        } else for (let i = 0; i <= old; i++) ls[i] = ls[this.lazyFirst + i] - w0;
+        this.lazyFirst = 0;
+      }
+      const at = old ? ls[this.lazyFirst + old] : 0;
+      buf.copy(this.lazy, at, s0, starts[n]);
+      const base = this.lazyFirst + old - from;
+      for (let i = from; i <= n; i++) ls[base + i] = at + starts[i] - s0;
+      this.lazyCount = old + count;
       return;
     }
     this.settle();
@@ -84,8 +110,9 @@ export class AuditFeed {
   private settle(): void {
     if (!this.lazyCount) return;
     const st = this.lazyStarts;
-    for (let i = 0; i < this.lazyCount; i++) this.recent.push(new FedRecord(this.lazy.toString('utf8', st[i], st[i + 1] - 1)));
+    for (let i = this.lazyFirst; i < this.lazyFirst + this.lazyCount; i++) this.recent.push(new FedRecord(this.lazy.toString('utf8', st[i], st[i + 1] - 1)));
     this.lazyCount = 0;
+    this.lazyFirst = 0;
     if (this.recent.length > this.keep) this.recent.splice(0, this.recent.length - this.keep);
   }
 

@@ -8,7 +8,7 @@
 import { C, LAYOUT } from '../kernel/layout';
 import { HELM_PATH_BUF } from '../kernel/limits';
 import { native } from '../kernel/native';
-import { FormattedLine, LineArena, namesText, type AuditContext } from './record';
+import { FormattedLine, LineArena, LineRun, namesText, type AuditContext } from './record';
 
 type FormatDecisions = (
   recs: Buffer,
@@ -46,8 +46,15 @@ const SIZE = LAYOUT.helm_event.size;
 const LINE_ROOM = 6 * (3 * HELM_PATH_BUF + 16) + 2048;
 
 export interface BatchSink {
-  /** A decision line written natively: its decision (the kernel's number) and agent. */
+  /** A decision line written natively: its decision (the kernel's number) and agent (sinks without `run`). */
   line(line: FormattedLine, decision: number, agentId: bigint): void;
+  /**
+   * Decision lines written natively, one after another, as one run (no object per line); then
+   * decided() for each of them, in order. Where a sink has it, line() is not called.
+   */
+  run?(run: LineRun): void;
+  /** Line i of the run last given to run(): its decision (the kernel's number) and agent. */
+  decided?(decision: number, agentId: bigint, run: LineRun, i: number): void;
   /** A record left to the per-record path (decodeEvent, formatDecision), in its place in the batch. */
   record(view: DataView): void;
 }
@@ -62,6 +69,8 @@ export class BatchFormatter {
   private agentLo = -1;
   private agentHi = -1;
   private agentId = 0n;
+  /** A record's address for ctx.hostOf (which keeps no reference to it): one buffer, not one per record. */
+  private readonly addr16 = Buffer.alloc(16);
 
   constructor(
     private readonly fmt: FormatDecisions,
@@ -116,7 +125,11 @@ export class BatchFormatter {
       const op = view.getUint8(at + F.op[0]);
       const detail = view.getUint32(at + F.detail[0], true);
       if ((op === C.HELM_OP_CONNECT || op === C.HELM_OP_BIND) && detail !== C.HELM_DETAIL_UNIX && detail !== C.HELM_DETAIL_RAW && detail !== C.HELM_DETAIL_PACKET) {
-        if (this.ctx.hostOf?.(agentId, buf.subarray(at + F.addr[0], at + F.addr[0] + 16))) continue;
+        if (this.ctx.hostOf) {
+          const a = this.addr16;
+          for (let i = 0, p = at + F.addr[0]; i < 16; i++) a[i] = buf[p + i];
+          if (this.ctx.hostOf(agentId, a)) continue;
+        }
       }
       const roleId = view.getUint32(at + F.role_id[0], true);
       const generation = view.getUint32(at + F.generation[0], true);
@@ -162,13 +175,36 @@ export class BatchFormatter {
         return;
       }
       let end = used;
-      for (let j = k; j < k + done; j++) {
-        if (res[4 * j] === 1) {
-          end = res[4 * j + 3];
-          sink.line(new FormattedLine(out, res[4 * j + 1], res[4 * j + 2], end, owner), view.getUint8(this.offs[j] + 8 + F.decision[0]), this.agents[j]);
-        } else {
-          const off = this.offs[j];
-          sink.record(new DataView(buf.buffer, buf.byteOffset + off + 8, view.getUint32(off, true)));
+      if (sink.run && sink.decided) {
+        // Runs of lines between the records left to the per-record path: one LineRun each.
+        const pos = res.slice(4 * k, 4 * (k + done));
+        let from = -1;
+        for (let j = k; j <= k + done; j++) {
+          if (j < k + done && res[4 * j] === 1) {
+            end = res[4 * j + 3];
+            if (from < 0) from = j;
+            continue;
+          }
+          if (from >= 0) {
+            const run = new LineRun(out, pos, from - k, j - from, owner);
+            sink.run(run);
+            for (let i = from; i < j; i++) sink.decided(view.getUint8(this.offs[i] + 8 + F.decision[0]), this.agents[i], run, i - from);
+            from = -1;
+          }
+          if (j < k + done) {
+            const off = this.offs[j];
+            sink.record(new DataView(buf.buffer, buf.byteOffset + off + 8, view.getUint32(off, true)));
+          }
+        }
+      } else {
+        for (let j = k; j < k + done; j++) {
+          if (res[4 * j] === 1) {
+            end = res[4 * j + 3];
+            sink.line(new FormattedLine(out, res[4 * j + 1], res[4 * j + 2], end, owner), view.getUint8(this.offs[j] + 8 + F.decision[0]), this.agents[j]);
+          } else {
+            const off = this.offs[j];
+            sink.record(new DataView(buf.buffer, buf.byteOffset + off + 8, view.getUint32(off, true)));
+          }
         }
       }
       this.arena.commit(end);

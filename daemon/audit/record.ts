@@ -230,6 +230,41 @@ export class FormattedLine {
 }
 
 /**
+ * Lines the native batch formatter wrote one after another into one arena chunk, as one
+ * queued item: one heap object for the run rather than one per line (under a flood, an
+ * object per line waiting for its batch's write was what promoted objects into V8's old
+ * generation and grew it by tens of MB). Line i of the run is its `first + i`th entry of
+ * `pos`, four ints an entry as helm_format_decisions gives them (`res`): {1, start,
+ * where the seq goes, end}; lines are back to back in `buf`.
+ */
+export class LineRun {
+  constructor(
+    readonly buf: Buffer,
+    readonly pos: Int32Array,
+    readonly first: number,
+    readonly count: number,
+    /** The arena that made it, if it wants to know when its bytes are copied out (LineArena.consumedBuf). */
+    readonly arena?: LineArena,
+  ) {}
+
+  /** Bytes of the run's lines, all together (without seq or chain). */
+  get bytes(): number {
+    return this.pos[4 * (this.first + this.count - 1) + 3] - this.pos[4 * this.first + 1];
+  }
+
+  /** The first `n` lines (0 < n < count) and the rest, as two runs. */
+  split(n: number): [LineRun, LineRun] {
+    return [new LineRun(this.buf, this.pos, this.first, n, this.arena), new LineRun(this.buf, this.pos, this.first + n, this.count - n, this.arena)];
+  }
+
+  /** Line i of the run as a FormattedLine (tests, and the per-line path). */
+  line(i: number): FormattedLine {
+    const k = 4 * (this.first + i);
+    return new FormattedLine(this.buf, this.pos[k + 1], this.pos[k + 2], this.pos[k + 3]);
+  }
+}
+
+/**
  * Where formatted lines are written: chunks of 1 MiB outside the JS heap, each
  * freed once no waiting line refers to it any more.
  *
@@ -288,9 +323,14 @@ export class LineArena {
 
   /** `line`, one of this arena's, has been copied out (see the class comment). */
   consumed(line: FormattedLine): void {
+    this.consumedBuf(line.buf);
+  }
+
+  /** Lines of this arena up to and in `buf` (a chunk) have been copied out, in order: consumed() for a LineRun. */
+  consumedBuf(buf: Buffer): void {
     const done = this.lastConsumed;
-    if (line.buf === done) return;
-    this.lastConsumed = line.buf;
+    if (buf === done) return;
+    this.lastConsumed = buf;
     if (done && done !== this.buf && done.length === this.chunk && this.pool.length < this.reuse) this.pool.push(done);
   }
 

@@ -13,7 +13,7 @@ import type { AuditLevel, EventSource, KernelBinding, Ring } from '../kernel/bin
 import type { RingSizes } from '../kernel/enforcer';
 import type { Policy, Rule } from '../policy/types';
 import { AuditTrail, MAX_BATCH, formatFsyncPolicy, type WrittenLines, type FsyncPolicy, type RotationPolicy, type TrailStatus } from './writer';
-import { AUDIT_SCHEMA_VERSION, DECISIONS, FormattedLine, LineArena, formatDecision, rfc3339Nanos, type AuditContext, type LossSource } from './record';
+import { AUDIT_SCHEMA_VERSION, DECISIONS, FormattedLine, LineArena, LineRun, formatDecision, rfc3339Nanos, type AuditContext, type LossSource } from './record';
 import { BatchFormatter, nativeFormatter, type BatchSink } from './format-batch';
 
 export interface RecorderOptions {
@@ -65,6 +65,15 @@ const BACKLOG_HIGH = MAX_BATCH;
 const DRAIN_POLL_MS = 500;
 /** Bytes drained per call: about 220 records, so that the control socket gets its turns during a flood. */
 const DRAIN_BUFFER = 256 * 1024;
+/**
+ * A drain that found less than this (about 55 records) is followed by a pause of SETTLE_MS
+ * before the next, so that records gather in the ring (which holds some 28,000: at 250,000
+ * a second, 1 ms is 250 of them): a drain's fixed costs (native calls, promises, the trail's
+ * bookkeeping) were paid for a handful of records each when helmd kept up with a flood,
+ * some 14,000 drains a second, most of helmd's allocations and a good part of its CPU.
+ */
+const SMALL_DRAIN = 64 * 1024;
+const SETTLE_MS = 1;
 /** How long after detach an agent's kernel counters are dropped. */
 const FORGET_AFTER_MS = 5_000;
 const ZERO: AgentCounters = { allowed: 0n, allowUnlogged: 0n, allowLost: 0n, denied: 0n, wouldDeny: 0n, denyLost: 0n };
@@ -139,21 +148,25 @@ export class AuditRecorder {
   private readers = new Map<Ring, EventSource>();
   private lostTimer?: NodeJS.Timeout;
   private countersTimer?: NodeJS.Timeout;
-  private pending: (object | FormattedLine)[] = [];
+  private pending: (object | FormattedLine | LineRun)[] = [];
   private flushQueued = false;
   private readonly lostReported = new Map<LossSource, { total: bigint; since: string }>();
   private readonly lastCounters = new Map<bigint, { at: string; counters: AgentCounters }>();
   private readonly agents = new Map<bigint, RecordedAgent>();
-  private decisions = 0n;
+  /** A number, not a bigint: counted once per line on the drain path, and a bigint's ++ allocates (exact to 2^53). */
+  private decisions = 0;
   /** Decodes each record into the same object (the drain's hot path). */
   private readonly decoder = new EventDecoder();
   private readonly lineInfo = { ts: '' };
   /**
    * Where decision lines wait for the writer: 1 MiB chunks, reused once the writer has
-   * copied their lines (the lines go to the trail only, in order). Four kept at most:
-   * what a flood needs beyond that is allocated and freed.
+   * copied their lines (the lines go to the trail only, in order). Eight kept at most:
+   * what a flood keeps waiting (one batch of MAX_BATCH lines of some 600 bytes, BACKLOG_HIGH)
+   * fits, so no chunk is dropped under a flood; a dropped chunk's memory stays until V8
+   * collects its buffer, which with few collections (the drain allocates little) was
+   * long after: 15-20 MB of dropped chunks resident at a flood's end, when only four were kept.
    */
-  private readonly arena = new LineArena(1 << 20, 4);
+  private readonly arena = new LineArena(1 << 20, 8);
   /** Where the lines formatDecision writes go when the batch formatter writes into `arena` (whose chunks must hold lines in queue order). */
   private readonly jsArena = new LineArena();
   /** The native batch formatter, where it loads. */
@@ -163,8 +176,10 @@ export class AuditRecorder {
   private undecoded = 0n;
   private decodeError?: Error;
   /** A run of native lines of one agent and decision, for onDecision. */
-  private run: { agentId: bigint; decision: number; count: number; line?: FormattedLine } = { agentId: 0n, decision: 0, count: 0 };
+  private run: { agentId: bigint; decision: number; count: number; line?: FormattedLine; lines?: LineRun; i: number } = { agentId: 0n, decision: 0, count: 0, i: 0 };
   private readonly log: Logger;
+  /** Bytes each ring's last drain found. */
+  private readonly lastDrain = new Map<Ring, number>();
 
   private constructor(
     private readonly opts: RecorderOptions,
@@ -186,6 +201,21 @@ export class AuditRecorder {
         run.decision = decision;
         run.count++;
         run.line = line;
+        run.lines = undefined;
+      },
+      run: (lines) => {
+        this.pending.push(lines);
+      },
+      decided: (decision, agentId, lines, i) => {
+        this.decisions++;
+        const run = this.run;
+        if (run.count && (run.agentId !== agentId || run.decision !== decision)) this.endRun();
+        run.agentId = agentId;
+        run.decision = decision;
+        run.count++;
+        run.line = undefined;
+        run.lines = lines;
+        run.i = i;
       },
       record: (view) => {
         this.endRun();
@@ -203,10 +233,23 @@ export class AuditRecorder {
   private endRun(): void {
     const run = this.run;
     if (!run.count) return;
-    const line = run.line!;
-    this.opts.onDecision?.(DECISIONS[run.decision] ?? 'deny', line.buf.toString('latin1', line.start + 13, line.at - 8), run.agentId, run.count);
+    let buf: Buffer, start: number, at: number;
+    if (run.lines) {
+      const k = 4 * (run.lines.first + run.i);
+      buf = run.lines.buf;
+      start = run.lines.pos[k + 1];
+      at = run.lines.pos[k + 2];
+    } else {
+      const line = run.line!;
+      buf = line.buf;
+      start = line.start;
+      at = line.at;
+    }
+    // The line's ts: after `{"v":1,"ts":"`, up to `","seq":`.
+    this.opts.onDecision?.(DECISIONS[run.decision] ?? 'deny', buf.toString('latin1', start + 13, at - 8), run.agentId, run.count);
     run.count = 0;
     run.line = undefined;
+    run.lines = undefined;
   }
 
   /** A drained batch, through the native formatter. */
@@ -265,7 +308,17 @@ export class AuditRecorder {
       reader.start(
         (rec) => r.onEvent(rec),
         (e) => log.error({ err: e, ring }, 'ring buffer drain failed'),
-        { gate: () => r.room(), pollMs: DRAIN_POLL_MS, onBatch: () => r.written(), batch: r.batcher ? (buf, bytes) => r.onRecords(buf, bytes) : undefined },
+        {
+          gate: () => r.room(ring),
+          pollMs: DRAIN_POLL_MS,
+          onBatch: () => r.written(),
+          batch: r.batcher
+            ? (buf, bytes) => {
+                r.lastDrain.set(ring, bytes);
+                r.onRecords(buf, bytes);
+              }
+            : undefined,
+        },
       );
     }
     r.lostTimer = setInterval(() => r.reportLost(), opts.lostPollMs ?? 1000);
@@ -302,8 +355,13 @@ export class AuditRecorder {
   }
 
   /** Resolves when the trail's queue is short enough to drain more, after letting other work (the control socket) run. */
-  private async room(): Promise<void> {
-    await new Promise((r) => setImmediate(r));
+  private async room(ring?: Ring): Promise<void> {
+    const last = ring ? this.lastDrain.get(ring) ?? 0 : 0;
+    if (last > 0 && last < SMALL_DRAIN) {
+      // A few records last time: let more gather in the ring (it is drained without waiting while records come).
+      this.lastDrain.set(ring!, 0);
+      await new Promise((r) => setTimeout(r, SETTLE_MS));
+    } else await new Promise((r) => setImmediate(r));
     while (this.trail.backlog > BACKLOG_HIGH) if (!(await this.trail.progress())) break;
   }
 
@@ -408,7 +466,7 @@ export class AuditRecorder {
   }
 
   status(): { trail: TrailStatus; decisions: bigint; lost: Record<LossSource, bigint>; level: AuditLevel; fsync: string } {
-    return { trail: this.trail.status(), decisions: this.decisions, lost: this.lost(), level: this.opts.level, fsync: formatFsyncPolicy(this.opts.fsync) };
+    return { trail: this.trail.status(), decisions: BigInt(this.decisions), lost: this.lost(), level: this.opts.level, fsync: formatFsyncPolicy(this.opts.fsync) };
   }
 
   /** Drains what is left in the rings, writes the last counters and losses, `before`'s lines and a `stop` line, and closes the trail. */

@@ -20,7 +20,7 @@ import { pipeline } from 'node:stream/promises';
 import { CHAIN_GENESIS, chainOf, sha256Hex } from './chain';
 import { native } from '../kernel/native';
 import { lastCompleteLine, lastCompleteLineSync, rotatedFiles, rotatedName } from './files';
-import { AUDIT_SCHEMA_VERSION, FormattedLine } from './record';
+import { AUDIT_SCHEMA_VERSION, FormattedLine, LineRun } from './record';
 
 export type FsyncPolicy = { kind: 'every-batch' } | { kind: 'interval'; ms: number } | { kind: 'none' };
 
@@ -96,8 +96,8 @@ export interface TrailStatus {
   seq: number;
 }
 
-/** A record as queued: an object (seq set when written), or a line formatted but for its seq. */
-type Queued = Record<string, unknown> | FormattedLine;
+/** A record as queued: an object (seq set when written), a line formatted but for its seq, or a run of such lines. */
+type Queued = Record<string, unknown> | FormattedLine | LineRun;
 
 interface DiskLoss {
   count: number;
@@ -127,6 +127,20 @@ const ENOSYS = 38;
 
 type ChainLines = (buf: Buffer, start: number, ends: Int32Array, n: number, prev: Buffer) => number;
 let nativeChain: ChainLines | null | undefined;
+type PlaceLines = (src: Buffer, pos: Int32Array, first: number, n: number, out: Buffer, off: number, cap: number, seq: number, ends: Int32Array, endsAt: number) => number;
+let nativePlace: PlaceLines | null | undefined;
+
+/** build/libhelm.so's helm_place_lines, or null where it cannot be loaded. */
+function placeLinesNative(): PlaceLines | null {
+  if (nativePlace === undefined) {
+    try {
+      nativePlace = native().helm_place_lines;
+    } catch {
+      nativePlace = null;
+    }
+  }
+  return nativePlace;
+}
 
 /** The native chain (build/libhelm.so's helm_chain_lines), or null where it cannot be loaded. */
 function chainLinesNative(): ChainLines | null {
@@ -172,14 +186,19 @@ function chainLinesJs(out: Buffer, start: number, ends: Int32Array, n: number, p
  * the onWritten call only: the buffer is reused by the next batch.
  */
 export class WrittenLines {
+  private readonly n: number;
+
   constructor(
     private readonly buf: Buffer,
-    /** Where each line starts; the last entry is the end of the batch. */
-    private readonly starts: number[],
-  ) {}
+    /** Where each line starts; entry `n` (by default the last) is the end of the batch. */
+    private readonly starts: ArrayLike<number>,
+    n = starts.length - 1,
+  ) {
+    this.n = n;
+  }
 
   get length(): number {
-    return this.starts.length - 1;
+    return this.n;
   }
 
   /** Line i, chain included, without its newline. */
@@ -188,7 +207,7 @@ export class WrittenLines {
   }
 
   /** The bytes of the lines, each followed by its newline, and where each starts (one more entry: the end). */
-  raw(): { buf: Buffer; starts: readonly number[] } {
+  raw(): { buf: Buffer; starts: ArrayLike<number> } {
     return { buf: this.buf, starts: this.starts };
   }
 
@@ -280,6 +299,10 @@ export class AuditTrail {
   private out: Buffer = Buffer.allocUnsafeSlow(0);
   /** Where each line of the batch being built ends (reused). */
   private ends = new Int32Array(0);
+  /** Where each line of the batch built starts, and its end (reused; WrittenLines reads it). */
+  private starts = new Int32Array(0);
+  /** Lines queued (a LineRun counts its lines). */
+  private queuedLines = 0;
   /** The chain before a batch and after it, as helm_chain_lines takes it. */
   private readonly chainHex = Buffer.alloc(64);
   private running: Promise<void> | undefined;
@@ -325,9 +348,9 @@ export class AuditTrail {
   }
 
   /**
-   * Opens (or creates) the trail: continues the chain and seq of what is there —
-   * the active file, or the last rotated one if the active file is missing or
-   * empty — closes a line cut short by a crash, finishes what a crash
+   * Opens (or creates) the trail: continues the chain and seq of what is there
+   * (the active file, or the last rotated one if the active file is missing or
+   * empty), closes a line cut short by a crash, finishes what a crash
    * interrupted (compression), and starts a new file with its "file" line.
    */
   static async open(opts: TrailOptions): Promise<AuditTrail> {
@@ -390,8 +413,13 @@ export class AuditTrail {
   /** Queues records (objects, or lines formatted but for their seq); each gets its seq and chain when written. Never blocks, never throws. */
   append(records: (object | FormattedLine)[]): void {
     if (this.closed || records.length === 0) return;
-    for (const r of records) this.queue.push(r as Queued);
-    this.appended += records.length;
+    let lines = 0;
+    for (const r of records) {
+      this.queue.push(r as Queued);
+      lines += r instanceof LineRun ? r.count : 1;
+    }
+    this.queuedLines += lines;
+    this.appended += lines;
     this.kick();
   }
 
@@ -426,7 +454,7 @@ export class AuditTrail {
 
   /** Records queued and not yet written. */
   get backlog(): number {
-    return this.queue.length;
+    return this.queuedLines;
   }
 
   /** Resolves once everything queued so far has been written (or counted lost). */
@@ -474,10 +502,10 @@ export class AuditTrail {
     while (this.queue.length || this.head.length || this.diskLoss) {
       // Hashing and serialising a batch is synchronous work: let other callbacks (the control socket) in between.
       await new Promise((r) => setImmediate(r));
-      const batch = this.queue.splice(0, this.maxBatch);
+      const { batch, lines } = this.take(this.maxBatch);
       if (this.rotationDue()) await this.rotate();
-      const ok = await this.writeBatch(batch);
-      this.settle(batch.length);
+      const ok = await this.writeBatch(batch, lines);
+      this.settle(lines);
       if (!ok) {
         // What is queued meanwhile is tried once, then counted too: memory stays bounded while the disk is full.
         if (this.queue.length) continue;
@@ -485,6 +513,31 @@ export class AuditTrail {
         return;
       }
     }
+  }
+
+  /** The first `max` lines queued (a run split if need be), out of the queue. */
+  private take(max: number): { batch: Queued[]; lines: number } {
+    const q = this.queue;
+    let lines = 0;
+    let i = 0;
+    for (; i < q.length && lines < max; i++) {
+      const r = q[i];
+      if (!(r instanceof LineRun)) lines++;
+      else if (lines + r.count <= max) lines += r.count;
+      else {
+        const [head, rest] = r.split(max - lines);
+        q[i] = rest;
+        lines = max;
+        const batch = q.slice(0, i);
+        batch.push(head);
+        q.splice(0, i);
+        this.queuedLines -= lines;
+        return { batch, lines };
+      }
+    }
+    const batch = q.splice(0, i);
+    this.queuedLines -= lines;
+    return { batch, lines };
   }
 
   private retryLater(): void {
@@ -503,7 +556,7 @@ export class AuditTrail {
   }
 
   /** One write of whole lines; false if it failed (then nothing of it is in the file, and the batch is counted lost). */
-  private async writeBatch(batch: Queued[]): Promise<boolean> {
+  private async writeBatch(batch: Queued[], batchLines: number): Promise<boolean> {
     const now = this.now();
     const records: Queued[] = [...this.head];
     if (this.diskLoss) {
@@ -531,12 +584,40 @@ export class AuditTrail {
       o = out.write(this.prefix, 0, 'latin1');
     }
     const first = o;
-    const starts: number[] = new Array(records.length + 1);
-    if (this.ends.length < records.length) this.ends = new Int32Array(Math.max(records.length, 2 * this.ends.length));
+    const nLines = records.length - batch.length + batchLines;
+    if (this.ends.length < nLines) this.ends = new Int32Array(Math.max(nLines, 2 * this.ends.length));
+    if (this.starts.length < nLines + 1) this.starts = new Int32Array(Math.max(nLines + 1, 2 * this.starts.length));
     const ends = this.ends;
+    const place = this.opts.chain === 'js' ? null : placeLinesNative();
     let seq = this.seq;
+    let line = 0;
     for (let i = 0; i < records.length; i++) {
       const r = records[i];
+      if (r instanceof LineRun) {
+        // A run: each line after its chain's room, its seq put in, in one native call (or the same in JS).
+        const need = r.bytes + r.count * (20 + CHAIN_GAP);
+        // Grown at once for the batch's lines, if the others are like these (not doubled step by step:
+        // each buffer left behind stays resident until V8 collects it).
+        if (out.length - o < need) out = this.grow(o, Math.ceil((need / r.count) * (nLines - line)));
+        if (place) {
+          const e = place(r.buf, r.pos, r.first, r.count, out, o, out.length, seq + 1, ends, line);
+          if (e < 0) throw new Error(`cannot place the audit lines (errno ${-e})`);
+          o = e;
+        } else {
+          for (let k = 4 * r.first, j = 0; j < r.count; j++, k += 4) {
+            const b = o + CHAIN_GAP;
+            let e = b + r.buf.copy(out, b, r.pos[k + 1], r.pos[k + 2]);
+            e = writeUint(out, e, seq + 1 + j);
+            e += r.buf.copy(out, e, r.pos[k + 2], r.pos[k + 3]);
+            ends[line + j] = e;
+            o = e;
+          }
+        }
+        seq += r.count;
+        line += r.count;
+        r.arena?.consumedBuf(r.buf);
+        continue;
+      }
       seq++;
       let text: string | undefined;
       let need: number;
@@ -558,23 +639,25 @@ export class AuditTrail {
         f.arena?.consumed(f);
       } else e = b + out.write(text, b);
       if (out[b] !== 0x7b || out[e - 1] !== 0x7d || e - b < 3) throw new TypeError('an audit record is a non-empty object');
-      starts[i] = o;
-      ends[i] = e;
+      ends[line++] = e;
       o = e;
     }
-    starts[records.length] = o;
+    // Slots are back to back: each line starts where the one before ends.
+    const starts = this.starts;
+    starts[0] = first;
+    starts.set(ends.subarray(0, nLines), 1);
     let chain: string | undefined;
     const chainNative = this.opts.chain === 'js' ? null : chainLinesNative();
     if (chainNative) {
       this.chainHex.write(this.prev, 0, 'latin1');
-      const rc = chainNative(out, first, ends, records.length, this.chainHex);
+      const rc = chainNative(out, first, ends, nLines, this.chainHex);
       if (rc === 0) chain = this.chainHex.toString('latin1');
       else if (rc === -ENOSYS) nativeChain = null; // no OpenSSL in this process: nothing was touched, JS does it
       else throw new Error(`cannot chain the audit lines (errno ${-rc})`);
     }
-    chain ??= chainLinesJs(out, first, ends, records.length, this.prev);
+    chain ??= chainLinesJs(out, first, ends, nLines, this.prev);
     const buf = out.subarray(0, o);
-    const lines = new WrittenLines(out, starts);
+    const lines = new WrittenLines(out, starts, nLines);
     const at = this.size;
     try {
       await writeFully(this.fd, buf);
@@ -587,8 +670,8 @@ export class AuditTrail {
         /* unknown: truncate to be sure */
       }
       if (grown) await ftruncate(this.fd, at).catch((e2) => this.report(e2 as Error, 'truncating a failed write'));
-      this.lossTotal += batch.length;
-      this.diskLoss = { count: (this.diskLoss?.count ?? 0) + batch.length, since: this.diskLoss?.since ?? nowIso(now), error: (e as Error).message };
+      this.lossTotal += batchLines;
+      this.diskLoss = { count: (this.diskLoss?.count ?? 0) + batchLines, since: this.diskLoss?.since ?? nowIso(now), error: (e as Error).message };
       this.fail(e as Error, 'write');
       return false;
     }

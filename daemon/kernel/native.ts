@@ -69,6 +69,8 @@ export interface NativeApi {
   helm_ring_close(ring: unknown): void;
   /** The audit hash chain over a batch of lines in place (see native/helm_shim.c); `prev` in and out. */
   helm_chain_lines(buf: Buffer, start: number, ends: Int32Array, n: number, prev: Buffer): number;
+  /** A run of formatted lines into the writer's batch buffer, each with its seq (native/audit_format.c; daemon/audit/writer.ts). */
+  helm_place_lines(src: Buffer, pos: Int32Array, first: number, n: number, out: Buffer, off: number, cap: number, seq: number, ends: Int32Array, endsAt: number): number;
   /** Decision lines for a drained batch (native/audit_format.c; daemon/audit/format-batch.ts). */
   helm_format_decisions(...args: unknown[]): number;
 }
@@ -127,6 +129,9 @@ export function native(): NativeApi {
     helm_ring_close: lib.func('void helm_ring_close(helm_ring *r)'),
     helm_format_decisions: lib.func(
       'int helm_format_decisions(const uint8_t *recs, int nbytes, int from, int from_off, const uint8_t *names, const int *name_at, const int *name_idx, _Out_ uint8_t *out, int out_off, int out_cap, _Out_ int *res, long long off_sec, long long off_ns)',
+    ),
+    helm_place_lines: lib.func(
+      'int helm_place_lines(const uint8_t *src, const int *pos, int first, int n, _Inout_ uint8_t *out, int off, int cap, long long seq, _Inout_ int *ends, int ends_at)',
     ),
     helm_chain_lines: lib.func('int helm_chain_lines(_Inout_ uint8_t *buf, int start, const int *ends, int n, _Inout_ uint8_t *prev)'),
   } as unknown as NativeApi;

@@ -6,7 +6,12 @@ import t from 'tap';
 import * as fs from 'fs';
 import { C, EventDecoder, LAYOUT, decodeEvent, kernelDev, type RawEvent } from '../../daemon/kernel/layout';
 import { HELM_PATH_BUF } from '../../daemon/kernel/limits';
-import { FormattedLine, LineArena, formatDecision, rfc3339Nanos, toAuditRecord, type AuditContext } from '../../daemon/audit/record';
+import { FormattedLine, LineArena, LineRun, formatDecision, rfc3339Nanos, toAuditRecord, type AuditContext } from '../../daemon/audit/record';
+import { AuditTrail } from '../../daemon/audit/writer';
+import { verifyChain } from '../../daemon/audit/chain';
+import { trailOptions } from '../audit-fixtures';
+import os from 'node:os';
+import path from 'node:path';
 import { BatchFormatter, nativeFormatter } from '../../daemon/audit/format-batch';
 import { Rng } from '../rng';
 
@@ -550,6 +555,85 @@ t.test('the native batch formatter writes what formatDecision writes, and hands 
   }
   t.equal(mismatches, 0, `${count} lines formatted natively, byte for byte`);
   t.ok(native > 1500 && perRecord > 500, `both paths taken (${native} native, ${perRecord} per record)`);
+});
+
+t.test('native lines queued as runs and placed with their seq (natively, or in JS): the same trail as every line formatted by formatDecision', async (t) => {
+  const fmt = nativeFormatter();
+  if (!fmt) return t.fail('build/libhelm.so has no helm_format_decisions');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'helm-runs-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const names: AuditContext = {
+    ...ctx,
+    agent: (id) => (id === 42n ? { name: 'agent-\u00e9', cgroupPath: CGROUP, labels: { team: 'payments', 'ticket"': 'PAY-1\n' } } : undefined),
+    hostOf: (agentId, addr16) => (agentId === 42n && addr16[15] % 5 === 0 ? 'api.example.com' : undefined),
+  };
+  const ascii = (s: string | undefined) => (s === undefined ? s : s.replace(/[^\x00-\x7f]/g, 'q'));
+  const size = LAYOUT.helm_event.size;
+  const span = 8 + ((size + 7) & ~7);
+  const rng = new Rng(31);
+  // Drained batches of 1 to 200 records, mostly what the native path takes, some it leaves.
+  const batches: { buf: Buffer; bytes: number }[] = [];
+  for (let round = 0; round < 40; round++) {
+    const n = 1 + rng.int(200);
+    const buf = Buffer.alloc(n * span);
+    for (let i = 0; i < n; i++) {
+      let e = randomEvent(rng);
+      if (rng.chance(0.85)) {
+        e = { ...e, path: ascii(e.path), exe: ascii(e.exe), parentExe: ascii(e.parentExe), comm: ascii(e.comm)! };
+        e = { ...e, pathLen: e.path ? cLen(e.path) : e.pathLen, exeLen: e.exe ? cLen(e.exe) : e.exeLen, parentExeLen: e.parentExe ? cLen(e.parentExe) : e.parentExeLen };
+      }
+      if (rng.chance(0.03)) e = { ...e, type: 2 }; // not a decision: no line
+      buf.writeUInt32LE(size, i * span);
+      encodeEvent(e).copy(buf, i * span + 8);
+    }
+    batches.push({ buf, bytes: n * span });
+  }
+  const at = new Date('2026-12-01T08:00:00Z');
+  const perRecord = (view: DataView): FormattedLine | undefined => {
+    const e = decodeEvent(view);
+    return e.type === C.HELM_EVENT_DECISION ? formatDecision(e, REALTIME_OFFSET, names) : undefined;
+  };
+  // `runs`: through BatchFormatter as helmd's recorder takes it; otherwise every record by formatDecision.
+  const write = async (name: string, runs: boolean, chain: 'native' | 'js'): Promise<{ text: string; runs: number; decided: number }> => {
+    const file = path.join(dir, name, 'audit.jsonl');
+    // Small writes: runs are split between batches.
+    const w = await AuditTrail.open(trailOptions(file, { chain, maxBatch: 37, now: () => at }));
+    const batcher = new BatchFormatter(fmt, names, REALTIME_OFFSET, new LineArena(1 << 16, 3));
+    let nRuns = 0;
+    let decided = 0;
+    for (const [b, { buf, bytes }] of batches.entries()) {
+      const pending: (FormattedLine | LineRun)[] = [];
+      if (runs) {
+        batcher.format(buf, bytes, {
+          line: () => t.fail('line() called where the sink takes runs'),
+          run: (r) => void (nRuns++, pending.push(r)),
+          decided: (_d, _a, r, i) => {
+            if (r !== pending[pending.length - 1] || i >= r.count) t.fail('decided() for a line of another run');
+            decided++;
+          },
+          record: (v) => void ((l) => l && pending.push(l))(perRecord(v)),
+        });
+      } else {
+        for (let off = 0; off < bytes; off += span) {
+          const l = perRecord(new DataView(buf.buffer, buf.byteOffset + off + 8, size));
+          if (l) pending.push(l);
+        }
+      }
+      w.append(pending);
+      if (b % 3 === 0) await w.written();
+    }
+    await w.close();
+    return { text: fs.readFileSync(file, 'utf8'), runs: nRuns, decided };
+  };
+  const want = await write('per-record', false, 'js');
+  const nat = await write('runs-native', true, 'native');
+  const js = await write('runs-js', true, 'js');
+  const lines = want.text.split('\n').length - 2;
+  t.ok(lines > 3000 && nat.runs > 40, `${lines} lines, ${nat.runs} runs`);
+  t.ok(nat.decided > 1500 && nat.decided < lines, `${nat.decided} lines written natively`);
+  t.equal(nat.text, want.text, 'runs placed natively: byte for byte');
+  t.equal(js.text, want.text, 'runs placed in JS: byte for byte');
+  t.hasStrict(verifyChain(nat.text), { ok: true }, 'and the trail verifies');
 });
 
 t.test('formatDecision: the time of day is formatted once per second, the nanoseconds every time', async (t) => {
