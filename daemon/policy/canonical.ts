@@ -215,7 +215,7 @@ function stepBelow(plain: string, parent: Resolved, name: string, cache: LookupC
  * would be an lstat per rule: a policy naming thousands of files in one directory); one with
  * more entries than LISTED_AT_MOST is not, and its names are looked at one by one.
  */
-const LIST_AFTER = 32;
+export const LIST_AFTER = 32;
 const LISTED_AT_MOST = 16_384;
 
 /** symlinkTarget(next) for `name` in the directory `parent` reached, from its listing once it has one. */
@@ -228,7 +228,7 @@ function childTarget(parent: Resolved, name: string, next: string, cache: Lookup
 }
 
 /** A directory's names, false for a file or directory, true for what must be looked at (a symlink); null when it cannot be read or is too large (see LIST_AFTER). */
-function listing(dir: string): Map<string, boolean> | null {
+export function listing(dir: string): Map<string, boolean> | null {
   let d: fs.Dir | undefined;
   try {
     d = fs.opendirSync(dir, { bufferSize: 1024 });

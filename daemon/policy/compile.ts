@@ -22,6 +22,7 @@ import {
   type Rule,
   PolicyError,
 } from './types';
+import { LIST_AFTER, listing } from './canonical';
 import { defaultMode, governs } from './evaluate';
 import { compileNetwork, type NameEntry, type NetEntry } from './compile-net';
 import { compileSockets, type SocketEntry, type UnixEntry } from './compile-socket';
@@ -121,10 +122,10 @@ function defaultStat(p: string): StatInfo | undefined {
  * blocked for, and none below a directory that is not there (a policy's thousands of block rules
  * mostly name paths in a few trees, often absent from the host: one stat of the top of such a tree
  * stands for all of them). With `list`, a directory looked into LIST_AFTER times is listed once,
- * and only the names it holds are stat'ed (thousands of block rules naming files of one directory,
+ * and only the names it holds are stat'ed (as canonical.ts lists rule paths' directories: thousands of block rules naming files of one directory,
  * most of them absent). What changes on disk during the compile is seen or not, as with any lookup.
  */
-function statOnce(stat: (p: string) => StatInfo | undefined, list?: (dir: string) => Set<string> | null): (p: string) => StatInfo | undefined {
+function statOnce(stat: (p: string) => StatInfo | undefined, list?: (dir: string) => ReadonlyMap<string, unknown> | null): (p: string) => StatInfo | undefined {
   const seen = new Map<string, StatInfo | undefined>();
   const dirs = new Map<string, DirLooks>([['/', { present: true, lookups: 0 }]]);
   const dirState = (dir: string): DirLooks => {
@@ -157,29 +158,7 @@ function statOnce(stat: (p: string) => StatInfo | undefined, list?: (dir: string
 interface DirLooks {
   present: boolean;
   lookups: number;
-  names?: Set<string> | null;
-}
-
-/** See statOnce (as canonical.ts lists the directories of rule paths). */
-const LIST_AFTER = 32;
-const LISTED_AT_MOST = 16_384;
-
-/** Every name in a directory, symlinks included; null when it cannot be read or has more than LISTED_AT_MOST. */
-function directoryNames(dir: string): Set<string> | null {
-  let d: fs.Dir | undefined;
-  try {
-    d = fs.opendirSync(dir, { bufferSize: 1024 });
-    const names = new Set<string>();
-    for (let e = d.readSync(); e !== null; e = d.readSync()) {
-      if (names.size >= LISTED_AT_MOST) return null;
-      names.add(e.name);
-    }
-    return names;
-  } catch {
-    return null;
-  } finally {
-    d?.closeSync();
-  }
+  names?: ReadonlyMap<string, unknown> | null;
 }
 
 /** Names in a directory, without symlinks: the walk looks for this tree's own files. */
@@ -456,7 +435,7 @@ export function compileWith(input: Policy[], opts: CompileOptions, paths: PathSo
   const readdir = opts.readdir ?? defaultReaddir;
   const walkBudget = opts.walkBudget ?? 5000;
   // Listing is only for the host's filesystem: a `stat` of the caller's has its own.
-  const blockedStat = statOnce(stat, opts.stat ? undefined : directoryNames);
+  const blockedStat = statOnce(stat, opts.stat ? undefined : listing);
   const errors: PolicyDiagnostic[] = [];
   const warnings: PolicyDiagnostic[] = [];
 
